@@ -1,0 +1,69 @@
+"""cffi API-mode (out-of-line) builder for ``cas._native``.
+
+Used by setuptools through ``cffi_modules`` in pyproject.toml; paths are
+relative to the repository root, which is the working directory of a build.
+API-mode calls release the GIL for their whole duration.
+
+Set ``CAS_NATIVE_WERROR=0`` to build with a compiler that warns where gcc 12
+does not.
+"""
+
+import os
+
+from cffi import FFI
+
+CDEF = """
+struct cas_digests { uint8_t verity[32]; uint8_t sha256[32]; uint64_t size; };
+struct cas_progress { volatile uint64_t done; volatile int cancel; };
+
+typedef struct cas_hasher cas_hasher;
+cas_hasher *cas_hasher_new(void);
+int cas_hasher_update(cas_hasher *, const uint8_t *, size_t);
+int cas_hasher_final(cas_hasher *, struct cas_digests *);
+void cas_hasher_free(cas_hasher *);
+
+#define CAS_HASH_SHA256 ...
+int cas_hash_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
+
+#define CAS_COPY_REFLINK ...
+#define CAS_COPY_RANGE ...
+#define CAS_COPY_READWRITE ...
+int cas_import_fd(int, int, unsigned, struct cas_digests *, unsigned *,
+                  struct cas_progress *);
+"""
+
+CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
+if os.environ.get("CAS_NATIVE_WERROR", "1") != "0":
+    CFLAGS.append("-Werror")
+
+def make_builder(root: str = "") -> FFI:
+    """The builder; `root` prefixes the source paths (empty: relative to cwd)."""
+    builder = FFI()
+    builder.cdef(CDEF)
+    native = os.path.join(root, "native")
+    builder.set_source(
+        "cas._native",
+        '#include "cas_native.h"',
+        sources=[os.path.join(native, "cas_hash.c"), os.path.join(native, "cas_copy.c")],
+        include_dirs=[native],
+        depends=[os.path.join(native, "cas_native.h")],
+        libraries=["crypto", "pthread"],
+        extra_compile_args=CFLAGS,
+    )
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    # Developer shortcut: `python native/build_ffi.py` builds cas/_native*.so in
+    # place. It compiles in a scratch directory because distutils would read
+    # the project's pyproject.toml from the working directory.
+    import shutil
+    import tempfile
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        built = make_builder(repo).compile(tmpdir=tmp, verbose=True)
+        shutil.copy(built, os.path.join(repo, "cas", os.path.basename(built)))

@@ -1,0 +1,137 @@
+/*
+ * cas_native.h - the C contract of the cas hot path (fs-verity digests,
+ * flat SHA-256 and the import pipeline).
+ *
+ * Rules that hold for every function below:
+ *   - int-returning functions return 0 on success or a negative errno
+ *     (-EINVAL, -EIO, -ENOSPC, ...). errno itself is not meaningful afterwards.
+ *   - -ECANCELED means the caller asked to stop through cas_progress.cancel.
+ *   - -CAS_ECHANGED (-ESTALE) means a file changed length while it was being
+ *     read twice (the two hashing threads saw different EOFs, or the
+ *     destination of an import was truncated behind our back).
+ *   - There is no Python in here and no global state; every call is
+ *     independent and thread-safe on distinct objects. A cas_hasher must not be
+ *     used from two threads at once.
+ *
+ * The fs-verity digest is the one of `fsverity digest` (Linux
+ * Documentation/filesystems/fsverity.rst): SHA-256, 4096-byte Merkle blocks,
+ * no salt; verity = SHA-256 of the 256-byte fsverity_descriptor.
+ */
+#ifndef CAS_NATIVE_H
+#define CAS_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <errno.h>
+
+struct cas_digests {
+    uint8_t verity[32];   /* fs-verity file digest (the object id) */
+    uint8_t sha256[32];   /* flat SHA-256 of the bytes; zeroed when not asked */
+    uint64_t size;        /* number of bytes hashed */
+};
+
+/*
+ * Optional everywhere (NULL allowed). Each call ADDS the bytes it has hashed
+ * (counted by its slowest hashing thread, once per chunk) to `done`, with
+ * atomic adds: a fresh progress counts one call from 0, and one progress may
+ * be shared by several calls, even concurrent ones, to count their total.
+ * A non-zero `cancel` makes a running call stop at its next chunk with
+ * -ECANCELED; a call that starts with `cancel` already set returns -ECANCELED
+ * at once.
+ */
+struct cas_progress {
+    volatile uint64_t done;
+    volatile int cancel;
+};
+
+#define CAS_ECHANGED ESTALE
+
+/* ---- streaming hasher (bytes arriving in pieces) ------------------------
+ * Bounded memory: one 4 KiB partial data block plus one 4 KiB pending block
+ * per Merkle level (at most 9 levels for 2^64 bytes), about 45 KiB in all.
+ * Always computes both digests.
+ */
+typedef struct cas_hasher cas_hasher;
+
+cas_hasher *cas_hasher_new(void);  /* NULL on ENOMEM */
+/* -EINVAL after final, or buf == NULL with len > 0; -EFBIG past 2^64 bytes. */
+int cas_hasher_update(cas_hasher *h, const uint8_t *buf, size_t len);
+/* -EINVAL when called twice. */
+int cas_hasher_final(cas_hasher *h, struct cas_digests *out);
+void cas_hasher_free(cas_hasher *h);  /* NULL is a no-op */
+
+/* ---- whole files ---------------------------------------------------------
+ * cas_hash_fd hashes fd from offset 0 to EOF with pread (the file position is
+ * not used or moved; fd must be seekable, else -ESPIPE).
+ * With CAS_HASH_SHA256 two threads each read the file with their own bounded
+ * buffer: one computes the flat SHA-256, the other the Merkle tree, so the
+ * wall time is about one SHA-256 pass on two cores. If they reach different
+ * EOFs the result is -CAS_ECHANGED. Without the flag the Merkle tree alone is
+ * computed on the calling thread (sweeps parallelise across files instead)
+ * and out->sha256 is zeroed.
+ */
+#define CAS_HASH_SHA256 1u
+int cas_hash_fd(int fd, unsigned flags, struct cas_digests *out,
+                struct cas_progress *progress);
+
+/* ---- import: copy + hash what landed -------------------------------------
+ * Copies all of src_fd (offset 0 to EOF, pread/offset-based, file positions
+ * untouched) into dst_fd, which must be an empty regular file open for writing
+ * without O_APPEND (else -EINVAL, or -EBADF from the kernel for O_APPEND).
+ * Methods are tried in the order reflink (FICLONE) -> copy_file_range ->
+ * read/write, restricted to `allowed` (0 or unknown bits: -EINVAL).
+ *
+ * A method is skipped, before it has copied anything, only on errnos that mean
+ * "not supported for these two files":
+ *   FICLONE:          EOPNOTSUPP (== ENOTSUP), EXDEV, EINVAL, ENOTTY, ENOSYS,
+ *                     EBADF (the kernel also uses it for "this filesystem
+ *                     cannot reflink"; a genuinely bad fd fails again in the
+ *                     next method and is reported there).
+ *   copy_file_range:  EOPNOTSUPP, EXDEV, EINVAL, ENOSYS.
+ *   read/write:       never skipped.
+ * Any other errno (EIO, ENOSPC, EBADF from copy_file_range, ...) or any
+ * failure after bytes were copied is returned as is. When every allowed
+ * method is skipped, the errno of the last one is returned.
+ *
+ * The DESTINATION bytes are hashed while they land: the copier publishes how
+ * many bytes are in dst after each chunk (reflink: the whole size at once) and
+ * a SHA-256 thread and a Merkle thread pread dst up to that mark. A source
+ * that shrinks mid-copy just yields a smaller out->size (callers compare with
+ * their fstat). *method_used is one of CAS_COPY_*. Memory is bounded by a few
+ * chunk buffers. progress->done counts hashed bytes.
+ */
+#define CAS_COPY_REFLINK 1u
+#define CAS_COPY_RANGE 2u
+#define CAS_COPY_READWRITE 4u
+int cas_import_fd(int src_fd, int dst_fd, unsigned allowed,
+                  struct cas_digests *out, unsigned *method_used,
+                  struct cas_progress *progress);
+
+/* ---- internal: shared by cas_hash.c and cas_copy.c, not exported to Python.
+ * A pipeline owns the hashing threads of one call. In "EOF" mode they read
+ * fd until EOF; in "mark" mode a producer publishes how many bytes of fd are
+ * readable and the threads never read past that mark.
+ */
+#ifdef CAS_NATIVE_INTERNAL
+struct cas_pipeline;
+
+/* NULL on ENOMEM. `flags` as for cas_hash_fd. */
+struct cas_pipeline *cas_pipeline_new(int fd, unsigned flags, int to_eof,
+                                      struct cas_progress *progress);
+/* Starts the hashing threads; 0 or -errno (then call cas_pipeline_finish). */
+int cas_pipeline_start(struct cas_pipeline *pl);
+/* Producer side: `mark` bytes of fd may now be read (monotone). */
+void cas_pipeline_publish(struct cas_pipeline *pl, uint64_t mark);
+/* 0 while all is well, else the first error of a hashing thread, or
+ * -ECANCELED once progress->cancel is set; producers poll it between chunks. */
+int cas_pipeline_status(struct cas_pipeline *pl);
+/* Ends production (err != 0 aborts the threads), joins them, fills out and
+ * frees pl. Returns the first error recorded (a thread's or err), else 0. */
+int cas_pipeline_finish(struct cas_pipeline *pl, int err,
+                        struct cas_digests *out);
+/* pread that retries EINTR and short reads; returns bytes read (< len only at
+ * EOF) or -errno. */
+int64_t cas_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
+#endif
+
+#endif /* CAS_NATIVE_H */
