@@ -1,0 +1,277 @@
+"""The ``cas`` command line: a thin layer over ``cas.Store``, one function per command.
+
+Only ``main`` turns an error into output and an exit code: a one-line message on stderr
+(a JSON object with ``--json``), the exit code carried by the error class (see
+``cas.errors``), and a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import artifacts, errors
+from .checkout import LinkMode
+from .checkout import checkout as checkout_tree
+from .progress import run_with_progress
+from .store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+STORE_ENV = "CAS_STORE"
+
+
+class Context:
+    """What the group options and ``--json`` say; ``main`` reads it to report errors."""
+
+    def __init__(self) -> None:
+        self.store_path: str | None = None
+        self.debug = False
+        self.json = False
+
+    def open_store(self) -> Store:
+        if not self.store_path:
+            raise click.UsageError(f"no store given: use --store PATH or set ${STORE_ENV}")
+        return Store.open(self.store_path)
+
+
+def json_option(fn: F) -> F:
+    """``--json`` on every command: machine-readable output and errors."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        ctx.find_object(Context).json = value  # type: ignore[union-attr]
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, callback=remember,
+                        expose_value=True, help="Print machine-readable JSON.")(fn)
+
+
+def emit(as_json: bool, value: Any, human: str) -> None:
+    click.echo(json.dumps(value, sort_keys=True) if as_json else human)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "-s", envvar=STORE_ENV, metavar="PATH",
+              help=f"The store to use (default: ${STORE_ENV}).")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="cas")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
+    """cas — a content-addressed object store with integrity metadata."""
+    context = ctx.ensure_object(Context)
+    context.store_path, context.debug = store, debug
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--no-fsync", is_flag=True,
+              help="Do not fsync objects before publishing them (faster, not crash-durable).")
+@json_option
+@click.pass_obj
+def init(obj: Context, path: Path, no_fsync: bool, as_json: bool) -> None:
+    """Create a new store at PATH."""
+    with Store.init(path, fsync=not no_fsync) as store:
+        emit(as_json, store.summary(), f"initialised cas store at {store.path}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+@click.pass_obj
+def add(obj: Context, files: tuple[Path, ...], as_json: bool) -> None:
+    """Add FILES to the store; print each object id (reflinked where possible)."""
+    results = []
+    with obj.open_store() as store:
+        for path in files:
+            size = path.stat().st_size if path.is_file() else None
+            result = run_with_progress(
+                path.name, size, lambda progress, p=path: store.add_path(p, progress=progress))
+            results.append({"path": str(path), **result.to_json()})
+            if not as_json:
+                state = "stored" if result.new else "already stored"
+                click.echo(f"{result.object_id}  {path}  ({state}, {result.method})")
+    if as_json:
+        click.echo(json.dumps(results, sort_keys=True))
+
+
+@cli.command()
+@click.argument("object_ref", metavar="OBJECT")
+@json_option
+@click.pass_obj
+def cat(obj: Context, object_ref: str, as_json: bool) -> None:
+    """Write an object's bytes to stdout (OBJECT: object id or sha256:<OCI digest>).
+
+    The output is always the raw bytes; --json only makes errors machine-readable.
+    """
+    with obj.open_store() as store, store.open_object(store.resolve(object_ref)) as src:
+        shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
+
+
+@cli.command()
+@click.argument("object_refs", nargs=-1, metavar="[OBJECT]...")
+@json_option
+@click.pass_obj
+def stat(obj: Context, object_refs: tuple[str, ...], as_json: bool) -> None:
+    """Show the store's summary, or the given objects' size, mode and times."""
+    with obj.open_store() as store:
+        if not object_refs:
+            summary = store.summary()
+            emit(as_json, summary, "\n".join(f"{k}: {v}" for k, v in summary.items()))
+            return
+        infos = [store.stat_object(store.resolve(ref)).to_json() for ref in object_refs]
+        emit(as_json, infos, "\n".join(
+            f"{i['object']}  size {i['size']}  mode {i['mode']}  links {i['nlink']}"
+            for i in infos))
+
+
+@cli.command("import")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--name", "-n", help="Name for the artifact (default: from the source).")
+@click.option("--no-keep-compressed", is_flag=True,
+              help="Do not keep compressed tar layers (export then cannot be bit-exact).")
+@json_option
+@click.pass_obj
+def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
+            as_json: bool) -> None:
+    """Import an artifact: a directory, files, oci:PATH[:TAG] or ollama:[PATH][/model:tag]."""
+    with obj.open_store() as store:
+        records = artifacts.import_artifacts(store, list(sources), name,
+                                             keep_compressed=not no_keep_compressed)
+    emit(as_json, [r.to_json() for r in records],
+         "\n".join(f"{r.name}  {r.image}" for r in records))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("destination")
+@json_option
+@click.pass_obj
+def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
+    """Export artifact NAME to oci:PATH[:TAG] or ollama:PATH (same bytes, same digests)."""
+    with obj.open_store() as store:
+        result = artifacts.export_artifact(store, name, destination)
+    emit(as_json, result, f"exported {result['name']} to {destination}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--link", type=click.Choice([m.value for m in LinkMode]), default="auto",
+              show_default=True, help="How files are made from objects.")
+@json_option
+@click.pass_obj
+def checkout(obj: Context, name: str, dest: Path, link: str, as_json: bool) -> None:
+    """Materialise artifact NAME's tree at DEST (which must not exist)."""
+    mode = LinkMode(link)
+    with obj.open_store() as store:
+        image = store.get_image(store.names.get(name).image)
+        result = checkout_tree(store, image, dest, mode)
+    human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}: " + ", ".join(
+        f"{n} {m}" for m, n in sorted(result.methods.items()))
+    if mode is LinkMode.HARDLINK:
+        human += "\nnote: hardlinked files are the store's read-only objects; never write to them"
+    emit(as_json, result.to_json(), human)
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@json_option
+@click.pass_obj
+def tag(obj: Context, source: str, target: str, as_json: bool) -> None:
+    """Give artifact SOURCE another name TARGET."""
+    with obj.open_store() as store:
+        record = store.names.get(source)
+        new = store.names.set(target, record.image, record.kind)
+    emit(as_json, new.to_json(), f"{new.name}  {new.image}")
+
+
+@cli.command("ls")
+@json_option
+@click.pass_obj
+def ls(obj: Context, as_json: bool) -> None:
+    """List the named artifacts."""
+    with obj.open_store() as store:
+        records = list(store.names)
+    emit(as_json, [r.to_json() for r in records],
+         "\n".join(f"{r.name}\t{r.kind}\t{r.image}" for r in records))
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def inspect(obj: Context, name: str, as_json: bool) -> None:
+    """Show artifact NAME: its tree with sizes and digests, and its blobs."""
+    with obj.open_store() as store:
+        info = artifacts.inspect(store, name)
+    lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]
+    for e in info["entries"]:
+        digest = e.get("object", "inline" if e.get("inline") else e.get("target", ""))
+        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {e['path']}  {digest}")
+    for b in info["blobs"]:
+        lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
+    emit(as_json, info, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def rm(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Remove artifact names (their bytes go at the next GC)."""
+    with obj.open_store() as store:
+        removed = [store.names.remove(n) for n in names]
+    emit(as_json, [r.to_json() for r in removed], "\n".join(f"removed {r.name}" for r in removed))
+
+
+def _report(error: BaseException, as_json: bool, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(error)
+    if isinstance(error, errors.CasError):
+        payload, code = error.to_json(), error.exit_code
+    elif isinstance(error, OSError):
+        message = f"{error.filename}: {error.strerror}" if error.filename else str(error)
+        payload, code = {"error": "os-error", "message": message}, 1
+    else:
+        payload, code = {"error": "internal-error", "message": repr(error)}, 1
+    line = json.dumps(payload, sort_keys=True) if as_json else f"cas: error: {payload['message']}"
+    click.echo(line, err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, map errors to one line on stderr and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    context = Context()
+    context.debug = "--debug" in args
+    try:
+        with cli.make_context("cas", args, obj=context) as ctx:
+            cli.invoke(ctx)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("cas: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (cas cat | head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # every other error: one line, mapped exit code
+        return _report(exc, context.json, context.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

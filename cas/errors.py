@@ -1,0 +1,166 @@
+"""The one error hierarchy of cas.
+
+Each error's docstring is its message template (``str.format`` fields filled from the
+keyword arguments), and its ``exit_code`` is what the CLI exits with.  Library code
+raises; only ``cas.cli`` prints or exits.
+
+Exit codes: 0 success, 1 a failed operation, 2 bad usage or bad input,
+3 the store cannot be used (missing, not a store, too new, read-only, full),
+4 something asked for does not exist, 5 stored bytes failed an integrity check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CasError(Exception):
+    """{message}"""
+
+    exit_code = 1
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        template = (type(self).__doc__ or "").strip().splitlines()[0]
+        return template.format(**self.fields)
+
+    def to_json(self) -> dict[str, Any]:
+        """A machine-readable form: kebab-case kind, message and fields."""
+        kind = _kebab(type(self).__name__)
+        fields = {k: str(v) for k, v in self.fields.items()}
+        return {"error": kind, "message": self.message(), **fields}
+
+
+def _kebab(name: str) -> str:
+    return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-")
+
+
+# -- bad input (exit 2) ---------------------------------------------------------------
+
+
+class BadInput(CasError):
+    """{message}"""
+
+    exit_code = 2
+
+
+class InvalidObjectId(BadInput):
+    """malformed object id {value!r}: expected 64 lowercase hex digits or sha256:<64 hex>"""
+
+
+class NotARegularFile(BadInput):
+    """{path}: not a regular file ({kind})"""
+
+
+class SourceMissing(BadInput):
+    """{path}: no such file"""
+
+
+class SourceUnreadable(BadInput):
+    """{path}: cannot read: {reason}"""
+
+
+class BadPath(BadInput):
+    """unsafe {what} {path!r}: {reason}"""
+
+
+class BadName(BadInput):
+    """invalid name {name!r}: {reason}"""
+
+
+class BadImage(BadInput):
+    """bad metadata image: {reason}"""
+
+
+class ContentMismatch(BadInput):
+    """{what}: content does not match what was declared ({detail}); nothing was stored"""
+
+
+class UnsupportedSource(BadInput):
+    """{location}: unsupported location (use oci:PATH[:TAG], ollama:[PATH][/model:tag] or a path)"""
+
+
+class DestinationExists(BadInput):
+    """{path}: already exists; cas never writes into an existing destination"""
+
+
+class LinkUnsupported(CasError):
+    """cannot {mode} from the store to the destination: {reason}"""
+
+
+class BadLayout(BadInput):
+    """{path}: bad OCI image layout: {reason}"""
+
+
+class BadLayer(BadInput):
+    """layer {digest}: {reason}"""
+
+
+class SourceChanged(CasError):
+    """{path}: the file changed while it was being imported ({what}); nothing was stored"""
+
+
+# -- the store cannot be used (exit 3) --------------------------------------------------
+
+
+class StoreUnusable(CasError):
+    """{message}"""
+
+    exit_code = 3
+
+
+class StoreNotFound(StoreUnusable):
+    """{path}: no such directory"""
+
+
+class NotAStore(StoreUnusable):
+    """{path}: not a cas store ({reason})"""
+
+
+class StoreExists(StoreUnusable):
+    """{path}: already exists and is not empty"""
+
+
+class UnsupportedFormat(StoreUnusable):
+    """{path}: store format {found} is not supported by this cas (it reads {supported}); upgrade cas"""
+
+
+class StoreReadOnly(StoreUnusable):
+    """{path}: the store is read-only"""
+
+
+class StoreFull(StoreUnusable):
+    """{path}: no space left on the store's filesystem; nothing was stored"""
+
+
+class StoreCorrupt(StoreUnusable):
+    """{path}: store damaged: {reason}"""
+
+
+# -- not found (exit 4) -------------------------------------------------------------------
+
+
+class NotFound(CasError):
+    """{message}"""
+
+    exit_code = 4
+
+
+class ObjectNotFound(NotFound):
+    """object {object_id} is not in the store"""
+
+
+class NameNotFound(NotFound):
+    """no artifact named {name!r}"""
+
+
+# -- integrity (exit 5) ---------------------------------------------------------------------
+
+
+class CorruptObject(CasError):
+    """object {object_id} is corrupt: its bytes do not match its name{users}"""
+
+    exit_code = 5

@@ -1,0 +1,133 @@
+"""Directory-fd-relative file operations that never follow a symlink inside the store.
+
+Every path below a store is reached from an open directory descriptor, one component at
+a time, with ``O_NOFOLLOW``: a symlink planted anywhere inside the store is an error,
+never a way out of it.  The write helpers implement the one publish protocol used for
+everything cas stores: write a private temp file, optionally fsync, then link or rename
+it into place atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir(name: str, dir_fd: int | None = None, *, create: bool = False) -> int:
+    """Open directory ``name`` (relative to ``dir_fd``) without following a symlink.
+
+    With ``create`` a missing directory is made first (a concurrent creator is fine).
+    """
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+
+
+def temp_name(prefix: str) -> str:
+    """A temp file name unique across processes; it carries the pid for stale-file checks."""
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+class TempFile:
+    """A private temp file: ``name`` in the temp directory, ``fd`` open read-write."""
+
+    def __init__(self, tmp_dir_fd: int, prefix: str) -> None:
+        self.dir_fd, self.name = tmp_dir_fd, temp_name(prefix)
+        self.fd = os.open(self.name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600, dir_fd=tmp_dir_fd)
+        self.keep = False  # set when someone else takes over unlinking the name
+
+    def unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.name, dir_fd=self.dir_fd)
+
+
+@contextlib.contextmanager
+def temp_file(tmp_dir_fd: int, prefix: str) -> Iterator[TempFile]:
+    """Create a private temp file; closed when the block ends, and unlinked unless kept.
+
+    Publishing is done by hard-linking the temp name elsewhere, so the final name only
+    ever appears with complete contents.
+    """
+    temp = TempFile(tmp_dir_fd, prefix)
+    try:
+        yield temp
+    finally:
+        os.close(temp.fd)
+        if not temp.keep:
+            temp.unlink()
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def replace_file(dir_fd: int, name: str, data: bytes, *, tmp_dir_fd: int, fsync: bool,
+                 mode: int = 0o644) -> None:
+    """Atomically replace ``name`` with ``data`` (temp → fsync → rename → fsync dir)."""
+    with temp_file(tmp_dir_fd, "replace") as temp:
+        write_all(temp.fd, data)
+        os.fchmod(temp.fd, mode)
+        if fsync:
+            os.fsync(temp.fd)
+        os.rename(temp.name, name, src_dir_fd=tmp_dir_fd, dst_dir_fd=dir_fd)
+    if fsync:
+        os.fsync(dir_fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd`` (one call instead of an fsync per file)."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
+    """Rename that fails with FileExistsError instead of replacing ``dst``."""
+    if _libc.renameat2(src_dir_fd, src.encode(), dst_dir_fd, dst.encode(),
+                       RENAME_NOREPLACE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst)
+
+
+def read_small(dir_fd: int, name: str, limit: int) -> bytes:
+    """Read a small regular file without following symlinks; refuse files over ``limit``."""
+    fd = os.open(name, READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"{name} is larger than {limit} bytes")
+        return os.read(fd, limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
+def file_kind(mode: int) -> str:
+    """A word for a file type, for error messages."""
+    for test, word in ((stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISREG, "regular file")):
+        if test(mode):
+            return word
+    return "unknown file type"

@@ -1,0 +1,553 @@
+"""The object store: create/open a store, add objects atomically, look them up, read them.
+
+Layout (format version 1)::
+
+    STORE/
+      meta.json                 format, version, digest algorithm, fsync policy, features
+      objects/XX/<62 hex>       one immutable 0444 file per object, named by its
+                                fs-verity SHA-256 digest (composefs layout)
+      index/sha256/XX/<62 hex>  symlink whose *text* is the object id of the content with
+                                that plain SHA-256 (the OCI digest); read with readlink,
+                                never followed
+      names/<sha256 of name>    JSON: artifact name → metadata image object id (cas.names)
+      tmp/                      private temp files of writers (same filesystem)
+
+Write path: the bytes go into a temp file in ``tmp/`` while the native code hashes what
+lands on disk; the file is made 0444, fsynced (policy ``fsync``), then hard-linked to
+its name.  ``EEXIST`` means the object is already stored: its mtime is refreshed so a GC
+grace period protects it, and the temp file is dropped.  Only then is the sha256 index
+entry made.  A crash at any point leaves at worst an unreferenced temp file or an object
+without an index entry, never a visible object with the wrong bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from . import errors, fsio, hashing
+from . import image as images
+from .digest import ObjectId, Sha256, is_hex64, object_id, shard, sha256_digest
+from .hashing import CopyMethod, Digests, Progress
+from .image import Image
+from .names import Names
+
+FORMAT_NAME = "cas-store"
+FORMAT_VERSION = 1
+DIGEST_ALGORITHM = "fsverity-sha256-4k"
+META_NAME = "meta.json"
+META_LIMIT = 64 * 1024
+OBJECTS, INDEX_SHA256, NAMES, TMP = "objects", "index/sha256", "names", "tmp"
+STREAM_CHUNK = 1 << 20
+
+#: Feature flags a store may carry (compat: ignorable; incompat: refuse to open).
+KNOWN_FEATURES: dict[str, frozenset[str]] = {"compat": frozenset(), "incompat": frozenset()}
+
+_STORE_ERRNO: dict[int, type[errors.StoreUnusable]] = {
+    errno.ENOSPC: errors.StoreFull,
+    errno.EDQUOT: errors.StoreFull,
+    errno.EROFS: errors.StoreReadOnly,
+    errno.EACCES: errors.StoreReadOnly,
+    errno.EPERM: errors.StoreReadOnly,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What ``Store.add_*`` did: the object's names, and how its bytes got there."""
+
+    object_id: ObjectId
+    sha256: Sha256
+    size: int
+    method: str  # "reflink", "copy_file_range", "readwrite", "stream" or "bytes"
+    new: bool  # False when the object was already stored (dedup)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": self.object_id, "sha256": "sha256:" + self.sha256, "size": self.size,
+                "method": self.method, "new": self.new}
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What untrusted metadata (a manifest, a registry) says the bytes are; checked before
+    anything is published, and a stream is never read past ``size`` + 1 bytes."""
+
+    what: str
+    sha256: Sha256 | None = None
+    size: int | None = None
+
+    def check(self, digests: Digests) -> None:
+        if self.size is not None and digests.size != self.size:
+            raise errors.ContentMismatch(what=self.what,
+                                         detail=f"size {digests.size}, declared {self.size}")
+        if self.sha256 is not None and digests.sha256.hex() != self.sha256:
+            raise errors.ContentMismatch(
+                what=self.what, detail=f"sha256:{digests.sha256.hex()}, declared "
+                f"sha256:{self.sha256}")
+
+
+@dataclass(slots=True)
+class Batch:
+    """Objects added but not yet published (see ``Store.batch``), by object id."""
+
+    pending: dict[ObjectId, tuple[fsio.TempFile, Digests]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # adders may be threads
+
+    def hold(self, temp: fsio.TempFile, digests: Digests) -> bool:
+        """Keep ``temp`` for publishing; False if the batch holds these bytes already."""
+        oid = ObjectId(digests.verity.hex())
+        with self.lock:
+            if oid in self.pending:
+                return False
+            self.pending[oid] = (temp, digests)
+            temp.keep = True
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    object_id: ObjectId
+    size: int
+    mode: int
+    mtime_ns: int
+    nlink: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": self.object_id, "size": self.size, "mode": f"{self.mode:04o}",
+                "mtime_ns": self.mtime_ns, "nlink": self.nlink}
+
+
+@contextlib.contextmanager
+def _store_errors(path: Path) -> Iterator[None]:
+    """Turn OSErrors from the store side of an operation into store errors."""
+    try:
+        yield
+    except OSError as exc:
+        kind = _STORE_ERRNO.get(exc.errno or 0)
+        if kind is None:
+            raise
+        raise kind(path=path) from exc
+
+
+class Store:
+    """An open object store.  Use ``Store.open``/``Store.init``; close it (or use ``with``).
+
+    Safe for concurrent readers and writers in threads and processes: all state is on
+    disk, every operation works from directory descriptors held open, and every update
+    is a single atomic link, rename or symlink.
+    """
+
+    def __init__(self, path: Path, root_fd: int, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.fsync: bool = bool(meta.get("fsync", True))
+        self._root_fd = root_fd
+        self._objects_fd = fsio.open_dir(OBJECTS, root_fd)
+        self._tmp_fd = fsio.open_dir(TMP, root_fd)
+        self._names_fd = fsio.open_dir(NAMES, root_fd)
+        self.names = Names(self._names_fd, self._tmp_fd, fsync=self.fsync)
+        index_fd = fsio.open_dir("index", root_fd)
+        try:
+            self._index_fd = fsio.open_dir("sha256", index_fd)
+        finally:
+            os.close(index_fd)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True) -> Store:
+        """Create a new store at ``path`` (a missing or empty directory) and open it."""
+        path = Path(path)
+        with _store_errors(path):
+            try:
+                path.mkdir(mode=0o755)
+            except FileExistsError:
+                if not path.is_dir() or any(path.iterdir()):
+                    raise errors.StoreExists(path=path) from None
+            except FileNotFoundError:
+                raise errors.StoreNotFound(path=path.parent) from None
+            root_fd = fsio.open_dir(str(path))
+            try:
+                for name in (OBJECTS, "index", INDEX_SHA256, NAMES, TMP):
+                    os.mkdir(name, 0o755, dir_fd=root_fd)
+                meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                        "digest": DIGEST_ALGORITHM, "fsync": fsync,
+                        "features": {"compat": [], "incompat": []}}
+                tmp_fd = fsio.open_dir(TMP, root_fd)
+                try:
+                    # meta.json comes last: its presence is what makes the directory a store
+                    fsio.replace_file(root_fd, META_NAME, _canonical_json(meta),
+                                      tmp_dir_fd=tmp_fd, fsync=fsync)
+                finally:
+                    os.close(tmp_fd)
+            finally:
+                os.close(root_fd)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Store:
+        """Open an existing store, refusing anything that is not one this cas can read."""
+        path = Path(path)
+        try:
+            root_fd = fsio.open_dir(str(path))
+        except FileNotFoundError:
+            raise errors.StoreNotFound(path=path) from None
+        except NotADirectoryError:
+            raise errors.NotAStore(path=path, reason="not a directory") from None
+        try:
+            meta = _read_meta(path, root_fd)
+            return cls(path, root_fd, meta)
+        except OSError as exc:
+            os.close(root_fd)
+            raise errors.NotAStore(path=path, reason=f"layout: {exc.strerror}") from exc
+        except BaseException:
+            os.close(root_fd)
+            raise
+
+    def close(self) -> None:
+        for fd in (self._index_fd, self._names_fd, self._tmp_fd, self._objects_fd,
+                   self._root_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._root_fd = -1
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- adding ---------------------------------------------------------------------------
+
+    def add_path(self, path: str | os.PathLike[str], *,
+                 methods: frozenset[CopyMethod] = frozenset(CopyMethod),
+                 progress: Progress | None = None, expect: Expected | None = None,
+                 dir_fd: int | None = None, batch: Batch | None = None) -> AddResult:
+        """Import a regular file: reflink where possible, else copy; hash what was stored.
+
+        The file must not change while it is imported (size, mtime or ctime — a rename or
+        unlink changes ctime too); if it does, nothing is stored.  With ``dir_fd`` the path
+        is opened relative to it and a symlink as its last component is refused.
+        """
+        src_fd, before = _open_source(Path(path), dir_fd)
+        try:
+            with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp:
+                digests, method = hashing.import_fd(src_fd, temp.fd, methods=methods,
+                                                    progress=progress)
+                _check_unchanged(Path(path), before, os.fstat(src_fd), digests.size)
+                if expect is not None:
+                    expect.check(digests)
+                return self._publish(temp, digests, method.value, batch)
+        finally:
+            os.close(src_fd)
+
+    def add_stream(self, stream: IO[bytes], *, progress: Progress | None = None,
+                   expect: Expected | None = None, method: str = "stream",
+                   batch: Batch | None = None) -> AddResult:
+        """Import bytes read from a binary stream until EOF, hashing them as they pass."""
+        hasher = hashing.StreamHasher()
+        # never read more than one byte past a declared size (an endless stream stops)
+        budget = None if expect is None or expect.size is None else expect.size + 1
+        with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp:
+            while chunk := stream.read(STREAM_CHUNK if budget is None
+                                       else min(STREAM_CHUNK, budget)):
+                fsio.write_all(temp.fd, chunk)
+                hasher.update(chunk)
+                if budget is not None:
+                    budget -= len(chunk)
+                if progress is not None:
+                    progress.advance(len(chunk))
+            digests = hasher.finalize()
+            if expect is not None:
+                expect.check(digests)
+            return self._publish(temp, digests, method, batch)
+
+    def add_bytes(self, data: bytes, *, batch: Batch | None = None) -> AddResult:
+        return self.add_stream(io.BytesIO(data), method="bytes", batch=batch)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Add many objects with one flush instead of an fsync per object.
+
+        Objects added with ``batch=`` stay temp files until the block ends; then one
+        ``syncfs`` makes all their bytes durable and only after that are they linked into
+        place (and one more ``syncfs`` makes the names durable).  So even a power cut never
+        leaves a visible object without its bytes.  Objects of a batch cannot be read
+        before it ends.  On an exception nothing of the batch is published.
+        """
+        batch = Batch()
+        try:
+            yield batch
+            with _store_errors(self.path):
+                if self.fsync and batch.pending:
+                    fsio.syncfs(self._tmp_fd)
+                for temp, digests in batch.pending.values():
+                    self._link(temp, digests, sync=False)
+                if self.fsync and batch.pending:
+                    fsio.syncfs(self._tmp_fd)
+        finally:
+            for temp, _ in batch.pending.values():
+                temp.unlink()
+
+    def _publish(self, temp: fsio.TempFile, digests: Digests, method: str,
+                 batch: Batch | None) -> AddResult:
+        oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
+        os.fchmod(temp.fd, 0o444)
+        if batch is not None:
+            new = batch.hold(temp, digests) and not self.has_object(oid)
+            return AddResult(oid, sha, digests.size, method, new)
+        if self.fsync:
+            os.fsync(temp.fd)
+        return AddResult(oid, sha, digests.size, method, self._link(temp, digests, self.fsync))
+
+    def _link(self, temp: fsio.TempFile, digests: Digests, sync: bool) -> bool:
+        oid = ObjectId(digests.verity.hex())
+        new = self._link_object(temp.name, oid, digests.size, sync)
+        self._index(Sha256(digests.sha256.hex()), oid, sync)
+        return new
+
+    def _link_object(self, tmp: str, oid: ObjectId, size: int, sync: bool) -> bool:
+        """Give the temp file its object name; False if an intact copy was already there."""
+        shard_name, rest = shard(oid)
+        shard_fd = self._open_shard(self._objects_fd, shard_name, create=True)
+        try:
+            try:
+                os.link(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
+                if stat.S_ISREG(existing.st_mode) and existing.st_size == size:
+                    # dedup: refresh mtime so a GC grace period covers this writer too
+                    os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+                    return False
+                # the stored copy is visibly damaged; ours was just hashed: replace it
+                os.rename(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd)
+            if sync:
+                os.fsync(shard_fd)
+            return True
+        finally:
+            os.close(shard_fd)
+
+    def _index(self, sha: Sha256, oid: ObjectId, sync: bool) -> None:
+        """Record sha256 → object id as a symlink whose text is the id (never followed)."""
+        shard_name, rest = shard(sha)
+        shard_fd = self._open_shard(self._index_fd, shard_name, create=True)
+        try:
+            with contextlib.suppress(OSError):
+                if os.readlink(rest, dir_fd=shard_fd) == oid:
+                    return
+            tmp = fsio.temp_name("idx")
+            os.symlink(oid, tmp, dir_fd=self._tmp_fd)
+            try:
+                os.rename(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=self._tmp_fd)
+                raise
+            if sync:
+                os.fsync(shard_fd)
+        finally:
+            os.close(shard_fd)
+
+    # -- metadata images ------------------------------------------------------------------
+
+    def put_image(self, image: Image) -> ObjectId:
+        """Store a metadata image (canonical bytes, so equal trees share one object)."""
+        return self.add_bytes(images.encode(image)).object_id
+
+    def get_image(self, oid: ObjectId) -> Image:
+        """Read a metadata image, check its bytes against its name, and parse it."""
+        with self.open_object(oid) as f:
+            data = f.read(images.MAX_IMAGE_BYTES + 1)
+        if hashing.hash_bytes(data).verity.hex() != oid:
+            raise errors.CorruptObject(object_id=oid, users=" (a metadata image)")
+        return images.decode(data)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def resolve(self, text: str) -> ObjectId:
+        """An object id from user text: 64 hex digits, or ``sha256:<hex>`` (an OCI digest)."""
+        if text.startswith("sha256:"):
+            sha = sha256_digest(text)
+            oid = self.lookup_sha256(sha)
+            if oid is None:
+                raise errors.ObjectNotFound(object_id=text)
+            return oid
+        return object_id(text)
+
+    def lookup_sha256(self, sha: Sha256) -> ObjectId | None:
+        """The object whose plain SHA-256 is ``sha``, or None (also for a dangling entry)."""
+        shard_name, rest = shard(sha)
+        try:
+            shard_fd = self._open_shard(self._index_fd, shard_name)
+        except FileNotFoundError:
+            return None
+        try:
+            target = os.readlink(rest, dir_fd=shard_fd)
+        except (FileNotFoundError, OSError):
+            return None
+        finally:
+            os.close(shard_fd)
+        if not is_hex64(target):
+            return None
+        oid = ObjectId(target)
+        return oid if self.has_object(oid) else None
+
+    def has_object(self, oid: ObjectId) -> bool:
+        try:
+            self.stat_object(oid)
+        except errors.ObjectNotFound:
+            return False
+        return True
+
+    def stat_object(self, oid: ObjectId) -> ObjectInfo:
+        fd = self._open_object_fd(oid)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return ObjectInfo(oid, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                          st.st_nlink)
+
+    def open_object(self, oid: ObjectId) -> BinaryIO:
+        """Open an object read-only.  Its name is not re-checked here (that is ``verify``)."""
+        return os.fdopen(self._open_object_fd(oid), "rb")
+
+    def link_object(self, oid: ObjectId, dir_fd: int, name: str) -> None:
+        """Hard-link an object to ``name`` in ``dir_fd`` (read-only sharing of its inode)."""
+        shard_name, rest = shard(object_id(oid))
+        shard_fd = self._open_shard(self._objects_fd, shard_name)
+        try:
+            os.link(rest, name, src_dir_fd=shard_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(shard_fd)
+
+    def _open_object_fd(self, oid: ObjectId) -> int:
+        shard_name, rest = shard(object_id(oid))
+        try:
+            shard_fd = self._open_shard(self._objects_fd, shard_name)
+        except FileNotFoundError:
+            raise errors.ObjectNotFound(object_id=oid) from None
+        try:
+            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+        except FileNotFoundError:
+            raise errors.ObjectNotFound(object_id=oid) from None
+        except OSError as exc:
+            raise errors.StoreCorrupt(path=self.path,
+                                      reason=f"object {oid}: {exc.strerror}") from exc
+        finally:
+            os.close(shard_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise errors.StoreCorrupt(path=self.path, reason=f"object {oid}: not a file")
+        return fd
+
+    def _open_shard(self, parent_fd: int, name: str, *, create: bool = False) -> int:
+        """Open a fan-out directory; anything but a real directory there is damage."""
+        try:
+            return fsio.open_dir(name, parent_fd, create=create)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise errors.StoreCorrupt(path=self.path,
+                                      reason=f"{name}: not a directory ({exc.strerror})") from exc
+
+    def iter_objects(self) -> Iterator[ObjectId]:
+        """Every well-named object file, shard by shard (strays are ``verify``'s business)."""
+        with os.scandir(self._objects_fd) as shards:
+            names = sorted(e.name for e in shards if e.is_dir(follow_symlinks=False))
+        for shard_name in names:
+            if len(shard_name) != 2:
+                continue
+            try:
+                shard_fd = fsio.open_dir(shard_name, self._objects_fd)
+            except FileNotFoundError:
+                continue  # removed concurrently
+            try:
+                with os.scandir(shard_fd) as entries:
+                    for entry in entries:
+                        oid = shard_name + entry.name
+                        if is_hex64(oid) and entry.is_file(follow_symlinks=False):
+                            yield ObjectId(oid)
+            finally:
+                os.close(shard_fd)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals for ``cas stat``: object count and bytes."""
+        count = size = 0
+        for oid in self.iter_objects():
+            with contextlib.suppress(errors.ObjectNotFound):
+                size += self.stat_object(oid).size
+                count += 1
+        return {"path": str(self.path), "format": self.meta["format"],
+                "version": self.meta["version"], "digest": self.meta["digest"],
+                "fsync": self.fsync, "objects": count, "bytes": size,
+                "backend": hashing.backend_name()}
+
+
+def _canonical_json(value: Any) -> bytes:
+    return (json.dumps(value, sort_keys=True, indent=2) + "\n").encode()
+
+
+def _read_meta(path: Path, root_fd: int) -> dict[str, Any]:
+    try:
+        raw = fsio.read_small(root_fd, META_NAME, META_LIMIT)
+    except FileNotFoundError:
+        raise errors.NotAStore(path=path, reason=f"no {META_NAME}") from None
+    except OSError as exc:
+        raise errors.NotAStore(path=path, reason=f"{META_NAME}: {exc.strerror}") from exc
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.NotAStore(path=path, reason=f"{META_NAME} is not JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise errors.NotAStore(path=path, reason=f"{META_NAME} does not describe a cas store")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise errors.NotAStore(path=path, reason=f"{META_NAME}: bad version {version!r}")
+    if version > FORMAT_VERSION:
+        raise errors.UnsupportedFormat(path=path, found=version, supported=FORMAT_VERSION)
+    if meta.get("digest") != DIGEST_ALGORITHM:
+        raise errors.UnsupportedFormat(path=path, found=f"digest {meta.get('digest')!r}",
+                                       supported=DIGEST_ALGORITHM)
+    features = meta.get("features", {})
+    unknown = set(features.get("incompat", [])) - KNOWN_FEATURES["incompat"]
+    if unknown:
+        raise errors.UnsupportedFormat(path=path, found=f"features {sorted(unknown)}",
+                                       supported=sorted(KNOWN_FEATURES["incompat"]))
+    return meta
+
+
+def _open_source(path: Path, dir_fd: int | None) -> tuple[int, os.stat_result]:
+    """Open a file to import; it must be a regular file (FIFOs never block the open)."""
+    nofollow = os.O_NOFOLLOW if dir_fd is not None else 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | nofollow, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise errors.SourceMissing(path=path) from None
+    except OSError as exc:
+        raise errors.SourceUnreadable(path=path, reason=exc.strerror) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise errors.NotARegularFile(path=path, kind=fsio.file_kind(st.st_mode))
+    return fd, st
+
+
+def _check_unchanged(path: Path, before: os.stat_result, after: os.stat_result,
+                     copied: int) -> None:
+    for what, old, new in (("size", before.st_size, after.st_size),
+                           ("size", before.st_size, copied),
+                           ("mtime", before.st_mtime_ns, after.st_mtime_ns),
+                           ("ctime", before.st_ctime_ns, after.st_ctime_ns)):
+        if old != new:
+            raise errors.SourceChanged(path=path, what=f"{what} {old} -> {new}")

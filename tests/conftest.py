@@ -1,0 +1,83 @@
+"""Shared fixtures: stores, random files, the fsverity oracle, loop-mounted filesystems."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cas import Store
+
+IS_ROOT = os.geteuid() == 0
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (CI installs it via .ci/run)")
+    return path
+
+
+def need_root(reason: str) -> None:
+    if not IS_ROOT:
+        pytest.skip(f"needs root: {reason}")
+
+
+def fsverity_digest(path: Path) -> str:
+    """The oracle: Debian's `fsverity digest`, as 64 hex digits."""
+    out = subprocess.run([need_tool("fsverity"), "digest", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    algo_hex = out.split()[0]
+    assert algo_hex.startswith("sha256:")
+    return algo_hex.removeprefix("sha256:")
+
+
+def write_random(path: Path, size: int, seed: int = 0) -> Path:
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.init(tmp_path / "store") as s:
+        yield s
+
+
+@contextlib.contextmanager
+def loop_filesystem(image_dir: Path, fstype: str, size_mib: int) -> Iterator[Path]:
+    """Make a filesystem of ``fstype`` in a sparse file, loop-mount it, unmount after."""
+    need_root(f"mounting a loop {fstype} filesystem")
+    mkfs = need_tool(f"mkfs.{fstype}")
+    image, mountpoint = image_dir / f"{fstype}.img", image_dir / f"{fstype}-mnt"
+    with open(image, "wb") as f:
+        f.truncate(size_mib << 20)
+    quiet = {"xfs": ["-q"], "btrfs": ["-q"], "ext4": ["-q", "-F"]}.get(fstype, [])
+    subprocess.run([mkfs, *quiet, str(image)], check=True, capture_output=True)
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True,
+                   capture_output=True)
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)  # busy
+        image.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def loopfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
+    """Factory: ``loopfs("xfs", 320)`` gives the mount point of a fresh loop filesystem."""
+    with contextlib.ExitStack() as stack:
+        yield lambda fstype, size_mib: stack.enter_context(
+            loop_filesystem(tmp_path, fstype, size_mib))
+
+
+def object_files(store_path: Path) -> list[Path]:
+    """Every file under objects/ (well-named or not)."""
+    return sorted(p for p in (store_path / "objects").rglob("*") if not p.is_dir())

@@ -1,0 +1,256 @@
+"""The object store: layout, atomic adds, dedup, lookups, and refusing bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cas import Store, errors, hashing
+from cas.digest import ObjectId, Sha256
+
+from conftest import fsverity_digest, object_files, write_random
+
+
+def test_init_lays_out_a_versioned_store(tmp_path: Path) -> None:
+    with Store.init(tmp_path / "s") as store:
+        assert store.summary()["objects"] == 0
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["format"] == "cas-store" and meta["version"] == 1
+    assert meta["digest"] == "fsverity-sha256-4k"
+    for sub in ("objects", "index/sha256", "tmp"):
+        assert (tmp_path / "s" / sub).is_dir()
+
+
+def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "keep").write_text("mine")
+    with pytest.raises(errors.StoreExists):
+        Store.init(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+def test_added_object_is_named_by_its_fsverity_digest(store: Store, tmp_path: Path) -> None:
+    src = write_random(tmp_path / "src", 300_000)
+    result = store.add_path(src)
+    assert result.object_id == fsverity_digest(src)
+    assert result.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert result.size == 300_000 and result.new
+    info = store.stat_object(result.object_id)
+    assert info.mode == 0o444 and info.size == 300_000
+    path = store.path / "objects" / result.object_id[:2] / result.object_id[2:]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    with store.open_object(result.object_id) as f:
+        assert f.read() == src.read_bytes()
+    assert list(store.iter_objects()) == [result.object_id]
+    assert os.listdir(store.path / "tmp") == []
+
+
+def test_path_stream_and_bytes_give_the_same_object(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(70_001)
+    src = tmp_path / "f"
+    src.write_bytes(data)
+    by_path = store.add_path(src)
+    by_stream = store.add_stream(io.BytesIO(data))
+    by_bytes = store.add_bytes(data)
+    assert by_path.object_id == by_stream.object_id == by_bytes.object_id
+    assert (by_path.new, by_stream.new, by_bytes.new) == (True, False, False)
+    assert len(object_files(store.path)) == 1
+
+
+def test_empty_file(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "empty"
+    src.touch()
+    result = store.add_path(src)
+    assert result.object_id == fsverity_digest(src) and result.size == 0
+
+
+def test_dedup_refreshes_mtime(store: Store) -> None:
+    oid = store.add_bytes(b"hello world").object_id
+    assert oid == "1e2eaa4202d750a41174ee454970b92c1bc2f925b1e35076d8c7d5f56362ba64"
+    obj = store.path / "objects" / oid[:2] / oid[2:]
+    os.utime(obj, (1_000_000, 1_000_000))
+    assert store.add_bytes(b"hello world").new is False
+    assert obj.stat().st_mtime > 1_000_000 + 3600
+
+
+def test_a_visibly_damaged_stored_copy_is_replaced_on_re_add(store: Store) -> None:
+    oid = store.add_bytes(b"x" * 5000).object_id
+    obj = store.path / "objects" / oid[:2] / oid[2:]
+    obj.chmod(0o644)
+    obj.write_bytes(b"x" * 10)  # truncated by bit rot or an accident
+    assert store.add_bytes(b"x" * 5000).new is True
+    assert obj.read_bytes() == b"x" * 5000
+
+
+def test_sha256_index(store: Store) -> None:
+    result = store.add_bytes(b"layer bytes")
+    sha = Sha256(hashlib.sha256(b"layer bytes").hexdigest())
+    assert store.lookup_sha256(sha) == result.object_id
+    assert store.resolve("sha256:" + sha) == result.object_id
+    assert store.lookup_sha256(Sha256("0" * 64)) is None
+    with pytest.raises(errors.ObjectNotFound):
+        store.resolve("sha256:" + "0" * 64)
+
+
+def test_index_entry_pointing_at_a_missing_object_is_a_miss(store: Store) -> None:
+    result = store.add_bytes(b"soon gone")
+    obj = store.path / "objects" / result.object_id[:2] / result.object_id[2:]
+    obj.unlink()
+    assert store.lookup_sha256(result.sha256) is None
+    store.add_bytes(b"soon gone")  # re-adding heals both
+    assert store.lookup_sha256(result.sha256) == result.object_id
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "G" * 64, "A" * 64, "0" * 63, "0" * 65,
+                                 "../" + "0" * 61, "sha256:" + "0" * 63, "sha512:" + "0" * 64])
+def test_malformed_object_ids_are_refused(store: Store, bad: str) -> None:
+    with pytest.raises(errors.InvalidObjectId):
+        store.resolve(bad)
+    with pytest.raises(errors.InvalidObjectId):
+        store.open_object(ObjectId(bad))
+
+
+def test_missing_object(store: Store) -> None:
+    with pytest.raises(errors.ObjectNotFound):
+        store.open_object(ObjectId("ab" * 32))
+
+
+# -- the store never follows a symlink planted inside it ---------------------------------
+
+
+def test_planted_shard_symlink_is_not_followed(store: Store, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    oid = ObjectId("cd" * 32)
+    (outside / oid[2:]).write_text("secret")
+    (store.path / "objects" / oid[:2]).symlink_to(outside)
+    with pytest.raises(errors.StoreCorrupt):
+        store.open_object(oid)
+    # writes through a planted shard are refused as well, and write nothing outside
+    src = tmp_path / "f"
+    src.write_bytes(b"z")
+    planted = store.add_bytes(b"z").object_id
+    (store.path / "objects" / planted[:2] / planted[2:]).unlink()
+    (store.path / "objects" / planted[:2]).rmdir()
+    (store.path / "objects" / planted[:2]).symlink_to(outside)
+    with pytest.raises(errors.StoreCorrupt):
+        store.add_path(src)
+    assert sorted(p.name for p in outside.iterdir()) == [oid[2:]]
+
+
+def test_planted_object_symlink_is_not_followed(store: Store, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("not an object")
+    oid = ObjectId("ef" * 32)
+    (store.path / "objects" / "ef").mkdir()
+    (store.path / "objects" / "ef" / oid[2:]).symlink_to(target)
+    with pytest.raises(errors.StoreCorrupt):
+        store.open_object(oid)
+    assert list(store.iter_objects()) == []
+
+
+def test_meta_json_symlink_is_refused(tmp_path: Path) -> None:
+    Store.init(tmp_path / "s").close()
+    meta = tmp_path / "s" / "meta.json"
+    real = tmp_path / "real.json"
+    meta.rename(real)
+    meta.symlink_to(real)
+    with pytest.raises(errors.NotAStore):
+        Store.open(tmp_path / "s")
+
+
+# -- opening: missing, not a store, too new -----------------------------------------------
+
+
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(errors.StoreNotFound):
+        Store.open(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(errors.NotAStore):
+        Store.open(tmp_path / "file")
+    with pytest.raises(errors.NotAStore):
+        Store.open(tmp_path)
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"version": 2}, errors.UnsupportedFormat),
+    ({"features": {"compat": [], "incompat": ["sha512-objects"]}}, errors.UnsupportedFormat),
+    ({"digest": "blake3"}, errors.UnsupportedFormat),
+    ({"format": "other"}, errors.NotAStore),
+    ({"version": "1"}, errors.NotAStore),
+])
+def test_meta_json_is_validated(tmp_path: Path, change: dict[str, object],
+                                error: type[Exception]) -> None:
+    Store.init(tmp_path / "s").close()
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(change)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(error):
+        Store.open(tmp_path / "s")
+
+
+def test_garbage_meta_json(tmp_path: Path) -> None:
+    Store.init(tmp_path / "s").close()
+    (tmp_path / "s" / "meta.json").write_bytes(b"\xff\x00{")
+    with pytest.raises(errors.NotAStore):
+        Store.open(tmp_path / "s")
+
+
+# -- bad sources: nothing is stored ---------------------------------------------------------
+
+
+def test_sources_that_are_not_regular_files(store: Store, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in ((tmp_path, "directory"), (Path("/dev/null"), "character device"),
+                       (fifo, "fifo")):
+        with pytest.raises(errors.NotARegularFile, match=kind):
+            store.add_path(path)
+    with pytest.raises(errors.SourceMissing):
+        store.add_path(tmp_path / "missing")
+    assert object_files(store.path) == [] and os.listdir(store.path / "tmp") == []
+
+
+@pytest.mark.parametrize("change", ["append", "truncate", "unlink", "touch"])
+def test_source_changed_during_import_stores_nothing(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    src = write_random(tmp_path / "src", 1 << 20)
+    real_import = hashing.import_fd
+
+    def import_then_change(src_fd: int, dst_fd: int, **kw: object):  # type: ignore[no-untyped-def]
+        result = real_import(src_fd, dst_fd, **kw)  # type: ignore[arg-type]
+        if change == "append":
+            with open(src, "ab") as f:
+                f.write(b"more")
+        elif change == "truncate":
+            os.truncate(src, 100)
+        elif change == "unlink":
+            src.unlink()
+        else:
+            os.utime(src, ns=(1, 1))
+        return result
+
+    monkeypatch.setattr(hashing, "import_fd", import_then_change)
+    with pytest.raises(errors.SourceChanged):
+        store.add_path(src)
+    assert object_files(store.path) == [] and os.listdir(store.path / "tmp") == []
+
+
+def test_concurrent_readers_in_threads(store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    blobs = [os.urandom(10_000 + i) for i in range(32)]
+    ids = [store.add_bytes(b).object_id for b in blobs]
+
+    def read(i: int) -> bool:
+        with store.open_object(ids[i]) as f:
+            return f.read() == blobs[i]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, list(range(32)) * 4))
