@@ -143,6 +143,13 @@ def import_fd(src_fd: int, dst_fd: int, *,
               methods: frozenset[hashing.CopyMethod] = frozenset(hashing.CopyMethod),
               progress: hashing.Progress | None = None
               ) -> tuple[hashing.Digests, hashing.CopyMethod]:
+    _, method = copy_fd(src_fd, dst_fd, methods=methods, progress=progress)
+    return hash_fd(dst_fd, progress=progress), method
+
+
+def copy_fd(src_fd: int, dst_fd: int, *,
+            methods: frozenset[hashing.CopyMethod] = frozenset(hashing.CopyMethod),
+            progress: hashing.Progress | None = None) -> tuple[int, hashing.CopyMethod]:
     if not methods:
         raise _invalid()
     _check_cancel(progress)
@@ -161,6 +168,6 @@ def import_fd(src_fd: int, dst_fd: int, *,
                 raise
             skipped = exc
             continue
-        return hash_fd(dst_fd, progress=progress), method
+        return os.fstat(dst_fd).st_size, method
     assert skipped is not None
     raise skipped

@@ -67,7 +67,8 @@ def import_artifacts(store: Store, sources: list[str], name: str | None = None, 
         if any(loc.scheme != "path" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
         from . import tree
-        scheme, imported = "path", [(name, tree.import_files(store, [loc.path for loc in locations]))]
+        paths = [loc.path for loc in locations]
+        scheme, imported = "path", [(name, tree.import_files(store, paths))]
     if name is not None and len(imported) != 1:
         raise BadInput(message=f"{sources[0]} holds {len(imported)} artifacts; --name needs one")
     records = []
@@ -106,10 +107,13 @@ def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]
     location = parse_location(destination)
     if location.scheme == "oci":
         from . import oci
-        oci.export_layout(store, image, location.path, location.ref or record.name.rpartition(":")[2])
+        tag = location.ref or record.name.rpartition(":")[2]
+        oci.export_layout(store, image, location.path, tag)
     elif location.scheme == "ollama":
         from . import ollama
-        ollama.export_model(store, image, location.path)
+        # an export names a store directory, never a model: the image knows its model
+        rest = destination.partition(":")[2]
+        ollama.export_model(store, image, Path(rest) if rest else ollama.default_root())
     else:
         raise UnsupportedSource(location=destination)
     return {"name": record.name, "destination": destination}

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
-import fcntl
 import os
 import shutil
 from collections import Counter
@@ -33,10 +31,6 @@ from .errors import CorruptObject, DestinationExists, LinkUnsupported
 from .hashing import CopyMethod
 from .image import Entry, EntryType, Image
 from .store import Store
-
-FICLONE = 0x40049409
-_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS,
-                errno.EBADF}
 
 
 class LinkMode(enum.Enum):
@@ -143,11 +137,11 @@ def _file(store: Store, entry: Entry, dir_fd: int, name: str, mode: LinkMode) ->
     with store.open_object(entry.object_id) as obj:
         if mode in (LinkMode.AUTO, LinkMode.REFLINK):
             try:
-                _write_new(dir_fd, name, entry,
-                           lambda fd: fcntl.ioctl(fd, FICLONE, obj.fileno()))
+                _write_new(dir_fd, name, entry, lambda fd: hashing.copy_fd(
+                    obj.fileno(), fd, methods=frozenset({CopyMethod.REFLINK})))
                 return "reflink"
             except OSError as exc:
-                if mode is LinkMode.REFLINK or exc.errno not in _UNSUPPORTED:
+                if mode is LinkMode.REFLINK or exc.errno not in hashing.REFLINK_UNSUPPORTED:
                     raise LinkUnsupported(mode="reflink", reason=exc.strerror) from exc
         _write_new(dir_fd, name, entry, lambda fd: _verified_copy(obj.fileno(), fd, entry))
         return "copy"

@@ -77,7 +77,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 def replace_file(dir_fd: int, name: str, data: bytes, *, tmp_dir_fd: int, fsync: bool,
                  mode: int = 0o644) -> None:
     """Atomically replace ``name`` with ``data`` (temp → fsync → rename → fsync dir)."""
-    with temp_file(tmp_dir_fd, "replace") as temp:
+    with temp_file(tmp_dir_fd, ".cas-replace") as temp:
         write_all(temp.fd, data)
         os.fchmod(temp.fd, mode)
         if fsync:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cas import _reference
 
 __all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "StreamHasher",
-           "backend_name", "hash_bytes", "hash_fd", "import_fd"]
+           "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +202,19 @@ if _BACKEND is not None:
 _METHOD_OF_BIT = {bit: method for method, bit in _METHOD_BITS.items()}
 
 
+#: errnos with which FICLONE says "not between these two files" (EBADF included: some
+#: filesystems answer so); any other errno is a real error.
+REFLINK_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL,
+                                 errno.ENOTTY, errno.ENOSYS, errno.EBADF})
+
+
+def _allowed_bits(methods: frozenset[CopyMethod]) -> int:
+    allowed = 0
+    for method in methods:
+        allowed |= _METHOD_BITS[method]
+    return allowed
+
+
 def import_fd(src_fd: int, dst_fd: int, *,
               methods: frozenset[CopyMethod] = frozenset(CopyMethod),
               progress: Progress | None = None) -> tuple[Digests, CopyMethod]:
@@ -214,10 +227,22 @@ def import_fd(src_fd: int, dst_fd: int, *,
     if _BACKEND is None:
         from cas import _reference
         return _reference.import_fd(src_fd, dst_fd, methods=methods, progress=progress)
-    allowed = 0
-    for method in methods:
-        allowed |= _METHOD_BITS[method]
     out = _ffi.new("struct cas_digests *")
     used = _ffi.new("unsigned *")
-    _check(_lib.cas_import_fd(src_fd, dst_fd, allowed, out, used, _c_progress(progress)))
+    _check(_lib.cas_import_fd(src_fd, dst_fd, _allowed_bits(methods), out, used,
+                              _c_progress(progress)))
     return _digests(out, True), _METHOD_OF_BIT[int(used[0])]
+
+
+def copy_fd(src_fd: int, dst_fd: int, *,
+            methods: frozenset[CopyMethod] = frozenset(CopyMethod),
+            progress: Progress | None = None) -> tuple[int, CopyMethod]:
+    """``import_fd`` without the hashing: returns the bytes copied and the method used."""
+    if _BACKEND is None:
+        from cas import _reference
+        return _reference.copy_fd(src_fd, dst_fd, methods=methods, progress=progress)
+    copied = _ffi.new("uint64_t *")
+    used = _ffi.new("unsigned *")
+    _check(_lib.cas_copy_fd(src_fd, dst_fd, _allowed_bits(methods), copied, used,
+                            _c_progress(progress)))
+    return int(copied[0]), _METHOD_OF_BIT[int(used[0])]

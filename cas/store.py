@@ -29,6 +29,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import IO, Any, BinaryIO
 
 from . import errors, fsio, hashing
 from . import image as images
-from .digest import ObjectId, Sha256, is_hex64, object_id, shard, sha256_digest
+from .digest import ObjectId, Sha256, is_hex64, object_id, sha256_digest, shard
 from .hashing import CopyMethod, Digests, Progress
 from .image import Image
 from .names import Names
@@ -48,6 +49,8 @@ META_NAME = "meta.json"
 META_LIMIT = 64 * 1024
 OBJECTS, INDEX_SHA256, NAMES, TMP = "objects", "index/sha256", "names", "tmp"
 STREAM_CHUNK = 1 << 20
+#: A file whose ctime is this old is "settled": a write during its import moves ctime.
+SETTLE_NS = 2_000_000_000
 
 #: Feature flags a store may carry (compat: ignorable; incompat: refuse to open).
 KNOWN_FEATURES: dict[str, frozenset[str]] = {"compat": frozenset(), "incompat": frozenset()}
@@ -232,7 +235,7 @@ class Store:
                  methods: frozenset[CopyMethod] = frozenset(CopyMethod),
                  progress: Progress | None = None, expect: Expected | None = None,
                  dir_fd: int | None = None, batch: Batch | None = None) -> AddResult:
-        """Import a regular file: reflink where possible, else copy; hash what was stored.
+        """Import a regular file: reflink where possible, else copy, hashing in one pass.
 
         The file must not change while it is imported (size, mtime or ctime — a rename or
         unlink changes ctime too); if it does, nothing is stored.  With ``dir_fd`` the path
@@ -241,12 +244,11 @@ class Store:
         src_fd, before = _open_source(Path(path), dir_fd)
         try:
             with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp:
-                digests, method = hashing.import_fd(src_fd, temp.fd, methods=methods,
-                                                    progress=progress)
+                digests, method = _fill(src_fd, temp.fd, before, methods, progress)
                 _check_unchanged(Path(path), before, os.fstat(src_fd), digests.size)
                 if expect is not None:
                     expect.check(digests)
-                return self._publish(temp, digests, method.value, batch)
+                return self._publish(temp, digests, method, batch)
         finally:
             os.close(src_fd)
 
@@ -324,10 +326,7 @@ class Store:
                 os.link(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd,
                         follow_symlinks=False)
             except FileExistsError:
-                existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
-                if stat.S_ISREG(existing.st_mode) and existing.st_size == size:
-                    # dedup: refresh mtime so a GC grace period covers this writer too
-                    os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+                if _refresh_at(shard_fd, rest, size):
                     return False
                 # the stored copy is visibly damaged; ours was just hashed: replace it
                 os.rename(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd)
@@ -494,6 +493,19 @@ class Store:
                 "backend": hashing.backend_name()}
 
 
+def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
+    """Dedup check: a regular file of the right size is there; refresh its mtime so a GC
+    grace period covers this writer too.  Anything else there counts as missing."""
+    try:
+        existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(existing.st_mode) or existing.st_size != size:
+        return False
+    os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+    return True
+
+
 def _canonical_json(value: Any) -> bytes:
     return (json.dumps(value, sort_keys=True, indent=2) + "\n").encode()
 
@@ -525,6 +537,31 @@ def _read_meta(path: Path, root_fd: int) -> dict[str, Any]:
         raise errors.UnsupportedFormat(path=path, found=f"features {sorted(unknown)}",
                                        supported=sorted(KNOWN_FEATURES["incompat"]))
     return meta
+
+
+def _fill(src_fd: int, dst_fd: int, before: os.stat_result, methods: frozenset[CopyMethod],
+          progress: Progress | None) -> tuple[Digests, str]:
+    """Put the source's bytes into the empty temp file and hash them, the cheapest way.
+
+    A reflink costs nothing, so the bytes are then hashed where they are most likely in
+    the page cache: in the source, if it is *settled* (its ctime at least ``SETTLE_NS``
+    old, so a write during the import must move it and ``_check_unchanged`` sees it),
+    else in the clone.  Without reflink the native pipeline copies and hashes the copy as
+    it lands, in one pass.
+    """
+    if CopyMethod.REFLINK in methods:
+        try:
+            hashing.copy_fd(src_fd, dst_fd, methods=frozenset({CopyMethod.REFLINK}))
+        except OSError as exc:
+            if exc.errno not in hashing.REFLINK_UNSUPPORTED or methods == {CopyMethod.REFLINK}:
+                raise
+        else:
+            settled = time.time_ns() - before.st_ctime_ns >= SETTLE_NS
+            digests = hashing.hash_fd(src_fd if settled else dst_fd, progress=progress)
+            return digests, CopyMethod.REFLINK.value
+    digests, method = hashing.import_fd(src_fd, dst_fd, methods=methods - {CopyMethod.REFLINK},
+                                        progress=progress)
+    return digests, method.value
 
 
 def _open_source(path: Path, dir_fd: int | None) -> tuple[int, os.stat_result]:

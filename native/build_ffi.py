@@ -1,6 +1,6 @@
 """cffi API-mode (out-of-line) builder for ``cas._native``.
 
-Used by setuptools through ``cffi_modules`` in pyproject.toml; paths are
+Used by setuptools through ``cffi_modules`` in setup.py; paths are
 relative to the repository root, which is the working directory of a build.
 API-mode calls release the GIL for their whole duration.
 
@@ -30,6 +30,7 @@ int cas_hash_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
 #define CAS_COPY_READWRITE ...
 int cas_import_fd(int, int, unsigned, struct cas_digests *, unsigned *,
                   struct cas_progress *);
+int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress *);
 """
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]

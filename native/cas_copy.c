@@ -23,10 +23,37 @@
 #define CAS_RW_CHUNK (1u << 20)
 
 /*
+ * Where a copier reports progress: the hashing pipeline of cas_import_fd, or
+ * (pl == NULL, cas_copy_fd) just the byte count and the caller's progress.
+ */
+struct cas_copy_ctx {
+    struct cas_pipeline *pl;
+    struct cas_progress *progress;
+    uint64_t copied;
+};
+
+static int cas_ctx_status(struct cas_copy_ctx *ctx)
+{
+    if (ctx->pl != NULL)
+        return cas_pipeline_status(ctx->pl);
+    return ctx->progress != NULL && ctx->progress->cancel ? -ECANCELED : 0;
+}
+
+static void cas_ctx_publish(struct cas_copy_ctx *ctx, uint64_t mark)
+{
+    if (ctx->pl != NULL)
+        cas_pipeline_publish(ctx->pl, mark);
+    else if (ctx->progress != NULL)
+        __atomic_fetch_add(&ctx->progress->done, mark - ctx->copied,
+                           __ATOMIC_RELAXED);
+    ctx->copied = mark;
+}
+
+/*
  * A copy method returns 0 or -errno and sets *untouched when it failed before
  * putting any byte into dst (only then may the next method take over).
  */
-typedef int (*cas_copy_fn)(int src, int dst, struct cas_pipeline *pl,
+typedef int (*cas_copy_fn)(int src, int dst, struct cas_copy_ctx *ctx,
                            int *untouched);
 
 static int cas_reflink_unsupported(int err)
@@ -41,7 +68,7 @@ static int cas_range_unsupported(int err)
            err == EINVAL || err == ENOSYS;
 }
 
-static int cas_copy_reflink(int src, int dst, struct cas_pipeline *pl,
+static int cas_copy_reflink(int src, int dst, struct cas_copy_ctx *ctx,
                             int *untouched)
 {
     struct stat st;
@@ -52,18 +79,18 @@ static int cas_copy_reflink(int src, int dst, struct cas_pipeline *pl,
     *untouched = 0;
     if (fstat(dst, &st) != 0)
         return -errno;
-    cas_pipeline_publish(pl, (uint64_t)st.st_size);
+    cas_ctx_publish(ctx, (uint64_t)st.st_size);
     return 0;
 }
 
-static int cas_copy_range(int src, int dst, struct cas_pipeline *pl,
+static int cas_copy_range(int src, int dst, struct cas_copy_ctx *ctx,
                           int *untouched)
 {
     loff_t in = 0, out = 0;
 
     for (;;) {
         ssize_t n;
-        int err = cas_pipeline_status(pl);
+        int err = cas_ctx_status(ctx);
 
         *untouched = out == 0;
         if (err != 0)
@@ -75,7 +102,7 @@ static int cas_copy_range(int src, int dst, struct cas_pipeline *pl,
             return -errno;
         if (n == 0)
             return 0;
-        cas_pipeline_publish(pl, (uint64_t)out);
+        cas_ctx_publish(ctx, (uint64_t)out);
     }
 }
 
@@ -96,7 +123,7 @@ static int cas_pwrite_full(int fd, const uint8_t *buf, size_t len,
     return 0;
 }
 
-static int cas_copy_readwrite(int src, int dst, struct cas_pipeline *pl,
+static int cas_copy_readwrite(int src, int dst, struct cas_copy_ctx *ctx,
                               int *untouched)
 {
     uint8_t *buf = aligned_alloc(4096, CAS_RW_CHUNK);
@@ -110,7 +137,7 @@ static int cas_copy_readwrite(int src, int dst, struct cas_pipeline *pl,
     for (;;) {
         int64_t n;
 
-        err = cas_pipeline_status(pl);
+        err = cas_ctx_status(ctx);
         if (err != 0)
             break;
         n = cas_pread_full(src, buf, CAS_RW_CHUNK, off);
@@ -123,7 +150,7 @@ static int cas_copy_readwrite(int src, int dst, struct cas_pipeline *pl,
         if (err != 0)
             break;
         off += (uint64_t)n;
-        cas_pipeline_publish(pl, off);
+        cas_ctx_publish(ctx, off);
         if ((size_t)n < CAS_RW_CHUNK)
             break;
     }
@@ -142,7 +169,7 @@ static const struct {
 };
 
 static int cas_copy_any(int src, int dst, unsigned allowed,
-                        struct cas_pipeline *pl, unsigned *used)
+                        struct cas_copy_ctx *ctx, unsigned *used)
 {
     size_t i;
     int err = -EINVAL;
@@ -153,7 +180,7 @@ static int cas_copy_any(int src, int dst, unsigned allowed,
 
         if ((allowed & cas_copy_methods[i].method) == 0)
             continue;
-        err = cas_copy_methods[i].copy(src, dst, pl, &untouched);
+        err = cas_copy_methods[i].copy(src, dst, ctx, &untouched);
         if (err == 0) {
             *used = cas_copy_methods[i].method;
             return 0;
@@ -176,32 +203,60 @@ static int cas_check_dst(int dst)
     return 0;
 }
 
+/* The checks both entry points start with: 0, or -errno to return at once. */
+static int cas_copy_precheck(int dst_fd, unsigned allowed, unsigned *method_used,
+                             struct cas_progress *progress)
+{
+    if (method_used == NULL || allowed == 0 || (allowed & ~CAS_COPY_ALL) != 0)
+        return -EINVAL;
+    *method_used = 0;
+    if (progress != NULL && progress->cancel)
+        return -ECANCELED;
+    return cas_check_dst(dst_fd);
+}
+
 int cas_import_fd(int src_fd, int dst_fd, unsigned allowed,
                   struct cas_digests *out, unsigned *method_used,
                   struct cas_progress *progress)
 {
-    struct cas_pipeline *pl;
+    struct cas_copy_ctx ctx = {NULL, progress, 0};
     unsigned used = 0;
     int err;
 
-    if (out == NULL || method_used == NULL || allowed == 0 ||
-        (allowed & ~CAS_COPY_ALL) != 0)
+    if (out == NULL)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    *method_used = 0;
-    if (progress != NULL && progress->cancel)
-        return -ECANCELED;
-    err = cas_check_dst(dst_fd);
+    err = cas_copy_precheck(dst_fd, allowed, method_used, progress);
     if (err != 0)
         return err;
-    pl = cas_pipeline_new(dst_fd, CAS_HASH_SHA256, 0, progress);
-    if (pl == NULL)
+    ctx.pl = cas_pipeline_new(dst_fd, CAS_HASH_SHA256, 0, progress);
+    if (ctx.pl == NULL)
         return -ENOMEM;
-    err = cas_pipeline_start(pl);
+    err = cas_pipeline_start(ctx.pl);
     if (err == 0)
-        err = cas_copy_any(src_fd, dst_fd, allowed, pl, &used);
-    err = cas_pipeline_finish(pl, err, out);
+        err = cas_copy_any(src_fd, dst_fd, allowed, &ctx, &used);
+    err = cas_pipeline_finish(ctx.pl, err, out);
     if (err == 0)
         *method_used = used;
+    return err;
+}
+
+int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
+                unsigned *method_used, struct cas_progress *progress)
+{
+    struct cas_copy_ctx ctx = {NULL, progress, 0};
+    unsigned used = 0;
+    int err;
+
+    if (copied == NULL)
+        return -EINVAL;
+    *copied = 0;
+    err = cas_copy_precheck(dst_fd, allowed, method_used, progress);
+    if (err == 0)
+        err = cas_copy_any(src_fd, dst_fd, allowed, &ctx, &used);
+    if (err == 0) {
+        *copied = ctx.copied;
+        *method_used = used;
+    }
     return err;
 }

@@ -107,6 +107,15 @@ int cas_import_fd(int src_fd, int dst_fd, unsigned allowed,
                   struct cas_digests *out, unsigned *method_used,
                   struct cas_progress *progress);
 
+/* ---- copy only -----------------------------------------------------------
+ * cas_copy_fd is cas_import_fd without the hashing: the same methods, order,
+ * skip rules and dst requirements; *copied = bytes now in dst. For callers
+ * that hashed the source already and prove it unchanged (cas.store).
+ * progress->done counts copied bytes.
+ */
+int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
+                unsigned *method_used, struct cas_progress *progress);
+
 /* ---- internal: shared by cas_hash.c and cas_copy.c, not exported to Python.
  * A pipeline owns the hashing threads of one call. In "EOF" mode they read
  * fd until EOF; in "mark" mode a producer publishes how many bytes of fd are

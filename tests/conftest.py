@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import cas.store
 from cas import Store
 
 IS_ROOT = os.geteuid() == 0
@@ -41,6 +42,14 @@ def fsverity_digest(path: Path) -> str:
 def write_random(path: Path, size: int, seed: int = 0) -> Path:
     path.write_bytes(random.Random(seed).randbytes(size))
     return path
+
+
+@pytest.fixture(params=["settled", "fresh"])
+def import_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test over both ways a file is imported: a settled source is hashed in place
+    then copied; a fresh one (ctime too recent) is copied and the copy hashed."""
+    monkeypatch.setattr(cas.store, "SETTLE_NS", 0 if request.param == "settled" else 1 << 62)
+    return str(request.param)
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cas import Store, errors, hashing
 from cas.digest import ObjectId, Sha256
-
 from conftest import fsverity_digest, object_files, write_random
 
 
@@ -76,6 +76,17 @@ def test_dedup_refreshes_mtime(store: Store) -> None:
     os.utime(obj, (1_000_000, 1_000_000))
     assert store.add_bytes(b"hello world").new is False
     assert obj.stat().st_mtime > 1_000_000 + 3600
+
+
+def test_re_adding_a_file(store: Store, tmp_path: Path) -> None:
+    src = write_random(tmp_path / "src", 100_000)
+    first = store.add_path(src)
+    obj = store.path / "objects" / first.object_id[:2] / first.object_id[2:]
+    os.utime(obj, (1_000_000, 1_000_000))
+    again = store.add_path(src)
+    assert (again.object_id, again.new) == (first.object_id, False)
+    assert obj.stat().st_mtime > 1_000_000 + 3600
+    assert os.listdir(store.path / "tmp") == []
 
 
 def test_a_visibly_damaged_stored_copy_is_replaced_on_re_add(store: Store) -> None:
@@ -217,14 +228,15 @@ def test_sources_that_are_not_regular_files(store: Store, tmp_path: Path) -> Non
     assert object_files(store.path) == [] and os.listdir(store.path / "tmp") == []
 
 
-@pytest.mark.parametrize("change", ["append", "truncate", "unlink", "touch"])
-def test_source_changed_during_import_stores_nothing(
-        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
-    src = write_random(tmp_path / "src", 1 << 20)
-    real_import = hashing.import_fd
+CHANGES = ["append", "truncate", "unlink", "touch"]
 
-    def import_then_change(src_fd: int, dst_fd: int, **kw: object):  # type: ignore[no-untyped-def]
-        result = real_import(src_fd, dst_fd, **kw)  # type: ignore[arg-type]
+
+def change_after(monkeypatch: pytest.MonkeyPatch, step: str, src: Path, change: str) -> None:
+    """Make ``hashing.<step>`` change the source file right after it ran for real."""
+    real_step = getattr(hashing, step)
+
+    def step_then_change(*args: Any, **kwargs: Any) -> Any:
+        result = real_step(*args, **kwargs)
         if change == "append":
             with open(src, "ab") as f:
                 f.write(b"more")
@@ -236,7 +248,14 @@ def test_source_changed_during_import_stores_nothing(
             os.utime(src, ns=(1, 1))
         return result
 
-    monkeypatch.setattr(hashing, "import_fd", import_then_change)
+    monkeypatch.setattr(hashing, step, step_then_change)
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_source_changed_during_import_stores_nothing(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    src = write_random(tmp_path / "src", 1 << 20)
+    change_after(monkeypatch, "import_fd", src, change)  # ext4: copy + hash in one step
     with pytest.raises(errors.SourceChanged):
         store.add_path(src)
     assert object_files(store.path) == [] and os.listdir(store.path / "tmp") == []

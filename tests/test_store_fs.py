@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from cas import Store, errors, hashing
-
 from conftest import need_root, need_tool, object_files, write_random
+from test_store import CHANGES, change_after
 
 LoopFs = Callable[[str, int], Path]
 
@@ -34,7 +34,8 @@ def free_bytes(path: Path) -> int:
 
 
 @pytest.mark.parametrize("fstype, size_mib", [("xfs", 512), ("btrfs", 512)])
-def test_reflink_import_shares_extents(loopfs: LoopFs, fstype: str, size_mib: int) -> None:
+def test_reflink_import_shares_extents(loopfs: LoopFs, fstype: str, size_mib: int,
+                                      import_path: str) -> None:
     mnt = loopfs(fstype, size_mib)
     src = write_random(mnt / "model.gguf", 64 << 20, seed=7)
     os.sync()
@@ -53,7 +54,20 @@ def test_reflink_import_shares_extents(loopfs: LoopFs, fstype: str, size_mib: in
             assert result.object_id == hashing.hash_fd(f.fileno()).verity.hex()
 
 
-def test_ext4_falls_back_to_copying(loopfs: LoopFs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", CHANGES)
+def test_source_changed_during_a_reflink_import(loopfs: LoopFs, import_path: str,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                change: str) -> None:
+    mnt = loopfs("xfs", 320)
+    src = write_random(mnt / "src", 1 << 20)
+    with Store.init(mnt / "store") as store:
+        change_after(monkeypatch, "hash_fd", src, change)  # after the clone was hashed
+        with pytest.raises(errors.SourceChanged):
+            store.add_path(src)
+        assert object_files(store.path) == [] and os.listdir(store.path / "tmp") == []
+
+
+def test_ext4_falls_back_to_copying(loopfs: LoopFs) -> None:
     mnt = loopfs("ext4", 64)
     src = write_random(mnt / "src", 4 << 20, seed=3)
     with Store.init(mnt / "store") as store:
@@ -123,7 +137,7 @@ def test_sigkill_never_leaves_a_misnamed_object(tmp_path: Path) -> None:
         write_random(sources / f"f{i:02}", rng.choice([1, 4097, 300_000, 3 << 20]), seed=i)
     Store.init(tmp_path / "store").close()
     kills = 0
-    for round_ in range(30):
+    for _ in range(30):
         child = subprocess.Popen([sys.executable, "-c", ADDER, str(tmp_path / "store"),
                                   str(sources)], stdout=subprocess.PIPE)
         assert child.stdout is not None and child.stdout.readline() == b"ready\n"
