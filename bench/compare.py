@@ -76,7 +76,7 @@ def measure(label: str, src: Path, work: Path, repeat: int) -> None:
             rss[name] = max(rss[name], peak)
     floor = statistics.median(times["openssl dgst -sha256"])
     print(f"\n{label}: {src.stat().st_size >> 20} MiB, median of {repeat}")
-    print("| command | seconds | × openssl | peak RSS MiB |")
+    print("| command | seconds | x openssl | peak RSS MiB |")
     print("|---|---|---|---|")
     for name in times:
         median = statistics.median(times[name])

@@ -61,7 +61,8 @@ def test_stream_hasher_1mib_updates(benchmark: Any, source: Path, backend: Backe
 
 
 @pytest.fixture
-def fresh_destination(source: Path) -> Iterator[Callable[[], tuple[tuple[int, int], dict[str, Any]]]]:
+def fresh_destination(
+        source: Path) -> Iterator[Callable[[], tuple[tuple[int, int], dict[str, Any]]]]:
     """pedantic() setup: the source and a new unnamed file beside it for every round."""
     fds: list[int] = []
 

@@ -7,6 +7,7 @@ Only ``main`` turns an error into output and an exit code: a one-line message on
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -21,8 +22,9 @@ import click
 from . import artifacts, errors
 from .checkout import LinkMode
 from .checkout import checkout as checkout_tree
+from .hashing import Progress
 from .progress import run_with_progress
-from .store import Store
+from .store import AddResult, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 STORE_ENV = "CAS_STORE"
@@ -91,14 +93,17 @@ def add(obj: Context, files: tuple[Path, ...], as_json: bool) -> None:
     with obj.open_store() as store:
         for path in files:
             size = path.stat().st_size if path.is_file() else None
-            result = run_with_progress(
-                path.name, size, lambda progress, p=path: store.add_path(p, progress=progress))
+            result = run_with_progress(path.name, size, functools.partial(_add, store, path))
             results.append({"path": str(path), **result.to_json()})
             if not as_json:
                 state = "stored" if result.new else "already stored"
                 click.echo(f"{result.object_id}  {path}  ({state}, {result.method})")
     if as_json:
         click.echo(json.dumps(results, sort_keys=True))
+
+
+def _add(store: Store, path: Path, progress: Progress) -> AddResult:
+    return store.add_path(path, progress=progress)
 
 
 @cli.command()

@@ -125,7 +125,7 @@ class StoreExists(StoreUnusable):
 
 
 class UnsupportedFormat(StoreUnusable):
-    """{path}: store format {found} is not supported by this cas (it reads {supported}); upgrade cas"""
+    """{path}: store format {found} is not supported (this cas reads {supported}); upgrade cas"""
 
 
 class StoreReadOnly(StoreUnusable):

@@ -24,11 +24,15 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 def open_dir(name: str, dir_fd: int | None = None, *, create: bool = False) -> int:
     """Open directory ``name`` (relative to ``dir_fd``) without following a symlink.
 
-    With ``create`` a missing directory is made first (a concurrent creator is fine).
+    With ``create`` a missing directory is made (a concurrent creator is fine).
     """
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o755, dir_fd=dir_fd)
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 

@@ -46,6 +46,7 @@ MAX_ENTRIES = 2_000_000
 MAX_MEDIA_TYPE = 255
 MAX_SIZE = (1 << 63) - 1
 MAX_ID = (1 << 32) - 1
+XATTR_MAX = 65536  # bytes of one xattr value (the Linux limit)
 MEDIA_TYPE = "application/vnd.cas.image.v1+msgpack"
 
 
@@ -124,6 +125,8 @@ def file_entry(path: str, *, size: int, mode: int = 0o644, object_id: ObjectId |
 def build(entries: list[Entry], blobs: list[Blob], source: Mapping[str, Any]) -> Image:
     """Sort and validate a tree; missing parent directories are added (mode 0755)."""
     by_path = {e.path: e for e in entries}
+    if len(entries) > MAX_ENTRIES:
+        raise BadImage(reason=f"more than {MAX_ENTRIES} entries")
     if len(by_path) != len(entries):
         raise BadImage(reason="duplicate paths in the tree")
     for path in list(by_path):
@@ -196,8 +199,8 @@ def decode(data: bytes) -> Image:
     version = doc.get("version")
     if version != VERSION:
         raise BadImage(reason=f"unsupported image version {version!r} (this cas reads {VERSION})")
-    if set(doc) != {"version", "entries", "blobs", "source"}:
-        raise BadImage(reason=f"unexpected fields {sorted(set(doc) ^ {'version', 'entries', 'blobs', 'source'})}")
+    if set(doc) != _IMAGE_FIELDS:
+        raise BadImage(reason=f"fields differ from {sorted(_IMAGE_FIELDS)}: {sorted(doc)}")
     entries = _list(doc["entries"], "entries", MAX_ENTRIES)
     blobs = _list(doc["blobs"], "blobs", MAX_ENTRIES)
     source = _map(doc["source"], "source")
@@ -212,6 +215,7 @@ def decode(data: bytes) -> Image:
     return image
 
 
+_IMAGE_FIELDS = {"version", "entries", "blobs", "source"}
 _ENTRY_FIELDS = {"path", "type", "mode", "uid", "gid", "mtime", "size", "object", "sha256",
                  "inline", "target", "xattrs"}
 
@@ -237,7 +241,7 @@ def _entry(raw: Any) -> Entry:
         uid=_int(doc.get("uid"), f"{path}: uid", MAX_ID),
         gid=_int(doc.get("gid"), f"{path}: gid", MAX_ID),
         mtime=_int(doc.get("mtime"), f"{path}: mtime", MAX_SIZE),
-        xattrs={_str(k, f"{path}: xattr name"): _bytes(v, f"{path}: xattr", 65536) or b""
+        xattrs={_str(k, f"{path}: xattr name"): _bytes(v, f"{path}: xattr", XATTR_MAX) or b""
                 for k, v in _map(doc.get("xattrs", {}), f"{path}: xattrs").items()})
     _check_entry_shape(entry)
     return entry

@@ -6,9 +6,9 @@ Layout (format version 1)::
       meta.json                 format, version, digest algorithm, fsync policy, features
       objects/XX/<62 hex>       one immutable 0444 file per object, named by its
                                 fs-verity SHA-256 digest (composefs layout)
-      index/sha256/XX/<62 hex>  symlink whose *text* is the object id of the content with
-                                that plain SHA-256 (the OCI digest); read with readlink,
-                                never followed
+      index/sha256/XX/<62 hex>  a hard link to the object whose plain SHA-256 (the OCI
+                                digest) this is; the object's xattr user.cas.object holds
+                                its id, so a lookup reads that and checks the inode
       names/<sha256 of name>    JSON: artifact name → metadata image object id (cas.names)
       tmp/                      private temp files of writers (same filesystem)
 
@@ -48,7 +48,10 @@ DIGEST_ALGORITHM = "fsverity-sha256-4k"
 META_NAME = "meta.json"
 META_LIMIT = 64 * 1024
 OBJECTS, INDEX_SHA256, NAMES, TMP = "objects", "index/sha256", "names", "tmp"
+OBJECT_XATTR = "user.cas.object"
 STREAM_CHUNK = 1 << 20
+#: Files up to this size are imported from one buffer on one thread (see ``_fill``).
+SMALL_FILE = 1 << 20
 #: A file whose ctime is this old is "settled": a write during its import moves ctime.
 SETTLE_NS = 2_000_000_000
 
@@ -303,7 +306,9 @@ class Store:
     def _publish(self, temp: fsio.TempFile, digests: Digests, method: str,
                  batch: Batch | None) -> AddResult:
         oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
-        os.fchmod(temp.fd, 0o444)
+        with contextlib.suppress(OSError):  # no user xattrs here: lookups hash instead
+            os.setxattr(temp.fd, OBJECT_XATTR, digests.verity)
+        os.fchmod(temp.fd, 0o444)  # after the xattr: a 0444 file refuses it to non-root
         if batch is not None:
             new = batch.hold(temp, digests) and not self.has_object(oid)
             return AddResult(oid, sha, digests.size, method, new)
@@ -337,25 +342,33 @@ class Store:
             os.close(shard_fd)
 
     def _index(self, sha: Sha256, oid: ObjectId, sync: bool) -> None:
-        """Record sha256 → object id as a symlink whose text is the id (never followed)."""
-        shard_name, rest = shard(sha)
-        shard_fd = self._open_shard(self._index_fd, shard_name, create=True)
+        """Hard-link the object as ``index/sha256/XX/<rest>`` (see the module docstring)."""
+        obj_shard, obj_rest = shard(oid)
+        idx_shard, idx_rest = shard(sha)
+        obj_fd = self._open_shard(self._objects_fd, obj_shard)
+        idx_fd = self._open_shard(self._index_fd, idx_shard, create=True)
         try:
-            with contextlib.suppress(OSError):
-                if os.readlink(rest, dir_fd=shard_fd) == oid:
-                    return
-            tmp = fsio.temp_name("idx")
-            os.symlink(oid, tmp, dir_fd=self._tmp_fd)
             try:
-                os.rename(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=self._tmp_fd)
-                raise
+                os.link(obj_rest, idx_rest, src_dir_fd=obj_fd, dst_dir_fd=idx_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                if _same_inode(obj_fd, obj_rest, idx_fd, idx_rest):
+                    return
+                # an entry for other bytes (damage, or an object replaced): re-point it
+                tmp = fsio.temp_name("idx")
+                os.link(obj_rest, tmp, src_dir_fd=obj_fd, dst_dir_fd=self._tmp_fd,
+                        follow_symlinks=False)
+                try:
+                    os.rename(tmp, idx_rest, src_dir_fd=self._tmp_fd, dst_dir_fd=idx_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=self._tmp_fd)
+                    raise
             if sync:
-                os.fsync(shard_fd)
+                os.fsync(idx_fd)
         finally:
-            os.close(shard_fd)
+            os.close(idx_fd)
+            os.close(obj_fd)
 
     # -- metadata images ------------------------------------------------------------------
 
@@ -384,22 +397,43 @@ class Store:
         return object_id(text)
 
     def lookup_sha256(self, sha: Sha256) -> ObjectId | None:
-        """The object whose plain SHA-256 is ``sha``, or None (also for a dangling entry)."""
+        """The object whose plain SHA-256 is ``sha``, or None.
+
+        The entry is the object's own inode; its ``user.cas.object`` xattr names it (where
+        the filesystem has no user xattrs, the entry is hashed instead), and the answer
+        counts only if ``objects/`` holds that very inode under that name.
+        """
         shard_name, rest = shard(sha)
         try:
             shard_fd = self._open_shard(self._index_fd, shard_name)
         except FileNotFoundError:
             return None
         try:
-            target = os.readlink(rest, dir_fd=shard_fd)
-        except (FileNotFoundError, OSError):
+            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+        except OSError:
             return None
         finally:
             os.close(shard_fd)
-        if not is_hex64(target):
+        try:
+            entry = os.fstat(fd)
+            try:
+                name = os.getxattr(fd, OBJECT_XATTR)
+            except OSError:
+                name = hashing.hash_fd(fd, sha256=False).verity
+        finally:
+            os.close(fd)
+        if len(name) != 32:
             return None
-        oid = ObjectId(target)
-        return oid if self.has_object(oid) else None
+        oid = ObjectId(name.hex())
+        try:
+            fd = self._open_object_fd(oid)
+        except errors.CasError:
+            return None
+        try:
+            found = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return oid if (found.st_dev, found.st_ino) == (entry.st_dev, entry.st_ino) else None
 
     def has_object(self, oid: ObjectId) -> bool:
         try:
@@ -493,6 +527,12 @@ class Store:
                 "backend": hashing.backend_name()}
 
 
+def _same_inode(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:
+    a = os.stat(name_a, dir_fd=dir_a, follow_symlinks=False)
+    b = os.stat(name_b, dir_fd=dir_b, follow_symlinks=False)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
     """Dedup check: a regular file of the right size is there; refresh its mtime so a GC
     grace period covers this writer too.  Anything else there counts as missing."""
@@ -546,8 +586,10 @@ def _fill(src_fd: int, dst_fd: int, before: os.stat_result, methods: frozenset[C
     A reflink costs nothing, so the bytes are then hashed where they are most likely in
     the page cache: in the source, if it is *settled* (its ctime at least ``SETTLE_NS``
     old, so a write during the import must move it and ``_check_unchanged`` sees it),
-    else in the clone.  Without reflink the native pipeline copies and hashes the copy as
-    it lands, in one pass.
+    else in the clone.  Without reflink a small file is read once, hashed and written
+    from the same buffer (cheaper than two threads per file in a tree of thousands);
+    larger ones go through the native pipeline that copies and hashes the copy as it
+    lands, in one pass.
     """
     if CopyMethod.REFLINK in methods:
         try:
@@ -559,6 +601,10 @@ def _fill(src_fd: int, dst_fd: int, before: os.stat_result, methods: frozenset[C
             settled = time.time_ns() - before.st_ctime_ns >= SETTLE_NS
             digests = hashing.hash_fd(src_fd if settled else dst_fd, progress=progress)
             return digests, CopyMethod.REFLINK.value
+    if before.st_size <= SMALL_FILE and CopyMethod.READWRITE in methods:
+        data = os.pread(src_fd, SMALL_FILE + 1, 0)
+        fsio.write_all(dst_fd, data)
+        return hashing.hash_bytes(data), CopyMethod.READWRITE.value
     digests, method = hashing.import_fd(src_fd, dst_fd, methods=methods - {CopyMethod.REFLINK},
                                         progress=progress)
     return digests, method.value

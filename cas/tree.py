@@ -22,7 +22,7 @@ from .image import INLINE_MAX, Entry, EntryType, Image, build, file_entry
 from .store import Batch, Store
 from .treepath import case_collisions, check_name, check_path, check_symlink_target
 
-WORKERS = 4
+WORKERS = 2
 
 
 def import_tree(store: Store, root: Path) -> Image:
@@ -48,7 +48,7 @@ def import_files(store: Store, paths: list[Path]) -> Image:
         raise BadPath(what="file list", path=" ".join(names), reason="duplicate names")
     entries = []
     with store.batch() as batch:
-        for path, name in zip(paths, names):
+        for path, name in zip(paths, names, strict=True):
             try:
                 resolved = path.resolve(strict=True)
             except FileNotFoundError:
@@ -95,14 +95,14 @@ def _walk(store: Store, batch: Batch, pool: ThreadPoolExecutor, dir_fd: int,
 
 def _file(store: Store, batch: Batch, dir_fd: int | None, name: str, path: str,
           st: os.stat_result) -> Entry:
-    attrs = {"mode": stat.S_IMODE(st.st_mode), "mtime": int(st.st_mtime),
-             "uid": st.st_uid, "gid": st.st_gid}
+    mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
     if st.st_size <= INLINE_MAX:
         data = _read_small_file(dir_fd, name, st)
-        return file_entry(path, size=len(data), data=data, **attrs)
+        return file_entry(path, size=len(data), data=data, mode=mode, mtime=mtime,
+                          uid=st.st_uid, gid=st.st_gid)
     result = store.add_path(name, dir_fd=dir_fd, batch=batch)
-    return file_entry(path, size=result.size, object_id=result.object_id,
-                      sha256=result.sha256, **attrs)
+    return file_entry(path, size=result.size, object_id=result.object_id, sha256=result.sha256,
+                      mode=mode, mtime=mtime, uid=st.st_uid, gid=st.st_gid)
 
 
 def _read_small_file(dir_fd: int | None, name: str, st: os.stat_result) -> bytes:

@@ -54,7 +54,7 @@ def test_json_everywhere(store_path: Path, tmp_path: Path) -> None:
     assert again[0]["new"] is False and again[0]["object"] == first[0]["object"]
     info = json.loads(cas("stat", "--json", first[0]["object"], store=store_path).stdout)
     assert info == [{"object": first[0]["object"], "size": 10, "mode": "0444",
-                     "mtime_ns": info[0]["mtime_ns"], "nlink": 1}]
+                     "mtime_ns": info[0]["mtime_ns"], "nlink": 2}]  # object + sha256 index
     init = json.loads(cas("init", "--json", tmp_path / "s2").stdout)
     assert init["objects"] == 0
 

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fsverity_digest, write_random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import _reference, hashing
 from cas.hashing import CopyMethod, Digests, HashCancelled, Progress
+from conftest import fsverity_digest, write_random
 
 BLOCK = 4096
 LEVEL1 = 128 * BLOCK           # one Merkle level-1 block's worth of data
@@ -67,7 +67,7 @@ def reference_hash_path(path: Path) -> Digests:
 def in_pieces(data: bytes, cuts: list[int]) -> Digests:
     hasher = hashing.StreamHasher()
     start = 0
-    for cut in sorted(cuts) + [len(data)]:
+    for cut in [*sorted(cuts), len(data)]:
         hasher.update(memoryview(data)[start:cut])
         start = max(start, cut)
     return hasher.finalize()

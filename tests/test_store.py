@@ -252,10 +252,12 @@ def change_after(monkeypatch: pytest.MonkeyPatch, step: str, src: Path, change: 
 
 
 @pytest.mark.parametrize("change", CHANGES)
+@pytest.mark.parametrize("size, step", [(4 << 20, "import_fd"), (1000, "hash_bytes")])
 def test_source_changed_during_import_stores_nothing(
-        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
-    src = write_random(tmp_path / "src", 1 << 20)
-    change_after(monkeypatch, "import_fd", src, change)  # ext4: copy + hash in one step
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, size: int,
+        step: str) -> None:
+    src = write_random(tmp_path / "src", size)
+    change_after(monkeypatch, step, src, change)  # the step after which ext4 has the bytes
     with pytest.raises(errors.SourceChanged):
         store.add_path(src)
     assert object_files(store.path) == [] and os.listdir(store.path / "tmp") == []
@@ -273,3 +275,22 @@ def test_concurrent_readers_in_threads(store: Store) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(read, list(range(32)) * 4))
+
+
+def test_sha256_index_entries_are_the_objects_themselves(store: Store) -> None:
+    result = store.add_bytes(b"indexed bytes" * 10)
+    obj = store.path / "objects" / result.object_id[:2] / result.object_id[2:]
+    entry = store.path / "index" / "sha256" / result.sha256[:2] / result.sha256[2:]
+    assert os.path.samefile(obj, entry) and obj.stat().st_nlink == 2
+    assert os.getxattr(obj, "user.cas.object") == bytes.fromhex(result.object_id)
+    # without the xattr (a filesystem without user xattrs) the entry is hashed instead
+    obj.chmod(0o644)
+    os.removexattr(obj, "user.cas.object")
+    assert store.lookup_sha256(result.sha256) == result.object_id
+    # an entry that is not the object's inode is never believed
+    entry.unlink()
+    entry.write_bytes(b"indexed bytes" * 10)
+    os.setxattr(entry, "user.cas.object", bytes.fromhex(result.object_id))
+    assert store.lookup_sha256(result.sha256) is None
+    store.add_bytes(b"indexed bytes" * 10)  # re-adding re-points it
+    assert os.path.samefile(obj, entry)

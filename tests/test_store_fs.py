@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_store import CHANGES, change_after
 
 from cas import Store, errors, hashing
 from conftest import need_root, need_tool, object_files, write_random
-from test_store import CHANGES, change_after
 
 LoopFs = Callable[[str, int], Path]
 

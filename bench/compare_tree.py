@@ -1,0 +1,120 @@
+"""Trees side by side, in one run: `cas import` of a many-file tree vs `ostree commit`,
+and `cas checkout --link reflink` of artifacts of growing size on XFS.
+
+    python bench/compare_tree.py [--files 20000] [--repeat 3] [--checkout-gib 1 4]
+
+Import: the same tree (sizes log-uniform between 1 KiB and 1 MiB, seeded) goes into a
+fresh cas store and a fresh OSTree repository (bare-user mode) on the same filesystem,
+both with their default durability; the table gives files/s and the ratio.
+Checkout (root, loop-mounted XFS): the time to materialise a one-file artifact of each
+size — with reflinks it should not grow with the size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from compare import loop_xfs
+
+
+def make_tree(root: Path, files: int, seed: int = 1) -> int:
+    rng = random.Random(seed)
+    total = 0
+    block = os.urandom(1 << 20)
+    for i in range(files):
+        size = int(math.exp(rng.uniform(math.log(1024), math.log(1 << 20))))
+        path = root / f"d{i % 100:02}" / f"s{i % 7}" / f"f{i}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        offset = rng.randrange(0, len(block) - size + 1)
+        path.write_bytes(block[offset:offset + size] + i.to_bytes(8, "little"))
+        total += size + 8
+    return total
+
+
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def cas(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cas", *args]
+
+
+def bench_import(work: Path, files: int, repeat: int) -> None:
+    tree = work / "tree"
+    total = make_tree(tree, files)
+    subprocess.run(["cat", *map(str, tree.rglob("*.bin"))], stdout=subprocess.DEVNULL,
+                   check=True)  # both start from a warm page cache
+    results: dict[str, list[float]] = {"cas import": [], "ostree commit": []}
+    for _ in range(repeat):
+        store, repo = work / "store", work / "repo"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
+        subprocess.run(cas("init", str(store)), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=bare-user"], check=True)
+        os.sync()
+        results["cas import"].append(timed(cas("--store", str(store), "import", str(tree),
+                                               "--name", "tree")))
+        os.sync()
+        results["ostree commit"].append(timed(["ostree", f"--repo={repo}", "commit",
+                                               "--branch=tree", f"--tree=dir={tree}"]))
+    print(f"\nimport of {files} files ({total >> 20} MiB), median of {repeat}")
+    print("| tool | seconds | files/s |")
+    print("|---|---|---|")
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    for name, seconds in medians.items():
+        print(f"| {name} | {seconds:.2f} | {files / seconds:,.0f} |")
+    print(f"cas is {medians['ostree commit'] / medians['cas import']:.2f}x as fast as ostree")
+
+
+def bench_checkout(base: Path, sizes_gib: list[int], repeat: int) -> None:
+    with loop_xfs(base, sum(sizes_gib) * 1024 + 1024) as mnt:
+        store = mnt / "store"
+        subprocess.run(cas("init", str(store)), check=True, stdout=subprocess.DEVNULL)
+        print("\ncheckout --link reflink on XFS")
+        print("| artifact | seconds (median) |")
+        print("|---|---|")
+        for gib in sizes_gib:
+            src = mnt / f"model-{gib}g"
+            src.mkdir()
+            with open(src / "model.gguf", "wb") as f:
+                for _ in range(gib * 1024):
+                    f.write(os.urandom(1 << 20))
+            subprocess.run(cas("--store", str(store), "import", str(src), "--name",
+                               f"m{gib}"), check=True, stdout=subprocess.DEVNULL)
+            times = []
+            for i in range(repeat):
+                times.append(timed(cas("--store", str(store), "checkout", "--link",
+                                       "reflink", f"m{gib}", str(mnt / f"out-{gib}-{i}"))))
+            print(f"| {gib} GiB | {statistics.median(times):.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--checkout-gib", type=int, nargs="*", default=[1, 4])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args()
+    if shutil.which("ostree") is None:
+        raise SystemExit("ostree is not installed (apt-get install ostree)")
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        bench_import(Path(tmp), args.files, args.repeat)
+    if os.geteuid() == 0 and args.checkout_gib:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            bench_checkout(Path(tmp), args.checkout_gib, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
