@@ -1,0 +1,75 @@
+"""Artifacts through the `cas` command as users run it: import, ls, inspect, tag,
+checkout, export and rm, for trees, OCI layouts and Ollama stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import need_tool
+from test_cli import cas, store_path  # noqa: F401  (the fixture)
+from test_oci import GGUF, TITLE, LayoutBuilder, manifest_digest, skopeo, write_gguf
+from test_ollama import OllamaStore, files, gguf_bytes
+
+SAMPLE = Path(__file__).parent / "data" / "sample"
+
+
+def ok(*args: str | Path, store: Path) -> str:
+    result = cas(*args, store=store)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+def test_tree_life_cycle(store_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    (record,) = json.loads(ok("import", "--json", SAMPLE, "--name", "demo/sample:1",
+                              store=store_path))
+    assert record["name"] == "demo/sample:1"
+    info = json.loads(ok("inspect", "--json", "demo/sample:1", store=store_path))
+    assert {e["path"] for e in info["entries"]} == {"params.json", "system.txt",
+                                                   "tiny-model.gguf"}
+    assert info["size"] == sum(p.stat().st_size for p in SAMPLE.iterdir())
+    ok("tag", "demo/sample:1", "demo/sample:latest", store=store_path)
+    names = [r["name"] for r in json.loads(ok("ls", "--json", store=store_path))]
+    assert names == ["demo/sample:1", "demo/sample:latest"]
+    ok("checkout", "demo/sample:latest", tmp_path / "out", store=store_path)
+    assert files(tmp_path / "out") == files(SAMPLE)
+    ok("rm", "demo/sample:1", "demo/sample:latest", store=store_path)
+    assert json.loads(ok("ls", "--json", store=store_path)) == []
+    missing = cas("inspect", "demo/sample:1", store=store_path)
+    assert missing.returncode == 4 and b"no artifact named" in missing.stderr
+
+
+def test_oci_artifact_in_and_out(store_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    need_tool("skopeo")
+    src = LayoutBuilder(tmp_path / "src")
+    model = write_gguf(tmp_path / "model.gguf", "cli", 2048)
+    src.manifest([src.blob(model, GGUF, **{TITLE: "model.gguf"})],
+                 artifactType="application/vnd.cas.test.model")
+    ok("import", f"oci:{src.root}:v1", "--name", "models/cli:v1", store=store_path)
+    ok("export", "models/cli:v1", f"oci:{tmp_path / 'out'}:v2", store=store_path)
+    exported = manifest_digest(tmp_path / "out", "v2")
+    assert exported == manifest_digest(src.root, "v1")
+    skopeo("copy", "-q", f"oci:{tmp_path / 'out'}:v2", f"oci:{tmp_path / 'again'}:v2")
+    ok("checkout", "models/cli:v1", tmp_path / "tree", store=store_path)
+    assert (tmp_path / "tree" / "model.gguf").read_bytes() == model
+
+
+def test_ollama_store_in_and_out(store_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    ollama = OllamaStore(tmp_path / "ollama")
+    ollama.model("tiny:q4", [("model", gguf_bytes(tmp_path, seed=3)),
+                             ("system", b"Answer in one word, always, whatever you are asked.")])
+    records = json.loads(ok("import", "--json", f"ollama:{ollama.root}", store=store_path))
+    assert [r["name"] for r in records] == ["registry.ollama.ai/library/tiny:q4"]
+    ok("export", records[0]["name"], f"ollama:{tmp_path / 'out'}", store=store_path)
+    assert files(tmp_path / "out") == files(ollama.root)
+
+
+def test_a_failed_import_names_nothing(store_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    ollama = OllamaStore(tmp_path / "ollama")
+    path = ollama.model("broken", [("model", b"M" * 5000)])
+    blob = ollama.layer_blob("broken", "model")
+    blob.write_bytes(b"N" + blob.read_bytes()[1:])  # bit rot Ollama would never notice
+    result = cas("import", f"ollama:{ollama.root}", store=store_path)
+    assert result.returncode == 2 and b"does not match" in result.stderr
+    assert json.loads(ok("ls", "--json", store=store_path)) == []
+    assert path.exists()
