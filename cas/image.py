@@ -210,9 +210,29 @@ def decode(data: bytes) -> Image:
     _validate_tree(image.entries)
     if [b.sha256 for b in image.blobs] != sorted({b.sha256 for b in image.blobs}):
         raise BadImage(reason="blobs not sorted or not unique")
-    if encode(image) != data:
+    try:
+        canonical = encode(image)
+    except TypeError as exc:  # a float or a non-string key deep inside ``source``
+        raise BadImage(reason=str(exc)) from None
+    if canonical != data:
         raise BadImage(reason="not in canonical form")
     return image
+
+
+def needed_objects(data: bytes) -> set[ObjectId]:
+    """``decode(data).object_ids()`` without validating the tree: GC's mark reads every
+    image, and needs only the ids.  Only for bytes already checked against their object
+    id (so cas wrote them); anything unexpected falls back to ``decode``."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        ids = {ObjectId(item["object"].hex()) for key in ("entries", "blobs")
+               for item in doc[key] if "object" in item}
+        if doc["version"] == VERSION and all(len(i) == 64 for i in ids):
+            return ids
+    except (ValueError, TypeError, KeyError, AttributeError, msgpack.ExtraData,
+            msgpack.FormatError, msgpack.StackError, RecursionError):
+        pass
+    return decode(data).object_ids()
 
 
 _IMAGE_FIELDS = {"version", "entries", "blobs", "source"}
@@ -301,8 +321,8 @@ def _blob(raw: Any) -> Blob:
 
 
 def _map(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise BadImage(reason=f"{what} is not a map")
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise BadImage(reason=f"{what} is not a map with string keys")
     return value
 
 

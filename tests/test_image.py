@@ -94,8 +94,14 @@ def test_hostile_images_are_refused(case: str) -> None:
         decode(data)
 
 
-@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x92\x01", b"\xdd\xff\xff\xff\xff",
-                                  b"\x91" * 100_000, msgpack.packb([1, 2, 3])])
+@pytest.mark.parametrize("data", [
+    b"", b"\xc1", b"\x92\x01", b"\xdd\xff\xff\xff\xff", b"\x91" * 100_000,
+    msgpack.packb([1, 2, 3]),
+    # found by tests/fuzz: a bytes key where a string key belongs, at any depth
+    _tamper(lambda d: d["entries"][0].update({b"path": "x"})),
+    _tamper(lambda d: d["source"].update(nested={b"k": 1})),
+    _tamper(lambda d: d["source"].update(nested={"k": 1.5})),
+])
 def test_garbage_is_refused(data: bytes) -> None:
     with pytest.raises(errors.BadImage):
         decode(data)

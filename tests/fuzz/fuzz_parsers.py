@@ -1,0 +1,74 @@
+"""Coverage-guided fuzzing (atheris) of every cas parser of untrusted bytes.
+
+    python tests/fuzz/fuzz_parsers.py TARGET [libFuzzer flags, e.g. -runs=100000 CORPUS_DIR]
+
+TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name.
+A parser may only ever refuse its input with a ``cas.errors.CasError``; any other
+exception (or a crash) is a finding.  tests/test_fuzz.py runs each target briefly.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+from collections.abc import Callable
+
+import atheris
+
+with atheris.instrument_imports():
+    from cas import errors, image, names, ollama, oci, tarlayer
+    from cas.store import Store
+
+_store: Store | None = None
+
+
+def store() -> Store:
+    global _store
+    if _store is None:
+        _store = Store.init(tempfile.mkdtemp() + "/store", fsync=False)
+    return _store
+
+
+def tar(data: bytes, compression: str = "") -> None:
+    tarlayer.unpack(store(), io.BytesIO(data), compression=compression, limit=1 << 24,
+                    tree=tarlayer.Tree(), what="fuzz")
+
+
+def tar_split(data: bytes) -> None:
+    oid = store().add_bytes(data).object_id
+    for _ in tarlayer.tar_chunks(store(), oid):
+        pass
+
+
+def oci_document(data: bytes) -> None:
+    doc = oci._document(data, "fuzz", None)
+    oci._descriptors(doc, "layers", "fuzz")
+
+
+TARGETS: dict[str, Callable[[bytes], object]] = {
+    "image": image.decode,
+    "tar": tar,
+    "tar-gzip": lambda data: tar(data, "gzip"),
+    "tar-split": tar_split,
+    "ollama-manifest": lambda data: ollama.parse_manifest(data, "fuzz"),
+    "oci-document": oci_document,
+    "name": lambda data: names.normalize(data.decode("utf-8", "replace")),
+}
+
+
+def main() -> None:
+    target = TARGETS[sys.argv.pop(1)]
+
+    def one_input(data: bytes) -> None:
+        try:
+            target(data)
+        except errors.CasError:
+            pass
+
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
