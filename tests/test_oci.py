@@ -21,6 +21,7 @@ import zstandard
 from test_tarlayer import gzip_bytes, make_tar
 
 from cas import Store, errors, hashing
+from cas.checkout import checkout
 from cas.image import EntryType, Image
 from cas.oci import DEFAULT_LIMITS, export_layout, import_layout
 from cas.tarlayer import MEMBER_MEDIA_TYPE, SPLIT_MEDIA_TYPE, Limits
@@ -247,6 +248,15 @@ def test_umoci_image_unpacks_with_whiteouts_and_exports_identically(
     assert_blobs_identical(out, umoci_layout, digest)
     skopeo("copy", "-q", f"oci:{out}:t", f"oci:{tmp_path / 'again'}:t")
     assert manifest_digest(tmp_path / "again", "t") == digest
+    # umoci reads what cas wrote, and unpacks the same tree cas checks out
+    subprocess.run([need_tool("umoci"), "unpack", "--image", f"{out}:t",
+                    str(tmp_path / "bundle")], check=True, capture_output=True)
+    checkout(store, image, tmp_path / "checkout")
+    rootfs, mine = tmp_path / "bundle" / "rootfs", tmp_path / "checkout"
+    assert sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*")) == sorted(tree)
+    for path, entry in tree.items():
+        if entry.type is EntryType.FILE:
+            assert (rootfs / path).read_bytes() == (mine / path).read_bytes(), path
 
 
 # -- compression kinds, kept or not --------------------------------------------------------
