@@ -22,7 +22,7 @@ from .store import Store
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """A parsed ``scheme:rest`` reference; scheme "path" for a plain path."""
+    """A parsed ``scheme:rest`` reference; scheme "tree" for a plain path."""
 
     scheme: str
     path: Path
@@ -40,7 +40,7 @@ def parse_location(text: str) -> Location:
         return Location("ollama", root, model)
     if sep and scheme in ("docker", "tar", "containers-storage", "dir", "http", "https"):
         raise UnsupportedSource(location=text)
-    return Location("path", Path(text), None)
+    return Location("tree", Path(text), None)
 
 
 def _split_tag(rest: str) -> tuple[str, str | None]:
@@ -60,15 +60,21 @@ def import_artifacts(store: Store, sources: list[str], name: str | None = None, 
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
+    with store.temp_root():  # GC keeps what this import stored until its names exist
+        return _import_and_name(store, sources, name, keep_compressed)
+
+
+def _import_and_name(store: Store, sources: list[str], name: str | None,
+                     keep_compressed: bool) -> list[NameRecord]:
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
         scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed)
     else:
-        if any(loc.scheme != "path" for loc in locations) or name is None:
+        if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
         from . import tree
         paths = [loc.path for loc in locations]
-        scheme, imported = "path", [(name, tree.import_files(store, paths))]
+        scheme, imported = "tree", [(name, tree.import_files(store, paths))]
     if name is not None and len(imported) != 1:
         raise BadInput(message=f"{sources[0]} holds {len(imported)} artifacts; --name needs one")
     records = []
@@ -99,6 +105,14 @@ def _default_name(path: Path, tag: str | None) -> str:
         return names_mod.normalize(f"{base}:{tag}" if tag else base)
     except BadInput:
         raise BadInput(message=f"cannot derive a name from {path}: give --name") from None
+
+
+def tag(store: Store, source: str, target: str) -> NameRecord:
+    """Give the artifact named ``source`` the name ``target`` too.  Read and write happen
+    in one writer step of the GC protocol, so no GC can remove the image in between."""
+    with store.publishing(()):
+        record = store.names.get(source)
+        return store.names.set(target, record.image, record.kind)
 
 
 def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import fsio, hashing
-from .errors import CorruptObject, DestinationExists, LinkUnsupported
+from . import fsio, fsverity, hashing
+from .errors import DestinationExists, LinkUnsupported
 from .hashing import CopyMethod
 from .image import Entry, EntryType, Image
 from .store import Store
@@ -129,6 +129,7 @@ def _file(store: Store, entry: Entry, dir_fd: int, name: str, mode: LinkMode) ->
         return "inline"
     assert entry.object_id is not None
     if mode is LinkMode.HARDLINK:
+        store.open_verified(entry.object_id).close()  # never hand out a corrupt inode
         try:
             store.link_object(entry.object_id, dir_fd, name)
         except OSError as exc:
@@ -137,13 +138,14 @@ def _file(store: Store, entry: Entry, dir_fd: int, name: str, mode: LinkMode) ->
     with store.open_object(entry.object_id) as obj:
         if mode in (LinkMode.AUTO, LinkMode.REFLINK):
             try:
-                _write_new(dir_fd, name, entry, lambda fd: hashing.copy_fd(
-                    obj.fileno(), fd, methods=frozenset({CopyMethod.REFLINK})))
+                _write_new(dir_fd, name, entry, lambda fd: _verified_clone(
+                    store, obj.fileno(), fd, entry))
                 return "reflink"
             except OSError as exc:
                 if mode is LinkMode.REFLINK or exc.errno not in hashing.REFLINK_UNSUPPORTED:
                     raise LinkUnsupported(mode="reflink", reason=exc.strerror) from exc
-        _write_new(dir_fd, name, entry, lambda fd: _verified_copy(obj.fileno(), fd, entry))
+        _write_new(dir_fd, name, entry,
+                   lambda fd: _verified_copy(store, obj.fileno(), fd, entry))
         return "copy"
 
 
@@ -163,9 +165,24 @@ def _write_new(dir_fd: int, name: str, entry: Entry, fill: Callable[[int], objec
         os.close(fd)
 
 
-def _verified_copy(src_fd: int, dst_fd: int, entry: Entry) -> None:
+def _verified_clone(store: Store, src_fd: int, dst_fd: int, entry: Entry) -> None:
+    """Reflink, then check the clone (it shares the object's blocks) against the name."""
+    hashing.copy_fd(src_fd, dst_fd, methods=frozenset({CopyMethod.REFLINK}))
+    assert entry.object_id is not None
+    digest = bytes.fromhex(entry.object_id)
+    measured = fsverity.measure(src_fd)  # kernel fs-verity: no need to read the bytes
+    if measured is not None:
+        ok = measured == digest
+    else:
+        ok = hashing.hash_fd(dst_fd, sha256=False).verity == digest
+    if not ok:
+        raise store.corrupt(entry.object_id)
+
+
+def _verified_copy(store: Store, src_fd: int, dst_fd: int, entry: Entry) -> None:
     digests, _ = hashing.import_fd(src_fd, dst_fd,
                                    methods=frozenset({CopyMethod.COPY_RANGE,
                                                       CopyMethod.READWRITE}))
     if digests.verity.hex() != entry.object_id or digests.size != entry.size:
-        raise CorruptObject(object_id=entry.object_id, users=f" (checking out {entry.path})")
+        assert entry.object_id is not None
+        raise store.corrupt(entry.object_id)

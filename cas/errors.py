@@ -6,12 +6,18 @@ raises; only ``cas.cli`` prints or exits.
 
 Exit codes: 0 success, 1 a failed operation, 2 bad usage or bad input,
 3 the store cannot be used (missing, not a store, too new, read-only, full),
-4 something asked for does not exist, 5 stored bytes failed an integrity check.
+4 something asked for does not exist, 5 stored bytes failed an integrity check,
+6 ``cas verify`` / ``cas repair`` ran and found problems (or left some unrepaired),
+7 ``cas verify`` could not run because another sweep holds the lock,
+8 ``cas gc`` could not run because another GC holds the store lock.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+#: ``cas verify``/``cas repair``: the run completed and problems remain (not an error).
+PROBLEMS_FOUND = 6
 
 
 class CasError(Exception):
@@ -164,3 +170,18 @@ class CorruptObject(CasError):
     """object {object_id} is corrupt: its bytes do not match its name{users}"""
 
     exit_code = 5
+
+
+# -- sweeps (exit 7; exit 6 is PROBLEMS_FOUND, a result rather than an error) ----------
+
+
+class SweepBusy(CasError):
+    """another verification sweep holds {path}; try again later or use --wait"""
+
+    exit_code = 7
+
+
+class GcBusy(CasError):
+    """another gc holds the lock of {path}; try again later or use --wait SECONDS"""
+
+    exit_code = 8

@@ -110,10 +110,22 @@ class Names:
 
     def remove(self, name: str) -> NameRecord:
         record = self.get(name)
-        os.unlink(_file_name(record.name), dir_fd=self._fd)
+        try:
+            os.unlink(_file_name(record.name), dir_fd=self._fd)
+        except FileNotFoundError:  # a concurrent rm won
+            raise NameNotFound(name=record.name) from None
         if self._fsync:
             os.fsync(self._fd)
         return record
+
+    def files(self) -> list[str]:
+        """The name files present (sorted), for callers that handle damage file by file."""
+        with os.scandir(self._fd) as entries:
+            return sorted(e.name for e in entries if is_hex64(e.name))
+
+    def load(self, file_name: str) -> NameRecord:
+        """Read one name file (from ``files``); ``StoreCorrupt`` if it is damaged."""
+        return _parse(fsio.read_small(self._fd, file_name, RECORD_LIMIT), file_name)
 
     def __iter__(self) -> Iterator[NameRecord]:
         """Every name, sorted; a damaged name file is reported, not skipped."""

@@ -30,13 +30,14 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from . import errors, fsio, hashing
+from . import errors, fsio, fsverity, hashing
 from . import image as images
+from . import lock as locks
 from .digest import ObjectId, Sha256, is_hex64, object_id, sha256_digest, shard
 from .hashing import CopyMethod, Digests, Progress
 from .image import Image
@@ -161,6 +162,9 @@ class Store:
         self._tmp_fd = fsio.open_dir(TMP, root_fd)
         self._names_fd = fsio.open_dir(NAMES, root_fd)
         self.names = Names(self._names_fd, self._tmp_fd, fsync=self.fsync)
+        self._temp_root: locks.TempRoot | None = None  # see ``temp_root``
+        self._temp_root_lock = threading.Lock()
+        self._temp_scopes = 0
         index_fd = fsio.open_dir("index", root_fd)
         try:
             self._index_fd = fsio.open_dir("sha256", index_fd)
@@ -220,6 +224,9 @@ class Store:
             raise
 
     def close(self) -> None:
+        if self._temp_root is not None:
+            self._temp_root.close()
+            self._temp_root = None
         for fd in (self._index_fd, self._names_fd, self._tmp_fd, self._objects_fd,
                    self._root_fd):
             with contextlib.suppress(OSError):
@@ -295,8 +302,9 @@ class Store:
             with _store_errors(self.path):
                 if self.fsync and batch.pending:
                     fsio.syncfs(self._tmp_fd)
-                for temp, digests in batch.pending.values():
-                    self._link(temp, digests, sync=False)
+                with self.publishing(batch.pending):
+                    for temp, digests in batch.pending.values():
+                        self._link(temp, digests, sync=False)
                 if self.fsync and batch.pending:
                     fsio.syncfs(self._tmp_fd)
         finally:
@@ -309,12 +317,52 @@ class Store:
         with contextlib.suppress(OSError):  # no user xattrs here: lookups hash instead
             os.setxattr(temp.fd, OBJECT_XATTR, digests.verity)
         os.fchmod(temp.fd, 0o444)  # after the xattr: a 0444 file refuses it to non-root
+        temp.fd = fsverity.enable_on_temp(temp.dir_fd, temp.name, temp.fd)  # best effort
         if batch is not None:
             new = batch.hold(temp, digests) and not self.has_object(oid)
             return AddResult(oid, sha, digests.size, method, new)
         if self.fsync:
             os.fsync(temp.fd)
-        return AddResult(oid, sha, digests.size, method, self._link(temp, digests, self.fsync))
+        with self.publishing([oid]):
+            new = self._link(temp, digests, self.fsync)
+        return AddResult(oid, sha, digests.size, method, new)
+
+    # -- the GC protocol (docs/design.md "Garbage collection") ----------------------------
+
+    @contextlib.contextmanager
+    def publishing(self, ids: Iterable[str]) -> Iterator[None]:
+        """The writer's critical section: with the store lock shared (no GC sweeping),
+        record ``ids`` in this store's temp root, then let the caller make them visible."""
+        with locks.shared(self._root_fd):
+            self._protect(ids)
+            yield
+
+    def _protect(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        with self._temp_root_lock:
+            if not ids or not self._temp_scopes:
+                return  # outside ``temp_root`` only the grace period protects
+            if self._temp_root is None:
+                self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd)
+            self._temp_root.add(ids)
+
+    @contextlib.contextmanager
+    def temp_root(self) -> Iterator[None]:
+        """Keep what is published in this block a GC root until the block ends: wrap an
+        operation from its first object up to writing its name (nesting is fine).
+        Objects added outside any such block are protected by GC's grace period only."""
+        with self._temp_root_lock:
+            self._temp_scopes += 1
+        try:
+            yield
+        finally:
+            with self._temp_root_lock:
+                self._temp_scopes -= 1
+                root = self._temp_root if not self._temp_scopes else None
+                if root is not None:
+                    self._temp_root = None
+            if root is not None:
+                root.close()
 
     def _link(self, temp: fsio.TempFile, digests: Digests, sync: bool) -> bool:
         oid = ObjectId(digests.verity.hex())
@@ -373,7 +421,16 @@ class Store:
     # -- metadata images ------------------------------------------------------------------
 
     def put_image(self, image: Image) -> ObjectId:
-        """Store a metadata image (canonical bytes, so equal trees share one object)."""
+        """Store a metadata image (canonical bytes, so equal trees share one object).
+
+        The objects it needs become temp roots and are checked to exist under the store
+        lock: one a concurrent GC removed before that is reported, never named.
+        """
+        needed = image.object_ids()
+        with _store_errors(self.path), self.publishing(needed):
+            missing = next((oid for oid in sorted(needed) if not self.has_object(oid)), None)
+        if missing is not None:
+            raise errors.ObjectNotFound(object_id=missing)
         return self.add_bytes(images.encode(image)).object_id
 
     def get_image(self, oid: ObjectId) -> Image:
@@ -454,6 +511,47 @@ class Store:
     def open_object(self, oid: ObjectId) -> BinaryIO:
         """Open an object read-only.  Its name is not re-checked here (that is ``verify``)."""
         return os.fdopen(self._open_object_fd(oid), "rb")
+
+    def open_verified(self, oid: ObjectId) -> BinaryIO:
+        """Open an object after checking its bytes against its name (positioned at 0).
+
+        With kernel fs-verity on the file the measurement is compared and the kernel
+        checks every later read; otherwise the bytes are rehashed here.  A mismatch raises
+        ``CorruptObject`` naming the artifacts that use the object.
+        """
+        fd = self._open_object_fd(oid)
+        try:
+            ok, _ = fsverity.matches(fd, bytes.fromhex(oid))
+        except BaseException:
+            os.close(fd)
+            raise
+        if not ok:
+            os.close(fd)
+            raise self.corrupt(oid)
+        return os.fdopen(fd, "rb")
+
+    def corrupt(self, oid: ObjectId) -> errors.CorruptObject:
+        """The error for a corrupt object, naming the artifacts that use it."""
+        users = self.users_of(oid)
+        return errors.CorruptObject(object_id=oid, users=f" (used by {', '.join(users)})"
+                                    if users else " (used by no named artifact)")
+
+    def users_of(self, oid: ObjectId) -> list[str]:
+        """The names whose artifact needs ``oid`` (its image, or an object of the image);
+        unreadable names and images are skipped (the sweep reports those)."""
+        found = []
+        for file_name in self.names.files():
+            try:
+                record = self.names.load(file_name)
+                if record.image == oid or oid in self.get_image(record.image).object_ids():
+                    found.append(record.name)
+            except errors.CasError:
+                continue
+        return sorted(found)
+
+    def open_dir(self, name: str, *, create: bool = False) -> int:
+        """A new fd for directory ``name`` below the store root (the caller closes it)."""
+        return fsio.open_dir(name, self._root_fd, create=create)
 
     def link_object(self, oid: ObjectId, dir_fd: int, name: str) -> None:
         """Hard-link an object to ``name`` in ``dir_fd`` (read-only sharing of its inode)."""

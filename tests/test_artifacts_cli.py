@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import need_tool
 from test_cli import cas, store_path  # noqa: F401  (the fixture)
 from test_oci import GGUF, TITLE, LayoutBuilder, manifest_digest, skopeo, write_gguf
 from test_ollama import OllamaStore, files, gguf_bytes
+
+from conftest import need_tool
 
 SAMPLE = Path(__file__).parent / "data" / "sample"
 

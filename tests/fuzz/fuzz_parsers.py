@@ -17,7 +17,7 @@ from collections.abc import Callable
 import atheris
 
 with atheris.instrument_imports():
-    from cas import errors, image, names, ollama, oci, tarlayer
+    from cas import errors, image, names, oci, ollama, tarlayer
     from cas.store import Store
 
 _store: Store | None = None

@@ -1,0 +1,250 @@
+"""Garbage collection: what it keeps, what it removes, and how it shares the store."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cas import Store, artifacts, errors, gc
+from cas.image import Image, file_entry
+from conftest import object_files, write_random
+
+SYSTEMD = Path(__file__).parent.parent / "docs" / "systemd"
+
+
+def import_tree(store: Store, tmp_path: Path, name: str, seed: int) -> list[str]:
+    src = tmp_path / f"src-{name}"
+    src.mkdir()
+    for i in range(3):
+        write_random(src / f"f{i}", 5000 + i, seed=seed * 10 + i)
+    (record,) = artifacts.import_artifacts(store, [str(src)], name)
+    return sorted(store.get_image(record.image).object_ids() | {record.image})
+
+
+def test_unreachable_removed_reachable_kept(store: Store, tmp_path: Path) -> None:
+    keep = import_tree(store, tmp_path, "keep", 1)
+    drop = import_tree(store, tmp_path, "drop", 2)
+    loose = store.add_bytes(b"x" * 1000).object_id
+    store.names.remove("drop")
+    report = gc.collect(store, grace=0)
+    assert all(store.has_object(o) for o in keep)
+    assert not any(store.has_object(o) for o in [*drop, loose])
+    assert report.objects_removed == len(drop) + 1 and report.complete
+    assert report.bytes_removed > 3 * 5000
+    assert report.index_removed == len(drop) + 1  # each object's sha256 link went with it
+    assert len(object_files(store.path)) == len(keep)
+    assert gc.collect(store, grace=0).objects_removed == 0  # idempotent
+
+
+def test_grace_period_honoured(store: Store) -> None:
+    young = store.add_bytes(b"y" * 100).object_id
+    old = store.add_bytes(b"o" * 100).object_id
+    shard_dir = store.path / "objects" / old[:2]
+    os.utime(shard_dir / old[2:], (time.time() - 7200, time.time() - 7200))
+    report = gc.collect(store, grace=3600)
+    assert store.has_object(young) and not store.has_object(old)
+    assert report.kept_in_grace == 1
+    # dedup refreshes the mtime: re-adding an old object restarts its grace period
+    again = store.add_bytes(b"y" * 100).object_id
+    assert again == young and time.time() - store.stat_object(young).mtime_ns / 1e9 < 60
+
+
+def test_temp_root_protects_an_in_flight_import(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    Store.init(tmp_path / "s").close()
+    writer, collector = Store.open(tmp_path / "s"), Store.open(tmp_path / "s")
+    reached, go = threading.Event(), threading.Event()
+    real_set = writer.names.set
+
+    def slow_set(*args: object, **kwargs: object) -> object:
+        reached.set()  # objects and image stored, name not yet written
+        assert go.wait(30)
+        return real_set(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer.names, "set", slow_set)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        write_random(src / f"f{i}", 70_000, seed=i)
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.extend(
+        artifacts.import_artifacts(writer, [str(src)], "inflight")))
+    thread.start()
+    assert reached.wait(30)
+    report = gc.collect(collector, grace=0)  # no grace: only the temp root protects
+    assert report.live_roots == 1 and report.objects_removed == 0
+    go.set()
+    thread.join(30)
+    (record,) = result
+    image = collector.get_image(record.image)  # type: ignore[attr-defined]
+    assert all(collector.has_object(o) for o in image.object_ids())
+    assert not list((tmp_path / "s" / "roots").iterdir())  # root dropped after the name
+    assert gc.collect(collector, grace=0).objects_removed == 0
+    writer.close()
+    collector.close()
+
+
+def test_put_image_refuses_an_object_gc_already_removed(store: Store) -> None:
+    image = Image(entries=[file_entry("f", size=100, object_id="ab" * 32, sha256="cd" * 32)],
+                  blobs=[], source={"type": "tree"})
+    with pytest.raises(errors.ObjectNotFound):
+        store.put_image(image)
+
+
+def test_dead_temp_roots_removed_live_ones_kept(store: Store) -> None:
+    roots = store.path / "roots"
+    with store.temp_root():
+        oid = store.add_bytes(b"r" * 200).object_id  # listed in this scope's live root
+        (roots / "tmp-999999999-dead").write_text(oid + "\n")  # nobody holds its lock
+        report = gc.collect(store, grace=0)
+        assert store.has_object(oid)
+        assert (report.live_roots, report.dead_roots_removed) == (1, 1)
+    assert not list(roots.iterdir())  # the scope ended: its root is gone
+    assert gc.collect(store, grace=0).objects_removed == 1
+
+
+def test_two_gcs_second_exits_distinctly_or_waits(store: Store) -> None:
+    fd = os.open(store.path / gc.GC_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    with pytest.raises(errors.GcBusy):
+        gc.collect(store, grace=0)
+    busy = run_cas("gc", "--quiet", store=store.path)
+    assert busy.returncode == errors.GcBusy.exit_code == 8
+    assert b"another gc" in busy.stderr
+    threading.Timer(0.3, os.close, [fd]).start()
+    started = time.monotonic()
+    waited = run_cas("gc", "--quiet", "--wait", "10", store=store.path)
+    assert waited.returncode == 0 and 0.2 < time.monotonic() - started < 10
+
+
+def test_stale_temp_files_removed_live_ones_kept(store: Store) -> None:
+    tmp = store.path / "tmp"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp / f"obj-{dead}-0123456789abcdef").write_bytes(b"crashed writer")
+    (tmp / f".cas-replace-{dead}-0123456789abcdef").write_bytes(b"crashed rename")
+    live = tmp / f"obj-{os.getpid()}-fedcba9876543210"
+    live.write_bytes(b"writer still running")
+    ancient = tmp / f"obj-{os.getpid()}-00000000000000aa"
+    ancient.write_bytes(b"live pid, but two days old: pid reuse")
+    os.utime(ancient, (time.time() - 2 * 86400,) * 2)
+    report = gc.collect(store, grace=3600)
+    assert report.temp_files_removed == 3
+    assert sorted(p.name for p in tmp.iterdir()) == [live.name]
+
+
+def test_dry_run_changes_nothing(store: Store, tmp_path: Path) -> None:
+    import_tree(store, tmp_path, "a", 3)
+    store.names.remove("a")
+    (store.path / "tmp" / "obj-999999999-0123456789abcdef").write_bytes(b"x")
+    (store.path / gc.GC_LOCK).touch()  # lock files aside
+    before = sorted(str(p) for p in store.path.rglob("*"))
+    report = gc.collect(store, grace=0, dry_run=True)
+    assert report.objects_removed == 4 and len(report.removed) == 4
+    assert sorted(str(p) for p in store.path.rglob("*")) == before
+    out = run_cas("gc", "--dry-run", "--grace", "0", "--json", store=store.path)
+    assert out.returncode == 0 and len(json.loads(out.stdout)["removed"]) == 4
+    assert sorted(str(p) for p in store.path.rglob("*")) == before
+
+
+def test_orphan_index_links_removed(store: Store) -> None:
+    result = store.add_bytes(b"i" * 300)
+    (store.path / "objects" / result.object_id[:2] / result.object_id[2:]).unlink()  # crash
+    index = store.path / "index" / "sha256" / result.sha256[:2] / result.sha256[2:]
+    assert index.stat().st_nlink == 1
+    assert gc.collect(store, grace=0).index_removed == 1
+    assert not index.exists() and store.lookup_sha256(result.sha256) is None
+
+
+def test_reader_keeps_reading_an_object_gc_removed(store: Store) -> None:
+    data = os.urandom(300_000)
+    oid = store.add_bytes(data).object_id
+    with store.open_object(oid) as f:
+        head = f.read(1000)
+        assert gc.collect(store, grace=0).objects_removed == 1
+        assert not store.has_object(oid)
+        assert head + f.read() == data
+
+
+def test_max_duration_stops_early_and_next_run_finishes(store: Store) -> None:
+    for i in range(50):
+        store.add_bytes(i.to_bytes(2, "big") * 100)
+    partial = gc.collect(store, grace=0, max_duration=0)
+    assert not partial.complete and partial.objects_removed < 50
+    assert gc.collect(store, grace=0).objects_removed == 50 - partial.objects_removed
+
+
+def test_parse_duration() -> None:
+    assert [gc.parse_duration(t) for t in ("90", "90s", "30m", "1h", "2d", "0")] == [
+        90, 90, 1800, 3600, 172800, 0]
+    for bad in ("", "h", "-1h", "soon"):
+        with pytest.raises(errors.BadInput):
+            gc.parse_duration(bad)
+
+
+def test_du_reports_dedup_and_per_artifact_bytes(store: Store, tmp_path: Path) -> None:
+    import_tree(store, tmp_path, "a", 4)
+    src = tmp_path / "src-b"
+    src.mkdir()
+    write_random(src / "same", 5000, seed=40)  # = a's f0
+    write_random(src / "own", 9000, seed=99)
+    artifacts.import_artifacts(store, [str(src)], "b")
+    out = run_cas("du", "--json", "--reflinks", store=store.path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["dedup_saved_bytes"] == 5000 and doc["reflink_shared_bytes"] >= 0
+    per = {a["name"]: a for a in doc["artifacts"]}
+    assert per["b:latest"]["shared_bytes"] == 5000
+    assert per["b:latest"]["unique_bytes"] > 9000  # its file plus its image
+    assert run_cas("stats", store=store.path).returncode == 0
+
+
+def test_gc_waits_for_writers_in_their_publish_step(store: Store,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc, "WRITERS_WAIT", 0.2)
+    with store.publishing(()), store.publishing(()):  # writers never exclude each other
+        with pytest.raises(errors.GcBusy):
+            gc.collect(store, grace=0)
+    assert gc.collect(store, grace=0).complete
+
+
+def scheduled_command(kind: str) -> list[str]:
+    """The exact command the shipped cron line / systemd service runs."""
+    if kind == "cron":
+        line = next(x for x in (SYSTEMD / "cas-gc.cron").read_text().splitlines()
+                    if x and not x.startswith("#"))
+        words = shlex.split(line)[6:]  # 5 time fields and the user
+    else:
+        service = (SYSTEMD / "cas-gc.service").read_text()
+        words = shlex.split(next(x for x in service.splitlines()
+                                 if x.startswith("ExecStart=")).partition("=")[2])
+    return [w for w in words if not w.startswith("CAS_STORE=")]
+
+
+@pytest.mark.parametrize("kind", ["cron", "systemd"])
+def test_scheduled_gc_runs_with_no_terminal(kind: str, store: Store, tmp_path: Path) -> None:
+    import_tree(store, tmp_path, "a", 5)
+    store.names.remove("a")
+    for oid in store.iter_objects():
+        path = store.path / "objects" / oid[:2] / oid[2:]
+        os.utime(path, (time.time() - 7200,) * 2)  # older than the service's --grace 1h
+    env = {"PATH": os.environ["PATH"], "CAS_STORE": str(store.path)}  # cron's bare env
+    done = subprocess.run(scheduled_command(kind), stdin=subprocess.DEVNULL,
+                          capture_output=True, env=env, start_new_session=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    assert not list(store.iter_objects())
+
+
+def run_cas(*args: str, store: Path) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "CAS_STORE": str(store)}
+    return subprocess.run([sys.executable, "-m", "cas", *args], env=env, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
