@@ -171,14 +171,18 @@ def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--link", type=click.Choice([m.value for m in LinkMode]), default="auto",
               show_default=True, help="How files are made from objects.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check reflinked and hardlinked objects against their digests first "
+              "(--no-verify: metadata only; copies are always checked).")
 @json_option
 @click.pass_obj
-def checkout(obj: Context, name: str, dest: Path, link: str, as_json: bool) -> None:
+def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
+             as_json: bool) -> None:
     """Materialise artifact NAME's tree at DEST (which must not exist)."""
     mode = LinkMode(link)
     with obj.open_store() as store:
         image = store.get_image(store.names.get(name).image)
-        result = checkout_tree(store, image, dest, mode)
+        result = checkout_tree(store, image, dest, mode, verify=verify)
     human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}: " + ", ".join(
         f"{n} {m}" for m, n in sorted(result.methods.items()))
     if mode is LinkMode.HARDLINK:
@@ -248,17 +252,19 @@ def rm(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
 @click.option("--max-duration", default=None, metavar="DURATION",
               help="Stop deleting after this long and report a partial run.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--thorough", is_flag=True,
+              help="Also walk the whole sha256 index for links whose object is gone.")
 @click.option("--quiet", "-q", is_flag=True, help="No output unless something fails (cron).")
 @json_option
 @click.pass_obj
 def gc(obj: Context, grace: str, wait: str, max_duration: str | None, dry_run: bool,
-       quiet: bool, as_json: bool) -> None:
+       thorough: bool, quiet: bool, as_json: bool) -> None:
     """Remove objects no name needs (safe beside running imports and readers)."""
     from . import gc as gc_mod
     with obj.open_store() as store:
         report = gc_mod.collect(
             store, grace=gc_mod.parse_duration(grace), dry_run=dry_run,
-            wait=gc_mod.parse_duration(wait),
+            wait=gc_mod.parse_duration(wait), thorough=thorough,
             max_duration=None if max_duration is None else gc_mod.parse_duration(max_duration))
     if quiet and not as_json:
         return

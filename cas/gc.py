@@ -7,7 +7,11 @@ The protocol (writers, readers, GC) is in ``cas/lock.py`` and docs/design.md.  O
 2. mark: every name's image and the objects it needs, plus the ids in live temp roots
    (dead roots are removed);
 3. sweep ``objects/``: an unmarked object older than the grace period is unlinked;
-4. sweep ``index/sha256/``: entries whose inode is no longer an object;
+   — each object's index link first (found through its ``user.cas.sha256`` xattr), so
+   no run leaves an index entry behind;
+4. sweep all of ``index/sha256/`` for entries whose inode is no longer an object — only
+   when some removed object's link could not be found that way, or when asked
+   (``thorough``: links orphaned by hand-deleted objects);
 5. sweep ``tmp/``: temp files whose writer is provably gone.
 
 Nothing reachable is ever removed, so stopping at any point (SIGKILL, ``max_duration``)
@@ -28,8 +32,8 @@ from typing import Any
 from . import errors, fsio, hashing
 from . import image as images
 from . import lock as locks
-from .digest import ObjectId, is_hex64
-from .store import Store
+from .digest import ObjectId, is_hex64, shard
+from .store import SHA256_XATTR, Store
 
 GC_LOCK = "gc.lock"
 DEFAULT_GRACE = 3600.0
@@ -67,7 +71,8 @@ class GcReport:
 
 
 def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
-            max_duration: float | None = None, wait: float = 0.0) -> GcReport:
+            max_duration: float | None = None, wait: float = 0.0,
+            thorough: bool = False) -> GcReport:
     """Run one garbage collection over ``store``; see the module docstring."""
     started = time.monotonic()
     deadline = None if max_duration is None else started + max_duration
@@ -76,9 +81,11 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
     with _locked(store, root_fd, wait, dry_run):
         reachable = _mark(store, report, remove_dead_roots=not dry_run)
         now = time.time()
-        live_inodes, removed_inodes = _sweep_objects(store, reachable, report, now, deadline)
+        live_inodes, removed_inodes, unlinked_all = _sweep_objects(store, reachable, report,
+                                                                   now, deadline)
         if report.complete:
-            _sweep_index(store, live_inodes, removed_inodes, report)
+            if thorough or not unlinked_all:
+                _sweep_index(store, live_inodes, removed_inodes, report)
             _sweep_tmp(store, report, now)
     report.seconds = round(time.monotonic() - started, 3)
     return report
@@ -143,12 +150,14 @@ def _image_needs(store: Store, oid: ObjectId) -> set[ObjectId]:
 
 
 def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now: float,
-                   deadline: float | None) -> tuple[set[int], set[int]]:
-    """Unlink unmarked objects past the grace period; return (inodes of what stays,
-    inodes removed) for the index sweep."""
+                   deadline: float | None) -> tuple[set[int], set[int], bool]:
+    """Unlink unmarked objects past the grace period, each after its index link; return
+    the inodes of what stays, the inodes removed, and whether every index link of a
+    removed object was found (else the whole index needs a sweep)."""
     objects_fd = store._objects_fd
     live: set[int] = set()
     removed: set[int] = set()
+    unlinked_all = True
     with os.scandir(objects_fd) as shards:
         shard_names = sorted(e.name for e in shards
                              if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
@@ -174,6 +183,9 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
                         report.kept_in_grace += 1
                         live.add(entry.inode())
                         continue
+                    if st.st_nlink > 1 and not _unlink_index_link(store, shard_fd, entry.name,
+                                                                  st, report):
+                        unlinked_all = False
                     if not report.dry_run:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.name, dir_fd=shard_fd)
@@ -184,7 +196,41 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
                         report.removed.append(oid)
         finally:
             os.close(shard_fd)
-    return live, removed
+    return live, removed, unlinked_all
+
+
+def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_result,
+                       report: GcReport) -> bool:
+    """Unlink the index entry that is this object's inode; False if it can't be found."""
+    try:
+        fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+    except OSError:
+        return False
+    try:
+        sha = os.getxattr(fd, SHA256_XATTR)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if len(sha) != 32:
+        return False
+    idx_shard, idx_rest = shard(sha.hex())
+    try:
+        idx_fd = fsio.open_dir(idx_shard, store._index_fd)
+    except OSError:
+        return False
+    try:
+        entry = os.lstat(idx_rest, dir_fd=idx_fd)
+        if (entry.st_dev, entry.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        if not report.dry_run:
+            os.unlink(idx_rest, dir_fd=idx_fd)
+        report.index_removed += 1
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(idx_fd)
 
 
 def _sweep_index(store: Store, live: set[int], removed: set[int], report: GcReport) -> None:

@@ -8,7 +8,10 @@ Layout (format version 1)::
                                 fs-verity SHA-256 digest (composefs layout)
       index/sha256/XX/<62 hex>  a hard link to the object whose plain SHA-256 (the OCI
                                 digest) this is; the object's xattr user.cas.object holds
-                                its id, so a lookup reads that and checks the inode
+                                its id, so a lookup reads that and checks the inode (and
+                                user.cas.sha256 lets GC find the link of an object)
+      index/stat/<sha256>       re-add hints for large files: symlink text = object id
+                                (see ``Store._re_add``; never trusted, always re-hashed)
       names/<sha256 of name>    JSON: artifact name → metadata image object id (cas.names)
       tmp/                      private temp files of writers (same filesystem)
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -48,9 +52,13 @@ FORMAT_VERSION = 1
 DIGEST_ALGORITHM = "fsverity-sha256-4k"
 META_NAME = "meta.json"
 META_LIMIT = 64 * 1024
-OBJECTS, INDEX_SHA256, NAMES, TMP = "objects", "index/sha256", "names", "tmp"
+OBJECTS, INDEX_SHA256, INDEX_STAT = "objects", "index/sha256", "index/stat"
+NAMES, TMP = "names", "tmp"
 OBJECT_XATTR = "user.cas.object"
+SHA256_XATTR = "user.cas.sha256"
 STREAM_CHUNK = 1 << 20
+#: Files at least this large leave a hint so that re-adding them copies nothing.
+HINT_MIN = 64 << 20
 #: Files up to this size are imported from one buffer on one thread (see ``_fill``).
 SMALL_FILE = 1 << 20
 #: A file whose ctime is this old is "settled": a write during its import moves ctime.
@@ -75,7 +83,7 @@ class AddResult:
     object_id: ObjectId
     sha256: Sha256
     size: int
-    method: str  # "reflink", "copy_file_range", "readwrite", "stream" or "bytes"
+    method: str  # "reflink", "copy_file_range", "readwrite", "stream", "bytes", "exists"
     new: bool  # False when the object was already stored (dedup)
 
     def to_json(self) -> dict[str, Any]:
@@ -162,12 +170,14 @@ class Store:
         self._tmp_fd = fsio.open_dir(TMP, root_fd)
         self._names_fd = fsio.open_dir(NAMES, root_fd)
         self.names = Names(self._names_fd, self._tmp_fd, fsync=self.fsync)
+        self._no_reflink_from: set[int] = set()  # source devices FICLONE refused
         self._temp_root: locks.TempRoot | None = None  # see ``temp_root``
         self._temp_root_lock = threading.Lock()
         self._temp_scopes = 0
         index_fd = fsio.open_dir("index", root_fd)
         try:
             self._index_fd = fsio.open_dir("sha256", index_fd)
+            self._hints_fd = fsio.open_dir("stat", index_fd)
         finally:
             os.close(index_fd)
 
@@ -187,7 +197,7 @@ class Store:
                 raise errors.StoreNotFound(path=path.parent) from None
             root_fd = fsio.open_dir(str(path))
             try:
-                for name in (OBJECTS, "index", INDEX_SHA256, NAMES, TMP):
+                for name in (OBJECTS, "index", INDEX_SHA256, INDEX_STAT, NAMES, TMP):
                     os.mkdir(name, 0o755, dir_fd=root_fd)
                 meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                         "digest": DIGEST_ALGORITHM, "fsync": fsync,
@@ -227,8 +237,8 @@ class Store:
         if self._temp_root is not None:
             self._temp_root.close()
             self._temp_root = None
-        for fd in (self._index_fd, self._names_fd, self._tmp_fd, self._objects_fd,
-                   self._root_fd):
+        for fd in (self._index_fd, self._hints_fd, self._names_fd, self._tmp_fd,
+                   self._objects_fd, self._root_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._root_fd = -1
@@ -253,14 +263,96 @@ class Store:
         """
         src_fd, before = _open_source(Path(path), dir_fd)
         try:
-            with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp:
-                digests, method = _fill(src_fd, temp.fd, before, methods, progress)
-                _check_unchanged(Path(path), before, os.fstat(src_fd), digests.size)
-                if expect is not None:
-                    expect.check(digests)
-                return self._publish(temp, digests, method, batch)
+            with _store_errors(self.path):
+                again = self._re_add(Path(path), src_fd, before, progress, expect)
+                if again is not None:
+                    return again
+                with fsio.temp_file(self._tmp_fd, "obj") as temp:
+                    digests, method = self._fill(src_fd, temp.fd, before, methods, progress)
+                    _check_unchanged(Path(path), before, os.fstat(src_fd), digests.size)
+                    if expect is not None:
+                        expect.check(digests)
+                    result = self._publish(temp, digests, method, batch)
+                if before.st_size >= HINT_MIN and method != CopyMethod.REFLINK.value:
+                    self._remember(before, result.object_id)
+                return result
         finally:
             os.close(src_fd)
+
+    def _fill(self, src_fd: int, dst_fd: int, before: os.stat_result,
+              methods: frozenset[CopyMethod], progress: Progress | None
+              ) -> tuple[Digests, str]:
+        """Put the source's bytes into the empty temp file and hash them, the cheapest way.
+
+        A reflink costs nothing, so the bytes are then hashed where they are most likely in
+        the page cache: in the source, if it is *settled* (its ctime at least ``SETTLE_NS``
+        old, so a write during the import must move it and ``_check_unchanged`` sees it),
+        else in the clone.  Without reflink a small file is read once, hashed and written
+        from the same buffer (cheaper than two threads per file in a tree of thousands);
+        larger ones go through the native pipeline that copies and hashes the copy as it
+        lands, in one pass.
+        """
+        if CopyMethod.REFLINK in methods and (
+                before.st_dev not in self._no_reflink_from or methods == {CopyMethod.REFLINK}):
+            try:
+                hashing.copy_fd(src_fd, dst_fd, methods=frozenset({CopyMethod.REFLINK}))
+            except OSError as exc:
+                if exc.errno not in hashing.REFLINK_UNSUPPORTED or methods == {CopyMethod.REFLINK}:
+                    raise
+                self._no_reflink_from.add(before.st_dev)  # don't ask again for every file
+            else:
+                settled = time.time_ns() - before.st_ctime_ns >= SETTLE_NS
+                digests = hashing.hash_fd(src_fd if settled else dst_fd, progress=progress)
+                return digests, CopyMethod.REFLINK.value
+        if before.st_size <= SMALL_FILE and CopyMethod.READWRITE in methods:
+            data = os.pread(src_fd, SMALL_FILE + 1, 0)
+            fsio.write_all(dst_fd, data)
+            return hashing.hash_bytes(data), CopyMethod.READWRITE.value
+        digests, method = hashing.import_fd(src_fd, dst_fd, methods=methods - {CopyMethod.REFLINK},
+                                            progress=progress)
+        return digests, method.value
+
+    def _re_add(self, path: Path, src_fd: int, before: os.stat_result,
+                progress: Progress | None, expect: Expected | None) -> AddResult | None:
+        """Re-adding a large file this store copied before: hash it in place and, if it
+        still is that object, copy nothing.
+
+        The hint (``index/stat/<sha256 of dev, inode, size, mtime, ctime>``: a symlink
+        whose text is the object id) only chooses the order of work — the bytes are always
+        hashed; a stale hint costs one hash pass and falls through to a normal import.
+        """
+        if before.st_size < HINT_MIN:
+            return None
+        try:
+            hinted = os.readlink(_hint_key(before), dir_fd=self._hints_fd)
+        except OSError:
+            return None
+        digests = hashing.hash_fd(src_fd, progress=progress)
+        oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
+        with self.publishing([oid]):
+            if oid != hinted or not self._refresh(oid, digests.size):
+                return None
+            _check_unchanged(path, before, os.fstat(src_fd), digests.size)
+            if expect is not None:
+                expect.check(digests)
+            self._index(sha, oid, self.fsync)
+        return AddResult(oid, sha, digests.size, "exists", False)
+
+    def _remember(self, st: os.stat_result, oid: ObjectId) -> None:
+        with contextlib.suppress(OSError):  # a hint is an optimisation, never required
+            os.symlink(oid, _hint_key(st), dir_fd=self._hints_fd)
+
+    def _refresh(self, oid: ObjectId, size: int) -> bool:
+        """Is an intact-looking copy of ``oid`` stored?  Then refresh its mtime (for GC)."""
+        shard_name, rest = shard(oid)
+        try:
+            shard_fd = self._open_shard(self._objects_fd, shard_name)
+        except FileNotFoundError:
+            return False
+        try:
+            return _refresh_at(shard_fd, rest, size)
+        finally:
+            os.close(shard_fd)
 
     def add_stream(self, stream: IO[bytes], *, progress: Progress | None = None,
                    expect: Expected | None = None, method: str = "stream",
@@ -316,10 +408,11 @@ class Store:
         oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
         with contextlib.suppress(OSError):  # no user xattrs here: lookups hash instead
             os.setxattr(temp.fd, OBJECT_XATTR, digests.verity)
+            os.setxattr(temp.fd, SHA256_XATTR, digests.sha256)  # GC finds the index link
         os.fchmod(temp.fd, 0o444)  # after the xattr: a 0444 file refuses it to non-root
         temp.fd = fsverity.enable_on_temp(temp.dir_fd, temp.name, temp.fd)  # best effort
         if batch is not None:
-            new = batch.hold(temp, digests) and not self.has_object(oid)
+            new = batch.hold(temp, digests) and not self._exists(oid)
             return AddResult(oid, sha, digests.size, method, new)
         if self.fsync:
             os.fsync(temp.fd)
@@ -492,6 +585,15 @@ class Store:
             os.close(fd)
         return oid if (found.st_dev, found.st_ino) == (entry.st_dev, entry.st_ino) else None
 
+    def _exists(self, oid: ObjectId) -> bool:
+        """A one-syscall existence hint (follows a planted shard symlink: never use it for
+        anything but reporting)."""
+        try:
+            os.stat("/".join(shard(oid)), dir_fd=self._objects_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
     def has_object(self, oid: ObjectId) -> bool:
         try:
             self.stat_object(oid)
@@ -631,6 +733,11 @@ def _same_inode(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _hint_key(st: os.stat_result) -> str:
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
     """Dedup check: a regular file of the right size is there; refresh its mtime so a GC
     grace period covers this writer too.  Anything else there counts as missing."""
@@ -675,37 +782,6 @@ def _read_meta(path: Path, root_fd: int) -> dict[str, Any]:
         raise errors.UnsupportedFormat(path=path, found=f"features {sorted(unknown)}",
                                        supported=sorted(KNOWN_FEATURES["incompat"]))
     return meta
-
-
-def _fill(src_fd: int, dst_fd: int, before: os.stat_result, methods: frozenset[CopyMethod],
-          progress: Progress | None) -> tuple[Digests, str]:
-    """Put the source's bytes into the empty temp file and hash them, the cheapest way.
-
-    A reflink costs nothing, so the bytes are then hashed where they are most likely in
-    the page cache: in the source, if it is *settled* (its ctime at least ``SETTLE_NS``
-    old, so a write during the import must move it and ``_check_unchanged`` sees it),
-    else in the clone.  Without reflink a small file is read once, hashed and written
-    from the same buffer (cheaper than two threads per file in a tree of thousands);
-    larger ones go through the native pipeline that copies and hashes the copy as it
-    lands, in one pass.
-    """
-    if CopyMethod.REFLINK in methods:
-        try:
-            hashing.copy_fd(src_fd, dst_fd, methods=frozenset({CopyMethod.REFLINK}))
-        except OSError as exc:
-            if exc.errno not in hashing.REFLINK_UNSUPPORTED or methods == {CopyMethod.REFLINK}:
-                raise
-        else:
-            settled = time.time_ns() - before.st_ctime_ns >= SETTLE_NS
-            digests = hashing.hash_fd(src_fd if settled else dst_fd, progress=progress)
-            return digests, CopyMethod.REFLINK.value
-    if before.st_size <= SMALL_FILE and CopyMethod.READWRITE in methods:
-        data = os.pread(src_fd, SMALL_FILE + 1, 0)
-        fsio.write_all(dst_fd, data)
-        return hashing.hash_bytes(data), CopyMethod.READWRITE.value
-    digests, method = hashing.import_fd(src_fd, dst_fd, methods=methods - {CopyMethod.REFLINK},
-                                        progress=progress)
-    return digests, method.value
 
 
 def _open_source(path: Path, dir_fd: int | None) -> tuple[int, os.stat_result]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import cas.store
 from cas import Store, errors, hashing
 from cas.digest import ObjectId, Sha256
 from conftest import fsverity_digest, object_files, write_random
@@ -294,3 +295,25 @@ def test_sha256_index_entries_are_the_objects_themselves(store: Store) -> None:
     assert store.lookup_sha256(result.sha256) is None
     store.add_bytes(b"indexed bytes" * 10)  # re-adding re-points it
     assert os.path.samefile(obj, entry)
+
+
+def test_re_adding_a_large_file_copies_nothing_and_a_stale_hint_is_harmless(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cas.store, "HINT_MIN", 2 << 20)
+    src = write_random(tmp_path / "model.gguf", 3 << 20)  # over SMALL_FILE: the pipeline
+    first = store.add_path(src)
+    assert first.method in ("copy_file_range", "readwrite")  # ext4: copied, hint left
+    copies: list[int] = []
+    real_import = hashing.import_fd
+    monkeypatch.setattr(hashing, "import_fd",
+                        lambda *a, **k: copies.append(1) or real_import(*a, **k))
+    again = store.add_path(src)
+    assert (again.object_id, again.new, again.method) == (first.object_id, False, "exists")
+    assert copies == [] and os.listdir(store.path / "tmp") == []
+    # the same inode rewritten in place to other bytes of the same size: the old hint no
+    # longer matches the stat key; and a hint that lies is never believed
+    hint = next((store.path / "index" / "stat").iterdir())
+    hint.unlink()
+    hint.symlink_to("ab" * 32)
+    third = store.add_path(src)
+    assert third.object_id == first.object_id and copies == [1]

@@ -166,3 +166,24 @@ def test_reflink_checkout_on_xfs_shares_extents(loopfs: LoopFs) -> None:
                               capture_output=True, text=True, check=True).stdout
     assert "shared" in filefrag
     assert filecmp.cmp(src / "big.bin", mnt / "out" / "big.bin", shallow=False)
+
+
+def test_reflink_checkout_verifies_unless_told_not_to(loopfs: LoopFs) -> None:
+    mnt = loopfs("xfs", 320)
+    src = mnt / "src"
+    src.mkdir()
+    write_random(src / "w.bin", 1 << 20, seed=4)
+    with Store.init(mnt / "store") as store:
+        (record,) = import_artifacts(store, [str(src)], "m")
+        image = store.get_image(record.image)
+        (entry,) = image.files()
+        assert entry.object_id is not None
+        obj = store.path / "objects" / entry.object_id[:2] / entry.object_id[2:]
+        obj.chmod(0o644)
+        with open(obj, "r+b") as f:
+            f.write(b"\0")  # rot in place: the clone would share the bad block
+        with pytest.raises(errors.CorruptObject):
+            checkout(store, image, mnt / "out")
+        assert not (mnt / "out").exists()
+        checkout(store, image, mnt / "fast", verify=False)  # metadata only: not read
+        assert (mnt / "fast" / "w.bin").stat().st_size == 1 << 20
