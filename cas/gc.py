@@ -25,7 +25,9 @@ import fcntl
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +41,8 @@ GC_LOCK = "gc.lock"
 DEFAULT_GRACE = 3600.0
 #: A temp file of a live pid is kept this long at least (pid reuse makes "alive" weak).
 LIVE_TEMP_MAX_AGE = 86400.0
+#: Shards swept at once: unlinking is kernel work that runs beside the other thread.
+SWEEP_THREADS = 2
 #: How long GC waits for writers to leave their (short) publish steps.
 WRITERS_WAIT = 60.0
 
@@ -149,58 +153,105 @@ def _image_needs(store: Store, oid: ObjectId) -> set[ObjectId]:
     return images.needed_objects(data)
 
 
+@dataclass(slots=True)
+class _ShardSweep:
+    """What sweeping one ``objects/XX`` directory did (merged into the report)."""
+
+    scanned: int = 0
+    removed: int = 0
+    bytes: int = 0
+    kept_in_grace: int = 0
+    index_removed: int = 0
+    removed_ids: list[str] = field(default_factory=list)
+    live_inodes: set[int] = field(default_factory=set)
+    removed_inodes: set[int] = field(default_factory=set)
+    unlinked_all: bool = True  # every removed object's index link was found and unlinked
+
+    def merge(self, other: _ShardSweep) -> None:
+        self.scanned += other.scanned
+        self.removed += other.removed
+        self.bytes += other.bytes
+        self.kept_in_grace += other.kept_in_grace
+        self.index_removed += other.index_removed
+        self.removed_ids.extend(other.removed_ids)
+        self.live_inodes |= other.live_inodes
+        self.removed_inodes |= other.removed_inodes
+        self.unlinked_all = self.unlinked_all and other.unlinked_all
+
+
 def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now: float,
                    deadline: float | None) -> tuple[set[int], set[int], bool]:
-    """Unlink unmarked objects past the grace period, each after its index link; return
+    """Unlink unmarked objects past the grace period, each after its index link, two
+    shards at a time (unlink is kernel work: it runs beside the other thread); return
     the inodes of what stays, the inodes removed, and whether every index link of a
     removed object was found (else the whole index needs a sweep)."""
-    objects_fd = store._objects_fd
-    live: set[int] = set()
-    removed: set[int] = set()
-    unlinked_all = True
-    with os.scandir(objects_fd) as shards:
+    with os.scandir(store._objects_fd) as shards:
         shard_names = sorted(e.name for e in shards
                              if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
-    for shard_name in shard_names:
-        if deadline is not None and time.monotonic() >= deadline:
-            report.complete = False
-            break
-        try:
-            shard_fd = fsio.open_dir(shard_name, objects_fd)
-        except (FileNotFoundError, NotADirectoryError, OSError):
-            continue
-        try:
-            with os.scandir(shard_fd) as entries:
-                for entry in entries:
-                    report.objects_scanned += 1
-                    oid = shard_name + entry.name
-                    if oid in reachable or not (is_hex64(oid)
-                                                and entry.is_file(follow_symlinks=False)):
-                        live.add(entry.inode())
-                        continue
-                    st = os.lstat(entry.name, dir_fd=shard_fd)
-                    if now - st.st_mtime < report.grace:
-                        report.kept_in_grace += 1
-                        live.add(entry.inode())
-                        continue
-                    if st.st_nlink > 1 and not _unlink_index_link(store, shard_fd, entry.name,
-                                                                  st, report):
-                        unlinked_all = False
-                    if not report.dry_run:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.name, dir_fd=shard_fd)
-                    removed.add(st.st_ino)
-                    report.objects_removed += 1
-                    report.bytes_removed += st.st_size
-                    if report.dry_run:
-                        report.removed.append(oid)
-        finally:
-            os.close(shard_fd)
-    return live, removed, unlinked_all
+    total = _ShardSweep()
+    running: deque[Future[_ShardSweep]] = deque()
+    with ThreadPoolExecutor(SWEEP_THREADS) as pool:
+        for shard_name in shard_names:  # submitted as threads free up: deadline honoured
+            if deadline is not None and time.monotonic() >= deadline:
+                report.complete = False
+                break
+            running.append(pool.submit(_sweep_shard, store, shard_name, reachable,
+                                       report.grace, now, report.dry_run))
+            if len(running) >= SWEEP_THREADS:
+                total.merge(running.popleft().result())
+        for future in running:
+            total.merge(future.result())
+    report.objects_scanned += total.scanned
+    report.objects_removed += total.removed
+    report.bytes_removed += total.bytes
+    report.kept_in_grace += total.kept_in_grace
+    report.index_removed += total.index_removed
+    report.removed.extend(total.removed_ids)
+    return total.live_inodes, total.removed_inodes, total.unlinked_all
 
 
-def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_result,
-                       report: GcReport) -> bool:
+def _sweep_shard(store: Store, shard_name: str, reachable: set[ObjectId], grace: float,
+                 now: float, dry_run: bool) -> _ShardSweep:
+    part = _ShardSweep()
+    try:
+        shard_fd = fsio.open_dir(shard_name, store._objects_fd)
+    except OSError:
+        return part  # gone, or not a directory (verify reports it)
+    try:
+        with os.scandir(shard_fd) as entries:
+            for entry in entries:
+                part.scanned += 1
+                oid = shard_name + entry.name
+                if oid in reachable or not (is_hex64(oid)
+                                            and entry.is_file(follow_symlinks=False)):
+                    part.live_inodes.add(entry.inode())
+                    continue
+                st = os.lstat(entry.name, dir_fd=shard_fd)
+                if now - st.st_mtime < grace:
+                    part.kept_in_grace += 1
+                    part.live_inodes.add(entry.inode())
+                    continue
+                if st.st_nlink > 1:
+                    if dry_run:
+                        part.index_removed += 1
+                    elif _unlink_index_link(store, shard_fd, entry.name, st):
+                        part.index_removed += 1
+                    else:
+                        part.unlinked_all = False
+                if dry_run:
+                    part.removed_ids.append(oid)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=shard_fd)
+                part.removed_inodes.add(st.st_ino)
+                part.removed += 1
+                part.bytes += st.st_size
+    finally:
+        os.close(shard_fd)
+    return part
+
+
+def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_result) -> bool:
     """Unlink the index entry that is this object's inode; False if it can't be found."""
     try:
         fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
@@ -223,9 +274,7 @@ def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_resul
         entry = os.lstat(idx_rest, dir_fd=idx_fd)
         if (entry.st_dev, entry.st_ino) != (st.st_dev, st.st_ino):
             return False
-        if not report.dry_run:
-            os.unlink(idx_rest, dir_fd=idx_fd)
-        report.index_removed += 1
+        os.unlink(idx_rest, dir_fd=idx_fd)
         return True
     except FileNotFoundError:
         return False
