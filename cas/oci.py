@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from . import fsio, hashing, tarlayer
+from . import fsio, hashing, strictjson, tarlayer
 from .digest import ObjectId, Sha256, is_hex64
 from .errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch
 from .hashing import Digests
@@ -96,23 +96,10 @@ class Descriptor:
 
 
 def _load_json(data: bytes, where: str) -> dict[str, Any]:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, an object at the top."""
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        doc = dict(items)
-        if len(doc) != len(items):
-            raise ValueError("duplicate keys")
-        return doc
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return strictjson.load_object(data)
+    except ValueError as exc:
         raise BadLayout(path=where, reason=f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadLayout(path=where, reason="not a JSON object")
-    return doc
 
 
 def _get(doc: dict[str, Any], key: str, kind: type, where: str, *, required: bool = True) -> Any:

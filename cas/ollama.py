@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import re
 import stat
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import errors, fsio, hashing
+from . import errors, fsio, hashing, strictjson
 from .digest import ObjectId, Sha256, is_hex64, oci_form, sha256_digest
 from .hashing import Digests
 from .image import INLINE_MAX, MAX_MEDIA_TYPE, MAX_SIZE, Blob, Entry, Image, build, file_entry
@@ -216,12 +215,9 @@ def parse_manifest(data: bytes, path: object) -> Manifest:
     if len(data) > MAX_MANIFEST:
         bad(f"larger than {MAX_MANIFEST} bytes")
     try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys,
-                         parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        doc = strictjson.load_object(data)
+    except ValueError as exc:
         bad(f"not JSON: {exc}")
-    if not isinstance(doc, dict):
-        bad("not a JSON object")
     version = doc.get("schemaVersion")
     if type(version) is not int or version != 2:
         bad(f"schemaVersion {version!r}, expected 2")
@@ -232,17 +228,6 @@ def parse_manifest(data: bytes, path: object) -> Manifest:
         bad(f"layers is not a list of at most {MAX_LAYERS} descriptors")
     return Manifest(_descriptor(doc.get("config"), "config", bad),
                     tuple(_descriptor(raw, f"layer {i}", bad) for i, raw in enumerate(layers)))
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc = dict(pairs)
-    if len(doc) != len(pairs):
-        raise ValueError("duplicate keys in an object")
-    return doc
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _descriptor(raw: object, what: str, bad: Callable[[str], NoReturn]) -> Descriptor:

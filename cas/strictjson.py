@@ -1,0 +1,33 @@
+"""Strict JSON for untrusted documents (OCI indexes and manifests, Ollama manifests).
+
+Python's ``json`` silently keeps the last of duplicate keys and accepts ``NaN`` and
+``Infinity``; two parsers could then read one document two ways.  Here both are errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def load_object(data: bytes) -> dict[str, Any]:
+    """Parse UTF-8 JSON whose top level is an object; ``ValueError`` says what is wrong."""
+    try:
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys,
+                         parse_constant=_no_constant)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise ValueError("duplicate keys in an object")
+    return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
