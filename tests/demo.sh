@@ -46,7 +46,11 @@ PY
 cas import "ollama:$ollama"
 cas export registry.ollama.ai/library/tiny:latest "ollama:$work/ollama-copy"
 diff -r "$ollama" "$work/ollama-copy"
+echo "== prove every byte: a full verification sweep, then a GC dry run"
+cas verify --full
+cas rm demo/tiny-model:v1
+cas gc --dry-run --grace 0
 echo "== the store"
 cas ls
-cas stat
+cas du
 echo "demo: ok"
