@@ -85,11 +85,10 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
     with _locked(store, root_fd, wait, dry_run):
         reachable = _mark(store, report, remove_dead_roots=not dry_run)
         now = time.time()
-        live_inodes, removed_inodes, unlinked_all = _sweep_objects(store, reachable, report,
-                                                                   now, deadline)
+        unlinked_all = _sweep_objects(store, reachable, report, now, deadline)
         if report.complete:
             if thorough or not unlinked_all:
-                _sweep_index(store, live_inodes, removed_inodes, report)
+                _sweep_index(store, report)
             _sweep_tmp(store, report, now)
     report.seconds = round(time.monotonic() - started, 3)
     return report
@@ -163,8 +162,6 @@ class _ShardSweep:
     kept_in_grace: int = 0
     index_removed: int = 0
     removed_ids: list[str] = field(default_factory=list)
-    live_inodes: set[int] = field(default_factory=set)
-    removed_inodes: set[int] = field(default_factory=set)
     unlinked_all: bool = True  # every removed object's index link was found and unlinked
 
     def merge(self, other: _ShardSweep) -> None:
@@ -174,20 +171,21 @@ class _ShardSweep:
         self.kept_in_grace += other.kept_in_grace
         self.index_removed += other.index_removed
         self.removed_ids.extend(other.removed_ids)
-        self.live_inodes |= other.live_inodes
-        self.removed_inodes |= other.removed_inodes
         self.unlinked_all = self.unlinked_all and other.unlinked_all
 
 
 def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now: float,
-                   deadline: float | None) -> tuple[set[int], set[int], bool]:
+                   deadline: float | None) -> bool:
     """Unlink unmarked objects past the grace period, each after its index link, two
     shards at a time (unlink is kernel work: it runs beside the other thread); return
-    the inodes of what stays, the inodes removed, and whether every index link of a
-    removed object was found (else the whole index needs a sweep)."""
+    whether every index link of a removed object was found (else the whole index needs
+    a sweep)."""
     with os.scandir(store._objects_fd) as shards:
         shard_names = sorted(e.name for e in shards
                              if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
+    by_shard: dict[str, set[str]] = {}
+    for oid in reachable:
+        by_shard.setdefault(oid[:2], set()).add(oid[2:])
     total = _ShardSweep()
     running: deque[Future[_ShardSweep]] = deque()
     with ThreadPoolExecutor(SWEEP_THREADS) as pool:
@@ -195,7 +193,7 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
             if deadline is not None and time.monotonic() >= deadline:
                 report.complete = False
                 break
-            running.append(pool.submit(_sweep_shard, store, shard_name, reachable,
+            running.append(pool.submit(_sweep_shard, store, shard_name, by_shard,
                                        report.grace, now, report.dry_run))
             if len(running) >= SWEEP_THREADS:
                 total.merge(running.popleft().result())
@@ -207,45 +205,47 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
     report.kept_in_grace += total.kept_in_grace
     report.index_removed += total.index_removed
     report.removed.extend(total.removed_ids)
-    return total.live_inodes, total.removed_inodes, total.unlinked_all
+    return total.unlinked_all
 
 
-def _sweep_shard(store: Store, shard_name: str, reachable: set[ObjectId], grace: float,
-                 now: float, dry_run: bool) -> _ShardSweep:
+def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
+                 grace: float, now: float, dry_run: bool) -> _ShardSweep:
+    """Sweep one ``objects/XX``: the names not marked come from one set difference (in
+    C), so only garbage candidates cost Python work and an lstat."""
     part = _ShardSweep()
     try:
         shard_fd = fsio.open_dir(shard_name, store._objects_fd)
     except OSError:
         return part  # gone, or not a directory (verify reports it)
     try:
-        with os.scandir(shard_fd) as entries:
-            for entry in entries:
-                part.scanned += 1
-                oid = shard_name + entry.name
-                if oid in reachable or not (is_hex64(oid)
-                                            and entry.is_file(follow_symlinks=False)):
-                    part.live_inodes.add(entry.inode())
-                    continue
-                st = os.lstat(entry.name, dir_fd=shard_fd)
-                if now - st.st_mtime < grace:
-                    part.kept_in_grace += 1
-                    part.live_inodes.add(entry.inode())
-                    continue
-                if st.st_nlink > 1:
-                    if dry_run:
-                        part.index_removed += 1
-                    elif _unlink_index_link(store, shard_fd, entry.name, st):
-                        part.index_removed += 1
-                    else:
-                        part.unlinked_all = False
+        names = os.listdir(shard_fd)
+        part.scanned = len(names)
+        for name in sorted(set(names) - reachable.get(shard_name, set())):
+            if not is_hex64(shard_name + name):
+                continue  # a stray: verify reports it, GC never judges it
+            try:
+                st = os.lstat(name, dir_fd=shard_fd)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if now - st.st_mtime < grace:
+                part.kept_in_grace += 1
+                continue
+            if st.st_nlink > 1:
                 if dry_run:
-                    part.removed_ids.append(oid)
+                    part.index_removed += 1
+                elif _unlink_index_link(store, shard_fd, name, st):
+                    part.index_removed += 1
                 else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.name, dir_fd=shard_fd)
-                part.removed_inodes.add(st.st_ino)
-                part.removed += 1
-                part.bytes += st.st_size
+                    part.unlinked_all = False
+            if dry_run:
+                part.removed_ids.append(shard_name + name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=shard_fd)
+            part.removed += 1
+            part.bytes += st.st_size
     finally:
         os.close(shard_fd)
     return part
@@ -282,9 +282,9 @@ def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_resul
         os.close(idx_fd)
 
 
-def _sweep_index(store: Store, live: set[int], removed: set[int], report: GcReport) -> None:
-    """Unlink index entries that are no longer an object's inode.  ``d_ino`` picks the
-    candidates without a stat; an lstat confirms (one link left, or a removed inode)."""
+def _sweep_index(store: Store, report: GcReport) -> None:
+    """Unlink index entries whose object is gone: a regular file with one link left.
+    (Removed objects' links went with them; this finds links orphaned otherwise.)"""
     index_fd = store._index_fd
     with os.scandir(index_fd) as shards:
         shard_names = [e.name for e in shards if e.is_dir(follow_symlinks=False)]
@@ -294,22 +294,17 @@ def _sweep_index(store: Store, live: set[int], removed: set[int], report: GcRepo
         except OSError:
             continue
         try:
-            with os.scandir(shard_fd) as entries:
-                for entry in entries:
-                    if entry.inode() in live and entry.inode() not in removed:
-                        continue
-                    try:
-                        st = os.lstat(entry.name, dir_fd=shard_fd)
-                    except FileNotFoundError:
-                        continue
-                    if not stat.S_ISREG(st.st_mode):
-                        continue  # not ours to judge (verify reports it)
-                    if st.st_nlink > 1 and st.st_ino not in removed:
-                        continue
-                    if not report.dry_run:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.name, dir_fd=shard_fd)
-                    report.index_removed += 1
+            for name in os.listdir(shard_fd):
+                try:
+                    st = os.lstat(name, dir_fd=shard_fd)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                    continue  # alive, or not ours to judge (verify reports it)
+                if not report.dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=shard_fd)
+                report.index_removed += 1
         finally:
             os.close(shard_fd)
 
