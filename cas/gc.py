@@ -81,7 +81,7 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
     started = time.monotonic()
     deadline = None if max_duration is None else started + max_duration
     report = GcReport(dry_run=dry_run, grace=grace)
-    root_fd = store._root_fd  # gc is part of the store's own machinery
+    root_fd = store.root_fd
     with _locked(store, root_fd, wait, dry_run):
         reachable = _mark(store, report, remove_dead_roots=not dry_run)
         now = time.time()
@@ -123,7 +123,7 @@ def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[Obj
     name whose image cannot be read stops the run: its objects are unknown, so nothing
     may be judged garbage.
     """
-    reachable, live, dead = locks.read_roots(store._root_fd, remove_dead=remove_dead_roots)
+    reachable, live, dead = locks.read_roots(store.root_fd, remove_dead=remove_dead_roots)
     report.live_roots, report.dead_roots_removed = live, dead
     images: set[ObjectId] = set()
     for record in store.names:
@@ -180,7 +180,7 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
     shards at a time (unlink is kernel work: it runs beside the other thread); return
     whether every index link of a removed object was found (else the whole index needs
     a sweep)."""
-    with os.scandir(store._objects_fd) as shards:
+    with os.scandir(store.objects_fd) as shards:
         shard_names = sorted(e.name for e in shards
                              if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
     by_shard: dict[str, set[str]] = {}
@@ -214,7 +214,7 @@ def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
     C), so only garbage candidates cost Python work and an lstat."""
     part = _ShardSweep()
     try:
-        shard_fd = fsio.open_dir(shard_name, store._objects_fd)
+        shard_fd = fsio.open_dir(shard_name, store.objects_fd)
     except OSError:
         return part  # gone, or not a directory (verify reports it)
     try:
@@ -267,7 +267,7 @@ def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_resul
         return False
     idx_shard, idx_rest = shard(sha.hex())
     try:
-        idx_fd = fsio.open_dir(idx_shard, store._index_fd)
+        idx_fd = fsio.open_dir(idx_shard, store.index_fd)
     except OSError:
         return False
     try:
@@ -285,7 +285,7 @@ def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_resul
 def _sweep_index(store: Store, report: GcReport) -> None:
     """Unlink index entries whose object is gone: a regular file with one link left.
     (Removed objects' links went with them; this finds links orphaned otherwise.)"""
-    index_fd = store._index_fd
+    index_fd = store.index_fd
     with os.scandir(index_fd) as shards:
         shard_names = [e.name for e in shards if e.is_dir(follow_symlinks=False)]
     for shard_name in shard_names:
@@ -313,7 +313,7 @@ def _sweep_tmp(store: Store, report: GcReport, now: float) -> None:
     """Remove temp files (``<kind>-<pid>-<random>``) whose writer is provably gone: made
     before this boot, or its pid is not running here; a live pid's after a day."""
     boot = _boot_time()
-    tmp_fd = store._tmp_fd
+    tmp_fd = store.tmp_fd
     with os.scandir(tmp_fd) as entries:
         names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
     for name in names:

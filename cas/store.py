@@ -243,6 +243,26 @@ class Store:
                 os.close(fd)
         self._root_fd = -1
 
+    # Directory descriptors for the store's own machinery (gc, verify, usage): valid while
+    # the store is open; never close them.
+
+    @property
+    def root_fd(self) -> int:
+        return self._root_fd
+
+    @property
+    def objects_fd(self) -> int:
+        return self._objects_fd
+
+    @property
+    def index_fd(self) -> int:
+        """``index/sha256``."""
+        return self._index_fd
+
+    @property
+    def tmp_fd(self) -> int:
+        return self._tmp_fd
+
     def __enter__(self) -> Store:
         return self
 

@@ -100,7 +100,7 @@ def measure(store: Store, *, reflinks: bool = False) -> UsageReport:
 
 def _lstat_object(store: Store, oid: ObjectId) -> os.stat_result:
     shard_name, rest = shard(oid)
-    shard_fd = fsio.open_dir(shard_name, store._objects_fd)
+    shard_fd = fsio.open_dir(shard_name, store.objects_fd)
     try:
         return os.lstat(rest, dir_fd=shard_fd)
     finally:
