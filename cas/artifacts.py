@@ -38,7 +38,9 @@ def parse_location(text: str) -> Location:
         from . import ollama
         root, model = ollama.parse_ref(rest)
         return Location("ollama", root, model)
-    if sep and scheme in ("docker", "tar", "containers-storage", "dir", "http", "https"):
+    if sep and scheme == "docker":  # docker://HOST/REPO[:TAG]: a registry (cas.registry)
+        return Location("docker", Path(), rest)
+    if sep and scheme in ("tar", "containers-storage", "dir", "http", "https"):
         raise UnsupportedSource(location=text)
     return Location("tree", Path(text), None)
 
@@ -93,6 +95,11 @@ def _import(store: Store, location: Location, keep_compressed: bool) -> list[tup
     if location.scheme == "ollama":
         from . import ollama
         return ollama.import_models(store, location.path, location.ref)
+    if location.scheme == "docker":
+        from . import registry
+        ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
+                                         keep_compressed=keep_compressed)
+        return [(registry.default_name(ref), image)]
     from . import tree
     path = location.path
     image = tree.import_tree(store, path) if path.is_dir() else tree.import_files(store, [path])
@@ -118,11 +125,20 @@ def tag(store: Store, source: str, target: str) -> NameRecord:
 def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]:
     record = store.names.get(name)
     image = store.get_image(record.image)
+    if destination.startswith("tar:"):  # export only: a reproducible tar layer of the tree
+        from . import tarexport
+        size = tarexport.export_tar(store, image, Path(destination[len("tar:"):]))
+        return {"name": record.name, "destination": destination, "size": size}
     location = parse_location(destination)
     if location.scheme == "oci":
         from . import oci
         tag = location.ref or record.name.rpartition(":")[2]
         oci.export_layout(store, image, location.path, tag)
+    elif location.scheme == "docker":
+        from . import registry
+        digest = registry.push_image(store, image, location.ref or "", registry.Options(),
+                                     default_tag=record.name.rpartition(":")[2])
+        return {"name": record.name, "destination": destination, "digest": digest}
     elif location.scheme == "ollama":
         from . import ollama
         # an export names a store directory, never a model: the image knows its model

@@ -160,7 +160,8 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
 @json_option
 @click.pass_obj
 def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
-    """Export artifact NAME to oci:PATH[:TAG] or ollama:PATH (same bytes, same digests)."""
+    """Export artifact NAME to oci:PATH[:TAG], ollama:PATH or tar:PATH (a reproducible tar
+    layer of its tree: sorted, mtime 0, uid/gid 0)."""
     with obj.open_store() as store:
         result = artifacts.export_artifact(store, name, destination)
     emit(as_json, result, f"exported {result['name']} to {destination}")
@@ -374,6 +375,120 @@ def _size(text: str) -> int:
     if size <= 0:
         raise errors.BadInput(message=f"bad size {text!r}: must be positive")
     return size
+
+
+def registry_options(fn: F) -> F:
+    """``--insecure``, ``--username``, ``--password``/``--password-stdin`` for registries."""
+    for option in reversed([
+            click.option("--insecure", is_flag=True,
+                         help="Allow plain HTTP and unverified TLS (local test registries)."),
+            click.option("--username", "-u", help="Registry user (else the auth files)."),
+            click.option("--password", "-p", help="Registry password (prefer --password-stdin)."),
+            click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")]):
+        fn = option(fn)
+    return fn
+
+
+def _registry_options(insecure: bool, username: str | None, password: str | None,
+                      password_stdin: bool, platform: str | None = None) -> Any:
+    from .auth import Credentials
+    from .registry import Options
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if (username is None) != (password is None):
+        raise click.UsageError("give both --username and a password, or neither")
+    credentials = Credentials(username, password) if username and password is not None else None
+    return Options(insecure=insecure, credentials=credentials, platform=platform)
+
+
+@cli.command()
+@click.argument("ref", metavar="REF")
+@click.option("--name", "-n", help="Name for the artifact (default: HOST/REPO:TAG).")
+@click.option("--platform", metavar="OS/ARCH", help="Pick this platform from an index.")
+@registry_options
+@json_option
+@click.pass_obj
+def pull(obj: Context, ref: str, name: str | None, platform: str | None, insecure: bool,
+         username: str | None, password: str | None, password_stdin: bool,
+         as_json: bool) -> None:
+    """Pull REF ([docker://]HOST[:PORT]/REPO[:TAG|@sha256:...]) from a registry and name it."""
+    from . import registry
+    options = _registry_options(insecure, username, password, password_stdin, platform)
+    with obj.open_store() as store:
+        record = run_with_progress("pull", None, lambda progress: registry.pull(
+            store, ref, name, options, progress))
+    emit(as_json, record.to_json(), f"{record.name}  {record.image}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("ref", metavar="REF")
+@click.option("--mount-from", metavar="REPO",
+              help="Mount blobs the registry holds in REPO instead of uploading them.")
+@registry_options
+@json_option
+@click.pass_obj
+def push(obj: Context, name: str, ref: str, mount_from: str | None, insecure: bool,
+         username: str | None, password: str | None, password_stdin: bool,
+         as_json: bool) -> None:
+    """Push artifact NAME to REF (same manifest, same digests as it was imported with)."""
+    from . import registry
+    options = _registry_options(insecure, username, password, password_stdin)
+    with obj.open_store() as store:
+        record = store.names.get(name)
+        digest = registry.push_image(store, store.get_image(record.image), ref, options,
+                                     default_tag=record.name.rpartition(":")[2],
+                                     mount_from=mount_from)
+    emit(as_json, {"name": record.name, "destination": ref, "digest": digest},
+         f"pushed {record.name} to {ref} ({digest})")
+
+
+@cli.command()
+@click.argument("ref", metavar="REF")
+@registry_options
+@json_option
+@click.pass_obj
+def referrers(obj: Context, ref: str, insecure: bool, username: str | None,
+              password: str | None, password_stdin: bool, as_json: bool) -> None:
+    """List the artifacts that refer to REF's manifest (referrers API or tag fallback)."""
+    from . import registry
+    found = registry.referrers(ref, _registry_options(insecure, username, password,
+                                                      password_stdin))
+    emit(as_json, found, "\n".join(f"{d['digest']}  {d.get('artifactType', d['mediaType'])}"
+                                   for d in found))
+
+
+@cli.command("mount")
+@click.argument("name")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Without kernel fs-verity, rehash the artifact's objects before mounting.")
+@json_option
+@click.pass_obj
+def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, as_json: bool) -> None:
+    """Mount artifact NAME read-only at MOUNTPOINT (EROFS image + overlayfs; root only)."""
+    from . import mount as mount_mod
+    with obj.open_store() as store:
+        result = mount_mod.mount(store, name, mountpoint, verify=verify)
+    human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
+             f"verification: {result.verification}, {result.seconds:.2f}s)")
+    if result.verification == "userspace":
+        human += f"\nwarning: {mount_mod.WARNING}"
+    elif result.verification == "none":
+        human += "\nwarning: objects were not verified (--no-verify)"
+    emit(as_json, result.to_json(), human)
+
+
+@cli.command("umount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@json_option
+@click.pass_obj
+def umount_cmd(obj: Context, mountpoint: Path, as_json: bool) -> None:
+    """Unmount an artifact mounted with ``cas mount``."""
+    from . import mount as mount_mod
+    with obj.open_store() as store:
+        target = mount_mod.umount(store, mountpoint)
+    emit(as_json, {"mountpoint": str(target)}, f"unmounted {target}")
 
 
 def _report(error: BaseException, as_json: bool, debug: bool) -> int:

@@ -97,12 +97,20 @@ class LinkUnsupported(CasError):
     """cannot {mode} from the store to the destination: {reason}"""
 
 
+class MountFailed(CasError):
+    """cannot mount or unmount {path}: {reason}"""
+
+
 class BadLayout(BadInput):
     """{path}: bad OCI image layout: {reason}"""
 
 
 class BadLayer(BadInput):
     """layer {digest}: {reason}"""
+
+
+class RegistryError(CasError):
+    """{registry}: {reason}"""
 
 
 class SourceChanged(CasError):
@@ -161,6 +169,10 @@ class ObjectNotFound(NotFound):
 
 class NameNotFound(NotFound):
     """no artifact named {name!r}"""
+
+
+class RegistryNotFound(NotFound):
+    """{ref}: not found in the registry ({reason})"""
 
 
 # -- integrity (exit 5) ---------------------------------------------------------------------

@@ -49,7 +49,7 @@ from .store import AddResult, Expected, Store
 from .tarlayer import COMPRESSION, LayerResult, Limits, Reader, Tree
 from .treepath import case_collisions, check_name
 
-__all__ = ["DEFAULT_LIMITS", "export_layout", "import_layout"]
+__all__ = ["DEFAULT_LIMITS", "export_layout", "import_layout", "import_stored"]
 
 MAX_JSON = 4 << 20
 MAX_NESTING = 4
@@ -317,6 +317,56 @@ def import_layout(store: Store, layout: Path, tag: str | None, *, keep_compresse
         return _Importer(store, reader, keep_compressed, limits).run(_select(reader, tag))
 
 
+class _StoredBlobs:
+    """The blobs of a manifest already in the store (a registry pull put them there, each
+    verified against its digest and size): the importer's other source, beside a layout."""
+
+    def __init__(self, store: Store, where: str) -> None:
+        self._store, self._where = store, where
+
+    def _object(self, desc: Descriptor, what: str) -> ObjectId:
+        oid = self._store.lookup_sha256(desc.sha256)
+        if oid is None:
+            raise BadLayout(path=self._where, reason=f"{what} {desc.digest} was not fetched")
+        return oid
+
+    def read_document(self, desc: Descriptor, what: str) -> bytes:
+        if desc.size > MAX_JSON:
+            raise BadLayout(path=self.where(desc), reason=f"{what} of {desc.size} bytes is "
+                            f"over the {MAX_JSON}-byte limit")
+        with self._store.open_object(self._object(desc, what)) as f:
+            data = f.read(MAX_JSON + 1)
+        Expected(f"{self.where(desc)} ({what})", desc.sha256, desc.size).check(
+            hashing.hash_bytes(data))
+        return data
+
+    def add_blob(self, store: Store, desc: Descriptor, what: str) -> AddResult:
+        oid = self._object(desc, what)
+        size = store.stat_object(oid).size
+        if size != desc.size:  # the sha256 matched when it was stored: a size can't differ
+            raise ContentMismatch(what=f"{self.where(desc)} ({what})",
+                                  detail=f"size {size}, declared {desc.size}")
+        return AddResult(oid, desc.sha256, size, "exists", False)
+
+    @contextlib.contextmanager
+    def open_blob(self, desc: Descriptor, what: str) -> Iterator[_VerifiedReader]:
+        with self._store.open_object(self._object(desc, what)) as f:
+            yield _VerifiedReader(f, Expected(f"{self.where(desc)} ({what})", desc.sha256,
+                                              desc.size))
+
+    def where(self, desc: Descriptor) -> str:
+        return f"{self._where}@{desc.digest}"
+
+
+def import_stored(store: Store, descriptor: dict[str, Any], where: str, *,
+                  keep_compressed: bool = True, limits: Limits = DEFAULT_LIMITS) -> Image:
+    """Import the manifest ``descriptor`` names when it and all its blobs are already in
+    the store (``cas.registry`` fetches them first); ``where`` names the source in errors.
+    As with ``import_layout``, nothing is named."""
+    desc = _descriptor(descriptor, where)
+    return _Importer(store, _StoredBlobs(store, where), keep_compressed, limits).run(desc)
+
+
 def _select(layout: _Layout, tag: str | None) -> Descriptor:
     """The manifest named by ``tag`` (or the only one), through nested indexes."""
     entries = layout.index()
@@ -357,10 +407,15 @@ def _pick_platform(entries: list[Descriptor], where: str) -> Descriptor:
                     f"[{found}]")
 
 
+def _is_tar(layer: Descriptor) -> bool:
+    """A tar layer to unpack: a tar media type and no title.  A titled layer is one file
+    whatever its media type (ORAS pushes files as ``...layer.v1.tar`` with a title)."""
+    return layer.media_type in COMPRESSION and TITLE not in layer.annotations
+
+
 def _check_titles(layers: list[Descriptor]) -> None:
     """Titles become file names: each a safe single component, unique even ignoring case."""
-    titles = [d.annotations[TITLE] for d in layers
-              if TITLE in d.annotations and d.media_type not in COMPRESSION]
+    titles = [d.annotations[TITLE] for d in layers if TITLE in d.annotations]
     for i, title in enumerate(titles):
         check_name(title, what="layer title")
         if title in titles[:i]:
@@ -375,7 +430,7 @@ def _check_titles(layers: list[Descriptor]) -> None:
 @dataclass
 class _Importer:
     store: Store
-    layout: _Layout
+    layout: _Layout | _StoredBlobs
     keep_compressed: bool
     limits: Limits
     blobs: list[Blob] = field(default_factory=list)
@@ -393,14 +448,14 @@ class _Importer:
         _check_titles(layers)
         diff_ids: list[Sha256 | None] = [None] * len(layers)
         if config.media_type in IMAGE_CONFIG_TYPES and any(
-                d.media_type in COMPRESSION for d in layers):
+                _is_tar(d) for d in layers):
             diff_ids = [*_diff_ids(config_bytes, len(layers), self.layout.where(config))]
         self._keep(self.store.add_bytes(manifest_bytes), desc.media_type)
         self._keep(self.store.add_bytes(config_bytes), config.media_type)
         records = []
         for layer, diff_id in zip(layers, diff_ids, strict=True):
             self.tree.next_layer()
-            records.append(self._tar_layer(layer, diff_id) if layer.media_type in COMPRESSION
+            records.append(self._tar_layer(layer, diff_id) if _is_tar(layer)
                            else self._file_layer(layer))
         entries = self.tree.entries()
         in_tree = {e.object_id for e in entries}
@@ -491,6 +546,26 @@ def export_layout(store: Store, image: Image, layout: Path, tag: str | None) -> 
         for blob in plan:
             writer.write_blob(blob, _filler(store, blob))
         writer.add_to_index(descriptor)
+
+
+PlannedBlob = _Planned
+
+
+def export_plan(image: Image) -> tuple[dict[str, Any], list[PlannedBlob]]:
+    """The manifest's descriptor and the blobs that re-create it (the manifest last), for
+    a writer other than a layout (``cas.registry`` push)."""
+    return _plan(image)
+
+
+def blob_chunks(store: Store, blob: PlannedBlob) -> Iterator[bytes]:
+    """A planned blob's bytes; the caller checks their digest while it sends them."""
+    if blob.tar_split is not None:
+        yield from tarlayer.tar_chunks(store, blob.tar_split)
+        return
+    assert blob.object_id is not None
+    with store.open_object(blob.object_id) as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
 
 
 def _plan(image: Image) -> tuple[dict[str, Any], list[_Planned]]:
@@ -607,3 +682,12 @@ def _same_slot(entry: Any, descriptor: dict[str, Any], name: str | None) -> bool
     if name is not None:
         return bool(entry_name == name)
     return entry_name is None and entry.get("digest") == descriptor["digest"]
+
+
+# -- for other fetchers of OCI documents (cas.registry) ------------------------------------
+
+parse_document = _document
+parse_descriptor = _descriptor
+parse_descriptors = _descriptors
+check_titles = _check_titles
+pick_platform = _pick_platform

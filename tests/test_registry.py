@@ -1,0 +1,539 @@
+"""Registries: pull and push against the reference registry (docker-registry), interop with
+skopeo and the oras SDK, basic auth, and a hostile test server for bad input."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_oci import EMPTY, GGUF, TITLE, LayoutBuilder, sha256
+from test_tarlayer import make_tar
+
+from cas import Store, artifacts, errors, hashing, registry
+from cas.auth import Credentials, find_credentials, parse_challenge
+from cas.cli import main
+from conftest import need_tool
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+FAST = registry.Options(insecure=True, retries=2, backoff=0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def reference_registry(root: Path, htpasswd: Path | None = None) -> Iterator[str]:
+    """docker-registry on 127.0.0.1 with a free port; stopped by its pid."""
+    binary = need_tool("docker-registry")
+    port = free_port()
+    config: dict[str, Any] = {
+        "version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(root / "data")},
+                    "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}"}}
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "cas-test", "path": str(htpasswd)}}
+    (root / "config.yml").write_text(json.dumps(config))  # JSON is YAML
+    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"))
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/").status_code in (200, 401):
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((root / "log").read_text())
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with reference_registry(tmp_path_factory.mktemp("registry")) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def auth_reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """With htpasswd basic auth (user ``alice``, password ``s3cret-pw``; hashed with the
+    ``bcrypt`` PyPI package)."""
+    bcrypt = pytest.importorskip("bcrypt")
+    root = tmp_path_factory.mktemp("auth-registry")
+    hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=4)).decode()
+    (root / "htpasswd").write_text(f"alice:{hashed}\n")
+    with reference_registry(root, root / "htpasswd") as host:
+        yield host
+
+
+def file_artifact(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    layout = tmp_path / "layout"
+    builder = LayoutBuilder(layout)
+    builder.manifest([builder.blob(data, GGUF, **{TITLE: name}) for name, data in files.items()],
+                     artifactType="application/vnd.cas.test")
+    return layout
+
+
+def skopeo(*args: str) -> str:
+    return subprocess.run([need_tool("skopeo"), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def remote_digest(ref: str) -> str:
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}")
+    return "sha256:" + sha256(raw.encode())
+
+
+def tree_files(store: Store, name: str) -> dict[str, bytes]:
+    image = store.get_image(store.names.get(name).image)
+    out = {}
+    for entry in image.entries:
+        if entry.object_id:
+            with store.open_object(entry.object_id) as f:
+                out[entry.path] = f.read()
+        elif entry.inline is not None:
+            out[entry.path] = entry.inline
+    return out
+
+
+def assert_objects_sound(store_path: Path) -> None:
+    """Every object hashes to its name: nothing stored under a wrong digest."""
+    for path in (store_path / "objects").rglob("*"):
+        if path.is_file():
+            assert hashing.hash_bytes(path.read_bytes()).verity.hex() == \
+                path.parent.name + path.name
+
+
+# -- the reference registry -------------------------------------------------------------
+
+
+def test_pull_what_skopeo_pushed(reg: str, store: Store, tmp_path: Path) -> None:
+    files = {"model.gguf": os.urandom(300_000), "README": b"hello\n"}
+    layout = file_artifact(tmp_path, files)
+    ref = f"{reg}/skopeo/art:v1"
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{ref}")
+    record = registry.pull(store, ref, None, FAST)
+    assert record.name == ref
+    image = store.get_image(record.image)
+    assert "sha256:" + image.source["manifest"]["digest"] == remote_digest(ref)
+    assert tree_files(store, ref) == files
+    assert {b.sha256 for b in image.blobs} >= {sha256(d) for d in files.values()}
+
+
+def test_pull_image_with_tar_layer_and_index(reg: str, store: Store, tmp_path: Path) -> None:
+    layout = tmp_path / "img"
+    builder = LayoutBuilder(layout)
+    builder.image([(make_tar([{"name": "etc/hello", "data": b"hi\n"}]), "+gzip")], tag="v1")
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{reg}/img/x:v1")
+    record = registry.pull(store, f"docker://{reg}/img/x:v1", "local/img", FAST)
+    assert tree_files(store, record.name)["etc/hello"] == b"hi\n"
+    export = tmp_path / "out"
+    artifacts.export_artifact(store, record.name, f"oci:{export}:v1")
+    pulled = store.get_image(record.image).source["manifest"]["digest"]
+    assert "sha256:" + pulled == remote_digest(f"{reg}/img/x:v1")
+
+
+def test_pull_what_oras_pushed(reg: str, store: Store, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    oras = pytest.importorskip("oras.client")
+    monkeypatch.chdir(tmp_path)
+    files = {"weights.bin": os.urandom(100_000), "notes.txt": b"oras\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    client = oras.OrasClient(hostname=reg, insecure=True)
+    client.push(files=list(files), target=f"{reg}/oras/art:v1")
+    record = registry.pull(store, f"{reg}/oras/art:v1", None, FAST)
+    assert tree_files(store, record.name) == files
+    image = store.get_image(record.image)
+    assert "sha256:" + image.source["manifest"]["digest"] == remote_digest(f"{reg}/oras/art:v1")
+
+
+def test_push_read_back_by_skopeo_and_oras(reg: str, store: Store, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"big.bin": os.urandom(700_000), "small.txt": b"tiny\n"}
+    layout = file_artifact(tmp_path, files)
+    [record] = artifacts.import_artifacts(store, [f"oci:{layout}:v1"], "local/art:v1")
+    image = store.get_image(record.image)
+    chunked = registry.Options(insecure=True, chunk_size=256 * 1024)  # POST, PATCHes, PUT
+    digest = registry.push_image(store, image, f"{reg}/pushed/art:v1", chunked)
+    assert digest == "sha256:" + image.source["manifest"]["digest"]
+    assert remote_digest(f"{reg}/pushed/art:v1") == digest
+    copy = tmp_path / "copy"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{reg}/pushed/art:v1", f"oci:{copy}:v1")
+    original = {p.name: p.read_bytes() for p in (layout / "blobs" / "sha256").iterdir()}
+    copied = {p.name: p.read_bytes() for p in (copy / "blobs" / "sha256").iterdir()}
+    assert copied == original
+    # a second repository of the same registry: blobs mounted, not uploaded
+    mounted = registry.push_image(store, image, f"{reg}/other/art", FAST,
+                                  default_tag="v2", mount_from="pushed/art")
+    assert remote_digest(f"{reg}/other/art:v2") == mounted == digest
+    oras = pytest.importorskip("oras.client")
+    out = tmp_path / "oras-out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    oras.OrasClient(hostname=reg, insecure=True).pull(target=f"{reg}/pushed/art:v1",
+                                                      outdir=str(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def test_pull_twice_downloads_nothing(reg: str, store: Store, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = file_artifact(tmp_path, {"a.bin": os.urandom(50_000)})
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{reg}/dedup/a:v1")
+    registry.pull(store, f"{reg}/dedup/a:v1", None, FAST)
+    calls: list[Any] = []
+    monkeypatch.setattr(registry.Client, "download", lambda *a: calls.append(a))
+    registry.pull(store, f"{reg}/dedup/a:v1", "again", FAST)
+    assert calls == []
+
+
+def test_referrers_tag_schema_fallback(reg: str, store: Store, tmp_path: Path) -> None:
+    layout = file_artifact(tmp_path, {"a": b"subject"})
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{reg}/refs/a:v1")
+    subject = remote_digest(f"{reg}/refs/a:v1")
+    assert registry.referrers(f"{reg}/refs/a:v1", FAST) == []
+    signature = file_artifact(tmp_path / "sig", {"sig": b"signed"})
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{signature}:v1",
+           f"docker://{reg}/refs/a:sig")
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{reg}/refs/a:sig")
+    entry = {"mediaType": MANIFEST, "digest": "sha256:" + sha256(raw.encode()),
+             "size": len(raw.encode()), "artifactType": "application/vnd.cas.sig"}
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [entry]}).encode()
+    tag = subject.replace(":", "-")
+    response = httpx.put(f"http://{reg}/v2/refs/a/manifests/{tag}", content=index,
+                         headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    assert response.status_code == 201
+    assert registry.referrers(f"{reg}/refs/a:v1", FAST) == [entry]
+
+
+def test_basic_auth(auth_reg: str, store: Store, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = file_artifact(tmp_path, {"secret.bin": b"for alice only"})
+    [record] = artifacts.import_artifacts(store, [f"oci:{layout}:v1"], "local/secret:v1")
+    image = store.get_image(record.image)
+    ref = f"{auth_reg}/private/art:v1"
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "none.json"))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(errors.RegistryError, match="authentication required"):
+        registry.push_image(store, image, ref, FAST)
+    wrong = registry.Options(insecure=True, credentials=Credentials("alice", "not-it-9"))
+    with pytest.raises(errors.RegistryError) as caught:
+        registry.push_image(store, image, ref, wrong)
+    assert "not-it-9" not in str(caught.value) and "HTTP 401" in str(caught.value)
+    alice = registry.Options(insecure=True, credentials=Credentials("alice", "s3cret-pw"))
+    assert "s3cret-pw" not in repr(alice)
+    registry.push_image(store, image, ref, alice)
+    # credentials from an auth file (podman/skopeo format)
+    token = base64.b64encode(b"alice:s3cret-pw").decode()
+    (tmp_path / "auth.json").write_text(json.dumps({"auths": {auth_reg: {"auth": token}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
+    pulled = registry.pull(store, ref, "pulled", FAST)
+    assert tree_files(store, pulled.name) == {"secret.bin": b"for alice only"}
+
+
+def test_cli_pull_push_with_password_stdin(auth_reg: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    store_path = tmp_path / "store"
+    assert main(["init", str(store_path), "--no-fsync"]) == 0
+    layout = file_artifact(tmp_path, {"x.txt": b"cli\n"})
+    assert main(["-s", str(store_path), "import", f"oci:{layout}:v1", "--name", "cli/x:v1"]) == 0
+    for argv in (["push", "cli/x:v1", f"{auth_reg}/cli/x:v1"], ["pull", f"{auth_reg}/cli/x:v1"]):
+        monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pw\n"))
+        assert main(["-s", str(store_path), *argv, "--insecure", "-u", "alice",
+                     "--password-stdin"]) == 0
+    out = capsys.readouterr()
+    assert "s3cret-pw" not in out.out + out.err
+    with Store.open(store_path) as store:
+        assert tree_files(store, f"{auth_reg}/cli/x:v1") == {"x.txt": b"cli\n"}
+
+
+def test_auth_files_and_challenges(tmp_path: Path) -> None:
+    token = base64.b64encode(b"bob:pw:with:colons").decode()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": token},
+                                          "other:5000": {}}}))
+    assert find_credentials("docker.io", [path]) == Credentials("bob", "pw:with:colons")
+    assert find_credentials("other:5000", [path]) is None
+    challenge = parse_challenge('Bearer realm="https://auth.example/token",'
+                                'service="registry.example",scope="repository:a/b:pull"')
+    assert challenge is not None and challenge.scheme == "bearer"
+    assert challenge.params == {"realm": "https://auth.example/token",
+                                "service": "registry.example", "scope": "repository:a/b:pull"}
+
+
+def test_parse_reference() -> None:
+    ref = registry.parse_reference("docker://localhost:5000/a/b@sha256:" + "0" * 64)
+    assert (ref.host, ref.repository, ref.tag, ref.digest) == ("localhost:5000", "a/b", None,
+                                                                "0" * 64)
+    assert registry.parse_reference("ubuntu").repository == "library/ubuntu"
+    location = artifacts.parse_location("docker://registry.example/a/b:v1")
+    assert (location.scheme, location.ref) == ("docker", "//registry.example/a/b:v1")
+    assert str(registry.parse_reference(location.ref or "")) == "registry.example/a/b:v1"
+    for bad in ("host.io/UPPER:v1", "host.io/a:b:c/d", "host.io/a@sha256:abc"):
+        with pytest.raises(errors.BadInput):
+            registry.parse_reference(bad)
+
+
+# -- a hostile registry -----------------------------------------------------------------
+
+
+Route = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+class FakeRegistry:
+    """A tiny registry on 127.0.0.1 serving whatever a test puts in ``routes``."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: list[str] = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                path = self.path.partition("?")[0]
+                fake.hits.append(path)
+                route = fake.routes.get(path)
+                if route is None:
+                    send(self, 404, b'{"errors":[{"code":"NOT_FOUND","message":"no"}]}')
+                else:
+                    route(self)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+        self.routes["/v2/"] = lambda h: send(h, 200, b"{}")
+
+    def artifact(self, files: dict[str, bytes], *, lie: dict[str, bytes] | None = None,
+                 blob_route: Callable[[bytes], Route] | None = None) -> str:
+        """Serve a manifest for ``files``; ``lie`` serves other bytes for some titles."""
+        layers = []
+        for name, data in files.items():
+            layers.append({"mediaType": GGUF, "digest": "sha256:" + sha256(data),
+                           "size": len(data), "annotations": {TITLE: name}})
+            body = (lie or {}).get(name, data)
+            self.routes[f"/v2/bad/art/blobs/sha256:{sha256(data)}"] = (
+                blob_route(body) if blob_route else blob(body))
+        config = b"{}"
+        self.routes[f"/v2/bad/art/blobs/sha256:{sha256(config)}"] = blob(config)
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST, "config": {
+            "mediaType": EMPTY, "digest": "sha256:" + sha256(config), "size": 2},
+            "layers": layers}).encode()
+        self.routes["/v2/bad/art/manifests/v1"] = lambda h: send(
+            h, 200, manifest, {"Content-Type": MANIFEST})
+        return f"{self.host}/bad/art:v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def send(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes,
+         headers: dict[str, str] | None = None, *, length: int | None = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body) if length is None else length))
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
+    if length is not None:  # a lie about the length: end the connection early
+        handler.close_connection = True
+        handler.wfile.flush()
+        handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def blob(body: bytes) -> Route:
+    return lambda h: send(h, 200, body, {"Content-Type": "application/octet-stream"})
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRegistry]:
+    server = FakeRegistry()
+    yield server
+    server.close()
+
+
+def assert_nothing_named(store: Store) -> None:
+    assert list(store.names) == []
+    assert_objects_sound(store.path)
+
+
+def test_blob_not_matching_its_digest(fake: FakeRegistry, store: Store) -> None:
+    ref = fake.artifact({"f.bin": b"the real bytes"}, lie={"f.bin": b"other bytes!!!"})
+    with pytest.raises(errors.ContentMismatch, match="nothing was stored"):
+        registry.pull(store, ref, None, FAST)
+    assert store.lookup_sha256(sha256(b"other bytes!!!")) is None  # type: ignore[arg-type]
+    assert_nothing_named(store)
+
+
+def test_truncated_blob_gives_up(fake: FakeRegistry, store: Store) -> None:
+    data = os.urandom(64 * 1024)
+    ref = fake.artifact({"f.bin": data}, blob_route=lambda body: lambda h: send(
+        h, 200, body[:1000], length=len(body)))
+    with pytest.raises(errors.RegistryError, match="gave up after 2 resumes"):
+        registry.pull(store, ref, None, FAST)
+    assert_nothing_named(store)
+
+
+@pytest.mark.parametrize("ranged", [True, False])
+def test_broken_download_resumes_with_range(fake: FakeRegistry, store: Store,
+                                            ranged: bool) -> None:
+    """A broken connection resumes at the byte reached (or, if the server ignores Range,
+    re-reads and skips what was hashed already): one stream for the hasher either way."""
+    data = os.urandom(3 << 20)
+    ranges: list[str | None] = []
+
+    def flaky(body: bytes) -> Route:
+        def route(h: http.server.BaseHTTPRequestHandler) -> None:
+            wanted = h.headers.get("Range")
+            ranges.append(wanted)
+            if wanted is None or not ranged:  # the connection breaks after 1 MiB + 5
+                if ranges[1:]:
+                    send(h, 200, body)
+                    return
+                send(h, 200, body[:(1 << 20) + 5], length=len(body))
+                return
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            send(h, 206, body[start:], {
+                "Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
+        return route
+
+    ref = fake.artifact({"f.bin": data}, blob_route=flaky)
+    record = registry.pull(store, ref, None, FAST)
+    assert tree_files(store, record.name) == {"f.bin": data}
+    assert ranges[0] is None and ranges[1] is not None and len(ranges) == 2
+    assert int(ranges[1].removeprefix("bytes=").rstrip("-")) >= 1 << 20  # type: ignore[union-attr]
+
+
+def test_server_errors_are_retried(fake: FakeRegistry, store: Store) -> None:
+    data = b"after a 503"
+    failures = [503, 502]
+    ok = blob(data)
+
+    def sometimes(h: http.server.BaseHTTPRequestHandler) -> None:
+        if failures:
+            send(h, failures.pop(0), b"busy")
+        else:
+            ok(h)
+
+    ref = fake.artifact({"f.bin": data}, blob_route=lambda body: sometimes)
+    record = registry.pull(store, ref, None, FAST)
+    assert tree_files(store, record.name) == {"f.bin": data}
+
+
+def test_oversized_manifest(fake: FakeRegistry, store: Store) -> None:
+    huge = b'{"schemaVersion": 2, "x": "' + b"a" * (5 << 20) + b'"}'
+    fake.routes["/v2/bad/art/manifests/v1"] = lambda h: send(h, 200, huge,
+                                                             {"Content-Type": MANIFEST})
+    with pytest.raises(errors.RegistryError, match="over the 4194304-byte limit"):
+        registry.pull(store, f"{fake.host}/bad/art:v1", None, FAST)
+    assert_nothing_named(store)
+
+
+def test_manifest_digest_checked(fake: FakeRegistry, store: Store) -> None:
+    ref = fake.artifact({"f.bin": b"x"})
+    good = fake.routes["/v2/bad/art/manifests/v1"]
+    fake.routes["/v2/bad/art/manifests/sha256:" + "1" * 64] = good
+    with pytest.raises(errors.ContentMismatch):
+        registry.pull(store, ref.replace(":v1", "@sha256:" + "1" * 64), None, FAST)
+
+    def lying(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_header = _add_header(h, "Docker-Content-Digest", "sha256:" + "2" * 64)
+        good(h)
+
+    fake.routes["/v2/bad/art/manifests/v1"] = lying
+    with pytest.raises(errors.RegistryError, match="Docker-Content-Digest"):
+        registry.pull(store, ref, None, FAST)
+    assert_nothing_named(store)
+
+
+def _add_header(h: http.server.BaseHTTPRequestHandler, key: str, value: str) -> Any:
+    original = h.send_header
+    sent = []
+
+    def send_header(k: str, v: str) -> None:
+        if not sent:
+            sent.append(True)
+            original(key, value)
+        original(k, v)
+    return send_header
+
+
+@pytest.mark.parametrize("title", ["../escape", "/etc/passwd", "a/b", ".."])
+def test_traversal_title(fake: FakeRegistry, store: Store, title: str) -> None:
+    ref = fake.artifact({title: b"payload"})
+    with pytest.raises(errors.BadPath, match="layer title"):
+        registry.pull(store, ref, None, FAST)
+    assert not any("/blobs/" in hit for hit in fake.hits)  # refused before any download
+    assert_nothing_named(store)
+
+
+def test_plain_http_needs_insecure(store: Store) -> None:
+    with pytest.raises(errors.BadInput, match="--insecure"):
+        registry.pull(store, "http://127.0.0.1:1/a:v1", None, registry.Options())
+
+
+def test_bearer_token_flow(fake: FakeRegistry, store: Store) -> None:
+    """401 + ``WWW-Authenticate: Bearer`` → token endpoint (with basic credentials and the
+    repository scope) → every later request carries the token."""
+    ref = fake.artifact({"f.bin": b"behind a token"})
+    token_requests: list[tuple[str, str | None]] = []
+    challenge = (f'Bearer realm="http://{fake.host}/token",service="fake",'
+                 'scope="repository:bad/art:pull"')
+
+    def token(h: http.server.BaseHTTPRequestHandler) -> None:
+        token_requests.append((h.path, h.headers.get("Authorization")))
+        send(h, 200, b'{"token": "tok-123"}', {"Content-Type": "application/json"})
+
+    def guarded(route: Route) -> Route:
+        def check(h: http.server.BaseHTTPRequestHandler) -> None:
+            if h.headers.get("Authorization") != "Bearer tok-123":
+                send(h, 401, b"{}", {"WWW-Authenticate": challenge})
+            else:
+                route(h)
+        return check
+
+    fake.routes = {path: guarded(route) for path, route in fake.routes.items()}
+    fake.routes["/token"] = token
+    options = registry.Options(insecure=True, backoff=0.0,
+                               credentials=Credentials("bob", "tok-pw"))
+    record = registry.pull(store, ref, None, options)
+    assert tree_files(store, record.name) == {"f.bin": b"behind a token"}
+    assert len(token_requests) == 1  # one token, reused for the blobs
+    path, authorization = token_requests[0]
+    assert "scope=repository%3Abad%2Fart%3Apull" in path and "service=fake" in path
+    assert authorization == Credentials("bob", "tok-pw").basic()
