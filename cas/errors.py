@@ -30,7 +30,9 @@ class CasError(Exception):
         super().__init__(self.message())
 
     def message(self) -> str:
-        template = (type(self).__doc__ or "").strip().splitlines()[0]
+        # the docstring's first paragraph, its lines joined: long templates may wrap
+        paragraph = (type(self).__doc__ or "").strip().split("\n\n")[0]
+        template = " ".join(line.strip() for line in paragraph.splitlines())
         return template.format(**self.fields)
 
     def to_json(self) -> dict[str, Any]:
@@ -86,7 +88,8 @@ class ContentMismatch(BadInput):
 
 
 class UnsupportedSource(BadInput):
-    """{location}: unsupported location (use oci:PATH[:TAG], ollama:[PATH][/model:tag] or a path)"""
+    """{location}: unsupported location (oci:PATH[:TAG], ollama:[PATH][/model:tag],
+    docker://REF, a path; tar:PATH for export)"""
 
 
 class DestinationExists(BadInput):
