@@ -164,14 +164,15 @@ class _ShardSweep:
     removed_ids: list[str] = field(default_factory=list)
     unlinked_all: bool = True  # every removed object's index link was found and unlinked
 
-    def merge(self, other: _ShardSweep) -> None:
-        self.scanned += other.scanned
-        self.removed += other.removed
-        self.bytes += other.bytes
-        self.kept_in_grace += other.kept_in_grace
-        self.index_removed += other.index_removed
-        self.removed_ids.extend(other.removed_ids)
-        self.unlinked_all = self.unlinked_all and other.unlinked_all
+    def add_to(self, report: GcReport) -> bool:
+        """Count this shard into the run's report; returns ``unlinked_all``."""
+        report.objects_scanned += self.scanned
+        report.objects_removed += self.removed
+        report.bytes_removed += self.bytes
+        report.kept_in_grace += self.kept_in_grace
+        report.index_removed += self.index_removed
+        report.removed.extend(self.removed_ids)
+        return self.unlinked_all
 
 
 def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now: float,
@@ -186,7 +187,7 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
     by_shard: dict[str, set[str]] = {}
     for oid in reachable:
         by_shard.setdefault(oid[:2], set()).add(oid[2:])
-    total = _ShardSweep()
+    unlinked_all = True
     running: deque[Future[_ShardSweep]] = deque()
     with ThreadPoolExecutor(SWEEP_THREADS) as pool:
         for shard_name in shard_names:  # submitted as threads free up: deadline honoured
@@ -196,16 +197,10 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
             running.append(pool.submit(_sweep_shard, store, shard_name, by_shard,
                                        report.grace, now, report.dry_run))
             if len(running) >= SWEEP_THREADS:
-                total.merge(running.popleft().result())
+                unlinked_all &= running.popleft().result().add_to(report)
         for future in running:
-            total.merge(future.result())
-    report.objects_scanned += total.scanned
-    report.objects_removed += total.removed
-    report.bytes_removed += total.bytes
-    report.kept_in_grace += total.kept_in_grace
-    report.index_removed += total.index_removed
-    report.removed.extend(total.removed_ids)
-    return total.unlinked_all
+            unlinked_all &= future.result().add_to(report)
+    return unlinked_all
 
 
 def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
