@@ -29,7 +29,6 @@ import contextlib
 import errno
 import hashlib
 import io
-import json
 import os
 import stat
 import threading
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from . import errors, fsio, fsverity, hashing
+from . import errors, fsio, fsverity, hashing, meta, sourcefile
 from . import image as images
 from . import lock as locks
 from .digest import ObjectId, Sha256, is_hex64, object_id, sha256_digest, shard
@@ -47,11 +46,6 @@ from .hashing import CopyMethod, Digests, Progress
 from .image import Image
 from .names import Names
 
-FORMAT_NAME = "cas-store"
-FORMAT_VERSION = 1
-DIGEST_ALGORITHM = "fsverity-sha256-4k"
-META_NAME = "meta.json"
-META_LIMIT = 64 * 1024
 OBJECTS, INDEX_SHA256, INDEX_STAT = "objects", "index/sha256", "index/stat"
 NAMES, TMP = "names", "tmp"
 OBJECT_XATTR = "user.cas.object"
@@ -63,9 +57,6 @@ HINT_MIN = 64 << 20
 SMALL_FILE = 1 << 20
 #: A file whose ctime is this old is "settled": a write during its import moves ctime.
 SETTLE_NS = 2_000_000_000
-
-#: Feature flags a store may carry (compat: ignorable; incompat: refuse to open).
-KNOWN_FEATURES: dict[str, frozenset[str]] = {"compat": frozenset(), "incompat": frozenset()}
 
 _STORE_ERRNO: dict[int, type[errors.StoreUnusable]] = {
     errno.ENOSPC: errors.StoreFull,
@@ -161,10 +152,10 @@ class Store:
     is a single atomic link, rename or symlink.
     """
 
-    def __init__(self, path: Path, root_fd: int, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, root_fd: int, settings: dict[str, Any]) -> None:
         self.path = path
-        self.meta = meta
-        self.fsync: bool = bool(meta.get("fsync", True))
+        self.meta = settings  # the parsed meta.json
+        self.fsync: bool = bool(settings.get("fsync", True))
         self._root_fd = root_fd
         self._objects_fd = fsio.open_dir(OBJECTS, root_fd)
         self._tmp_fd = fsio.open_dir(TMP, root_fd)
@@ -199,13 +190,10 @@ class Store:
             try:
                 for name in (OBJECTS, "index", INDEX_SHA256, INDEX_STAT, NAMES, TMP):
                     os.mkdir(name, 0o755, dir_fd=root_fd)
-                meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
-                        "digest": DIGEST_ALGORITHM, "fsync": fsync,
-                        "features": {"compat": [], "incompat": []}}
                 tmp_fd = fsio.open_dir(TMP, root_fd)
                 try:
                     # meta.json comes last: its presence is what makes the directory a store
-                    fsio.replace_file(root_fd, META_NAME, _canonical_json(meta),
+                    fsio.replace_file(root_fd, meta.META_NAME, meta.new(fsync=fsync),
                                       tmp_dir_fd=tmp_fd, fsync=fsync)
                 finally:
                     os.close(tmp_fd)
@@ -224,8 +212,7 @@ class Store:
         except NotADirectoryError:
             raise errors.NotAStore(path=path, reason="not a directory") from None
         try:
-            meta = _read_meta(path, root_fd)
-            return cls(path, root_fd, meta)
+            return cls(path, root_fd, meta.read(path, root_fd))
         except OSError as exc:
             os.close(root_fd)
             raise errors.NotAStore(path=path, reason=f"layout: {exc.strerror}") from exc
@@ -281,7 +268,7 @@ class Store:
         unlink changes ctime too); if it does, nothing is stored.  With ``dir_fd`` the path
         is opened relative to it and a symlink as its last component is refused.
         """
-        src_fd, before = _open_source(Path(path), dir_fd)
+        src_fd, before = sourcefile.open_source(Path(path), dir_fd)
         try:
             with _store_errors(self.path):
                 again = self._re_add(Path(path), src_fd, before, progress, expect)
@@ -289,7 +276,7 @@ class Store:
                     return again
                 with fsio.temp_file(self._tmp_fd, "obj") as temp:
                     digests, method = self._fill(src_fd, temp.fd, before, methods, progress)
-                    _check_unchanged(Path(path), before, os.fstat(src_fd), digests.size)
+                    sourcefile.check_unchanged(Path(path), before, os.fstat(src_fd), digests.size)
                     if expect is not None:
                         expect.check(digests)
                     result = self._publish(temp, digests, method, batch)
@@ -352,7 +339,7 @@ class Store:
         with self.publishing([oid]):
             if oid != hinted or not self._refresh(oid, digests.size):
                 return None
-            _check_unchanged(path, before, os.fstat(src_fd), digests.size)
+            sourcefile.check_unchanged(path, before, os.fstat(src_fd), digests.size)
             if expect is not None:
                 expect.check(digests)
             self._index(sha, oid, self.fsync)
@@ -794,60 +781,3 @@ def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
     return True
 
 
-def _canonical_json(value: Any) -> bytes:
-    return (json.dumps(value, sort_keys=True, indent=2) + "\n").encode()
-
-
-def _read_meta(path: Path, root_fd: int) -> dict[str, Any]:
-    try:
-        raw = fsio.read_small(root_fd, META_NAME, META_LIMIT)
-    except FileNotFoundError:
-        raise errors.NotAStore(path=path, reason=f"no {META_NAME}") from None
-    except OSError as exc:
-        raise errors.NotAStore(path=path, reason=f"{META_NAME}: {exc.strerror}") from exc
-    try:
-        meta = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.NotAStore(path=path, reason=f"{META_NAME} is not JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise errors.NotAStore(path=path, reason=f"{META_NAME} does not describe a cas store")
-    version = meta.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise errors.NotAStore(path=path, reason=f"{META_NAME}: bad version {version!r}")
-    if version > FORMAT_VERSION:
-        raise errors.UnsupportedFormat(path=path, found=version, supported=FORMAT_VERSION)
-    if meta.get("digest") != DIGEST_ALGORITHM:
-        raise errors.UnsupportedFormat(path=path, found=f"digest {meta.get('digest')!r}",
-                                       supported=DIGEST_ALGORITHM)
-    features = meta.get("features", {})
-    unknown = set(features.get("incompat", [])) - KNOWN_FEATURES["incompat"]
-    if unknown:
-        raise errors.UnsupportedFormat(path=path, found=f"features {sorted(unknown)}",
-                                       supported=sorted(KNOWN_FEATURES["incompat"]))
-    return meta
-
-
-def _open_source(path: Path, dir_fd: int | None) -> tuple[int, os.stat_result]:
-    """Open a file to import; it must be a regular file (FIFOs never block the open)."""
-    nofollow = os.O_NOFOLLOW if dir_fd is not None else 0
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | nofollow, dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise errors.SourceMissing(path=path) from None
-    except OSError as exc:
-        raise errors.SourceUnreadable(path=path, reason=exc.strerror) from exc
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise errors.NotARegularFile(path=path, kind=fsio.file_kind(st.st_mode))
-    return fd, st
-
-
-def _check_unchanged(path: Path, before: os.stat_result, after: os.stat_result,
-                     copied: int) -> None:
-    for what, old, new in (("size", before.st_size, after.st_size),
-                           ("size", before.st_size, copied),
-                           ("mtime", before.st_mtime_ns, after.st_mtime_ns),
-                           ("ctime", before.st_ctime_ns, after.st_ctime_ns)):
-        if old != new:
-            raise errors.SourceChanged(path=path, what=f"{what} {old} -> {new}")
