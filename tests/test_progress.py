@@ -39,8 +39,8 @@ def run_on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, bytes]
 def test_a_long_add_draws_a_bar_on_a_terminal(loopfs: LoopFs) -> None:
     mnt = loopfs("xfs", 512)
     big = mnt / "sparse.bin"
-    with open(big, "wb") as f:  # 4 GiB of holes: reflinked at once, hashed for seconds
-        f.truncate(4 << 30)
+    with open(big, "wb") as f:  # 8 GiB of holes: reflinked at once, hashed for seconds
+        f.truncate(8 << 30)
     env = dict(os.environ, CAS_STORE=str(mnt / "store"))
     subprocess.run([sys.executable, "-m", "cas", "init", str(mnt / "store")], check=True,
                    env=env, capture_output=True)
