@@ -18,16 +18,18 @@ must hash to it, and ``Docker-Content-Digest`` must agree when a registry sends 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Self, cast
 
 import httpx
 
-from . import auth, hashing, names, oci
+from . import auth, fsio, hashing, names, oci
 from .digest import Sha256
 from .errors import BadInput, RegistryError, RegistryNotFound
 from .hashing import Progress
@@ -37,6 +39,7 @@ from .store import AddResult, Expected, Store
 
 MAX_MANIFEST = 4 << 20
 MANIFEST_TYPES = [*sorted(oci.MANIFEST_TYPES), *sorted(oci.INDEX_TYPES)]
+_ALIGN = 1 << 20  # range boundaries fall on MiB multiples
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -99,6 +102,8 @@ class Options:
     retries: int = 4
     backoff: float = 0.5
     workers: int = 4
+    ranges: int = 4  # a blob of at least ranged_min bytes is fetched as this many ranges
+    ranged_min: int = 256 << 20
     chunk_size: int = 64 << 20  # larger blobs are pushed in chunks of this size
     timeout: float = 60.0
 
@@ -273,7 +278,12 @@ class Client:
 
     def download(self, store: Store, expect: Expected, progress: Progress | None) -> AddResult:
         assert expect.sha256 is not None and expect.size is not None
-        with _Body(self, expect.sha256, expect.size) as body:
+        body: _Body | _RangedBody
+        if self.options.ranges > 1 and expect.size >= self.options.ranged_min:
+            body = _RangedBody(self, expect.sha256, expect.size, store.tmp_fd)
+        else:
+            body = _Body(self, expect.sha256, expect.size)
+        with body:
             return store.add_stream(cast(IO[bytes], body), expect=expect, progress=progress,
                                     method="registry")
 
@@ -316,26 +326,35 @@ class _Body:
     """A blob's bytes as a stream: reconnects with ``Range`` after a broken connection,
     so the reader (``Store.add_stream`` and its hasher) sees one continuous stream."""
 
-    def __init__(self, client: Client, sha: Sha256, size: int) -> None:
+    def __init__(self, client: Client, sha: Sha256, size: int, *,
+                 part_of: tuple[int, int] | None = None) -> None:
+        """``part_of=(start, blob size)``: only ``size`` bytes from ``start`` (a range)."""
         self._client, self._sha, self._size = client, sha, size
+        self._start, self._part = (part_of[0], True) if part_of else (0, False)
         self._offset, self._failures, self._skip = 0, 0, 0
+        self.ranged = False  # the registry answered with the range asked for
         self._buffer = memoryview(b"")
         self._response: httpx.Response | None = None
         self._chunks: Iterator[bytes] = iter(())
         self._open()
 
     def _open(self) -> None:
-        headers = {"Range": f"bytes={self._offset}-"} if self._offset else {}
+        at = self._start + self._offset
+        headers = {}
+        if self._part:
+            headers["Range"] = f"bytes={at}-{self._start + self._size - 1}"
+        elif at:
+            headers["Range"] = f"bytes={at}-"
         response = self._client.request("GET", f"blobs/sha256:{self._sha}", headers=headers,
                                         stream=True)
         self._client._expect_status(response, f"blob sha256:{self._sha}", 200, 206)
+        self.ranged = response.status_code == 206
         if response.status_code == 200:  # from the start (no Range support): skip again
-            self._skip = self._offset
-        elif not response.headers.get("Content-Range", "").startswith(
-                f"bytes {self._offset}-"):
+            self._skip = at
+        elif not response.headers.get("Content-Range", "").startswith(f"bytes {at}-"):
             response.close()
             raise self._client.fail(f"blob sha256:{self._sha}: bad Content-Range for a "
-                                    f"resume at byte {self._offset}")
+                                    f"resume at byte {at}")
         self._response = response
         self._chunks = response.iter_raw()  # as the socket delivers: no re-chunking copies
 
@@ -357,6 +376,10 @@ class _Body:
                 chunk, self._skip = chunk[dropped:], self._skip - dropped
                 if not chunk:
                     continue
+            if self._part:  # a whole-blob answer to a range runs past the part
+                chunk = chunk[:self._size - self._offset]
+                if not chunk:
+                    return b""
             if n < 0 or len(chunk) <= n:  # the common case: no copy
                 self._offset += len(chunk)
                 return chunk
@@ -384,6 +407,73 @@ class _Body:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _RangedBody:
+    """One large blob fetched as several ranges at once, read back in order.
+
+    The first range streams straight to the reader (the store's hasher); the others land
+    in temp files beside the store's objects while it does, and are read in turn once
+    complete — the network is read once, and the hasher still sees one ordered stream.
+    A registry that ignores ``Range`` gets the plain single stream instead.
+    """
+
+    def __init__(self, client: Client, sha: Sha256, size: int, tmp_dir_fd: int) -> None:
+        per_range = -(-size // client.options.ranges)  # ceil
+        step = -(-per_range // _ALIGN) * _ALIGN
+        bounds = [(start, min(step, size - start)) for start in range(0, size, step)]
+        self._parts: list[Future[fsio.TempFile]] = []
+        self._files: list[fsio.TempFile] = []
+        self._current: _Body | int = _Body(client, sha, bounds[0][1], part_of=(0, size))
+        if not self._current.ranged:
+            self._current.close()
+            self._current, bounds = _Body(client, sha, size), []
+        self._pool = ThreadPoolExecutor(max(1, len(bounds) - 1))
+        for start, length in bounds[1:]:
+            temp = fsio.TempFile(tmp_dir_fd, "range")
+            self._files.append(temp)
+            self._parts.append(self._pool.submit(_fetch_range, client, sha, start, length,
+                                                 size, temp))
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            if isinstance(self._current, _Body):
+                data = self._current.read(n)
+            else:
+                data = os.read(self._current, n if n >= 0 else 1 << 20)
+            if data or not self._parts:
+                return data
+            self._close_current()
+            self._current = self._parts.pop(0).result().fd
+            os.lseek(self._current, 0, os.SEEK_SET)
+
+    def _close_current(self) -> None:
+        if isinstance(self._current, _Body):
+            self._current.close()
+
+    def close(self) -> None:
+        self._close_current()
+        for future in self._parts:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for temp in self._files:
+            with contextlib.suppress(OSError):
+                os.close(temp.fd)
+            temp.unlink()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _fetch_range(client: Client, sha: Sha256, start: int, length: int, size: int,
+                 temp: fsio.TempFile) -> fsio.TempFile:
+    with _Body(client, sha, length, part_of=(start, size)) as body:
+        while data := body.read(1 << 20):
+            fsio.write_all(temp.fd, data)
+    return temp
 
 
 def _path(url: str) -> str:

@@ -140,6 +140,29 @@ def test_pull_what_skopeo_pushed(reg: str, store: Store, tmp_path: Path) -> None
     assert {b.sha256 for b in image.blobs} >= {sha256(d) for d in files.values()}
 
 
+def test_large_blob_pulled_as_parallel_ranges(reg: str, store: Store, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"model.gguf": os.urandom((5 << 20) + 12345)}
+    layout = file_artifact(tmp_path, files)
+    ref = f"{reg}/ranged/art:v1"
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{ref}")
+    ranges: list[str] = []
+    real_request = registry.Client.request
+
+    def spy(self: registry.Client, method: str, url: str, **kw: Any) -> Any:
+        ranges.append((kw.get("headers") or {}).get("Range", ""))
+        return real_request(self, method, url, **kw)
+
+    monkeypatch.setattr(registry.Client, "request", spy)
+    options = registry.Options(insecure=True, ranges=3, ranged_min=1 << 20)
+    record = registry.pull(store, ref, None, options)
+    assert tree_files(store, record.name) == files  # the digest was checked on the way
+    assert sorted(r for r in ranges if r) == [  # three ranges of 2 MiB, the last shorter
+        "bytes=0-2097151", "bytes=2097152-4194303", f"bytes=4194304-{(5 << 20) + 12344}"]
+    assert os.listdir(store.path / "tmp") == []  # the range files are gone
+    assert_objects_sound(store.path)
+
+
 def test_pull_image_with_tar_layer_and_index(reg: str, store: Store, tmp_path: Path) -> None:
     layout = tmp_path / "img"
     builder = LayoutBuilder(layout)
@@ -407,6 +430,37 @@ def test_truncated_blob_gives_up(fake: FakeRegistry, store: Store) -> None:
     with pytest.raises(errors.RegistryError, match="gave up after 2 resumes"):
         registry.pull(store, ref, None, FAST)
     assert_nothing_named(store)
+
+
+def test_parallel_ranges_fall_back_and_stay_verified(fake: FakeRegistry, store: Store,
+                                                     tmp_path: Path) -> None:
+    options = registry.Options(insecure=True, retries=2, backoff=0.0, ranges=3,
+                               ranged_min=1 << 20)
+    data = os.urandom(3 << 20)
+    # a registry that ignores Range: the plain single stream instead of three ranges
+    ref = fake.artifact({"f.bin": data})
+    record = registry.pull(store, ref, "ranges/ignored", options)
+    assert tree_files(store, record.name) == {"f.bin": data}
+    # a registry that answers ranges but lies in one: caught by the digest, nothing named
+
+    def lying_ranges(body: bytes) -> Route:
+        def route(h: http.server.BaseHTTPRequestHandler) -> None:
+            first, last = (int(x) for x in h.headers["Range"][6:].split("-"))
+            part = body[first:last + 1]
+            if first:  # every range but the first is rotten
+                part = bytes([part[0] ^ 1]) + part[1:]
+            send(h, 206, part, {"Content-Range": f"bytes {first}-{last}/{len(body)}"})
+        return route
+
+    other = os.urandom(3 << 20)
+    fake.routes.clear()
+    fake.routes["/v2/"] = lambda h: send(h, 200, b"{}")
+    ref = fake.artifact({"g.bin": other}, blob_route=lying_ranges)
+    with pytest.raises(errors.ContentMismatch):
+        registry.pull(store, ref, "ranges/lied", options)
+    assert [r.name for r in store.names] == ["ranges/ignored:latest"]
+    assert_objects_sound(store.path)
+    assert os.listdir(store.path / "tmp") == []
 
 
 @pytest.mark.parametrize("ranged", [True, False])
