@@ -288,15 +288,15 @@ static int64_t cas_pipeline_wait(struct cas_pipeline *pl, uint64_t pos)
 
 /*
  * Adds to progress->done what the slowest worker has hashed since the last
- * report; the CAS on `reported` makes each byte counted once.
+ * report; the CAS on `reported` makes each byte counted once. Two workers
+ * finishing together may each still see the other's old position (relaxed
+ * loads), so cas_pipeline_finish catches up once more after joining them.
  */
-static void cas_worker_advance(struct cas_worker *w, uint64_t n)
+static void cas_progress_catch_up(struct cas_pipeline *pl)
 {
-    struct cas_pipeline *pl = w->pl;
     uint64_t lo = UINT64_MAX, old;
     int i;
 
-    __atomic_store_n(&w->pos, w->pos + n, __ATOMIC_RELAXED);
     if (pl->progress == NULL)
         return;
     for (i = 0; i < pl->nworkers; i++) {
@@ -313,6 +313,12 @@ static void cas_worker_advance(struct cas_worker *w, uint64_t n)
             return;
         }
     }
+}
+
+static void cas_worker_advance(struct cas_worker *w, uint64_t n)
+{
+    __atomic_store_n(&w->pos, w->pos + n, __ATOMIC_RELAXED);
+    cas_progress_catch_up(w->pl);
 }
 
 static void cas_worker_consume(struct cas_worker *w, const uint8_t *buf,
@@ -446,6 +452,7 @@ int cas_pipeline_finish(struct cas_pipeline *pl, int err,
     for (i = 0; i < pl->nworkers; i++)
         if (pl->w[i].started)
             pthread_join(pl->w[i].thread, NULL);
+    cas_progress_catch_up(pl);  /* the joins make every final position visible */
     err = pl->err;
     if (err == 0)
         err = cas_pipeline_collect(pl, out);

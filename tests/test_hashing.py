@@ -378,3 +378,20 @@ def test_missing_native_module_is_an_error() -> None:
     assert run.stdout.strip() == "reference", run.stderr
     run = python_with("import cas.hashing", CAS_BACKEND="fast")
     assert "CAS_BACKEND must be" in run.stderr
+
+
+def test_progress_counts_every_byte_when_both_workers_finish_together(tmp_path: Path) -> None:
+    """Regression: two hashing threads ending at once could each miss the other's final
+    position, leaving ``done`` short (seen once in CI); the pipeline now catches up after
+    joining them."""
+    src = write_random(tmp_path / "src", BLOCK + 1)
+    for _ in range(300):
+        progress = Progress()
+        with open(src, "rb") as f:
+            hashing.hash_fd(f.fileno(), progress=progress)
+        dst = tmp_path / "dst"
+        with open(src, "rb") as f, open(dst, "w+b") as g:
+            hashing.import_fd(f.fileno(), g.fileno(),
+                              methods=frozenset({CopyMethod.READWRITE}), progress=progress)
+        dst.unlink()
+        assert progress.done == 2 * (BLOCK + 1)
