@@ -179,12 +179,7 @@ def _clone(store: Store, src_fd: int, dst_fd: int, entry: Entry, verify: bool) -
     if not verify:
         return
     assert entry.object_id is not None
-    digest = bytes.fromhex(entry.object_id)
-    measured = fsverity.measure(src_fd)  # kernel fs-verity: no need to read the bytes
-    if measured is not None:
-        ok = measured == digest
-    else:
-        ok = hashing.hash_fd(dst_fd, sha256=False).verity == digest
+    ok, _ = fsverity.matches(src_fd, bytes.fromhex(entry.object_id), rehash_fd=dst_fd)
     if not ok:
         raise store.corrupt(entry.object_id)
 

@@ -87,10 +87,13 @@ def enable_on_temp(dir_fd: int, name: str, fd: int) -> int:
     return ro
 
 
-def matches(fd: int, digest: bytes) -> tuple[bool, str]:
+def matches(fd: int, digest: bytes, *, rehash_fd: int | None = None) -> tuple[bool, str]:
     """Is the file's content the object named ``digest``? Also says how it was checked:
-    ``"kernel"`` (measured; later reads are kernel-verified) or ``"hash"`` (rehashed)."""
+    ``"kernel"`` (measured; later reads are kernel-verified) or ``"hash"`` (rehashed —
+    ``rehash_fd`` instead of ``fd`` when given, e.g. a reflinked copy about to be handed
+    out, which shares the object's blocks)."""
     measured = measure(fd)
     if measured is not None:
         return measured == digest, "kernel"
-    return hashing.hash_fd(fd, sha256=False).verity == digest, "hash"
+    hashed = hashing.hash_fd(fd if rehash_fd is None else rehash_fd, sha256=False)
+    return hashed.verity == digest, "hash"

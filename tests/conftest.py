@@ -87,6 +87,16 @@ def loopfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
             loop_filesystem(tmp_path, fstype, size_mib))
 
 
+def rot(store: Store, oid: str, data: bytes = b"\xff", offset: int = 0) -> Path:
+    """Bit rot for real: overwrite bytes of a stored object in place; its path."""
+    path = store.path / "objects" / oid[:2] / oid[2:]
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    return path
+
+
 def object_files(store_path: Path) -> list[Path]:
     """Every file under objects/ (well-named or not)."""
     return sorted(p for p in (store_path / "objects").rglob("*") if not p.is_dir())

@@ -16,7 +16,7 @@ from cas import Store, erofs, errors
 from cas import mount as mount_mod
 from cas.artifacts import import_artifacts
 from cas.cli import main
-from conftest import need_root, need_tool
+from conftest import need_root, need_tool, rot
 
 
 def mounted(path: Path) -> bool:
@@ -83,10 +83,7 @@ def test_corrupt_object_refuses_the_mount(store: Store, tmp_path: Path, mnt: Pat
     image = store.get_image(store.names.get("team/model:v1").image)
     oid = next(e.object_id for e in image.files() if e.object_id)
     assert oid is not None
-    path = store.path / "objects" / oid[:2] / oid[2:]
-    path.chmod(0o644)
-    with path.open("r+b") as f:
-        f.write(b"\x00garbage")
+    rot(store, oid, b"\x00garbage")
     with pytest.raises(errors.CorruptObject):
         mount_mod.mount(store, "team/model:v1", mnt)
     assert not mounted(mnt)

@@ -17,6 +17,7 @@ from cas.artifacts import export_artifact, import_artifacts
 from cas.checkout import LinkMode, checkout
 from cas.image import Entry, EntryType, build, file_entry
 from cas.tarexport import tar_stream
+from conftest import rot
 
 
 def test_two_exports_identical_and_unpack_like_checkout(store: Store, tmp_path: Path) -> None:
@@ -69,10 +70,7 @@ def test_refuses_existing_destination_and_corrupt_object(store: Store, tmp_path:
     image = store.get_image(store.names.get("t").image)
     oid = next(e.object_id for e in image.files() if e.object_id)
     assert oid is not None
-    path = store.path / "objects" / oid[:2] / oid[2:]
-    path.chmod(0o644)
-    with path.open("r+b") as f:
-        f.write(b"\xff")
+    rot(store, oid)
     with pytest.raises(errors.CorruptObject):
         export_artifact(store, "t", f"tar:{tmp_path / 'c.tar'}")
     assert not (tmp_path / "c.tar").exists()

@@ -15,7 +15,7 @@ import pytest
 from cas import Store, errors
 from cas.artifacts import import_artifacts
 from cas.checkout import LinkMode, checkout
-from conftest import need_root, object_files, write_random
+from conftest import need_root, object_files, rot, write_random
 
 LoopFs = Callable[[str, int], Path]
 
@@ -99,11 +99,7 @@ def test_copy_checkout_refuses_a_corrupt_object(store: Store, tmp_path: Path) ->
     image = store.get_image(record.image)
     victim = next(e for e in image.files() if e.path == "models/deep/er/weights.bin")
     assert victim.object_id is not None
-    obj = store.path / "objects" / victim.object_id[:2] / victim.object_id[2:]
-    obj.chmod(0o644)
-    with open(obj, "r+b") as f:
-        f.seek(100_000)
-        f.write(b"\xff")
+    rot(store, victim.object_id, offset=100_000)
     with pytest.raises(errors.CorruptObject, match=victim.object_id):
         checkout(store, image, tmp_path / "out", LinkMode.COPY)
     assert not (tmp_path / "out").exists()
@@ -178,10 +174,7 @@ def test_reflink_checkout_verifies_unless_told_not_to(loopfs: LoopFs) -> None:
         image = store.get_image(record.image)
         (entry,) = image.files()
         assert entry.object_id is not None
-        obj = store.path / "objects" / entry.object_id[:2] / entry.object_id[2:]
-        obj.chmod(0o644)
-        with open(obj, "r+b") as f:
-            f.write(b"\0")  # rot in place: the clone would share the bad block
+        rot(store, entry.object_id, b"\0")  # in place: the clone would share the bad block
         with pytest.raises(errors.CorruptObject):
             checkout(store, image, mnt / "out")
         assert not (mnt / "out").exists()
