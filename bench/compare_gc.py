@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cas import Store, gc
-from cas.image import build, file_entry
+from cas import Store
+from cas.core.image import build, file_entry
+from cas.ops import gc
 
 
 def populate(store: Store, objects: int, names: int, garbage: float) -> None:

@@ -1,7 +1,7 @@
-"""pytest-benchmark cases for cas.hashing on a 64 MiB page-cached file.
+"""pytest-benchmark cases for cas.core.hashing on a 64 MiB page-cached file.
 
 Run: ``pytest bench/test_bench_hashing.py --benchmark-only``. Native rows use
-``cas.hashing`` (the C extension unless CAS_BACKEND=reference); ``reference`` rows use
+``cas.core.hashing`` (the C extension unless CAS_BACKEND=reference); ``reference`` rows use
 the pure-Python twin for scale.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from cas import _reference, hashing
-from cas.hashing import CopyMethod, Digests
+from cas.core import _reference, hashing
+from cas.core.hashing import CopyMethod, Digests
 
 SIZE = 64 << 20
 UPDATE = 1 << 20
-Backend = Any   # cas.hashing or cas._reference: same function signatures
+Backend = Any   # cas.core.hashing or cas.core._reference: same function signatures
 
 
 @pytest.fixture(scope="module")

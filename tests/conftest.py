@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import cas.store
+import cas.core.store
 from cas import Store
 
 IS_ROOT = os.geteuid() == 0
@@ -48,7 +48,7 @@ def write_random(path: Path, size: int, seed: int = 0) -> Path:
 def import_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test over both ways a file is imported: a settled source is hashed in place
     then copied; a fresh one (ctime too recent) is copied and the copy hashed."""
-    monkeypatch.setattr(cas.store, "SETTLE_NS", 0 if request.param == "settled" else 1 << 62)
+    monkeypatch.setattr(cas.core.store, "SETTLE_NS", 0 if request.param == "settled" else 1 << 62)
     return str(request.param)
 
 

@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from cas import Store, artifacts, errors, gc, hashing
+from cas import Store, errors
+from cas.core import hashing
+from cas.ops import artifacts, gc
 
 NAMES = [f"n{i}" for i in range(6)]
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cas import Store, artifacts, errors, gc, hashing
+from cas import Store, errors
+from cas.core import hashing
+from cas.ops import artifacts, gc
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("gc_worker.py")

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from test_tree_checkout import make_tree
 
-from cas import Store, erofs
-from cas.artifacts import import_artifacts
-from cas.digest import ObjectId, Sha256
+from cas import Store
+from cas.core.digest import ObjectId, Sha256
+from cas.core.image import Entry, EntryType, Image, build, file_entry
 from cas.errors import BadImage
-from cas.image import Entry, EntryType, Image, build, file_entry
+from cas.formats import erofs
+from cas.ops.artifacts import import_artifacts
 from conftest import need_tool
 
 OID = ObjectId("ab" * 32)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cas import Store, artifacts, errors, gc
-from cas.image import Image, file_entry
+from cas import Store, errors
+from cas.core.image import Image, file_entry
+from cas.ops import artifacts, gc
 from conftest import object_files, write_random
 
 SYSTEMD = Path(__file__).parent.parent / "docs" / "systemd"

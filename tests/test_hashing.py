@@ -1,4 +1,4 @@
-"""cas.hashing: the native code against the pure-Python reference, hashlib and the
+"""cas.core.hashing: the native code against the pure-Python reference, hashlib and the
 `fsverity digest` oracle; the import pipeline's methods, errors, progress and cancel."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas import _reference, hashing
-from cas.hashing import CopyMethod, Digests, HashCancelled, Progress
+from cas.core import _reference, hashing
+from cas.core.hashing import CopyMethod, Digests, HashCancelled, Progress
 from conftest import fsverity_digest, write_random
 
 BLOCK = 4096
@@ -360,7 +360,7 @@ def python_with(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_reference_backend_on_request() -> None:
-    run = python_with("from cas import hashing; print(hashing.backend_name(), "
+    run = python_with("from cas.core import hashing; print(hashing.backend_name(), "
                       "hashing.hash_bytes(b'hello world').verity.hex())",
                       CAS_BACKEND="reference")
     assert run.stdout.split() == ["reference", VECTORS[b"hello world"]], run.stderr
@@ -370,13 +370,13 @@ HIDE_NATIVE = "import sys; sys.modules['cas._native'] = None; "
 
 
 def test_missing_native_module_is_an_error() -> None:
-    run = python_with(HIDE_NATIVE + "import cas.hashing")
+    run = python_with(HIDE_NATIVE + "import cas.core.hashing")
     assert run.returncode != 0
     assert "ImportError" in run.stderr and "must use native code" in run.stderr
-    run = python_with(HIDE_NATIVE + "from cas import hashing; print(hashing.backend_name())",
+    run = python_with(HIDE_NATIVE + "from cas.core import hashing; print(hashing.backend_name())",
                       CAS_ALLOW_REFERENCE="1")
     assert run.stdout.strip() == "reference", run.stderr
-    run = python_with("import cas.hashing", CAS_BACKEND="fast")
+    run = python_with("import cas.core.hashing", CAS_BACKEND="fast")
     assert "CAS_BACKEND must be" in run.stderr
 
 

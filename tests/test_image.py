@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import errors
-from cas.digest import ObjectId, Sha256
-from cas.image import Blob, Entry, EntryType, Image, build, decode, encode, file_entry
-from cas.treepath import case_collisions, check_name, check_path, check_symlink_target
+from cas.core.digest import ObjectId, Sha256
+from cas.core.image import Blob, Entry, EntryType, Image, build, decode, encode, file_entry
+from cas.core.treepath import case_collisions, check_name, check_path, check_symlink_target
 
 OID = ObjectId("11" * 32)
 SHA = Sha256("22" * 32)

@@ -12,10 +12,11 @@ import pytest
 from test_erofs import stress_image
 from test_tree_checkout import make_tree, same_tree, write_gguf
 
-from cas import Store, erofs, errors
-from cas import mount as mount_mod
-from cas.artifacts import import_artifacts
+from cas import Store, errors
 from cas.cli import main
+from cas.formats import erofs
+from cas.ops import mount as mount_mod
+from cas.ops.artifacts import import_artifacts
 from conftest import need_root, need_tool, rot
 
 

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from cas import Store, errors
-from cas.digest import ObjectId
-from cas.names import normalize
+from cas.core.digest import ObjectId
+from cas.core.names import normalize
 
 IMAGE = ObjectId("ab" * 32)
 

@@ -20,11 +20,12 @@ import pytest
 import zstandard
 from test_tarlayer import gzip_bytes, make_tar
 
-from cas import Store, errors, hashing
-from cas.checkout import checkout
-from cas.image import EntryType, Image
-from cas.oci import DEFAULT_LIMITS, export_layout, import_layout
-from cas.tarlayer import MEMBER_MEDIA_TYPE, SPLIT_MEDIA_TYPE, Limits
+from cas import Store, errors
+from cas.core import hashing
+from cas.core.image import EntryType, Image
+from cas.formats.oci import DEFAULT_LIMITS, export_layout, import_layout
+from cas.formats.tarlayer import MEMBER_MEDIA_TYPE, SPLIT_MEDIA_TYPE, Limits
+from cas.ops.checkout import checkout
 from conftest import need_root, need_tool
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -15,9 +15,11 @@ import gguf
 import numpy as np
 import pytest
 
-from cas import Store, errors, hashing, ollama
-from cas.digest import Sha256
-from cas.image import Image
+from cas import Store, errors
+from cas.core import hashing
+from cas.core.digest import Sha256
+from cas.core.image import Image
+from cas.formats import ollama
 
 OLLAMA = "application/vnd.ollama.image."
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"

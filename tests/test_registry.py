@@ -21,9 +21,12 @@ import pytest
 from test_oci import EMPTY, GGUF, TITLE, LayoutBuilder, sha256
 from test_tarlayer import make_tar
 
-from cas import Store, artifacts, errors, hashing, registry
-from cas.auth import Credentials, find_credentials, parse_challenge
+from cas import Store, errors
 from cas.cli import main
+from cas.core import hashing
+from cas.ops import artifacts
+from cas.transport import registry
+from cas.transport.auth import Credentials, find_credentials, parse_challenge
 from conftest import need_tool
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

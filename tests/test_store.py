@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-import cas.store
-from cas import Store, errors, hashing
-from cas.digest import ObjectId, Sha256
+import cas.core.store
+from cas import Store, errors
+from cas.core import hashing
+from cas.core.digest import ObjectId, Sha256
 from conftest import fsverity_digest, object_files, write_random
 
 
@@ -299,7 +300,7 @@ def test_sha256_index_entries_are_the_objects_themselves(store: Store) -> None:
 
 def test_re_adding_a_large_file_copies_nothing_and_a_stale_hint_is_harmless(
         store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cas.store, "HINT_MIN", 2 << 20)
+    monkeypatch.setattr(cas.core.store, "HINT_MIN", 2 << 20)
     src = write_random(tmp_path / "model.gguf", 3 << 20)  # over SMALL_FILE: the pipeline
     first = store.add_path(src)
     assert first.method in ("copy_file_range", "readwrite")  # ext4: copied, hint left

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from test_store import CHANGES, change_after
 
-from cas import Store, errors, hashing
+from cas import Store, errors
+from cas.core import hashing
 from conftest import need_root, need_tool, object_files, write_random
 
 LoopFs = Callable[[str, int], Path]

@@ -13,10 +13,10 @@ import pytest
 from test_tree_checkout import make_tree, same_tree
 
 from cas import Store, errors
-from cas.artifacts import export_artifact, import_artifacts
-from cas.checkout import LinkMode, checkout
-from cas.image import Entry, EntryType, build, file_entry
-from cas.tarexport import tar_stream
+from cas.core.image import Entry, EntryType, build, file_entry
+from cas.formats.tarexport import tar_stream
+from cas.ops.artifacts import export_artifact, import_artifacts
+from cas.ops.checkout import LinkMode, checkout
 from conftest import rot
 
 

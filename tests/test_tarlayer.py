@@ -19,8 +19,8 @@ import pytest
 import zstandard
 
 from cas import Store, errors
-from cas.image import Entry, EntryType
-from cas.tarlayer import LayerResult, Limits, Tree, decompress, tar_chunks, unpack
+from cas.core.image import Entry, EntryType
+from cas.formats.tarlayer import LayerResult, Limits, Tree, decompress, tar_chunks, unpack
 
 _TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
           "hardlink": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE,

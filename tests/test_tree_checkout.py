@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from cas import Store, errors
-from cas.artifacts import import_artifacts
-from cas.checkout import LinkMode, checkout
+from cas.ops.artifacts import import_artifacts
+from cas.ops.checkout import LinkMode, checkout
 from conftest import need_root, object_files, rot, write_random
 
 LoopFs = Callable[[str, int], Path]

@@ -17,12 +17,15 @@ from pathlib import Path
 import pytest
 from test_oci import LayoutBuilder
 
-from cas import Store, errors, fsverity, quarantine, verify, verify_state
-from cas.artifacts import import_artifacts
-from cas.checkout import LinkMode, checkout
-from cas.digest import ObjectId
-from cas.oci import export_layout
-from cas.verify import Limits, sweep
+from cas import Store, errors
+from cas.core import fsverity
+from cas.core.digest import ObjectId
+from cas.formats.oci import export_layout
+from cas.integrity import quarantine, verify, verify_state
+from cas.integrity.verify import Limits, sweep
+from cas.ops.artifacts import import_artifacts
+from cas.ops.checkout import LinkMode, checkout
+from cas.ops.repair import repair
 
 MIB = 1 << 20
 
@@ -145,7 +148,7 @@ def test_bit_rot_is_found_classified_quarantined_and_repaired(loaded: Store,
 
     # repair from a twin store; clean up what repair does not own; the re-run is clean
     with twin(tmp_path) as source:
-        result = quarantine.repair(store, str(source.path))
+        result = repair(store, str(source.path))
     assert result.complete and len(result.repaired) == 8
     assert quarantine.damaged_artifacts(store) == {}
     for path in (store.path / "objects" / "junk.txt", misnamed,
@@ -167,9 +170,9 @@ def test_repair_from_oci_layout(store: Store, tmp_path: Path) -> None:
     flip(obj_path(store, oid), MIB)
     assert kinds(sweep(store)) == {"corrupt-object": 1}
     assert list(quarantine.damaged_artifacts(store)) == ["m:latest"]
-    bad = quarantine.repair(store, f"oci:{tmp_path / 'nowhere'}")
+    bad = repair(store, f"oci:{tmp_path / 'nowhere'}")
     assert bad.not_found == [oid]
-    good = quarantine.repair(store, f"oci:{tmp_path / 'exported'}")
+    good = repair(store, f"oci:{tmp_path / 'exported'}")
     assert good.repaired == [oid] and good.complete
     assert sweep(store).clean and quarantine.damaged_artifacts(store) == {}
 
@@ -183,7 +186,7 @@ def test_repair_refuses_wrong_bytes(loaded: Store, tmp_path: Path) -> None:
     assert mark.sha256 is not None
     (tmp_path / "ol" / "blobs").mkdir(parents=True)
     (tmp_path / "ol" / "blobs" / f"sha256-{mark.sha256}").write_bytes(b"not it")
-    report = quarantine.repair(loaded, f"ollama:{tmp_path / 'ol'}")
+    report = repair(loaded, f"ollama:{tmp_path / 'ol'}")
     assert [f["object"] for f in report.failed] == [oid]
     assert not loaded.has_object(oid) and quarantine.marks(loaded)
 
@@ -270,7 +273,7 @@ def test_metrics_file(loaded: Store, tmp_path: Path) -> None:
     flip(obj_path(loaded, file_oids(loaded, "model")[0]), 5)
     report = sweep(loaded)
     path = tmp_path / "cas.prom"
-    from cas.verify_report import write_metrics
+    from cas.integrity.verify_report import write_metrics
     write_metrics(path, report)
     text = path.read_text()
     assert 'cas_verify_problems{mode="full",kind="corrupt-object"} 1' in text
@@ -324,7 +327,7 @@ def test_kernel_fsverity_path_simulated(store: Store, monkeypatch: pytest.Monkey
                 raise OSError(errno.ETXTBSY, "the kernel refuses a writable fd")
             version, algo, block = struct.unpack_from("<III", buf)
             assert (version, algo, block) == (1, 1, 4096)
-            from cas import hashing
+            from cas.core import hashing
             enabled[st.st_ino] = hashing.hash_fd(fd, sha256=False).verity
             return buf
         if st.st_ino not in enabled:

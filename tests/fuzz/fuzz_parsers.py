@@ -17,8 +17,10 @@ from collections.abc import Callable
 import atheris
 
 with atheris.instrument_imports():
-    from cas import errors, image, names, oci, ollama, tarlayer
-    from cas.store import Store
+    from cas import errors
+    from cas.core import image, names
+    from cas.core.store import Store
+    from cas.formats import oci, ollama, tarlayer
 
 _store: Store | None = None
 

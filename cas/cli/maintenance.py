@@ -1,0 +1,126 @@
+"""Maintenance commands, built to run from cron: verify, repair, gc, du."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cas import errors
+from cas.cli.common import Context, cli, emit, json_option, parse_size
+
+
+@cli.command()
+@click.option("--grace", default="1h", show_default=True, metavar="DURATION",
+              help="Keep unreferenced objects younger than this (90s, 30m, 1h, 2d).")
+@click.option("--wait", default="0", metavar="SECONDS",
+              help="Wait this long for another gc to finish (else exit 8).")
+@click.option("--max-duration", default=None, metavar="DURATION",
+              help="Stop deleting after this long and report a partial run.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--thorough", is_flag=True,
+              help="Also walk the whole sha256 index for links whose object is gone.")
+@click.option("--quiet", "-q", is_flag=True, help="No output unless something fails (cron).")
+@json_option
+@click.pass_obj
+def gc(obj: Context, grace: str, wait: str, max_duration: str | None, dry_run: bool,
+       thorough: bool, quiet: bool, as_json: bool) -> None:
+    """Remove objects no name needs (safe beside running imports and readers)."""
+    from cas.ops import gc as gc_mod
+    with obj.open_store() as store:
+        report = gc_mod.collect(
+            store, grace=gc_mod.parse_duration(grace), dry_run=dry_run,
+            wait=gc_mod.parse_duration(wait), thorough=thorough,
+            max_duration=None if max_duration is None else gc_mod.parse_duration(max_duration))
+    if quiet and not as_json:
+        return
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{oid}" for oid in report.removed]
+    lines.append(f"{verb} {report.objects_removed} objects ({report.bytes_removed} bytes), "
+                 f"{report.index_removed} index entries, {report.temp_files_removed} temp files "
+                 f"in {report.seconds:.2f}s; kept {report.reachable} reachable, "
+                 f"{report.kept_in_grace} in grace period"
+                 + ("" if report.complete else "; stopped at --max-duration (partial)"))
+    emit(as_json, report.to_json(), "\n".join(lines))
+
+
+@cli.command("du")
+@click.option("--reflinks", is_flag=True, help="Also measure extents shared by reflinks "
+              "(one FIEMAP call per object).")
+@json_option
+@click.pass_obj
+def du(obj: Context, reflinks: bool, as_json: bool) -> None:
+    """Disk usage: totals, bytes saved by dedup (and reflinks), per-artifact bytes."""
+    from cas.ops import usage
+    with obj.open_store() as store:
+        report = usage.measure(store, reflinks=reflinks)
+    lines = [f"objects: {report.objects}  bytes: {report.object_bytes}  on disk: "
+             f"{report.disk_bytes}",
+             f"artifacts: {report.logical_bytes} bytes as files, {report.referenced_bytes} "
+             f"stored; dedup saves {report.dedup_saved_bytes}",
+             f"unreferenced (gc would free): {report.unreferenced_bytes}"]
+    if report.reflink_shared_bytes is not None:
+        lines.append(f"shared by reflinks: {report.reflink_shared_bytes}")
+    lines += [f"  {a.name}  unique {a.unique_bytes}  shared {a.shared_bytes}" for a in
+              report.artifacts]
+    emit(as_json, report.to_json(), "\n".join(lines))
+
+
+cli.add_command(du, "stats")
+
+
+@cli.command()
+@click.option("--full/--structural", default=True,
+              help="Rehash objects (default), or only the cheap structural checks.")
+@click.option("--max-duration", metavar="DURATION", help="Stop hashing after this long.")
+@click.option("--max-bytes", metavar="SIZE", help="Hash at most this much (e.g. 10G) this run.")
+@click.option("--rate", metavar="SIZE", help="Hash at most this much per second (e.g. 200M).")
+@click.option("--since", metavar="AGE", help="Skip objects verified within AGE (e.g. 7d).")
+@click.option("--metrics-file", type=click.Path(path_type=Path),
+              help="Write a Prometheus textfile here (atomically).")
+@click.option("--wait", default="0", metavar="SECONDS",
+              help="Wait this long for another sweep to finish (else exit 7).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only problems (cron).")
+@json_option
+@click.pass_obj
+def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | None,
+           rate: str | None, since: str | None, metrics_file: Path | None, wait: str,
+           quiet: bool, as_json: bool) -> None:
+    """Check the store: exit 0 clean, 6 problems found (corrupt objects are quarantined
+    and their artifacts marked damaged), 7 another sweep is running, 3 store unusable.
+
+    Bounded runs (--max-duration/--max-bytes) continue where the last one stopped."""
+    from cas.integrity import verify as verify_mod
+    from cas.integrity.verify_report import write_metrics
+    from cas.ops.gc import parse_duration
+    limits = verify_mod.Limits(
+        max_duration=None if max_duration is None else parse_duration(max_duration),
+        max_bytes=None if max_bytes is None else parse_size(max_bytes),
+        rate=None if rate is None else parse_size(rate),
+        since=None if since is None else parse_duration(since))
+    with obj.open_store() as store:
+        report = verify_mod.sweep(store, full=full, limits=limits, wait=parse_duration(wait))
+    if metrics_file is not None:
+        write_metrics(metrics_file, report)
+    text = report.human(quiet)
+    if as_json or text:
+        emit(as_json, report.to_json(), text)
+    if not report.clean:
+        raise click.exceptions.Exit(errors.PROBLEMS_FOUND)
+
+
+@cli.command()
+@click.option("--from", "source", required=True, metavar="SOURCE",
+              help="A cas store path, oci:PATH or ollama:PATH holding good copies.")
+@json_option
+@click.pass_obj
+def repair(obj: Context, source: str, as_json: bool) -> None:
+    """Restore damaged objects from SOURCE (digests checked before they enter the store);
+    exit 6 if some remain damaged."""
+    from cas.integrity.verify_state import sweep_lock
+    from cas.ops.repair import repair as repair_store
+    with obj.open_store() as store, sweep_lock(store):
+        report = repair_store(store, source)
+    emit(as_json, report.to_json(), report.human())
+    if not report.complete:
+        raise click.exceptions.Exit(errors.PROBLEMS_FOUND)

@@ -1,0 +1,784 @@
+"""The object store: create/open a store, add objects atomically, look them up, read them.
+
+Layout (format version 1)::
+
+    STORE/
+      meta.json                 format, version, digest algorithm, fsync policy, features
+      objects/XX/<62 hex>       one immutable 0444 file per object, named by its
+                                fs-verity SHA-256 digest (composefs layout)
+      index/sha256/XX/<62 hex>  a hard link to the object whose plain SHA-256 (the OCI
+                                digest) this is; the object's xattr user.cas.object holds
+                                its id, so a lookup reads that and checks the inode (and
+                                user.cas.sha256 lets GC find the link of an object)
+      index/stat/<sha256>       re-add hints for large files: symlink text = object id
+                                (see ``Store._re_add``; never trusted, always re-hashed)
+      names/<sha256 of name>    JSON: artifact name → metadata image object id (cas.core.names)
+      tmp/                      private temp files of writers (same filesystem)
+
+Write path: the bytes go into a temp file in ``tmp/`` while the native code hashes what
+lands on disk; the file is made 0444, fsynced (policy ``fsync``), then hard-linked to
+its name.  ``EEXIST`` means the object is already stored: its mtime is refreshed so a GC
+grace period protects it, and the temp file is dropped.  Only then is the sha256 index
+entry made.  A crash at any point leaves at worst an unreferenced temp file or an object
+without an index entry, never a visible object with the wrong bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from cas import errors
+from cas.core import fsio, fsverity, hashing, meta, sourcefile
+from cas.core import image as images
+from cas.core import lock as locks
+from cas.core.digest import ObjectId, Sha256, is_hex64, object_id, sha256_digest, shard
+from cas.core.hashing import CopyMethod, Digests, Progress
+from cas.core.image import Image
+from cas.core.names import Names
+
+OBJECTS, INDEX_SHA256, INDEX_STAT = "objects", "index/sha256", "index/stat"
+NAMES, TMP = "names", "tmp"
+OBJECT_XATTR = "user.cas.object"
+SHA256_XATTR = "user.cas.sha256"
+STREAM_CHUNK = 1 << 20
+#: Files at least this large leave a hint so that re-adding them copies nothing.
+HINT_MIN = 64 << 20
+#: Files up to this size are imported from one buffer on one thread (see ``_fill``).
+SMALL_FILE = 1 << 20
+#: A file whose ctime is this old is "settled": a write during its import moves ctime.
+SETTLE_NS = 2_000_000_000
+
+_STORE_ERRNO: dict[int, type[errors.StoreUnusable]] = {
+    errno.ENOSPC: errors.StoreFull,
+    errno.EDQUOT: errors.StoreFull,
+    errno.EROFS: errors.StoreReadOnly,
+    errno.EACCES: errors.StoreReadOnly,
+    errno.EPERM: errors.StoreReadOnly,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What ``Store.add_*`` did: the object's names, and how its bytes got there."""
+
+    object_id: ObjectId
+    sha256: Sha256
+    size: int
+    method: str  # "reflink", "copy_file_range", "readwrite", "stream", "bytes", "exists"
+    new: bool  # False when the object was already stored (dedup)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": self.object_id, "sha256": "sha256:" + self.sha256, "size": self.size,
+                "method": self.method, "new": self.new}
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What untrusted metadata (a manifest, a registry) says the bytes are; checked before
+    anything is published, and a stream is never read past ``size`` + 1 bytes."""
+
+    what: str
+    sha256: Sha256 | None = None
+    size: int | None = None
+
+    def check(self, digests: Digests) -> None:
+        if self.size is not None and digests.size != self.size:
+            raise errors.ContentMismatch(what=self.what,
+                                         detail=f"size {digests.size}, declared {self.size}")
+        if self.sha256 is not None and digests.sha256.hex() != self.sha256:
+            raise errors.ContentMismatch(
+                what=self.what, detail=f"sha256:{digests.sha256.hex()}, declared "
+                f"sha256:{self.sha256}")
+
+
+@dataclass(slots=True)
+class Batch:
+    """Objects added but not yet published (see ``Store.batch``), by object id."""
+
+    pending: dict[ObjectId, tuple[fsio.TempFile, Digests]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # adders may be threads
+
+    def hold(self, temp: fsio.TempFile, digests: Digests) -> bool:
+        """Keep ``temp`` for publishing; False if the batch holds these bytes already."""
+        oid = ObjectId(digests.verity.hex())
+        with self.lock:
+            if oid in self.pending:
+                return False
+            self.pending[oid] = (temp, digests)
+            temp.keep = True
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    object_id: ObjectId
+    size: int
+    mode: int
+    mtime_ns: int
+    nlink: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": self.object_id, "size": self.size, "mode": f"{self.mode:04o}",
+                "mtime_ns": self.mtime_ns, "nlink": self.nlink}
+
+
+@contextlib.contextmanager
+def _store_errors(path: Path) -> Iterator[None]:
+    """Turn OSErrors from the store side of an operation into store errors."""
+    try:
+        yield
+    except OSError as exc:
+        kind = _STORE_ERRNO.get(exc.errno or 0)
+        if kind is None:
+            raise
+        raise kind(path=path) from exc
+
+
+class Store:
+    """An open object store.  Use ``Store.open``/``Store.init``; close it (or use ``with``).
+
+    Safe for concurrent readers and writers in threads and processes: all state is on
+    disk, every operation works from directory descriptors held open, and every update
+    is a single atomic link, rename or symlink.
+    """
+
+    def __init__(self, path: Path, root_fd: int, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = settings  # the parsed meta.json
+        self.fsync: bool = bool(settings.get("fsync", True))
+        self._root_fd = root_fd
+        self._objects_fd = fsio.open_dir(OBJECTS, root_fd)
+        self._tmp_fd = fsio.open_dir(TMP, root_fd)
+        self._names_fd = fsio.open_dir(NAMES, root_fd)
+        self.names = Names(self._names_fd, self._tmp_fd, fsync=self.fsync)
+        self._no_reflink_from: set[int] = set()  # source devices FICLONE refused
+        self._temp_root: locks.TempRoot | None = None  # see ``temp_root``
+        self._temp_root_lock = threading.Lock()
+        self._temp_scopes = 0
+        index_fd = fsio.open_dir("index", root_fd)
+        try:
+            self._index_fd = fsio.open_dir("sha256", index_fd)
+            self._hints_fd = fsio.open_dir("stat", index_fd)
+        finally:
+            os.close(index_fd)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True) -> Store:
+        """Create a new store at ``path`` (a missing or empty directory) and open it."""
+        path = Path(path)
+        with _store_errors(path):
+            try:
+                path.mkdir(mode=0o755)
+            except FileExistsError:
+                if not path.is_dir() or any(path.iterdir()):
+                    raise errors.StoreExists(path=path) from None
+            except FileNotFoundError:
+                raise errors.StoreNotFound(path=path.parent) from None
+            root_fd = fsio.open_dir(str(path))
+            try:
+                for name in (OBJECTS, "index", INDEX_SHA256, INDEX_STAT, NAMES, TMP):
+                    os.mkdir(name, 0o755, dir_fd=root_fd)
+                tmp_fd = fsio.open_dir(TMP, root_fd)
+                try:
+                    # meta.json comes last: its presence is what makes the directory a store
+                    fsio.replace_file(root_fd, meta.META_NAME, meta.new(fsync=fsync),
+                                      tmp_dir_fd=tmp_fd, fsync=fsync)
+                finally:
+                    os.close(tmp_fd)
+            finally:
+                os.close(root_fd)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Store:
+        """Open an existing store, refusing anything that is not one this cas can read."""
+        path = Path(path)
+        try:
+            root_fd = fsio.open_dir(str(path))
+        except FileNotFoundError:
+            raise errors.StoreNotFound(path=path) from None
+        except NotADirectoryError:
+            raise errors.NotAStore(path=path, reason="not a directory") from None
+        try:
+            return cls(path, root_fd, meta.read(path, root_fd))
+        except OSError as exc:
+            os.close(root_fd)
+            raise errors.NotAStore(path=path, reason=f"layout: {exc.strerror}") from exc
+        except BaseException:
+            os.close(root_fd)
+            raise
+
+    def close(self) -> None:
+        if self._temp_root is not None:
+            self._temp_root.close()
+            self._temp_root = None
+        for fd in (self._index_fd, self._hints_fd, self._names_fd, self._tmp_fd,
+                   self._objects_fd, self._root_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._root_fd = -1
+
+    # Directory descriptors for the store's own machinery (gc, verify, usage): valid while
+    # the store is open; never close them.
+
+    @property
+    def root_fd(self) -> int:
+        return self._root_fd
+
+    @property
+    def objects_fd(self) -> int:
+        return self._objects_fd
+
+    @property
+    def index_fd(self) -> int:
+        """``index/sha256``."""
+        return self._index_fd
+
+    @property
+    def tmp_fd(self) -> int:
+        return self._tmp_fd
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- adding ---------------------------------------------------------------------------
+
+    def add_path(self, path: str | os.PathLike[str], *,
+                 methods: frozenset[CopyMethod] = frozenset(CopyMethod),
+                 progress: Progress | None = None, expect: Expected | None = None,
+                 dir_fd: int | None = None, batch: Batch | None = None) -> AddResult:
+        """Import a regular file: reflink where possible, else copy, hashing in one pass.
+
+        The file must not change while it is imported (size, mtime or ctime — a rename or
+        unlink changes ctime too); if it does, nothing is stored.  With ``dir_fd`` the path
+        is opened relative to it and a symlink as its last component is refused.
+        """
+        src_fd, before = sourcefile.open_source(Path(path), dir_fd)
+        try:
+            with _store_errors(self.path):
+                again = self._re_add(Path(path), src_fd, before, progress, expect)
+                if again is not None:
+                    return again
+                with fsio.temp_file(self._tmp_fd, "obj") as temp:
+                    digests, method = self._fill(src_fd, temp.fd, before, methods, progress)
+                    sourcefile.check_unchanged(Path(path), before, os.fstat(src_fd), digests.size)
+                    if expect is not None:
+                        expect.check(digests)
+                    result = self._publish(temp, digests, method, batch)
+                if before.st_size >= HINT_MIN and method != CopyMethod.REFLINK.value:
+                    self._remember(before, result.object_id)
+                return result
+        finally:
+            os.close(src_fd)
+
+    def _fill(self, src_fd: int, dst_fd: int, before: os.stat_result,
+              methods: frozenset[CopyMethod], progress: Progress | None
+              ) -> tuple[Digests, str]:
+        """Put the source's bytes into the empty temp file and hash them, the cheapest way.
+
+        A reflink costs nothing, so the bytes are then hashed where they are most likely in
+        the page cache: in the source, if it is *settled* (its ctime at least ``SETTLE_NS``
+        old, so a write during the import must move it and ``_check_unchanged`` sees it),
+        else in the clone.  Without reflink a small file is read once, hashed and written
+        from the same buffer (cheaper than two threads per file in a tree of thousands);
+        larger ones go through the native pipeline that copies and hashes the copy as it
+        lands, in one pass.
+        """
+        if CopyMethod.REFLINK in methods and (
+                before.st_dev not in self._no_reflink_from or methods == {CopyMethod.REFLINK}):
+            try:
+                hashing.copy_fd(src_fd, dst_fd, methods=frozenset({CopyMethod.REFLINK}))
+            except OSError as exc:
+                if exc.errno not in hashing.REFLINK_UNSUPPORTED or methods == {CopyMethod.REFLINK}:
+                    raise
+                self._no_reflink_from.add(before.st_dev)  # don't ask again for every file
+            else:
+                settled = time.time_ns() - before.st_ctime_ns >= SETTLE_NS
+                digests = hashing.hash_fd(src_fd if settled else dst_fd, progress=progress)
+                return digests, CopyMethod.REFLINK.value
+        if before.st_size <= SMALL_FILE and CopyMethod.READWRITE in methods:
+            data = os.pread(src_fd, SMALL_FILE + 1, 0)
+            fsio.write_all(dst_fd, data)
+            return hashing.hash_bytes(data), CopyMethod.READWRITE.value
+        digests, method = hashing.import_fd(src_fd, dst_fd, methods=methods - {CopyMethod.REFLINK},
+                                            progress=progress)
+        return digests, method.value
+
+    def _re_add(self, path: Path, src_fd: int, before: os.stat_result,
+                progress: Progress | None, expect: Expected | None) -> AddResult | None:
+        """Re-adding a large file this store copied before: hash it in place and, if it
+        still is that object, copy nothing.
+
+        The hint (``index/stat/<sha256 of dev, inode, size, mtime, ctime>``: a symlink
+        whose text is the object id) only chooses the order of work — the bytes are always
+        hashed; a stale hint costs one hash pass and falls through to a normal import.
+        """
+        if before.st_size < HINT_MIN:
+            return None
+        try:
+            hinted = os.readlink(_hint_key(before), dir_fd=self._hints_fd)
+        except OSError:
+            return None
+        digests = hashing.hash_fd(src_fd, progress=progress)
+        oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
+        with self.publishing([oid]):
+            if oid != hinted or not self._refresh(oid, digests.size):
+                return None
+            sourcefile.check_unchanged(path, before, os.fstat(src_fd), digests.size)
+            if expect is not None:
+                expect.check(digests)
+            self._index(sha, oid, self.fsync)
+        return AddResult(oid, sha, digests.size, "exists", False)
+
+    def _remember(self, st: os.stat_result, oid: ObjectId) -> None:
+        with contextlib.suppress(OSError):  # a hint is an optimisation, never required
+            os.symlink(oid, _hint_key(st), dir_fd=self._hints_fd)
+
+    def _refresh(self, oid: ObjectId, size: int) -> bool:
+        """Is an intact-looking copy of ``oid`` stored?  Then refresh its mtime (for GC)."""
+        shard_name, rest = shard(oid)
+        try:
+            shard_fd = self._open_shard(self._objects_fd, shard_name)
+        except FileNotFoundError:
+            return False
+        try:
+            return _refresh_at(shard_fd, rest, size)
+        finally:
+            os.close(shard_fd)
+
+    def add_stream(self, stream: IO[bytes], *, progress: Progress | None = None,
+                   expect: Expected | None = None, method: str = "stream",
+                   batch: Batch | None = None) -> AddResult:
+        """Import bytes read from a binary stream until EOF, hashing them as they pass."""
+        hasher = hashing.StreamHasher()
+        # never read more than one byte past a declared size (an endless stream stops)
+        budget = None if expect is None or expect.size is None else expect.size + 1
+        with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp:
+            while chunk := stream.read(STREAM_CHUNK if budget is None
+                                       else min(STREAM_CHUNK, budget)):
+                fsio.write_all(temp.fd, chunk)
+                hasher.update(chunk)
+                if budget is not None:
+                    budget -= len(chunk)
+                if progress is not None:
+                    progress.advance(len(chunk))
+            digests = hasher.finalize()
+            if expect is not None:
+                expect.check(digests)
+            return self._publish(temp, digests, method, batch)
+
+    def add_bytes(self, data: bytes, *, batch: Batch | None = None) -> AddResult:
+        return self.add_stream(io.BytesIO(data), method="bytes", batch=batch)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Add many objects with one flush instead of an fsync per object.
+
+        Objects added with ``batch=`` stay temp files until the block ends; then one
+        ``syncfs`` makes all their bytes durable and only after that are they linked into
+        place (and one more ``syncfs`` makes the names durable).  So even a power cut never
+        leaves a visible object without its bytes.  Objects of a batch cannot be read
+        before it ends.  On an exception nothing of the batch is published.
+        """
+        batch = Batch()
+        try:
+            yield batch
+            with _store_errors(self.path):
+                if self.fsync and batch.pending:
+                    fsio.syncfs(self._tmp_fd)
+                with self.publishing(batch.pending):
+                    for temp, digests in batch.pending.values():
+                        self._link(temp, digests, sync=False)
+                if self.fsync and batch.pending:
+                    fsio.syncfs(self._tmp_fd)
+        finally:
+            for temp, _ in batch.pending.values():
+                temp.unlink()
+
+    def _publish(self, temp: fsio.TempFile, digests: Digests, method: str,
+                 batch: Batch | None) -> AddResult:
+        oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
+        with contextlib.suppress(OSError):  # no user xattrs here: lookups hash instead
+            os.setxattr(temp.fd, OBJECT_XATTR, digests.verity)
+            os.setxattr(temp.fd, SHA256_XATTR, digests.sha256)  # GC finds the index link
+        os.fchmod(temp.fd, 0o444)  # after the xattr: a 0444 file refuses it to non-root
+        temp.fd = fsverity.enable_on_temp(temp.dir_fd, temp.name, temp.fd)  # best effort
+        if batch is not None:
+            new = batch.hold(temp, digests) and not self._exists(oid)
+            return AddResult(oid, sha, digests.size, method, new)
+        if self.fsync:
+            os.fsync(temp.fd)
+        with self.publishing([oid]):
+            new = self._link(temp, digests, self.fsync)
+        return AddResult(oid, sha, digests.size, method, new)
+
+    # -- the GC protocol (docs/design.md "Garbage collection") ----------------------------
+
+    @contextlib.contextmanager
+    def publishing(self, ids: Iterable[str]) -> Iterator[None]:
+        """The writer's critical section: with the store lock shared (no GC sweeping),
+        record ``ids`` in this store's temp root, then let the caller make them visible."""
+        with locks.shared(self._root_fd):
+            self._protect(ids)
+            yield
+
+    def _protect(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        with self._temp_root_lock:
+            if not ids or not self._temp_scopes:
+                return  # outside ``temp_root`` only the grace period protects
+            if self._temp_root is None:
+                self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd)
+            self._temp_root.add(ids)
+
+    @contextlib.contextmanager
+    def temp_root(self) -> Iterator[None]:
+        """Keep what is published in this block a GC root until the block ends: wrap an
+        operation from its first object up to writing its name (nesting is fine).
+        Objects added outside any such block are protected by GC's grace period only."""
+        with self._temp_root_lock:
+            self._temp_scopes += 1
+        try:
+            yield
+        finally:
+            with self._temp_root_lock:
+                self._temp_scopes -= 1
+                root = self._temp_root if not self._temp_scopes else None
+                if root is not None:
+                    self._temp_root = None
+            if root is not None:
+                root.close()
+
+    def _link(self, temp: fsio.TempFile, digests: Digests, sync: bool) -> bool:
+        oid = ObjectId(digests.verity.hex())
+        new = self._link_object(temp.name, oid, digests.size, sync)
+        self._index(Sha256(digests.sha256.hex()), oid, sync)
+        return new
+
+    def _link_object(self, tmp: str, oid: ObjectId, size: int, sync: bool) -> bool:
+        """Give the temp file its object name; False if an intact copy was already there."""
+        shard_name, rest = shard(oid)
+        shard_fd = self._open_shard(self._objects_fd, shard_name, create=True)
+        try:
+            try:
+                os.link(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                if _refresh_at(shard_fd, rest, size):
+                    return False
+                # the stored copy is visibly damaged; ours was just hashed: replace it
+                os.rename(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd)
+            if sync:
+                os.fsync(shard_fd)
+            return True
+        finally:
+            os.close(shard_fd)
+
+    def _index(self, sha: Sha256, oid: ObjectId, sync: bool) -> None:
+        """Hard-link the object as ``index/sha256/XX/<rest>`` (see the module docstring)."""
+        obj_shard, obj_rest = shard(oid)
+        idx_shard, idx_rest = shard(sha)
+        obj_fd = self._open_shard(self._objects_fd, obj_shard)
+        idx_fd = self._open_shard(self._index_fd, idx_shard, create=True)
+        try:
+            try:
+                os.link(obj_rest, idx_rest, src_dir_fd=obj_fd, dst_dir_fd=idx_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                if _same_inode(obj_fd, obj_rest, idx_fd, idx_rest):
+                    return
+                # an entry for other bytes (damage, or an object replaced): re-point it
+                tmp = fsio.temp_name("idx")
+                os.link(obj_rest, tmp, src_dir_fd=obj_fd, dst_dir_fd=self._tmp_fd,
+                        follow_symlinks=False)
+                try:
+                    os.rename(tmp, idx_rest, src_dir_fd=self._tmp_fd, dst_dir_fd=idx_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=self._tmp_fd)
+                    raise
+            if sync:
+                os.fsync(idx_fd)
+        finally:
+            os.close(idx_fd)
+            os.close(obj_fd)
+
+    # -- metadata images ------------------------------------------------------------------
+
+    def put_image(self, image: Image) -> ObjectId:
+        """Store a metadata image (canonical bytes, so equal trees share one object).
+
+        The objects it needs become temp roots and are checked to exist under the store
+        lock: one a concurrent GC removed before that is reported, never named.
+        """
+        needed = image.object_ids()
+        with _store_errors(self.path), self.publishing(needed):
+            missing = self._first_missing(needed)
+        if missing is not None:
+            raise errors.ObjectNotFound(object_id=missing)
+        return self.add_bytes(images.encode(image)).object_id
+
+    def _first_missing(self, ids: set[ObjectId]) -> ObjectId | None:
+        """The first of ``ids`` that is not a stored regular file: one open per shard and
+        one ``fstatat`` per object (an image of a 20,000-file tree checks them all)."""
+        by_shard: dict[str, list[str]] = {}
+        for oid in sorted(ids):
+            by_shard.setdefault(oid[:2], []).append(oid[2:])
+        for shard_name, rests in by_shard.items():
+            try:
+                shard_fd = self._open_shard(self._objects_fd, shard_name)
+            except FileNotFoundError:
+                return ObjectId(shard_name + rests[0])
+            try:
+                for rest in rests:
+                    try:
+                        st = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        return ObjectId(shard_name + rest)
+                    if not stat.S_ISREG(st.st_mode):
+                        return ObjectId(shard_name + rest)
+            finally:
+                os.close(shard_fd)
+        return None
+
+    def get_image(self, oid: ObjectId) -> Image:
+        """Read a metadata image, check its bytes against its name, and parse it."""
+        with self.open_object(oid) as f:
+            data = f.read(images.MAX_IMAGE_BYTES + 1)
+        if hashing.hash_bytes(data).verity.hex() != oid:
+            raise errors.CorruptObject(object_id=oid, users=" (a metadata image)")
+        return images.decode(data)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def resolve(self, text: str) -> ObjectId:
+        """An object id from user text: 64 hex digits, or ``sha256:<hex>`` (an OCI digest)."""
+        if text.startswith("sha256:"):
+            sha = sha256_digest(text)
+            oid = self.lookup_sha256(sha)
+            if oid is None:
+                raise errors.ObjectNotFound(object_id=text)
+            return oid
+        return object_id(text)
+
+    def lookup_sha256(self, sha: Sha256) -> ObjectId | None:
+        """The object whose plain SHA-256 is ``sha``, or None.
+
+        The entry is the object's own inode; its ``user.cas.object`` xattr names it (where
+        the filesystem has no user xattrs, the entry is hashed instead), and the answer
+        counts only if ``objects/`` holds that very inode under that name.
+        """
+        shard_name, rest = shard(sha)
+        try:
+            shard_fd = self._open_shard(self._index_fd, shard_name)
+        except FileNotFoundError:
+            return None
+        try:
+            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+        except OSError:
+            return None
+        finally:
+            os.close(shard_fd)
+        try:
+            entry = os.fstat(fd)
+            try:
+                name = os.getxattr(fd, OBJECT_XATTR)
+            except OSError:
+                name = hashing.hash_fd(fd, sha256=False).verity
+        finally:
+            os.close(fd)
+        if len(name) != 32:
+            return None
+        oid = ObjectId(name.hex())
+        try:
+            fd = self._open_object_fd(oid)
+        except errors.CasError:
+            return None
+        try:
+            found = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return oid if (found.st_dev, found.st_ino) == (entry.st_dev, entry.st_ino) else None
+
+    def _exists(self, oid: ObjectId) -> bool:
+        """A one-syscall existence hint (follows a planted shard symlink: never use it for
+        anything but reporting)."""
+        try:
+            os.stat("/".join(shard(oid)), dir_fd=self._objects_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def has_object(self, oid: ObjectId) -> bool:
+        try:
+            self.stat_object(oid)
+        except errors.ObjectNotFound:
+            return False
+        return True
+
+    def stat_object(self, oid: ObjectId) -> ObjectInfo:
+        fd = self._open_object_fd(oid)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return ObjectInfo(oid, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                          st.st_nlink)
+
+    def open_object(self, oid: ObjectId) -> BinaryIO:
+        """Open an object read-only.  Its name is not re-checked here (that is ``verify``)."""
+        return os.fdopen(self._open_object_fd(oid), "rb")
+
+    def open_verified(self, oid: ObjectId) -> BinaryIO:
+        """Open an object after checking its bytes against its name (positioned at 0).
+
+        With kernel fs-verity on the file the measurement is compared and the kernel
+        checks every later read; otherwise the bytes are rehashed here.  A mismatch raises
+        ``CorruptObject`` naming the artifacts that use the object.
+        """
+        fd = self._open_object_fd(oid)
+        try:
+            ok, _ = fsverity.matches(fd, bytes.fromhex(oid))
+        except BaseException:
+            os.close(fd)
+            raise
+        if not ok:
+            os.close(fd)
+            raise self.corrupt(oid)
+        return os.fdopen(fd, "rb")
+
+    def corrupt(self, oid: ObjectId) -> errors.CorruptObject:
+        """The error for a corrupt object, naming the artifacts that use it."""
+        users = self.users_of(oid)
+        return errors.CorruptObject(object_id=oid, users=f" (used by {', '.join(users)})"
+                                    if users else " (used by no named artifact)")
+
+    def users_of(self, oid: ObjectId) -> list[str]:
+        """The names whose artifact needs ``oid`` (its image, or an object of the image);
+        unreadable names and images are skipped (the sweep reports those)."""
+        found = []
+        for file_name in self.names.files():
+            try:
+                record = self.names.load(file_name)
+                if record.image == oid or oid in self.get_image(record.image).object_ids():
+                    found.append(record.name)
+            except errors.CasError:
+                continue
+        return sorted(found)
+
+    def open_dir(self, name: str, *, create: bool = False) -> int:
+        """A new fd for directory ``name`` below the store root (the caller closes it)."""
+        return fsio.open_dir(name, self._root_fd, create=create)
+
+    def link_object(self, oid: ObjectId, dir_fd: int, name: str) -> None:
+        """Hard-link an object to ``name`` in ``dir_fd`` (read-only sharing of its inode)."""
+        shard_name, rest = shard(object_id(oid))
+        shard_fd = self._open_shard(self._objects_fd, shard_name)
+        try:
+            os.link(rest, name, src_dir_fd=shard_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(shard_fd)
+
+    def _open_object_fd(self, oid: ObjectId) -> int:
+        shard_name, rest = shard(object_id(oid))
+        try:
+            shard_fd = self._open_shard(self._objects_fd, shard_name)
+        except FileNotFoundError:
+            raise errors.ObjectNotFound(object_id=oid) from None
+        try:
+            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+        except FileNotFoundError:
+            raise errors.ObjectNotFound(object_id=oid) from None
+        except OSError as exc:
+            raise errors.StoreCorrupt(path=self.path,
+                                      reason=f"object {oid}: {exc.strerror}") from exc
+        finally:
+            os.close(shard_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise errors.StoreCorrupt(path=self.path, reason=f"object {oid}: not a file")
+        return fd
+
+    def _open_shard(self, parent_fd: int, name: str, *, create: bool = False) -> int:
+        """Open a fan-out directory; anything but a real directory there is damage."""
+        try:
+            return fsio.open_dir(name, parent_fd, create=create)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise errors.StoreCorrupt(path=self.path,
+                                      reason=f"{name}: not a directory ({exc.strerror})") from exc
+
+    def iter_objects(self) -> Iterator[ObjectId]:
+        """Every well-named object file, shard by shard (strays are ``verify``'s business)."""
+        with os.scandir(self._objects_fd) as shards:
+            names = sorted(e.name for e in shards if e.is_dir(follow_symlinks=False))
+        for shard_name in names:
+            if len(shard_name) != 2:
+                continue
+            try:
+                shard_fd = fsio.open_dir(shard_name, self._objects_fd)
+            except FileNotFoundError:
+                continue  # removed concurrently
+            try:
+                with os.scandir(shard_fd) as entries:
+                    for entry in entries:
+                        oid = shard_name + entry.name
+                        if is_hex64(oid) and entry.is_file(follow_symlinks=False):
+                            yield ObjectId(oid)
+            finally:
+                os.close(shard_fd)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals for ``cas stat``: object count and bytes."""
+        count = size = 0
+        for oid in self.iter_objects():
+            with contextlib.suppress(errors.ObjectNotFound):
+                size += self.stat_object(oid).size
+                count += 1
+        return {"path": str(self.path), "format": self.meta["format"],
+                "version": self.meta["version"], "digest": self.meta["digest"],
+                "fsync": self.fsync, "objects": count, "bytes": size,
+                "backend": hashing.backend_name()}
+
+
+def _same_inode(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:
+    a = os.stat(name_a, dir_fd=dir_a, follow_symlinks=False)
+    b = os.stat(name_b, dir_fd=dir_b, follow_symlinks=False)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _hint_key(st: os.stat_result) -> str:
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
+    """Dedup check: a regular file of the right size is there; refresh its mtime so a GC
+    grace period covers this writer too.  Anything else there counts as missing."""
+    try:
+        existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(existing.st_mode) or existing.st_size != size:
+        return False
+    os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+    return True
+
+

@@ -1,0 +1,694 @@
+"""OCI image layouts: import one manifest into the store, export it back bit for bit.
+
+A layout (image-spec ``image-layout.md``) is ``oci-layout``, ``index.json`` and
+``blobs/<alg>/<hex>``.  It is untrusted input: it is opened once, every file is reached
+from a directory descriptor with ``O_NOFOLLOW`` (a symlinked blob is an error), every
+JSON document is size-capped and parsed strictly, every digest is checked by grammar, and
+every blob is hashed while it is read — a wrong digest or size is ``ContentMismatch``.
+
+Import stores the manifest and config bytes as objects, every non-tar layer as one object
+(an artifact: a GGUF file, an Ollama layer; a file of the tree named by its
+``org.opencontainers.image.title``), and unpacks tar layers into the tree
+(``cas.formats.tarlayer``), keeping a tar-split per layer and, by default, the compressed blob.
+The returned image's ``source`` says how to write the same blobs again::
+
+    {"type": "oci", "version": 1,
+     "descriptor": {...},        the index.json entry (mediaType, digest, size,
+                                 annotations, platform, artifactType, urls)
+     "manifest": BLOB, "config": BLOB,
+     "layers": [BLOB + {"diff_id": hex, "tar_split": hex}   (tar layers)
+                | BLOB, ...]}                               (other layers)
+    BLOB = {"digest": <64 hex>, "size": int, "media_type": str}
+
+Every hex string names a blob of ``image.blobs``.  Export writes each blob from its
+object (an uncompressed tar layer from its tar-split), checks its sha256 while writing,
+publishes it by rename, and only then adds the manifest to ``index.json``.  A manifest
+reached through a nested index is exported as a direct entry of ``index.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import platform
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from cas.core import fsio, hashing, strictjson
+from cas.core.digest import ObjectId, Sha256, is_hex64
+from cas.core.hashing import Digests
+from cas.core.image import INLINE_MAX, MAX_SIZE, Blob, Image, build, file_entry
+from cas.core.store import AddResult, Expected, Store
+from cas.core.treepath import case_collisions, check_name
+from cas.errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch
+from cas.formats import tarlayer
+from cas.formats.tarlayer import COMPRESSION, LayerResult, Limits, Reader, Tree
+
+__all__ = ["DEFAULT_LIMITS", "export_layout", "import_layout", "import_stored"]
+
+MAX_JSON = 4 << 20
+MAX_NESTING = 4
+LAYOUT_VERSION = "1.0.0"
+REF_NAME = "org.opencontainers.image.ref.name"
+TITLE = "org.opencontainers.image.title"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+INDEX_TYPES = {OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"}
+MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json"}
+IMAGE_CONFIG_TYPES = {"application/vnd.oci.image.config.v1+json",
+                      "application/vnd.docker.container.image.v1+json"}
+DEFAULT_LIMITS = Limits()
+_DIGEST = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+_DESCRIPTOR_FIELDS = ("mediaType", "digest", "size", "annotations", "platform",
+                      "artifactType", "urls")
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}  # uname -m → OCI name
+
+
+# -- documents: strict JSON, descriptors ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    sha256: Sha256
+    size: int
+    annotations: dict[str, str]
+    doc: dict[str, Any]  # the validated JSON form, to write back into an index
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha256
+
+    def blob_record(self) -> dict[str, Any]:
+        return {"digest": self.sha256, "size": self.size, "media_type": self.media_type}
+
+    def with_ref_name(self, name: str | None) -> Descriptor:
+        if name is None:
+            return self
+        annotations = {**self.annotations, REF_NAME: name}
+        return Descriptor(self.media_type, self.sha256, self.size, annotations,
+                          {**self.doc, "annotations": annotations})
+
+
+def _load_json(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        return strictjson.load_object(data)
+    except ValueError as exc:
+        raise BadLayout(path=where, reason=f"malformed JSON: {exc}") from None
+
+
+def _get(doc: dict[str, Any], key: str, kind: type, where: str, *, required: bool = True) -> Any:
+    value = doc.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        shown = repr(value)[:100]
+        raise BadLayout(path=where, reason=f"{key}: expected a {kind.__name__}, got {shown}")
+    return value
+
+
+def parse_digest(text: str, where: str) -> Sha256:
+    """An OCI digest by the spec's grammar; only sha256 is supported here."""
+    match = _DIGEST.fullmatch(text)
+    if match is None:
+        raise BadLayout(path=where, reason=f"malformed digest {text[:80]!r}")
+    algorithm, encoded = match.groups()
+    if algorithm == "sha256" and is_hex64(encoded):
+        return Sha256(encoded)
+    if algorithm == "sha256":
+        raise BadLayout(path=where, reason=f"{text!r}: sha256 needs 64 lowercase hex digits")
+    if algorithm == "sha512" and re.fullmatch(r"[0-9a-f]{128}", encoded):
+        raise BadLayout(path=where, reason=f"{text[:20]}…: sha512 digests are valid OCI but "
+                        "not supported by cas")
+    raise BadLayout(path=where, reason=f"unsupported digest algorithm {algorithm!r}")
+
+
+def _descriptor(value: Any, where: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise BadLayout(path=where, reason="a descriptor must be a JSON object")
+    media_type = _get(value, "mediaType", str, where)
+    sha = parse_digest(_get(value, "digest", str, where), where)
+    size = _get(value, "size", int, where)
+    if not 0 <= size <= MAX_SIZE:
+        raise BadLayout(path=where, reason=f"size {size} is negative or too large")
+    annotations = _get(value, "annotations", dict, where, required=False) or {}
+    platform_doc = _get(value, "platform", dict, where, required=False) or {}
+    urls = _get(value, "urls", list, where, required=False) or []
+    _get(value, "artifactType", str, where, required=False)
+    strings = [*annotations, *annotations.values(), *platform_doc, *urls]
+    for item in platform_doc.values():
+        strings.extend(item if isinstance(item, list) else [item])
+    if not all(isinstance(s, str) for s in strings):
+        raise BadLayout(path=where, reason="annotations, platform and urls hold strings only")
+    doc = {key: value[key] for key in _DESCRIPTOR_FIELDS if key in value}
+    return Descriptor(media_type, sha, size, annotations, doc)
+
+
+def _document(data: bytes, where: str, media_type: str | None) -> dict[str, Any]:
+    """An index or manifest: schemaVersion 2, and its own mediaType (if any) as declared."""
+    doc = _load_json(data, where)
+    if doc.get("schemaVersion") != 2:
+        raise BadLayout(path=where, reason=f"schemaVersion {doc.get('schemaVersion')!r}, not 2")
+    own = _get(doc, "mediaType", str, where, required=False)
+    if media_type is not None and own is not None and own != media_type:
+        raise BadLayout(path=where, reason=f"mediaType {own!r} does not match the "
+                        f"descriptor's {media_type!r}")
+    return doc
+
+
+def _descriptors(doc: dict[str, Any], key: str, where: str) -> list[Descriptor]:
+    items = _get(doc, key, list, where)
+    return [_descriptor(item, f"{where} {key}[{i}]") for i, item in enumerate(items)]
+
+
+def _diff_ids(data: bytes, count: int, where: str) -> list[Sha256]:
+    rootfs = _get(_load_json(data, where), "rootfs", dict, where)
+    diff_ids = _get(rootfs, "diff_ids", list, where)
+    if len(diff_ids) != count or not all(isinstance(d, str) for d in diff_ids):
+        raise BadLayout(path=where, reason=f"rootfs.diff_ids must list {count} digests")
+    return [parse_digest(d, where) for d in diff_ids]
+
+
+def _read_capped(dir_fd: int, name: str, where: str) -> bytes:
+    try:
+        return fsio.read_small(dir_fd, name, MAX_JSON)
+    except FileNotFoundError:
+        raise BadLayout(path=where, reason="missing") from None
+    except OSError as exc:
+        reason = (f"over the {MAX_JSON}-byte limit" if exc.errno == errno.EFBIG
+                  else exc.strerror or str(exc))
+        raise BadLayout(path=where, reason=reason) from None
+
+
+# -- layout directories ---------------------------------------------------------------------
+
+
+class _LayoutDir:
+    """A layout directory held open: the root and ``blobs/sha256``, neither a symlink."""
+
+    def __init__(self, path: Path, *, create: bool) -> None:
+        self.path = path
+        try:
+            self._root = fsio.open_dir(str(path))
+        except OSError as exc:
+            raise BadLayout(path=path, reason=f"cannot open: {exc.strerror}") from None
+        self._blobs = -1
+        try:
+            self._prepare()
+            blobs = fsio.open_dir("blobs", self._root, create=create)
+            try:
+                self._blobs = fsio.open_dir("sha256", blobs, create=create)
+            finally:
+                os.close(blobs)
+        except OSError as exc:
+            self.close()
+            raise BadLayout(path=path, reason=f"blobs/sha256: {exc.strerror}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self) -> None:
+        self._check_marker()
+
+    def _check_marker(self) -> None:
+        where = f"{self.path}/oci-layout"
+        doc = _load_json(_read_capped(self._root, "oci-layout", where), where)
+        if doc.get("imageLayoutVersion") != LAYOUT_VERSION:
+            raise BadLayout(path=where, reason=f"imageLayoutVersion "
+                            f"{doc.get('imageLayoutVersion')!r} is not {LAYOUT_VERSION}")
+
+    def close(self) -> None:
+        for fd in (self._blobs, self._root):
+            if fd >= 0:
+                os.close(fd)
+        self._blobs = self._root = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Layout(_LayoutDir):
+    """An untrusted layout, read through directory descriptors."""
+
+    def index(self) -> list[Descriptor]:
+        where = f"{self.path}/index.json"
+        doc = _document(_read_capped(self._root, "index.json", where), where, None)
+        return _descriptors(doc, "manifests", where)
+
+    def read_document(self, desc: Descriptor, what: str) -> bytes:
+        """A manifest, index or config: capped, then checked against its descriptor."""
+        if desc.size > MAX_JSON:
+            raise BadLayout(path=self.where(desc), reason=f"{what} of {desc.size} bytes is "
+                            f"over the {MAX_JSON}-byte limit")
+        self._check_blob(desc, what)
+        data = _read_capped(self._blobs, desc.sha256, self.where(desc))
+        self.expect(desc, what).check(hashing.hash_bytes(data))
+        return data
+
+    def add_blob(self, store: Store, desc: Descriptor, what: str) -> AddResult:
+        """Store a blob as one object (reflinked where the filesystem allows), verified."""
+        self._check_blob(desc, what)
+        return store.add_path(desc.sha256, dir_fd=self._blobs, expect=self.expect(desc, what))
+
+    @contextlib.contextmanager
+    def open_blob(self, desc: Descriptor, what: str) -> Iterator[_VerifiedReader]:
+        self._check_blob(desc, what)
+        fd = os.open(desc.sha256, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=self._blobs)
+        with os.fdopen(fd, "rb") as f:
+            yield _VerifiedReader(f, self.expect(desc, what))
+
+    def expect(self, desc: Descriptor, what: str) -> Expected:
+        return Expected(f"{self.where(desc)} ({what})", desc.sha256, desc.size)
+
+    def where(self, desc: Descriptor) -> str:
+        return f"{self.path}/blobs/sha256/{desc.sha256}"
+
+    def _check_blob(self, desc: Descriptor, what: str) -> None:
+        """Missing, symlinked or wrongly sized blobs are refused before any reading."""
+        try:
+            st = os.stat(desc.sha256, dir_fd=self._blobs, follow_symlinks=False)
+        except FileNotFoundError:
+            raise BadLayout(path=self.path, reason=f"{what} {desc.digest} is missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise BadLayout(path=self.where(desc), reason=f"{what} blob is a "
+                            f"{fsio.file_kind(st.st_mode)}, not a regular file")
+        if st.st_size != desc.size:
+            raise ContentMismatch(what=f"{self.where(desc)} ({what})",
+                                  detail=f"file of {st.st_size} bytes, declared {desc.size}")
+
+
+class _VerifiedReader:
+    """Reads a blob while hashing it; ``finish`` checks its digest and size."""
+
+    def __init__(self, f: Reader, expect: Expected) -> None:
+        self._f, self._expect = f, expect
+        self._hasher = hashing.StreamHasher()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._hasher.update(data)
+        return data
+
+    def finish(self) -> None:
+        while self.read(1 << 20):
+            pass
+        self._expect.check(self._hasher.finalize())
+
+
+# -- import ---------------------------------------------------------------------------------
+
+
+def import_layout(store: Store, layout: Path, tag: str | None, *, keep_compressed: bool = True,
+                  limits: Limits = DEFAULT_LIMITS) -> Image:
+    """Import the manifest tagged ``tag`` (or the only one) and return its image.
+
+    Nothing is named: the caller stores the image and names it, so a failure here leaves
+    at most unreferenced objects (each under its true digest) for GC.
+    """
+    with _Layout(Path(layout), create=False) as reader:
+        return _Importer(store, reader, keep_compressed, limits).run(_select(reader, tag))
+
+
+class _StoredBlobs:
+    """The blobs of a manifest already in the store (a registry pull put them there, each
+    verified against its digest and size): the importer's other source, beside a layout."""
+
+    def __init__(self, store: Store, where: str) -> None:
+        self._store, self._where = store, where
+
+    def _object(self, desc: Descriptor, what: str) -> ObjectId:
+        oid = self._store.lookup_sha256(desc.sha256)
+        if oid is None:
+            raise BadLayout(path=self._where, reason=f"{what} {desc.digest} was not fetched")
+        return oid
+
+    def read_document(self, desc: Descriptor, what: str) -> bytes:
+        if desc.size > MAX_JSON:
+            raise BadLayout(path=self.where(desc), reason=f"{what} of {desc.size} bytes is "
+                            f"over the {MAX_JSON}-byte limit")
+        with self._store.open_object(self._object(desc, what)) as f:
+            data = f.read(MAX_JSON + 1)
+        Expected(f"{self.where(desc)} ({what})", desc.sha256, desc.size).check(
+            hashing.hash_bytes(data))
+        return data
+
+    def add_blob(self, store: Store, desc: Descriptor, what: str) -> AddResult:
+        oid = self._object(desc, what)
+        size = store.stat_object(oid).size
+        if size != desc.size:  # the sha256 matched when it was stored: a size can't differ
+            raise ContentMismatch(what=f"{self.where(desc)} ({what})",
+                                  detail=f"size {size}, declared {desc.size}")
+        return AddResult(oid, desc.sha256, size, "exists", False)
+
+    @contextlib.contextmanager
+    def open_blob(self, desc: Descriptor, what: str) -> Iterator[_VerifiedReader]:
+        with self._store.open_object(self._object(desc, what)) as f:
+            yield _VerifiedReader(f, Expected(f"{self.where(desc)} ({what})", desc.sha256,
+                                              desc.size))
+
+    def where(self, desc: Descriptor) -> str:
+        return f"{self._where}@{desc.digest}"
+
+
+def import_stored(store: Store, descriptor: dict[str, Any], where: str, *,
+                  keep_compressed: bool = True, limits: Limits = DEFAULT_LIMITS) -> Image:
+    """Import the manifest ``descriptor`` names when it and all its blobs are already in
+    the store (``cas.transport.registry`` fetches them first); ``where`` names the source in errors.
+    As with ``import_layout``, nothing is named."""
+    desc = _descriptor(descriptor, where)
+    return _Importer(store, _StoredBlobs(store, where), keep_compressed, limits).run(desc)
+
+
+def _select(layout: _Layout, tag: str | None) -> Descriptor:
+    """The manifest named by ``tag`` (or the only one), through nested indexes."""
+    entries = layout.index()
+    tags = sorted({d.annotations[REF_NAME] for d in entries if REF_NAME in d.annotations})
+    listing = f"tags: {', '.join(tags) or 'none'}; {len(entries)} entries"
+    matches = [d for d in entries if tag is None or d.annotations.get(REF_NAME) == tag]
+    if not matches or len({d.sha256 for d in matches}) > 1:
+        reason = ("the index is empty" if not entries and tag is None else
+                  f"no manifest tagged {tag!r}" if not matches else
+                  "it holds several manifests: choose one by tag" if tag is None else
+                  f"tag {tag!r} names several manifests")
+        raise BadLayout(path=layout.path, reason=f"{reason} ({listing})")
+    desc = matches[0]
+    for _ in range(MAX_NESTING):
+        if desc.media_type in MANIFEST_TYPES:
+            return desc
+        where = layout.where(desc)
+        if desc.media_type not in INDEX_TYPES:
+            raise BadLayout(path=where, reason=f"media type {desc.media_type!r} is neither "
+                            "an image manifest nor an index")
+        doc = _document(layout.read_document(desc, "index"), where, desc.media_type)
+        inner = _pick_platform(_descriptors(doc, "manifests", where), where)
+        desc = inner.with_ref_name(desc.annotations.get(REF_NAME))
+    raise BadLayout(path=layout.path, reason=f"indexes nested more than {MAX_NESTING} deep")
+
+
+def _pick_platform(entries: list[Descriptor], where: str) -> Descriptor:
+    """The only entry, else the only one for this machine's platform."""
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    platforms = [d.doc.get("platform", {}) for d in entries]
+    host = [d for d, p in zip(entries, platforms, strict=True)
+            if p.get("os") == "linux" and p.get("architecture") == arch]
+    for candidates in (entries, host):
+        if len(candidates) == 1:
+            return candidates[0]
+    found = ", ".join(f"{p.get('os')}/{p.get('architecture')}" for p in platforms)
+    raise BadLayout(path=where, reason=f"no single manifest for linux/{arch} among "
+                    f"[{found}]")
+
+
+def _is_tar(layer: Descriptor) -> bool:
+    """A tar layer to unpack: a tar media type and no title.  A titled layer is one file
+    whatever its media type (ORAS pushes files as ``...layer.v1.tar`` with a title)."""
+    return layer.media_type in COMPRESSION and TITLE not in layer.annotations
+
+
+def _check_titles(layers: list[Descriptor]) -> None:
+    """Titles become file names: each a safe single component, unique even ignoring case."""
+    titles = [d.annotations[TITLE] for d in layers if TITLE in d.annotations]
+    for i, title in enumerate(titles):
+        check_name(title, what="layer title")
+        if title in titles[:i]:
+            raise BadPath(what="layer title", path=title, reason="duplicate title")
+    collisions = case_collisions(titles)
+    if collisions:
+        first, second = collisions[0]
+        raise BadPath(what="layer title", path=second,
+                      reason=f"differs only in case from {first!r}")
+
+
+@dataclass
+class _Importer:
+    store: Store
+    layout: _Layout | _StoredBlobs
+    keep_compressed: bool
+    limits: Limits
+    blobs: list[Blob] = field(default_factory=list)
+    members: list[AddResult] = field(default_factory=list)
+    tree: Tree = field(default_factory=Tree)
+
+    def run(self, desc: Descriptor) -> Image:
+        """The manifest, config and titles are all checked before anything is stored."""
+        manifest_bytes = self.layout.read_document(desc, "manifest")
+        where = self.layout.where(desc)
+        doc = _document(manifest_bytes, where, desc.media_type)
+        config = _descriptor(doc.get("config"), f"{where} config")
+        layers = _descriptors(doc, "layers", where)
+        config_bytes = self.layout.read_document(config, "config")
+        _check_titles(layers)
+        diff_ids: list[Sha256 | None] = [None] * len(layers)
+        if config.media_type in IMAGE_CONFIG_TYPES and any(
+                _is_tar(d) for d in layers):
+            diff_ids = [*_diff_ids(config_bytes, len(layers), self.layout.where(config))]
+        self._keep(self.store.add_bytes(manifest_bytes), desc.media_type)
+        self._keep(self.store.add_bytes(config_bytes), config.media_type)
+        records = []
+        for layer, diff_id in zip(layers, diff_ids, strict=True):
+            self.tree.next_layer()
+            records.append(self._tar_layer(layer, diff_id) if _is_tar(layer)
+                           else self._file_layer(layer))
+        entries = self.tree.entries()
+        in_tree = {e.object_id for e in entries}
+        hidden = [Blob(m.sha256, m.object_id, m.size, tarlayer.MEMBER_MEDIA_TYPE)
+                  for m in self.members if m.object_id not in in_tree]
+        source = {"type": "oci", "version": 1, "descriptor": desc.doc,
+                  "manifest": desc.blob_record(), "config": config.blob_record(),
+                  "layers": records}
+        return build(entries, hidden + self.blobs, source)
+
+    def _keep(self, added: AddResult, media_type: str) -> None:
+        self.blobs.append(Blob(added.sha256, added.object_id, added.size, media_type))
+
+    def _file_layer(self, desc: Descriptor) -> dict[str, Any]:
+        """A non-tar layer: one object, and a file in the tree if it has a title."""
+        added = self.layout.add_blob(self.store, desc, "layer")
+        self._keep(added, desc.media_type)
+        title = desc.annotations.get(TITLE)
+        if title is not None:
+            data = None
+            if added.size <= INLINE_MAX:
+                with self.store.open_object(added.object_id) as f:
+                    data = f.read(INLINE_MAX + 1)
+            self.tree.add(file_entry(title, size=added.size, object_id=added.object_id,
+                                     sha256=added.sha256, data=data))
+        return desc.blob_record()
+
+    def _tar_layer(self, desc: Descriptor, diff_id: Sha256 | None) -> dict[str, Any]:
+        compression = COMPRESSION[desc.media_type]
+
+        def unpack_from(raw: Reader) -> LayerResult:
+            return tarlayer.unpack(self.store, raw, compression=compression, tree=self.tree,
+                                   limit=self.limits.total(desc.size), what=desc.digest)
+
+        if compression != "none" and self.keep_compressed:
+            kept = self.layout.add_blob(self.store, desc, "layer")
+            self._keep(kept, desc.media_type)
+            with self.store.open_object(kept.object_id) as f:
+                result = unpack_from(f)  # the stored copy: already verified
+        else:
+            with self.layout.open_blob(desc, "layer") as raw:
+                try:
+                    result = unpack_from(raw)
+                except CasError:
+                    raw.finish()  # damaged bytes explain a failure better than its symptom
+                    raise
+                raw.finish()
+        if diff_id is not None and result.diff_id != diff_id:
+            raise ContentMismatch(what=f"layer {desc.digest}", detail=f"uncompressed "
+                                  f"sha256:{result.diff_id}, config diff_id sha256:{diff_id}")
+        self._keep(result.split, tarlayer.SPLIT_MEDIA_TYPE)
+        self.members.extend(result.members)
+        return {**desc.blob_record(), "diff_id": result.diff_id,
+                "tar_split": result.split.sha256}
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """One blob to write: its identity and where its bytes come from."""
+
+    sha256: Sha256
+    size: int
+    what: str
+    object_id: ObjectId | None  # copy this object, or
+    tar_split: ObjectId | None  # re-create an uncompressed tar from this tar-split
+
+
+def export_layout(store: Store, image: Image, layout: Path, tag: str | None) -> None:
+    """Write the image's manifest, config and layers into an OCI layout at ``layout``.
+
+    Everything is planned (and refused, if it cannot be re-created exactly) before the
+    first byte is written; blobs are published before ``index.json`` names them.
+    """
+    descriptor, plan = _plan(image)
+    if tag is not None:
+        descriptor["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
+    path = Path(layout)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise BadLayout(path=path, reason=f"cannot create: {exc.strerror}") from None
+    with _LayoutWriter(path, fsync=store.fsync) as writer:
+        for blob in plan:
+            writer.write_blob(blob, _filler(store, blob))
+        writer.add_to_index(descriptor)
+
+
+PlannedBlob = _Planned
+
+
+def export_plan(image: Image) -> tuple[dict[str, Any], list[PlannedBlob]]:
+    """The manifest's descriptor and the blobs that re-create it (the manifest last), for
+    a writer other than a layout (``cas.transport.registry`` push)."""
+    return _plan(image)
+
+
+def blob_chunks(store: Store, blob: PlannedBlob) -> Iterator[bytes]:
+    """A planned blob's bytes; the caller checks their digest while it sends them."""
+    if blob.tar_split is not None:
+        yield from tarlayer.tar_chunks(store, blob.tar_split)
+        return
+    assert blob.object_id is not None
+    with store.open_object(blob.object_id) as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
+
+
+def _plan(image: Image) -> tuple[dict[str, Any], list[_Planned]]:
+    """The index entry and the blobs to write, from the image's source record."""
+    src = image.source
+    if src.get("type") != "oci" or src.get("version") != 1:
+        raise BadImage(reason=f"not an OCI import (source type {src.get('type')!r})")
+    try:
+        descriptor = dict(_descriptor(src.get("descriptor"), "image source").doc)
+        if "sha256:" + _source_sha(src["manifest"]["digest"]) != descriptor["digest"]:
+            raise BadImage(reason="source descriptor and manifest disagree")
+        layers = [_plan_layer(image, layer) for layer in src["layers"]]
+        return descriptor, [*layers, _plan_object(image, src["config"], "config"),
+                            _plan_object(image, src["manifest"], "manifest")]
+    except (KeyError, TypeError, AttributeError, BadLayout) as exc:
+        raise BadImage(reason=f"malformed OCI source record: {exc}") from None
+
+
+def _plan_object(image: Image, record: dict[str, Any], what: str) -> _Planned:
+    sha = _source_sha(record["digest"])
+    if type(record["size"]) is not int:
+        raise TypeError(f"{what} size {record['size']!r}")
+    return _Planned(sha, record["size"], f"{what} sha256:{sha}", image.blob(sha).object_id, None)
+
+
+def _plan_layer(image: Image, record: dict[str, Any]) -> _Planned:
+    sha = _source_sha(record["digest"])
+    if any(b.sha256 == sha for b in image.blobs):
+        return _plan_object(image, record, "layer")
+    if "tar_split" in record and COMPRESSION.get(record["media_type"]) == "none":
+        split = image.blob(_source_sha(record["tar_split"])).object_id
+        return _Planned(sha, record["size"], f"layer sha256:{sha}", None, split)
+    raise BadImage(reason=f"layer sha256:{sha} was imported without its compressed blob "
+                   "(keep_compressed off), so it cannot be re-created byte for byte")
+
+
+def _source_sha(value: Any) -> Sha256:
+    if not isinstance(value, str) or not is_hex64(value):
+        raise TypeError(f"not a sha256 hex digest: {value!r}")
+    return Sha256(value)
+
+
+def _filler(store: Store, blob: _Planned) -> Callable[[int], Digests]:
+    """A function that writes the blob's bytes into an empty fd and returns their digests."""
+    def from_object(fd: int) -> Digests:
+        assert blob.object_id is not None
+        with store.open_object(blob.object_id) as f:
+            return hashing.import_fd(f.fileno(), fd)[0]  # reflink when it can
+
+    def from_tar_split(fd: int) -> Digests:
+        assert blob.tar_split is not None
+        hasher = hashing.StreamHasher()
+        for chunk in tarlayer.tar_chunks(store, blob.tar_split):
+            hasher.update(chunk)
+            fsio.write_all(fd, chunk)
+        return hasher.finalize()
+
+    return from_object if blob.object_id is not None else from_tar_split
+
+
+class _LayoutWriter(_LayoutDir):
+    """A layout being written: an empty directory, or already a layout."""
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self._fsync = fsync
+        self._index: dict[str, Any] = {}
+        super().__init__(path, create=True)
+
+    def _prepare(self) -> None:
+        """Read index.json; an empty directory becomes a layout (its marker first, so an
+        export that stops half way can simply be run again)."""
+        names = os.listdir(self._root)
+        if "oci-layout" not in names:
+            if names:
+                raise BadLayout(path=self.path, reason="exists, is not empty and has no "
+                                "oci-layout file")
+            fsio.replace_file(self._root, "oci-layout",
+                              json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode(),
+                              tmp_dir_fd=self._root, fsync=self._fsync)
+        self._check_marker()
+        self._index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        if "index.json" in names:
+            where = f"{self.path}/index.json"
+            self._index = _load_json(_read_capped(self._root, "index.json", where), where)
+            _get(self._index, "manifests", list, where)
+
+    def write_blob(self, blob: _Planned, fill: Callable[[int], Digests]) -> None:
+        """Write to a temp file beside the blob, check its digest, then rename into place."""
+        with fsio.temp_file(self._blobs, ".cas-tmp") as temp:
+            Expected(blob.what, blob.sha256, blob.size).check(fill(temp.fd))
+            os.fchmod(temp.fd, 0o644)
+            if self._fsync:
+                os.fsync(temp.fd)
+            os.rename(temp.name, blob.sha256, src_dir_fd=self._blobs, dst_dir_fd=self._blobs)
+        if self._fsync:
+            os.fsync(self._blobs)
+
+    def add_to_index(self, descriptor: dict[str, Any]) -> None:
+        """Add the manifest to index.json, replacing an entry of the same tag (retag)."""
+        name = descriptor.get("annotations", {}).get(REF_NAME)
+        kept = [m for m in self._index["manifests"] if not _same_slot(m, descriptor, name)]
+        index = {**self._index, "manifests": [*kept, descriptor]}
+        fsio.replace_file(self._root, "index.json", json.dumps(index).encode(),
+                          tmp_dir_fd=self._root, fsync=self._fsync)
+
+
+def _same_slot(entry: Any, descriptor: dict[str, Any], name: str | None) -> bool:
+    """Does an existing index entry give way to ``descriptor``: the same tag, or both
+    untagged and the same manifest?"""
+    if not isinstance(entry, dict):
+        return False
+    annotations = entry.get("annotations")
+    entry_name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+    if name is not None:
+        return bool(entry_name == name)
+    return entry_name is None and entry.get("digest") == descriptor["digest"]
+
+
+# -- for other fetchers of OCI documents (cas.transport.registry) ------------------------
+
+parse_document = _document
+parse_descriptor = _descriptor
+parse_descriptors = _descriptors
+check_titles = _check_titles
+pick_platform = _pick_platform

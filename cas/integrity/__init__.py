@@ -1,0 +1,1 @@
+"""Integrity: verification sweeps, their cursor and reports, quarantine and damage marks."""

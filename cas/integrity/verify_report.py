@@ -1,0 +1,146 @@
+"""What a sweep found: typed findings, counters, and their three renderings (human text,
+JSON, a Prometheus textfile).  Nothing here touches the store."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cas.core import fsio
+
+#: Every kind of finding, as reported (JSON ``kind``, metrics label).
+KINDS = (
+    "corrupt-object",    # bytes do not hash to the object's name
+    "missing-object",    # an artifact needs an object that is not in objects/
+    "wrong-size",        # an object's size differs from what its artifact's image records
+    "writable-object",   # an object file has a write bit (objects are 0444)
+    "stray-file",        # something in objects/ that is not an object file
+    "misnamed-object",   # a file in objects/ named like a digest, but not where one belongs
+    "bad-image",         # a metadata image whose bytes match its name but do not parse
+    "bad-name",          # an unreadable name file
+    "dangling-name",     # a name whose metadata image is not in the store
+    "bad-index-entry",   # index/sha256 entry that is not a link to the object it names
+)
+#: Kinds that make an artifact damaged (its bytes cannot all be served).
+DAMAGING = frozenset({"corrupt-object", "missing-object", "wrong-size", "bad-image",
+                      "dangling-name"})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str
+    object: str | None = None
+    path: str | None = None
+    artifacts: tuple[str, ...] = ()
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "object": self.object, "path": self.path,
+                "artifacts": list(self.artifacts), "detail": self.detail}
+
+    def line(self) -> str:
+        what = self.object or self.path or ""
+        used = f" (used by {', '.join(self.artifacts)})" if self.artifacts else ""
+        return f"{self.kind}: {what}{used}{': ' + self.detail if self.detail else ''}"
+
+
+@dataclass
+class Report:
+    mode: str                     # "full" or "structural"
+    started: float                # wall clock, seconds since the epoch
+    duration: float = 0.0
+    objects_total: int = 0        # well-named object files listed
+    objects_checked: int = 0      # rehashed or measured this run
+    bytes_checked: int = 0
+    objects_skipped: int = 0      # --since: verified recently enough
+    objects_vanished: int = 0     # removed (GC) between listing and checking: not a problem
+    checked_by_kernel: int = 0    # of objects_checked: by fs-verity measurement
+    cycle: int = 0
+    cycle_complete: bool = False  # this run reached the end of the cycle
+    cursor: str = ""
+    last_full_coverage: float | None = None
+    findings: list[Finding] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def problems_by_kind(self) -> dict[str, int]:
+        counts = Counter(f.kind for f in self.findings)
+        return {kind: counts.get(kind, 0) for kind in KINDS}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "started": self.started, "duration": self.duration,
+                "objects_total": self.objects_total, "objects_checked": self.objects_checked,
+                "bytes_checked": self.bytes_checked, "objects_skipped": self.objects_skipped,
+                "objects_vanished": self.objects_vanished,
+                "checked_by_kernel": self.checked_by_kernel, "cycle": self.cycle,
+                "cycle_complete": self.cycle_complete, "cursor": self.cursor,
+                "last_full_coverage": self.last_full_coverage, "clean": self.clean,
+                "problems": {k: n for k, n in self.problems_by_kind().items() if n},
+                "findings": [f.to_json() for f in self.findings],
+                "quarantined": self.quarantined}
+
+    def human(self, quiet: bool = False) -> str:
+        lines = [f.line() for f in self.findings]
+        lines += [f"quarantined {q}" for q in self.quarantined]
+        if quiet:
+            return "\n".join(lines)
+        rate = self.bytes_checked / self.duration / 1e6 if self.duration > 0 else 0.0
+        summary = (f"{self.mode} sweep: {self.objects_checked} of {self.objects_total} objects "
+                   f"checked ({self.bytes_checked} bytes, {rate:.0f} MB/s), "
+                   f"{self.objects_skipped} skipped as recently verified, "
+                   f"in {self.duration:.1f}s")
+        if self.mode == "full":
+            summary += (f"; cycle {self.cycle} complete" if self.cycle_complete
+                        else f"; cycle {self.cycle} continues after {self.cursor[:16] or '-'}")
+        problems = ", ".join(f"{n} {k}" for k, n in self.problems_by_kind().items() if n)
+        return "\n".join([*lines, summary, f"problems: {problems or 'none'}"])
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition (for node_exporter's textfile collector)."""
+        mode = f'mode="{self.mode}"'
+        out = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP cas_verify_{name} {help_}")
+            out.append(f"# TYPE cas_verify_{name} {kind}")
+            out.extend(f"cas_verify_{name}{{{labels}}} {value:g}" for labels, value in samples)
+
+        metric("objects_checked", "gauge", "Objects checked by the last sweep.",
+               [(mode, self.objects_checked)])
+        metric("bytes_checked", "gauge", "Bytes checked by the last sweep.",
+               [(mode, self.bytes_checked)])
+        metric("objects_skipped", "gauge", "Objects skipped as recently verified.",
+               [(mode, self.objects_skipped)])
+        metric("objects_total", "gauge", "Object files in the store.",
+               [(mode, self.objects_total)])
+        metric("problems", "gauge", "Problems found by the last sweep, by kind.",
+               [(f'{mode},kind="{k}"', n) for k, n in self.problems_by_kind().items()])
+        metric("quarantined_objects", "gauge", "Objects quarantined by the last sweep.",
+               [(mode, len(self.quarantined))])
+        metric("duration_seconds", "gauge", "Duration of the last sweep.",
+               [(mode, round(self.duration, 3))])
+        metric("last_run_timestamp_seconds", "gauge", "When the last sweep started.",
+               [(mode, round(self.started, 3))])
+        if self.last_full_coverage is not None:
+            metric("last_full_coverage_timestamp_seconds", "gauge",
+                   "Start of the last cycle that verified every object.",
+                   [(mode, round(self.last_full_coverage, 3))])
+        return "\n".join(out) + "\n"
+
+
+def write_metrics(path: Path, report: Report) -> None:
+    """Replace ``path`` atomically (a scraper never reads half a file)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    dir_fd = fsio.open_dir(str(parent))
+    try:
+        fsio.replace_file(dir_fd, path.name, report.metrics().encode(), tmp_dir_fd=dir_fd,
+                          fsync=False)
+    finally:
+        os.close(dir_fd)
+

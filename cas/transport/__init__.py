@@ -1,0 +1,1 @@
+"""Transports: the OCI distribution API (pull, push, referrers) and registry credentials."""

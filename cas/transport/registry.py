@@ -1,0 +1,644 @@
+"""OCI distribution API: pull an artifact from a registry into the store, push one back.
+
+A pull resolves a reference to a manifest (through an index, by platform), refuses unsafe
+titles, then downloads every blob the store lacks (dedup by sha256 first) straight into
+``Store.add_stream``: the native hasher sees the bytes as they arrive, and the object is
+published only if its digest and size match the manifest.  A broken download resumes with
+``Range`` from the byte it reached, feeding the same hasher.  Only when every blob is
+stored does ``cas.formats.oci.import_stored`` build the image; the caller names it last.
+
+A push plans the blobs with ``cas.formats.oci.export_plan`` (the exact bytes of the import),
+skips blobs the registry has (HEAD), mounts them from another repository when told one,
+uploads the rest (monolithic up to ``chunk_size``, else POST/PATCH/PUT) while hashing
+them, and puts the manifest last.
+
+Documents are capped (``MAX_MANIFEST``) and parsed strictly; a manifest pulled by digest
+must hash to it, and ``Docker-Content-Digest`` must agree when a registry sends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any, Self, cast
+
+import httpx
+
+from cas.core import fsio, hashing, names
+from cas.core.digest import Sha256
+from cas.core.hashing import Progress
+from cas.core.image import Image
+from cas.core.names import NameRecord
+from cas.core.store import AddResult, Expected, Store
+from cas.errors import BadInput, RegistryError, RegistryNotFound
+from cas.formats import oci
+from cas.transport import auth
+
+MAX_MANIFEST = 4 << 20
+MANIFEST_TYPES = [*sorted(oci.MANIFEST_TYPES), *sorted(oci.INDEX_TYPES)]
+_ALIGN = 1 << 20  # range boundaries fall on MiB multiples
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DOCKER_HUB = "registry-1.docker.io"
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """``[http(s)://]HOST[:PORT]/REPO[:TAG][@sha256:HEX]`` (``docker://`` allowed)."""
+
+    host: str
+    repository: str
+    tag: str | None
+    digest: Sha256 | None
+    scheme: str | None  # given explicitly, else decided by --insecure
+
+    @property
+    def reference(self) -> str:
+        return f"sha256:{self.digest}" if self.digest else (self.tag or "latest")
+
+    def __str__(self) -> str:
+        tail = f"@sha256:{self.digest}" if self.digest else f":{self.tag or 'latest'}"
+        return f"{self.host}/{self.repository}{tail}"
+
+
+def parse_reference(text: str) -> Reference:
+    rest = text.removeprefix("docker:").removeprefix("//")
+    scheme = None
+    for prefix in ("http://", "https://"):
+        if rest.startswith(prefix):
+            scheme, rest = prefix[:-3], rest[len(prefix):]
+    rest, at, digest_text = rest.partition("@")
+    first, slash, path = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost" or scheme):
+        host = first
+    else:  # Docker Hub shorthand: ubuntu, user/repo
+        host, path = DOCKER_HUB, rest if "/" in rest else f"library/{rest}"
+    host = "registry-1.docker.io" if host in ("docker.io", "index.docker.io") else host
+    repository, colon, tag = path.rpartition(":") if ":" in path else (path, "", "")
+    if not re.fullmatch(r"[A-Za-z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?", host):
+        raise BadInput(message=f"{text}: bad registry host {host!r}")
+    if not _REPO.fullmatch(repository):
+        raise BadInput(message=f"{text}: bad repository name {repository!r}")
+    if colon and not _TAG.fullmatch(tag):
+        raise BadInput(message=f"{text}: bad tag {tag!r}")
+    digest = None
+    if at:
+        digest = oci.parse_digest(digest_text, text)
+    return Reference(host, repository, tag if colon else None, digest, scheme)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to talk to a registry.  ``retries``/``backoff`` cover connection errors and 5xx."""
+
+    insecure: bool = False
+    credentials: auth.Credentials | None = None
+    platform: str | None = None  # "os/arch[/variant]"; default: this machine
+    retries: int = 4
+    backoff: float = 0.5
+    workers: int = 4
+    ranges: int = 4  # a blob of at least ranged_min bytes is fetched as this many ranges
+    ranged_min: int = 256 << 20
+    chunk_size: int = 64 << 20  # larger blobs are pushed in chunks of this size
+    timeout: float = 60.0
+
+
+class Client:
+    """One repository of one registry: requests with auth, retries and size caps."""
+
+    def __init__(self, ref: Reference, options: Options, *, push: bool = False,
+                 mount_from: str | None = None) -> None:
+        self.ref, self.options = ref, options
+        scheme = ref.scheme or ("http" if options.insecure else "https")
+        if scheme == "http" and not options.insecure:
+            raise BadInput(message=f"{ref}: plain HTTP needs --insecure")
+        self.base = f"{scheme}://{ref.host}/v2/{ref.repository}/"
+        actions = "pull,push" if push else "pull"
+        self._scopes = [f"repository:{ref.repository}:{actions}"]
+        if mount_from and not _REPO.fullmatch(mount_from):
+            raise BadInput(message=f"bad repository name {mount_from!r} for --mount-from")
+        if mount_from:
+            self._scopes.append(f"repository:{mount_from}:pull")
+        self._credentials = options.credentials or auth.find_credentials(ref.host)
+        self._authorization: str | None = None
+        self._http = httpx.Client(verify=not options.insecure, follow_redirects=True,
+                                  timeout=httpx.Timeout(options.timeout, connect=10.0),
+                                  limits=httpx.Limits(max_connections=options.workers + 2))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fail(self, reason: str) -> RegistryError:
+        return RegistryError(registry=self.ref.host, reason=reason)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                content: bytes | None = None, stream: bool = False) -> httpx.Response:
+        """Send with retries (connection errors, 408/429/5xx) and one auth round on 401."""
+        url = str(httpx.URL(self.base).join(url))
+        authenticated = False
+        attempt = 0
+        while True:
+            all_headers = dict(headers or {})
+            if self._authorization and httpx.URL(url).netloc == httpx.URL(self.base).netloc:
+                # never to another host (an upload Location or a redirect may point there)
+                all_headers["Authorization"] = self._authorization
+            request = self._http.build_request(method, url, headers=all_headers,
+                                               content=content)
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if attempt >= self.options.retries:
+                    raise self.fail(f"{method} {_path(url)}: {type(exc).__name__}: "
+                                    f"{exc}") from None
+                attempt = self._pause(attempt)
+                continue
+            if response.status_code == 401 and not authenticated:
+                response.close()
+                self._authenticate(response.headers.get("WWW-Authenticate", ""))
+                authenticated = True
+                continue
+            if response.status_code in _RETRY_STATUS and attempt < self.options.retries:
+                response.close()
+                attempt = self._pause(attempt)
+                continue
+            if response.status_code == 401:
+                response.close()
+                raise self.fail(f"{method} {_path(url)}: authentication failed (HTTP 401)")
+            return response
+
+    def _pause(self, attempt: int) -> int:
+        time.sleep(self.options.backoff * (2 ** attempt))
+        return attempt + 1
+
+    def _authenticate(self, header: str) -> None:
+        challenge = auth.parse_challenge(header)
+        if challenge is None or challenge.scheme not in ("basic", "bearer"):
+            raise self.fail(f"HTTP 401 with an unsupported challenge {header[:60]!r}")
+        if challenge.scheme == "basic":
+            if self._credentials is None:
+                raise self.fail("authentication required: give --username and a password, "
+                                "or log in (auth.json / ~/.docker/config.json)")
+            self._authorization = self._credentials.basic()
+            return
+        realm = challenge.params.get("realm", "")
+        if not realm.startswith("https://") and not (self.options.insecure and
+                                                     realm.startswith("http://")):
+            raise self.fail(f"bearer token realm {realm[:80]!r} is not https")
+        scopes = list(dict.fromkeys([*self._scopes, *challenge.params.get("scope", "").split()]))
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("scope", s) for s in scopes if s]
+        if "service" in challenge.params:
+            params.append(("service", challenge.params["service"]))
+        headers = {"Authorization": self._credentials.basic()} if self._credentials else {}
+        try:
+            response = self._http.get(realm, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise self.fail(f"token endpoint: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise self.fail(f"token endpoint refused (HTTP {response.status_code}): "
+                            "check the credentials")
+        try:
+            doc = response.json()
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise self.fail("token endpoint sent no token")
+        self._authorization = "Bearer " + token
+
+    def _expect_status(self, response: httpx.Response, what: str, *ok: int) -> None:
+        if response.status_code in ok:
+            return
+        try:
+            response.read()
+            detail = _error_text(response)
+        except httpx.TransportError:
+            detail = "(the error body was cut off)"
+        response.close()
+        if response.status_code == 404:
+            raise RegistryNotFound(ref=f"{self.ref.host}/{self.ref.repository}",
+                                   reason=f"{what}: {detail}")
+        raise self.fail(f"{what}: HTTP {response.status_code} {detail}")
+
+    # -- manifests ---------------------------------------------------------------------
+
+    def get_manifest(self, reference: str, expect: Sha256 | None) -> tuple[bytes, str]:
+        """A manifest or index: capped, digest-checked; returns its bytes and media type."""
+        what = f"manifest {reference}"
+        response = self.request("GET", f"manifests/{reference}", stream=True,
+                                headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        try:
+            self._expect_status(response, what, 200)
+            data = b""
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > MAX_MANIFEST:
+                    raise self.fail(f"{what} is over the {MAX_MANIFEST}-byte limit")
+        except httpx.TransportError as exc:
+            raise self.fail(f"{what}: {type(exc).__name__}: {exc}") from None
+        finally:
+            response.close()
+        sha = Sha256(hashing.hash_bytes(data).sha256.hex())
+        declared = response.headers.get("Docker-Content-Digest")
+        if expect is not None:
+            Expected(what, expect, None).check(hashing.hash_bytes(data))
+        if declared and declared != f"sha256:{sha}" and declared.startswith("sha256:"):
+            raise self.fail(f"{what}: Docker-Content-Digest {declared[:80]} does not match "
+                            f"the bytes (sha256:{sha})")
+        media_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
+        return data, media_type
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        response = self.request("PUT", f"manifests/{reference}", content=data,
+                                headers={"Content-Type": media_type})
+        self._expect_status(response, f"put manifest {reference}", 200, 201)
+        return str(response.headers.get("Docker-Content-Digest", ""))
+
+    # -- blobs -------------------------------------------------------------------------
+
+    def has_blob(self, sha: Sha256) -> bool:
+        response = self.request("HEAD", f"blobs/sha256:{sha}")
+        response.close()
+        if response.status_code in (200, 404):
+            return response.status_code == 200
+        raise self.fail(f"HEAD blob sha256:{sha}: HTTP {response.status_code}")
+
+    def download(self, store: Store, expect: Expected, progress: Progress | None) -> AddResult:
+        assert expect.sha256 is not None and expect.size is not None
+        body: _Body | _RangedBody
+        if self.options.ranges > 1 and expect.size >= self.options.ranged_min:
+            body = _RangedBody(self, expect.sha256, expect.size, store.tmp_fd)
+        else:
+            body = _Body(self, expect.sha256, expect.size)
+        with body:
+            return store.add_stream(cast(IO[bytes], body), expect=expect, progress=progress,
+                                    method="registry")
+
+    def upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None) -> str:
+        """Put one blob unless the registry has it; returns what was done."""
+        digest = f"sha256:{blob.sha256}"
+        if self.has_blob(blob.sha256):
+            return "exists"
+        if mount_from:
+            response = self.request("POST", f"blobs/uploads/?mount={digest}&from={mount_from}")
+            self._expect_status(response, f"mount {digest}", 201, 202)
+            if response.status_code == 201:
+                return "mounted"
+        else:
+            response = self.request("POST", "blobs/uploads/")
+            self._expect_status(response, f"start upload of {digest}", 202)
+        location = _location(response, self.base)
+        hasher, offset = hashing.StreamHasher(), 0
+        for piece in _regroup(oci.blob_chunks(store, blob), self.options.chunk_size):
+            hasher.update(piece)
+            if offset == 0 and len(piece) == blob.size:
+                break  # small enough for one monolithic PUT
+            response = self.request("PATCH", location, content=piece, headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + len(piece) - 1}"})
+            self._expect_status(response, f"upload {digest}", 202)
+            location, offset = _location(response, self.base), offset + len(piece)
+        else:
+            piece = b""
+        Expected(f"blob {digest} (from the store)", blob.sha256, blob.size).check(
+            hasher.finalize())  # never commit bytes that are not the blob
+        url = httpx.URL(location).copy_merge_params({"digest": digest})
+        response = self.request("PUT", str(url), content=piece,
+                                headers={"Content-Type": "application/octet-stream"})
+        self._expect_status(response, f"finish upload of {digest}", 201)
+        return "uploaded"
+
+
+class _Body:
+    """A blob's bytes as a stream: reconnects with ``Range`` after a broken connection,
+    so the reader (``Store.add_stream`` and its hasher) sees one continuous stream."""
+
+    def __init__(self, client: Client, sha: Sha256, size: int, *,
+                 part_of: tuple[int, int] | None = None) -> None:
+        """``part_of=(start, blob size)``: only ``size`` bytes from ``start`` (a range)."""
+        self._client, self._sha, self._size = client, sha, size
+        self._start, self._part = (part_of[0], True) if part_of else (0, False)
+        self._offset, self._failures, self._skip = 0, 0, 0
+        self.ranged = False  # the registry answered with the range asked for
+        self._buffer = memoryview(b"")
+        self._response: httpx.Response | None = None
+        self._chunks: Iterator[bytes] = iter(())
+        self._open()
+
+    def _open(self) -> None:
+        at = self._start + self._offset
+        headers = {}
+        if self._part:
+            headers["Range"] = f"bytes={at}-{self._start + self._size - 1}"
+        elif at:
+            headers["Range"] = f"bytes={at}-"
+        response = self._client.request("GET", f"blobs/sha256:{self._sha}", headers=headers,
+                                        stream=True)
+        self._client._expect_status(response, f"blob sha256:{self._sha}", 200, 206)
+        self.ranged = response.status_code == 206
+        if response.status_code == 200:  # from the start (no Range support): skip again
+            self._skip = at
+        elif not response.headers.get("Content-Range", "").startswith(f"bytes {at}-"):
+            response.close()
+            raise self._client.fail(f"blob sha256:{self._sha}: bad Content-Range for a "
+                                    f"resume at byte {at}")
+        self._response = response
+        self._chunks = response.iter_raw()  # as the socket delivers: no re-chunking copies
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._buffer:
+            try:
+                chunk = next(self._chunks, b"")
+            except httpx.TransportError as exc:  # a broken or truncated response
+                self._resume(f"{type(exc).__name__}: {exc}")
+                continue
+            if not chunk:
+                if self._offset >= self._size:
+                    return b""
+                self._resume(f"the connection ended after {self._offset} of "
+                             f"{self._size} bytes")
+                continue
+            if self._skip:  # bytes already read before the connection broke
+                dropped = min(self._skip, len(chunk))
+                chunk, self._skip = chunk[dropped:], self._skip - dropped
+                if not chunk:
+                    continue
+            if self._part:  # a whole-blob answer to a range runs past the part
+                chunk = chunk[:self._size - self._offset]
+                if not chunk:
+                    return b""
+            if n < 0 or len(chunk) <= n:  # the common case: no copy
+                self._offset += len(chunk)
+                return chunk
+            self._buffer = memoryview(chunk)
+        n = len(self._buffer) if n < 0 else n
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        self._offset += len(data)
+        return bytes(data)
+
+    def _resume(self, reason: str) -> None:
+        self.close()
+        if self._failures >= self._client.options.retries:
+            raise self._client.fail(f"blob sha256:{self._sha}: {reason} (gave up after "
+                                    f"{self._failures} resumes)")
+        self._failures = self._client._pause(self._failures)
+        self._open()
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _RangedBody:
+    """One large blob fetched as several ranges at once, read back in order.
+
+    The first range streams straight to the reader (the store's hasher); the others land
+    in temp files beside the store's objects while it does, and are read in turn once
+    complete — the network is read once, and the hasher still sees one ordered stream.
+    A registry that ignores ``Range`` gets the plain single stream instead.
+    """
+
+    def __init__(self, client: Client, sha: Sha256, size: int, tmp_dir_fd: int) -> None:
+        per_range = -(-size // client.options.ranges)  # ceil
+        step = -(-per_range // _ALIGN) * _ALIGN
+        bounds = [(start, min(step, size - start)) for start in range(0, size, step)]
+        self._parts: list[Future[fsio.TempFile]] = []
+        self._files: list[fsio.TempFile] = []
+        self._current: _Body | int = _Body(client, sha, bounds[0][1], part_of=(0, size))
+        if not self._current.ranged:
+            self._current.close()
+            self._current, bounds = _Body(client, sha, size), []
+        self._pool = ThreadPoolExecutor(max(1, len(bounds) - 1))
+        for start, length in bounds[1:]:
+            temp = fsio.TempFile(tmp_dir_fd, "range")
+            self._files.append(temp)
+            self._parts.append(self._pool.submit(_fetch_range, client, sha, start, length,
+                                                 size, temp))
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            if isinstance(self._current, _Body):
+                data = self._current.read(n)
+            else:
+                data = os.read(self._current, n if n >= 0 else 1 << 20)
+            if data or not self._parts:
+                return data
+            self._close_current()
+            self._current = self._parts.pop(0).result().fd
+            os.lseek(self._current, 0, os.SEEK_SET)
+
+    def _close_current(self) -> None:
+        if isinstance(self._current, _Body):
+            self._current.close()
+
+    def close(self) -> None:
+        self._close_current()
+        for future in self._parts:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for temp in self._files:
+            with contextlib.suppress(OSError):
+                os.close(temp.fd)
+            temp.unlink()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _fetch_range(client: Client, sha: Sha256, start: int, length: int, size: int,
+                 temp: fsio.TempFile) -> fsio.TempFile:
+    with _Body(client, sha, length, part_of=(start, size)) as body:
+        while data := body.read(1 << 20):
+            fsio.write_all(temp.fd, data)
+    return temp
+
+
+def _path(url: str) -> str:
+    return httpx.URL(url).path
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The registry's first error code and message, briefly (never request headers)."""
+    try:
+        first = response.json()["errors"][0]
+        return f"{first.get('code', '')}: {str(first.get('message', ''))[:200]}"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+
+
+def _location(response: httpx.Response, base: str) -> str:
+    location = response.headers.get("Location")
+    response.close()
+    if not location:
+        raise RegistryError(registry=httpx.URL(base).host, reason="upload without a Location")
+    return str(httpx.URL(base).join(location))
+
+
+def _regroup(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+# -- pull, push, referrers --------------------------------------------------------------
+
+
+def pull_image(store: Store, text: str, options: Options, progress: Progress | None = None,
+               *, keep_compressed: bool = True) -> tuple[Reference, Image]:
+    """Fetch the manifest ``text`` names and every blob the store lacks; build its image.
+    Nothing is named (the caller names it, inside ``store.temp_root()``)."""
+    ref = parse_reference(text)
+    with Client(ref, options) as client:
+        data, media_type = client.get_manifest(ref.reference, ref.digest)
+        descriptor = _own_descriptor(data, media_type)
+        for _ in range(oci.MAX_NESTING):
+            if descriptor["mediaType"] not in oci.INDEX_TYPES:
+                break
+            descriptor = _pick(client, data, descriptor, options.platform)
+            data, media_type = client.get_manifest(descriptor["digest"],
+                                                   Sha256(descriptor["digest"][7:]))
+        where = str(ref)
+        doc = oci.parse_document(data, where, descriptor["mediaType"])
+        if descriptor["mediaType"] not in oci.MANIFEST_TYPES:
+            raise client.fail(f"{where}: media type {descriptor['mediaType']!r} is not an "
+                              "image manifest")
+        config = oci.parse_descriptor(doc.get("config"), f"{where} config")
+        layers = oci.parse_descriptors(doc, "layers", where)
+        oci.check_titles(layers)  # before any download
+        if config.size > oci.MAX_JSON:
+            raise client.fail(f"{where}: config of {config.size} bytes is too large")
+        store.add_bytes(data)
+        wanted = {d.sha256: d for d in [config, *layers]
+                  if store.lookup_sha256(d.sha256) is None}
+
+        def fetch(desc: oci.Descriptor) -> AddResult:
+            expect = Expected(f"{ref.host}/{ref.repository}@{desc.digest}", desc.sha256,
+                              desc.size)
+            return client.download(store, expect, progress)
+
+        with ThreadPoolExecutor(max(1, options.workers)) as pool:
+            list(pool.map(fetch, wanted.values()))
+    return ref, oci.import_stored(store, descriptor, where, keep_compressed=keep_compressed)
+
+
+def pull(store: Store, text: str, name: str | None, options: Options,
+         progress: Progress | None = None) -> NameRecord:
+    """Pull and name: the name is written last, when every object is stored."""
+    if name is not None:
+        name = names.normalize(name)  # refuse a bad name before any download
+    with store.temp_root():
+        ref, image = pull_image(store, text, options, progress)
+        image_id = store.put_image(image)
+        return store.names.set(name or default_name(ref), image_id, "docker")
+
+
+def default_name(ref: Reference) -> str:
+    """``host[:port]/repo:tag`` (``:latest`` for a digest reference)."""
+    return names.normalize(f"{ref.host}/{ref.repository}:{ref.tag or 'latest'}")
+
+
+def _own_descriptor(data: bytes, media_type: str) -> dict[str, Any]:
+    """The descriptor of a fetched document; its mediaType field beats Content-Type."""
+    own = oci.parse_document(data, "manifest", None).get("mediaType")
+    kind = own if isinstance(own, str) else media_type
+    if not kind:
+        raise BadInput(message="manifest without a media type")
+    sha = hashing.hash_bytes(data).sha256.hex()
+    return {"mediaType": kind, "digest": f"sha256:{sha}", "size": len(data)}
+
+
+def _pick(client: Client, data: bytes, index: dict[str, Any],
+          wanted: str | None) -> dict[str, Any]:
+    where = f"{client.ref} index"
+    entries = oci.parse_descriptors(oci.parse_document(data, where, index["mediaType"]),
+                                    "manifests", where)
+    if wanted is None:
+        return oci.pick_platform(entries, where).doc
+    os_name, _, arch = wanted.partition("/")
+    arch, _, variant = arch.partition("/")
+    found = [d for d in entries if d.doc.get("platform", {}).get("os") == os_name
+             and d.doc.get("platform", {}).get("architecture") == arch
+             and (not variant or d.doc.get("platform", {}).get("variant") == variant)]
+    if len(found) != 1:
+        raise client.fail(f"{where}: {len(found)} manifests for platform {wanted}")
+    return found[0].doc
+
+
+def push_image(store: Store, image: Image, text: str, options: Options, *,
+               default_tag: str | None = None, mount_from: str | None = None) -> str:
+    """Upload the image's blobs, then its manifest; returns the manifest digest."""
+    ref = parse_reference(text)
+    descriptor, plan = oci.export_plan(image)
+    *blobs, manifest = plan
+    distinct = list({b.sha256: b for b in blobs}.values())
+    with Client(ref, options, push=True, mount_from=mount_from) as client:
+        with ThreadPoolExecutor(max(1, options.workers)) as pool:
+            list(pool.map(lambda b: client.upload(store, b, mount_from), distinct))
+        data = b"".join(oci.blob_chunks(store, manifest))
+        Expected("manifest (from the store)", manifest.sha256, manifest.size).check(
+            hashing.hash_bytes(data))
+        reference = ref.reference if (ref.tag or ref.digest or not default_tag) else default_tag
+        returned = client.put_manifest(reference, data, descriptor["mediaType"])
+    if returned and returned != f"sha256:{manifest.sha256}":
+        raise RegistryError(registry=ref.host, reason=f"the registry stored the manifest as "
+                            f"{returned[:80]}, not sha256:{manifest.sha256}")
+    return f"sha256:{manifest.sha256}"
+
+
+def referrers(text: str, options: Options) -> list[dict[str, Any]]:
+    """The descriptors of the manifests whose ``subject`` is ``text``'s manifest: the
+    referrers API, else the ``sha256-<hex>`` tag-schema fallback index."""
+    ref = parse_reference(text)
+    with Client(ref, options) as client:
+        sha = ref.digest
+        if sha is None:
+            data, _ = client.get_manifest(ref.reference, None)
+            sha = Sha256(hashing.hash_bytes(data).sha256.hex())
+        response = client.request("GET", f"referrers/sha256:{sha}",
+                                  headers={"Accept": oci.OCI_INDEX})
+        if response.status_code == 200 and response.headers.get(
+                "Content-Type", "").startswith(oci.OCI_INDEX):
+            response.read()
+            response.close()
+            if len(response.content) > MAX_MANIFEST:
+                raise client.fail("referrers index is too large")
+            data = response.content
+        else:
+            response.close()
+            try:
+                data, _ = client.get_manifest(f"sha256-{sha}", None)
+            except RegistryNotFound:
+                return []
+        where = f"{ref} referrers"
+        doc = oci.parse_document(data, where, None)
+        return [d.doc for d in oci.parse_descriptors(doc, "manifests", where)]
