@@ -97,7 +97,7 @@ def pages(command: click.Command, name: str = "cas",
           parent: click.Context | None = None) -> dict[str, str]:
     """File name (``cas-systemd-print.1``) → page, for ``command`` and every visible
     subcommand below it."""
-    ctx = click.Context(command, info_name=name, parent=parent)
+    ctx = click.Context(command, info_name=name, parent=parent, **command.context_settings)
     out = {ctx.command_path.replace(" ", "-") + ".1": page(ctx)}
     for sub_name, sub in _subcommands(ctx):
         out.update(pages(sub, sub_name, ctx))
