@@ -5,26 +5,15 @@ too), quiet empty output, help text, the stats/stat confusion, unnamed objects f
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_cli import cas
 
 from cas import Store
 from cas.cli.main import cli
 from cas.cli.manpages import pages
 from conftest import write_random
-
-
-def cas(*args: str | Path, store: Path | None = None,
-        stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "CAS_STORE"}
-    if store is not None:
-        env["CAS_STORE"] = str(store)
-    return subprocess.run([sys.executable, "-m", "cas", *map(str, args)], env=env,
-                          input=stdin, capture_output=True, timeout=120)
 
 
 @pytest.mark.parametrize("args", [["ls", "--json", "--bogus"], ["--json", "ls", "--bogus"],

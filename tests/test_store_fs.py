@@ -179,6 +179,13 @@ def fill(mnt: Path) -> None:
         (mnt / "probe").mkdir()
 
 
+def model_store(mnt: Path, tmp_path: Path) -> Store:
+    """A store on ``mnt`` holding one artifact, ``model`` (one 200 kB file)."""
+    store = Store.init(mnt / "store")
+    import_artifacts(store, [str(write_random(tmp_path / "model.gguf", 200_000))], "model")
+    return store
+
+
 def assert_reading_works(store: Path) -> None:
     listed = cas_cli("ls", store=store)
     assert listed.returncode == 0 and listed.stdout.startswith("model:latest"), listed.stderr
@@ -192,9 +199,7 @@ def assert_reading_works(store: Path) -> None:
 def test_full_disk_reading_commands_work_writing_ones_exit_3(loopfs: LoopFs,
                                                              tmp_path: Path) -> None:
     mnt = loopfs("ext4", 16)
-    src = write_random(tmp_path / "model.gguf", 200_000)
-    with Store.init(mnt / "store") as store:
-        import_artifacts(store, [str(src)], "model")
+    model_store(mnt, tmp_path).close()
     fill(mnt)
     assert_reading_works(mnt / "store")
     tagged = cas_cli("tag", "model", "copy", store=mnt / "store")
@@ -205,9 +210,7 @@ def test_full_disk_reading_commands_work_writing_ones_exit_3(loopfs: LoopFs,
 def test_read_only_store_reading_commands_work_writing_ones_exit_3(loopfs: LoopFs,
                                                                    tmp_path: Path) -> None:
     mnt = loopfs("ext4", 64)
-    src = write_random(tmp_path / "model.gguf", 200_000)
-    with Store.init(mnt / "store") as store:
-        import_artifacts(store, [str(src)], "model")
+    with model_store(mnt, tmp_path) as store:
         store.add_bytes(b"garbage" * 20)
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
     assert_reading_works(mnt / "store")
@@ -220,11 +223,10 @@ def test_read_only_store_reading_commands_work_writing_ones_exit_3(loopfs: LoopF
 def test_sweep_of_a_read_only_store_reports_damage_it_cannot_record(loopfs: LoopFs,
                                                                    tmp_path: Path) -> None:
     mnt = loopfs("ext4", 64)
-    src = write_random(tmp_path / "model.gguf", 200_000)
-    with Store.init(mnt / "store") as store:
-        import_artifacts(store, [str(src)], "model")
-        oid = store.add_path(src).object_id
-        rot(store, oid, offset=7)
+    with model_store(mnt, tmp_path) as store:
+        entry = next(store.get_image(store.names.get("model").image).files())
+        assert entry.object_id is not None
+        rot(store, entry.object_id, offset=7)
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
     done = cas_cli("verify", "--json", store=mnt / "store")
     assert done.returncode == 6, done.stderr
