@@ -129,6 +129,10 @@ class StoreUnusable(CasError):
     exit_code = 3
 
 
+class NoStoreGiven(StoreUnusable):
+    """no store given: use --store PATH or set ${variable}"""
+
+
 class StoreNotFound(StoreUnusable):
     """{path}: no such directory"""
 

@@ -100,3 +100,15 @@ def rot(store: Store, oid: str, data: bytes = b"\xff", offset: int = 0) -> Path:
 def object_files(store_path: Path) -> list[Path]:
     """Every file under objects/ (well-named or not)."""
     return sorted(p for p in (store_path / "objects").rglob("*") if not p.is_dir())
+
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def read_textfile(path: Path) -> dict[Sample, float]:
+    """A Prometheus textfile read by prometheus_client's own parser: (name, sorted
+    labels) → value.  Raises if the file does not parse."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(path.read_text())
+            for s in family.samples}

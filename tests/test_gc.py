@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shlex
 import subprocess
 import sys
 import threading
@@ -18,8 +17,6 @@ from cas import Store, errors
 from cas.core.image import Image, file_entry
 from cas.ops import artifacts, gc
 from conftest import object_files, write_random
-
-SYSTEMD = Path(__file__).parent.parent / "docs" / "systemd"
 
 
 def import_tree(store: Store, tmp_path: Path, name: str, seed: int) -> list[str]:
@@ -229,33 +226,6 @@ def test_gc_waits_for_writers_in_their_publish_step(store: Store,
         with pytest.raises(errors.GcBusy):
             gc.collect(store, grace=0)
     assert gc.collect(store, grace=0).complete
-
-
-def scheduled_command(kind: str) -> list[str]:
-    """The exact command the shipped cron line / systemd service runs."""
-    if kind == "cron":
-        line = next(x for x in (SYSTEMD / "cas-gc.cron").read_text().splitlines()
-                    if x and not x.startswith("#"))
-        words = shlex.split(line)[6:]  # 5 time fields and the user
-    else:
-        service = (SYSTEMD / "cas-gc.service").read_text()
-        words = shlex.split(next(x for x in service.splitlines()
-                                 if x.startswith("ExecStart=")).partition("=")[2])
-    return [w for w in words if not w.startswith("CAS_STORE=")]
-
-
-@pytest.mark.parametrize("kind", ["cron", "systemd"])
-def test_scheduled_gc_runs_with_no_terminal(kind: str, store: Store, tmp_path: Path) -> None:
-    import_tree(store, tmp_path, "a", 5)
-    store.names.remove("a")
-    for oid in store.iter_objects():
-        path = store.path / "objects" / oid[:2] / oid[2:]
-        os.utime(path, (time.time() - 7200,) * 2)  # older than the service's --grace 1h
-    env = {"PATH": os.environ["PATH"], "CAS_STORE": str(store.path)}  # cron's bare env
-    done = subprocess.run(scheduled_command(kind), stdin=subprocess.DEVNULL,
-                          capture_output=True, env=env, start_new_session=True, timeout=120)
-    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
-    assert not list(store.iter_objects())
 
 
 def run_cas(*args: str, store: Path) -> subprocess.CompletedProcess[bytes]:

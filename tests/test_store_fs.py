@@ -3,6 +3,8 @@ read-only mount, and imports killed with SIGKILL.  Needs root (CI runs as root).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import signal
@@ -17,7 +19,8 @@ from test_store import CHANGES, change_after
 
 from cas import Store, errors
 from cas.core import hashing
-from conftest import need_root, need_tool, object_files, write_random
+from cas.ops.artifacts import import_artifacts
+from conftest import need_root, need_tool, object_files, rot, write_random
 
 LoopFs = Callable[[str, int], Path]
 
@@ -153,3 +156,82 @@ def test_sigkill_never_leaves_a_misnamed_object(tmp_path: Path) -> None:
     assert kills >= 25
     with Store.open(tmp_path / "store") as store:
         assert store.add_bytes(b"still works").new
+
+
+def cas_cli(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CAS_STORE": str(store)}
+    return subprocess.run([sys.executable, "-m", "cas", *args], env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120)
+
+
+def fill(mnt: Path) -> None:
+    """Fill the filesystem to the brim (root's reserved blocks too): data, then
+    directories (a block each) until even those fail, twice around a sync that releases
+    delayed-allocation reservations."""
+    for round_ in range(2):
+        subprocess.run(["dd", "if=/dev/zero", f"of={mnt / f'filler-{round_}'}", "bs=4k"],
+                       capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            for i in range(100_000):
+                (mnt / f"dir-{round_}-{i}").mkdir()
+        os.sync()
+    with pytest.raises(OSError):
+        (mnt / "probe").mkdir()
+
+
+def model_store(mnt: Path, tmp_path: Path) -> Store:
+    """A store on ``mnt`` holding one artifact, ``model`` (one 200 kB file)."""
+    store = Store.init(mnt / "store")
+    import_artifacts(store, [str(write_random(tmp_path / "model.gguf", 200_000))], "model")
+    return store
+
+
+def assert_reading_works(store: Path) -> None:
+    listed = cas_cli("ls", store=store)
+    assert listed.returncode == 0 and listed.stdout.startswith("model:latest"), listed.stderr
+    assert cas_cli("verify", "--structural", store=store).returncode == 0
+    swept = cas_cli("verify", "--json", store=store)
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["unsaved"] == ["sweep cursor"]
+    assert cas_cli("inspect", "model", store=store).returncode == 0
+
+
+def test_full_disk_reading_commands_work_writing_ones_exit_3(loopfs: LoopFs,
+                                                             tmp_path: Path) -> None:
+    mnt = loopfs("ext4", 16)
+    model_store(mnt, tmp_path).close()
+    fill(mnt)
+    assert_reading_works(mnt / "store")
+    tagged = cas_cli("tag", "model", "copy", store=mnt / "store")
+    assert tagged.returncode == 3 and tagged.stderr.count("\n") == 1
+    assert "no space left" in tagged.stderr and "Errno" not in tagged.stderr
+
+
+def test_read_only_store_reading_commands_work_writing_ones_exit_3(loopfs: LoopFs,
+                                                                   tmp_path: Path) -> None:
+    mnt = loopfs("ext4", 64)
+    with model_store(mnt, tmp_path) as store:
+        store.add_bytes(b"garbage" * 20)
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    assert_reading_works(mnt / "store")
+    for args in (["tag", "model", "copy"], ["rm", "model"], ["gc", "--grace", "0"]):
+        done = cas_cli(*args, store=mnt / "store")
+        assert done.returncode == 3 and done.stderr == \
+            f"cas: error: {mnt / 'store'}: the store is read-only\n", (args, done.stderr)
+
+
+def test_sweep_of_a_read_only_store_reports_damage_it_cannot_record(loopfs: LoopFs,
+                                                                   tmp_path: Path) -> None:
+    mnt = loopfs("ext4", 64)
+    with model_store(mnt, tmp_path) as store:
+        entry = next(store.get_image(store.names.get("model").image).files())
+        assert entry.object_id is not None
+        rot(store, entry.object_id, offset=7)
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    done = cas_cli("verify", "--json", store=mnt / "store")
+    assert done.returncode == 6, done.stderr
+    report = json.loads(done.stdout)
+    assert report["problems"]["corrupt-object"] == 1 and report["quarantined"] == []
+    assert "quarantine and damage marks (Read-only file system)" in report["unsaved"]
+    human = cas_cli("verify", "--quiet", store=mnt / "store")
+    assert "not saved" in human.stdout and human.returncode == 6

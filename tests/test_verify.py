@@ -26,6 +26,7 @@ from cas.integrity.verify import Limits, sweep
 from cas.ops.artifacts import import_artifacts
 from cas.ops.checkout import LinkMode, checkout
 from cas.ops.repair import repair
+from conftest import read_textfile
 
 MIB = 1 << 20
 
@@ -275,12 +276,16 @@ def test_metrics_file(loaded: Store, tmp_path: Path) -> None:
     path = tmp_path / "cas.prom"
     from cas.integrity.verify_report import write_metrics
     write_metrics(path, report)
-    text = path.read_text()
-    assert 'cas_verify_problems{mode="full",kind="corrupt-object"} 1' in text
-    assert 'cas_verify_problems{mode="full",kind="missing-object"} 0' in text
-    assert f'cas_verify_objects_checked{{mode="full"}} {report.objects_checked}' in text
-    assert "cas_verify_last_full_coverage_timestamp_seconds" in text
-    assert "cas_verify_duration_seconds" in text
+    samples = read_textfile(path)
+    full = (("mode", "full"),)
+    assert samples[("cas_verify_problems", (("kind", "corrupt-object"), *full))] == 1
+    assert samples[("cas_verify_problems", (("kind", "missing-object"), *full))] == 0
+    assert samples[("cas_verify_objects_checked", full)] == report.objects_checked
+    assert samples[("cas_verify_bytes_checked", full)] == report.bytes_checked
+    assert samples[("cas_verify_duration_seconds", full)] == report.duration
+    assert samples[("cas_verify_last_run_timestamp_seconds", full)] == report.started
+    assert samples[("cas_verify_last_full_coverage_timestamp_seconds", full)] == \
+        report.last_full_coverage
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cas")] == []
 
 

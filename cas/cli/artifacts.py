@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from cas.cli.common import Context, cli, emit, json_option
+from cas import errors
+from cas.cli.common import Context, cli, complete_names, emit, json_option
+from cas.core.names import NameRecord
+from cas.core.store import Store
 from cas.ops import artifacts
 from cas.ops.checkout import LinkMode
 from cas.ops.checkout import checkout as checkout_tree
@@ -22,7 +26,7 @@ from cas.ops.checkout import checkout as checkout_tree
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
             as_json: bool) -> None:
     """Import an artifact: a directory, files, oci:PATH[:TAG] or ollama:[PATH][/model:tag]."""
-    with obj.open_store() as store:
+    with obj.open_store() as store, store.write_errors():
         records = artifacts.import_artifacts(store, list(sources), name,
                                              keep_compressed=not no_keep_compressed)
     emit(as_json, [r.to_json() for r in records],
@@ -30,7 +34,7 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_names)
 @click.argument("destination")
 @json_option
 @click.pass_obj
@@ -43,7 +47,7 @@ def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_names)
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--link", type=click.Choice([m.value for m in LinkMode]), default="auto",
               show_default=True, help="How files are made from objects.")
@@ -59,21 +63,22 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
     with obj.open_store() as store:
         image = store.get_image(store.names.get(name).image)
         result = checkout_tree(store, image, dest, mode, verify=verify)
-    human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}: " + ", ".join(
-        f"{n} {m}" for m, n in sorted(result.methods.items()))
+    methods = ", ".join(f"{n} {m}" for m, n in sorted(result.methods.items()))
+    human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}" + (
+        f": {methods}" if methods else "")
     if mode is LinkMode.HARDLINK:
         human += "\nnote: hardlinked files are the store's read-only objects; never write to them"
     emit(as_json, result.to_json(), human)
 
 
 @cli.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_names)
 @click.argument("target")
 @json_option
 @click.pass_obj
 def tag(obj: Context, source: str, target: str, as_json: bool) -> None:
     """Give artifact SOURCE another name TARGET."""
-    with obj.open_store() as store:
+    with obj.open_store() as store, store.write_errors():
         new = artifacts.tag(store, source, target)
     emit(as_json, new.to_json(), f"{new.name}  {new.image}")
 
@@ -82,18 +87,37 @@ def tag(obj: Context, source: str, target: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def ls(obj: Context, as_json: bool) -> None:
-    """List the named artifacts (DAMAGED: an object it needs is corrupt or missing)."""
+    """List the named artifacts (DAMAGED: an object it needs is corrupt or missing).
+
+    An unreadable name file is reported on stderr and the others are listed (cas verify
+    reports it as bad-name)."""
     from cas.integrity.quarantine import damaged_artifacts
     with obj.open_store() as store:
-        records = list(store.names)
+        records, unreadable = _read_names(store)
         damaged = damaged_artifacts(store)
+    for problem in unreadable:
+        click.echo(json.dumps({"warning": "bad-name", **problem}, sort_keys=True) if as_json
+                   else f"cas: warning: {problem['message']}", err=True)
     emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in records],
          "\n".join(f"{r.name}\t{r.kind}\t{r.image}" + ("\tDAMAGED" if r.name in damaged
                                                          else "") for r in records))
 
 
+def _read_names(store: Store) -> tuple[list[NameRecord], list[dict[str, str]]]:
+    """Every readable name (sorted) and a report of each name file that is not."""
+    records, unreadable = [], []
+    for file_name in store.names.files():
+        try:
+            records.append(store.names.load(file_name))
+        except FileNotFoundError:
+            continue  # removed concurrently
+        except errors.StoreCorrupt as exc:
+            unreadable.append({"path": f"names/{file_name}", "message": exc.message()})
+    return sorted(records, key=lambda r: r.name), unreadable
+
+
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_names)
 @json_option
 @click.pass_obj
 def inspect(obj: Context, name: str, as_json: bool) -> None:
@@ -110,11 +134,11 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_names)
 @json_option
 @click.pass_obj
 def rm(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Remove artifact names (their bytes go at the next GC)."""
-    with obj.open_store() as store:
+    with obj.open_store() as store, store.write_errors():
         removed = [store.names.remove(n) for n in names]
     emit(as_json, [r.to_json() for r in removed], "\n".join(f"removed {r.name}" for r in removed))

@@ -8,12 +8,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from cas import errors
 from cas.core.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 STORE_ENV = "CAS_STORE"
+#: The environment variable click's completion scripts set (``cas completion SHELL``).
+COMPLETE_VAR = "_CAS_COMPLETE"
 
 
 class Context:
@@ -26,33 +29,57 @@ class Context:
 
     def open_store(self) -> Store:
         if not self.store_path:
-            raise click.UsageError(f"no store given: use --store PATH or set ${STORE_ENV}")
+            raise errors.NoStoreGiven(variable=STORE_ENV)
         return Store.open(self.store_path)
+
+
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """``--json`` after the command or before it (``cas --json ls``) means the same."""
+    context = ctx.find_object(Context)
+    assert context is not None
+    context.json = context.json or value
+    return context.json
 
 
 def json_option(fn: F) -> F:
     """``--json`` on every command: machine-readable output and errors."""
-
-    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        ctx.find_object(Context).json = value  # type: ignore[union-attr]
-        return value
-
-    return click.option("--json", "as_json", is_flag=True, callback=remember,
-                        expose_value=True, help="Print machine-readable JSON.")(fn)
+    return click.option("--json", "as_json", is_flag=True, callback=_remember_json,
+                        help="Print machine-readable JSON.")(fn)
 
 
 def emit(as_json: bool, value: Any, human: str) -> None:
-    click.echo(json.dumps(value, sort_keys=True) if as_json else human)
+    """Print ``value`` as JSON, or the human text (nothing at all when it is empty)."""
+    if as_json:
+        click.echo(json.dumps(value, sort_keys=True))
+    elif human:
+        click.echo(human)
+
+
+def complete_names(ctx: click.Context, _param: click.Parameter,
+                   incomplete: str) -> list[CompletionItem]:
+    """Shell completion of artifact names from the store given by ``--store``/$CAS_STORE;
+    no store or a damaged one completes nothing (a completion never prints an error)."""
+    path = ctx.find_root().params.get("store")
+    if not path:
+        return []
+    try:
+        with Store.open(path) as store:
+            return [CompletionItem(r.name) for r in store.names
+                    if r.name.startswith(incomplete)]
+    except (errors.CasError, OSError):
+        return []
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "-s", envvar=STORE_ENV, metavar="PATH",
-              help=f"The store to use (default: ${STORE_ENV}).")
+              type=click.Path(file_okay=False), help=f"The store to use (default: ${STORE_ENV}).")
+@click.option("--json", "as_json", is_flag=True, callback=_remember_json,
+              help="Print machine-readable JSON (output and errors) for any command.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="cas")
 @click.pass_context
-def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
-    """cas — a content-addressed object store with integrity metadata."""
+def cli(ctx: click.Context, store: str | None, as_json: bool, debug: bool) -> None:
+    """A content-addressed object store with integrity metadata."""
     context = ctx.ensure_object(Context)
     context.store_path, context.debug = store, debug
 

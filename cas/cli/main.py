@@ -3,7 +3,7 @@
 Only ``main`` turns an error into output and an exit code: a one-line message on stderr
 (a JSON object with ``--json``), the exit code carried by the error class (see
 ``cas.errors``), and a traceback only with ``--debug``.  Commands live in one module per
-group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``); importing
+group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``, ``system``); importing
 them registers them on ``cas.cli.common.cli``.
 """
 
@@ -15,10 +15,18 @@ import sys
 import traceback
 
 import click
+from click.shell_completion import shell_complete
 
 from cas import errors
-from cas.cli import artifacts, maintenance, mount, objects, registry  # noqa: F401 (register)
-from cas.cli.common import Context, cli
+from cas.cli import (  # noqa: F401 (register the commands)
+    artifacts,
+    maintenance,
+    mount,
+    objects,
+    registry,
+    system,
+)
+from cas.cli.common import COMPLETE_VAR, Context, cli
 
 
 def _report(error: BaseException, as_json: bool, debug: bool) -> int:
@@ -36,11 +44,28 @@ def _report(error: BaseException, as_json: bool, debug: bool) -> int:
     return code
 
 
+def _usage_error(error: click.ClickException, as_json: bool) -> int:
+    """click's usage text, or with ``--json`` one JSON line like every other error."""
+    if not as_json or isinstance(error, click.exceptions.NoArgsIsHelpError):
+        error.show()
+    else:
+        context = getattr(error, "ctx", None)
+        payload = {"error": "usage-error", "message": error.format_message(),
+                   "command": context.command_path if context is not None else "cas"}
+        click.echo(json.dumps(payload, sort_keys=True), err=True)
+    return error.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, map errors to one line on stderr and an exit code."""
+    instruction = os.environ.get(COMPLETE_VAR)
+    if instruction:  # the shell asks for completions (``cas completion SHELL``)
+        return shell_complete(cli, {"obj": Context()}, "cas", COMPLETE_VAR, instruction)
     args = list(sys.argv[1:] if argv is None else argv)
+    options = args[:args.index("--")] if "--" in args else args
     context = Context()
-    context.debug = "--debug" in args
+    context.debug = "--debug" in options
+    context.json = "--json" in options  # also for usage errors raised before it is parsed
     try:
         with cli.make_context("cas", args, obj=context) as ctx:
             cli.invoke(ctx)
@@ -48,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        return _usage_error(exc, context.json)
     except (click.Abort, KeyboardInterrupt):
         click.echo("cas: interrupted", err=True)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -20,18 +21,26 @@ from cas.cli.common import Context, cli, emit, json_option, parse_size
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--thorough", is_flag=True,
               help="Also walk the whole sha256 index for links whose object is gone.")
+@click.option("--metrics-file", type=click.Path(path_type=Path),
+              help="Write a Prometheus textfile here (atomically; not with --dry-run).")
 @click.option("--quiet", "-q", is_flag=True, help="No output unless something fails (cron).")
 @json_option
 @click.pass_obj
 def gc(obj: Context, grace: str, wait: str, max_duration: str | None, dry_run: bool,
-       thorough: bool, quiet: bool, as_json: bool) -> None:
+       thorough: bool, metrics_file: Path | None, quiet: bool, as_json: bool) -> None:
     """Remove objects no name needs (safe beside running imports and readers)."""
     from cas.ops import gc as gc_mod
-    with obj.open_store() as store:
+    if dry_run and metrics_file is not None:
+        raise click.UsageError("--metrics-file describes real runs: drop it or --dry-run")
+    started = time.time()
+    with obj.open_store() as store, store.write_errors():
         report = gc_mod.collect(
             store, grace=gc_mod.parse_duration(grace), dry_run=dry_run,
             wait=gc_mod.parse_duration(wait), thorough=thorough,
             max_duration=None if max_duration is None else gc_mod.parse_duration(max_duration))
+    if metrics_file is not None:
+        from cas.ops.gc_metrics import write_gc_metrics
+        write_gc_metrics(metrics_file, report, started)
     if quiet and not as_json:
         return
     verb = "would remove" if dry_run else "removed"
@@ -66,7 +75,11 @@ def du(obj: Context, reflinks: bool, as_json: bool) -> None:
     emit(as_json, report.to_json(), "\n".join(lines))
 
 
-cli.add_command(du, "stats")
+# the old name of du, too close to ``stat``: still works, says so, hidden from help
+cli.add_command(click.Command(
+    "stats", callback=du.callback, params=du.params, hidden=True,
+    help="Deprecated: use 'cas du' (disk usage); 'cas stat' shows the store or objects.",
+    deprecated="use 'cas du' (disk usage); 'cas stat' shows the store summary or objects"))
 
 
 @cli.command()
@@ -98,7 +111,7 @@ def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | 
         max_bytes=None if max_bytes is None else parse_size(max_bytes),
         rate=None if rate is None else parse_size(rate),
         since=None if since is None else parse_duration(since))
-    with obj.open_store() as store:
+    with obj.open_store() as store, store.write_errors():
         report = verify_mod.sweep(store, full=full, limits=limits, wait=parse_duration(wait))
     if metrics_file is not None:
         write_metrics(metrics_file, report)
@@ -110,16 +123,17 @@ def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | 
 
 
 @cli.command()
-@click.option("--from", "source", required=True, metavar="SOURCE",
+@click.option("--from", "source", metavar="SOURCE",
               help="A cas store path, oci:PATH or ollama:PATH holding good copies.")
 @json_option
 @click.pass_obj
-def repair(obj: Context, source: str, as_json: bool) -> None:
-    """Restore damaged objects from SOURCE (digests checked before they enter the store);
-    exit 6 if some remain damaged."""
+def repair(obj: Context, source: str | None, as_json: bool) -> None:
+    """Fix what can be fixed in place (object files with a write bit get mode 0444) and
+    restore damaged objects from SOURCE (digests checked before they enter the store);
+    exit 6 if some remain damaged (always, without --from, while any is marked)."""
     from cas.integrity.verify_state import sweep_lock
     from cas.ops.repair import repair as repair_store
-    with obj.open_store() as store, sweep_lock(store):
+    with obj.open_store() as store, store.write_errors(), sweep_lock(store):
         report = repair_store(store, source)
     emit(as_json, report.to_json(), report.human())
     if not report.complete:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from cas.cli.common import Context, cli, emit, json_option
+from cas.cli.common import Context, cli, complete_names, emit, json_option
 
 
 @cli.command("mount")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_names)
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Without kernel fs-verity, rehash the artifact's objects before mounting.")
@@ -35,7 +35,7 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, as_json: 
 @json_option
 @click.pass_obj
 def umount_cmd(obj: Context, mountpoint: Path, as_json: bool) -> None:
-    """Unmount an artifact mounted with ``cas mount``."""
+    """Unmount an artifact mounted with 'cas mount'."""
     from cas.ops import mount as mount_mod
     with obj.open_store() as store:
         target = mount_mod.umount(store, mountpoint)

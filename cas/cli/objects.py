@@ -28,23 +28,33 @@ def init(obj: Context, path: Path, no_fsync: bool, as_json: bool) -> None:
         emit(as_json, store.summary(), f"initialised cas store at {store.path}")
 
 
+UNNAMED_NOTE = ("note: no name keeps these objects: cas gc removes them after its grace period "
+                "unless an artifact needs them; to keep files: cas import FILE... --name NAME")
+
+
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option
 @click.pass_obj
 def add(obj: Context, files: tuple[Path, ...], as_json: bool) -> None:
-    """Add FILES to the store; print each object id (reflinked where possible)."""
+    """Add FILES to the store; print each object id (reflinked where possible).
+
+    The objects get no name: cas gc removes them once they are older than its grace
+    period (default 1h) unless an artifact needs them.  To keep files, import them as an
+    artifact instead: cas import FILE... --name NAME (one pass, the same objects)."""
     results = []
     with obj.open_store() as store:
         for path in files:
             size = path.stat().st_size if path.is_file() else None
             result = run_with_progress(path.name, size, functools.partial(_add, store, path))
-            results.append({"path": str(path), **result.to_json()})
+            results.append({"path": str(path), **result.to_json(), "named": False})
             if not as_json:
                 state = "stored" if result.new else "already stored"
                 click.echo(f"{result.object_id}  {path}  ({state}, {result.method})")
     if as_json:
         click.echo(json.dumps(results, sort_keys=True))
+    else:
+        click.echo(UNNAMED_NOTE, err=True)
 
 
 def _add(store: Store, path: Path, progress: Progress) -> AddResult:

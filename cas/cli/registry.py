@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from cas.cli.common import Context, cli, emit, json_option, registry_options, registry_settings
+from cas.cli.common import (
+    Context,
+    cli,
+    complete_names,
+    emit,
+    json_option,
+    registry_options,
+    registry_settings,
+)
 from cas.cli.progress import run_with_progress
 
 
@@ -21,14 +29,14 @@ def pull(obj: Context, ref: str, name: str | None, platform: str | None, insecur
     """Pull REF ([docker://]HOST[:PORT]/REPO[:TAG|@sha256:...]) from a registry and name it."""
     from cas.transport import registry
     options = registry_settings(insecure, username, password, password_stdin, platform)
-    with obj.open_store() as store:
+    with obj.open_store() as store, store.write_errors():
         record = run_with_progress("pull", None, lambda progress: registry.pull(
             store, ref, name, options, progress))
     emit(as_json, record.to_json(), f"{record.name}  {record.image}")
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_names)
 @click.argument("ref", metavar="REF")
 @click.option("--mount-from", metavar="REPO",
               help="Mount blobs the registry holds in REPO instead of uploading them.")

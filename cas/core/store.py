@@ -251,6 +251,15 @@ class Store:
     def tmp_fd(self) -> int:
         return self._tmp_fd
 
+    def write_errors(self) -> contextlib.AbstractContextManager[None]:
+        """For operations that write the store outside ``add_*`` (names, GC, sweeps):
+        ENOSPC/EROFS/EACCES become ``StoreFull``/``StoreReadOnly`` (exit 3)."""
+        return _store_errors(self.path)
+
+    def read_only(self) -> bool:
+        """Is the store's filesystem mounted read-only?"""
+        return bool(os.statvfs(self._root_fd).f_flag & os.ST_RDONLY)
+
     def __enter__(self) -> Store:
         return self
 

@@ -105,10 +105,12 @@ def _unindex(store: Store, sha: Sha256, inode: tuple[int, int]) -> None:
 
 
 @contextlib.contextmanager
-def _damaged_dir(store: Store) -> Any:
-    state_fd = store.open_dir("state", create=True)
+def _damaged_dir(store: Store, *, create: bool = True) -> Any:
+    """``state/damaged``; without ``create`` a missing one raises FileNotFoundError (so
+    readers never write: a full or read-only store still lists its marks)."""
+    state_fd = store.open_dir("state", create=create)
     try:
-        fd = fsio.open_dir(DAMAGED, state_fd, create=True)
+        fd = fsio.open_dir(DAMAGED, state_fd, create=create)
     finally:
         os.close(state_fd)
     try:
@@ -137,19 +139,22 @@ def mark(store: Store, new: DamageMark) -> None:
 def marks(store: Store) -> list[DamageMark]:
     """Every damage mark (an unreadable mark file is skipped: it can only be re-found)."""
     found = []
-    with _damaged_dir(store) as fd:
-        with os.scandir(fd) as entries:
-            files = sorted(e.name for e in entries
-                           if e.name.endswith(".json") and is_hex64(e.name[:-5]))
-        for name in files:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                found.append(DamageMark.from_json(json.loads(
-                    fsio.read_small(fd, name, MARK_LIMIT))))
+    try:
+        with _damaged_dir(store, create=False) as fd:
+            with os.scandir(fd) as entries:
+                files = sorted(e.name for e in entries
+                               if e.name.endswith(".json") and is_hex64(e.name[:-5]))
+            for name in files:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    found.append(DamageMark.from_json(json.loads(
+                        fsio.read_small(fd, name, MARK_LIMIT))))
+    except FileNotFoundError:
+        pass  # no sweep has marked anything yet
     return found
 
 
 def clear(store: Store, oid: ObjectId) -> None:
-    with _damaged_dir(store) as fd, contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError), _damaged_dir(store, create=False) as fd:
         os.unlink(f"{oid}.json", dir_fd=fd)
 
 

@@ -97,7 +97,12 @@ def sweep(store: Store, *, full: bool = True, limits: Limits = Limits(), wait: f
         report.cycle = state.cycle.number if not report.cycle_complete else state.cycle.number - 1
         report.last_full_coverage = state.last_full_coverage
         if act:
-            _act(store, report, refs, inodes)
+            try:
+                _act(store, report, refs, inodes)
+            except OSError as exc:  # full or read-only: the findings stand, unrecorded
+                if exc.errno not in verify_state.CANNOT_WRITE:
+                    raise
+                report.unsaved.append(f"quarantine and damage marks ({exc.strerror})")
         report.duration = clock() - t0
         return report
 
@@ -347,7 +352,12 @@ class _Hasher:
         if finished:
             self.state.finish_cycle(time.time())
             report.cycle_complete = True
-        verify_state.save(self.store, self.state)
+        self._save()
+
+    def _save(self) -> None:
+        if not verify_state.save(self.store, self.state) and "sweep cursor" not in \
+                self.report.unsaved:
+            self.report.unsaved.append("sweep cursor")
 
     def _over_budget(self, start: float, submitted: int) -> bool:
         lim = self.limits
@@ -393,7 +403,7 @@ class _Hasher:
         self.last = obj.oid
         if self.clock() - self.saved_at >= CHECKPOINT_SECONDS:  # a crash loses little
             self.state.record_run(self.last, self.run_time)
-            verify_state.save(self.store, self.state)
+            self._save()
             self.saved_at = self.clock()
 
 

@@ -3,13 +3,13 @@ JSON, a Prometheus textfile).  Nothing here touches the store."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas.core import fsio
+from cas.core import metrics
+from cas.core.metrics import Gauge
 
 #: Every kind of finding, as reported (JSON ``kind``, metrics label).
 KINDS = (
@@ -64,6 +64,7 @@ class Report:
     last_full_coverage: float | None = None
     findings: list[Finding] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    unsaved: list[str] = field(default_factory=list)  # a full or read-only store: not written
 
     @property
     def clean(self) -> bool:
@@ -83,11 +84,14 @@ class Report:
                 "last_full_coverage": self.last_full_coverage, "clean": self.clean,
                 "problems": {k: n for k, n in self.problems_by_kind().items() if n},
                 "findings": [f.to_json() for f in self.findings],
-                "quarantined": self.quarantined}
+                "quarantined": self.quarantined, "unsaved": self.unsaved}
 
     def human(self, quiet: bool = False) -> str:
         lines = [f.line() for f in self.findings]
         lines += [f"quarantined {q}" for q in self.quarantined]
+        if self.unsaved:
+            lines.append("note: the store cannot be written now; not saved: "
+                         + ", ".join(self.unsaved))
         if quiet:
             return "\n".join(lines)
         rate = self.bytes_checked / self.duration / 1e6 if self.duration > 0 else 0.0
@@ -101,46 +105,36 @@ class Report:
         problems = ", ".join(f"{n} {k}" for k, n in self.problems_by_kind().items() if n)
         return "\n".join([*lines, summary, f"problems: {problems or 'none'}"])
 
-    def metrics(self) -> str:
-        """The Prometheus text exposition (for node_exporter's textfile collector)."""
-        mode = f'mode="{self.mode}"'
-        out = []
+    def metrics(self) -> list[Gauge]:
+        """The Prometheus gauges of this run, exact (see ``cas.core.metrics``); every
+        problem kind is present, zeros included, so alerts need no ``absent()``."""
+        mode = {"mode": self.mode}
 
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP cas_verify_{name} {help_}")
-            out.append(f"# TYPE cas_verify_{name} {kind}")
-            out.extend(f"cas_verify_{name}{{{labels}}} {value:g}" for labels, value in samples)
+        def gauge(name: str, help_: str, value: float) -> Gauge:
+            return Gauge.of(f"cas_verify_{name}", help_, value, **mode)
 
-        metric("objects_checked", "gauge", "Objects checked by the last sweep.",
-               [(mode, self.objects_checked)])
-        metric("bytes_checked", "gauge", "Bytes checked by the last sweep.",
-               [(mode, self.bytes_checked)])
-        metric("objects_skipped", "gauge", "Objects skipped as recently verified.",
-               [(mode, self.objects_skipped)])
-        metric("objects_total", "gauge", "Object files in the store.",
-               [(mode, self.objects_total)])
-        metric("problems", "gauge", "Problems found by the last sweep, by kind.",
-               [(f'{mode},kind="{k}"', n) for k, n in self.problems_by_kind().items()])
-        metric("quarantined_objects", "gauge", "Objects quarantined by the last sweep.",
-               [(mode, len(self.quarantined))])
-        metric("duration_seconds", "gauge", "Duration of the last sweep.",
-               [(mode, round(self.duration, 3))])
-        metric("last_run_timestamp_seconds", "gauge", "When the last sweep started.",
-               [(mode, round(self.started, 3))])
+        gauges = [
+            gauge("objects_checked", "Objects checked by the last sweep.", self.objects_checked),
+            gauge("bytes_checked", "Bytes checked by the last sweep.", self.bytes_checked),
+            gauge("objects_skipped", "Objects skipped as recently verified (--since).",
+                  self.objects_skipped),
+            gauge("objects_total", "Object files in the store.", self.objects_total),
+            Gauge("cas_verify_problems", "Problems found by the last sweep, by kind.",
+                  tuple(({**mode, "kind": k}, n) for k, n in self.problems_by_kind().items()),
+                  ("mode", "kind")),
+            gauge("quarantined_objects", "Objects quarantined by the last sweep.",
+                  len(self.quarantined)),
+            gauge("duration_seconds", "Duration of the last sweep.", self.duration),
+            gauge("last_run_timestamp_seconds", "When the last sweep started (Unix time).",
+                  self.started),
+        ]
         if self.last_full_coverage is not None:
-            metric("last_full_coverage_timestamp_seconds", "gauge",
-                   "Start of the last cycle that verified every object.",
-                   [(mode, round(self.last_full_coverage, 3))])
-        return "\n".join(out) + "\n"
+            gauges.append(gauge("last_full_coverage_timestamp_seconds",
+                                "Start of the last cycle that verified every object.",
+                                self.last_full_coverage))
+        return gauges
 
 
 def write_metrics(path: Path, report: Report) -> None:
     """Replace ``path`` atomically (a scraper never reads half a file)."""
-    parent = path.parent if str(path.parent) else Path(".")
-    dir_fd = fsio.open_dir(str(parent))
-    try:
-        fsio.replace_file(dir_fd, path.name, report.metrics().encode(), tmp_dir_fd=dir_fd,
-                          fsync=False)
-    finally:
-        os.close(dir_fd)
-
+    metrics.write_textfile(path, report.metrics())

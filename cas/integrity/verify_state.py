@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -38,6 +39,8 @@ from cas.errors import SweepBusy
 STATE_DIR, STATE_FILE, LOCK_FILE = "state", "verify.json", "verify.lock"
 STATE_LIMIT = 64 << 20
 VERSION = 1
+#: errnos of a store that cannot take a write now: full, over quota, read-only.
+CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 @dataclass
@@ -112,8 +115,12 @@ class SweepState:
 
 
 def load(store: Store, now: float) -> SweepState:
-    """The saved state; a missing or unreadable one starts cycle 1 (costs a re-check only)."""
-    fd = store.open_dir(STATE_DIR, create=True)
+    """The saved state; a missing or unreadable one starts cycle 1 (costs a re-check only).
+    Reading creates nothing (a full or read-only store can still be swept)."""
+    try:
+        fd = store.open_dir(STATE_DIR)
+    except FileNotFoundError:
+        return SweepState(Cycle(1, now))
     try:
         doc = json.loads(fsio.read_small(fd, STATE_FILE, STATE_LIMIT))
         if doc.get("version") != VERSION:
@@ -125,25 +132,65 @@ def load(store: Store, now: float) -> SweepState:
         os.close(fd)
 
 
-def save(store: Store, state: SweepState) -> None:
+def save(store: Store, state: SweepState) -> bool:
+    """Replace the state; False if the store has no room or is read-only (the next run
+    then re-checks from the last saved cursor: a cost, never a lost check)."""
     data = (json.dumps(state.to_json(), sort_keys=True) + "\n").encode()
-    fd, tmp_fd = store.open_dir(STATE_DIR, create=True), store.open_dir("tmp")
+    try:
+        fd = store.open_dir(STATE_DIR, create=True)
+    except OSError as exc:
+        if exc.errno in CANNOT_WRITE:
+            return False
+        raise
+    tmp_fd = store.open_dir("tmp")
     try:
         fsio.replace_file(fd, STATE_FILE, data, tmp_dir_fd=tmp_fd, fsync=store.fsync)
+    except OSError as exc:
+        if exc.errno in CANNOT_WRITE:
+            return False
+        raise
     finally:
         os.close(tmp_fd)
         os.close(fd)
+    return True
+
+
+def _open_lock(store: Store) -> int | None:
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = store.open_dir(STATE_DIR, create=True)
+    except OSError as exc:
+        if exc.errno not in CANNOT_WRITE:
+            raise
+        try:
+            dir_fd = store.open_dir(STATE_DIR)
+        except FileNotFoundError:
+            return None
+    try:
+        try:
+            return os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | flags, 0o644, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno not in CANNOT_WRITE:
+                raise
+        try:
+            return os.open(LOCK_FILE, os.O_RDONLY | flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+    finally:
+        os.close(dir_fd)
 
 
 @contextlib.contextmanager
 def sweep_lock(store: Store, wait: float = 0.0) -> Iterator[None]:
-    """Hold ``state/verify.lock`` exclusively (one sweep or repair at a time)."""
-    dir_fd = store.open_dir(STATE_DIR, create=True)
-    try:
-        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                     dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Hold ``state/verify.lock`` exclusively (one sweep or repair at a time).
+
+    Where the lock file cannot be created (a full or read-only store) no other sweep can
+    have created it either, so the sweep runs without it; an existing one is locked
+    through a read-only descriptor (flock needs no write access)."""
+    fd = _open_lock(store)
+    if fd is None:
+        yield
+        return
     try:
         if not try_flock(fd, fcntl.LOCK_EX, wait):
             raise SweepBusy(path=store.path / STATE_DIR / LOCK_FILE)

@@ -1,4 +1,11 @@
-"""Repair: restore damaged objects from a good source (``cas repair --from SOURCE``).
+"""Repair: fix in place what can be fixed safely, restore damaged objects from a good
+source (``cas repair [--from SOURCE]``).
+
+In place (no source needed): an object file with a write bit gets mode 0444 again
+(``fchmod`` of the very file, opened without following symlinks; its bytes are not
+touched — the sweep proves them), so ``verify`` stops reporting ``writable-object``.
+Nothing else is changed in place: a stray file may be someone's data, and a damaged
+object needs its bytes back from a source.
 
 ``repair`` fetches each marked object (``cas.integrity.quarantine``) from another store, an
 OCI layout or an Ollama store through ``Store.add_*`` with the expected sha256/size checked
@@ -9,10 +16,15 @@ is an operation rather than part of the integrity layer.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from cas import errors
+from cas.core import fsio
+from cas.core.digest import shard
 from cas.core.store import AddResult, Expected, Store
 from cas.integrity.quarantine import DamageMark, clear, intact, marks, quarantine
 from cas.ops.artifacts import parse_location
@@ -20,7 +32,8 @@ from cas.ops.artifacts import parse_location
 
 @dataclass
 class RepairReport:
-    source: str
+    source: str | None
+    modes_fixed: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     already_intact: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
@@ -32,17 +45,21 @@ class RepairReport:
         return not self.not_found and not self.failed
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "repaired": self.repaired,
+        return {"source": self.source, "modes_fixed": self.modes_fixed,
+                "repaired": self.repaired,
                 "already_intact": self.already_intact, "not_found": self.not_found,
                 "failed": self.failed, "quarantined": self.quarantined,
                 "complete": self.complete}
 
     def human(self) -> str:
-        lines = [f"repaired {o}" for o in self.repaired]
-        lines += [f"not found in {self.source}: {o}" for o in self.not_found]
+        lines = [f"mode fixed (0444) {o}" for o in self.modes_fixed]
+        lines += [f"repaired {o}" for o in self.repaired]
+        lines += [f"not found in {self.source or 'any source (use --from)'}: {o}"
+                  for o in self.not_found]
         lines += [f"failed: {f['object']}: {f['reason']}" for f in self.failed]
-        lines.append(f"{len(self.repaired)} repaired, {len(self.already_intact)} already "
-                     f"intact, {len(self.not_found)} not found, {len(self.failed)} failed")
+        lines.append(f"{len(self.modes_fixed)} modes fixed, {len(self.repaired)} repaired, "
+                     f"{len(self.already_intact)} already intact, {len(self.not_found)} not "
+                     f"found, {len(self.failed)} failed")
         return "\n".join(lines)
 
 
@@ -76,16 +93,21 @@ class _Source:
             return None
 
 
-def repair(store: Store, source: str) -> RepairReport:
-    """Restore every marked object from ``source``; clear the marks of restored ones."""
+def repair(store: Store, source: str | None = None) -> RepairReport:
+    """Fix object modes in place; restore every marked object from ``source`` (without
+    one, marked objects are reported as not found); clear the marks of restored ones."""
     report = RepairReport(source)
-    src = _Source(source)
+    report.modes_fixed = fix_modes(store)
+    src = None if source is None else _Source(source)
     try:
         for m in marks(store):
             state = intact(store, m.object)
             if state is True:
                 clear(store, m.object)
                 report.already_intact.append(m.object)
+                continue
+            if src is None:
+                report.not_found.append(m.object)
                 continue
             if state is False:  # a corrupt copy would be kept by add's dedup: move it away
                 moved = quarantine(store, m.object, None, m.sha256)
@@ -105,6 +127,28 @@ def repair(store: Store, source: str) -> RepairReport:
                 clear(store, m.object)
                 report.repaired.append(m.object)
     finally:
-        src.close()
+        if src is not None:
+            src.close()
     return report
 
+
+def fix_modes(store: Store) -> list[str]:
+    """Give every object file with a write bit mode 0444 again; returns their ids."""
+    fixed: list[str] = []
+    for oid in store.iter_objects():
+        shard_name, rest = shard(oid)
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile (GC)
+            shard_fd = fsio.open_dir(shard_name, store.objects_fd)
+            try:
+                fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+            finally:
+                os.close(shard_fd)
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_mode & 0o222:
+                    with store.write_errors():
+                        os.fchmod(fd, 0o444)
+                    fixed.append(oid)
+            finally:
+                os.close(fd)
+    return fixed
