@@ -176,15 +176,16 @@ def parse_ref(text: str) -> tuple[Path, str | None]:
     if not text:
         return default_cache(), None
     expanded = os.path.expanduser(text)
-    base, at, revision = expanded.partition("@")
-    parts = base.split("/")
-    for count in (3, 2, 1):
-        head, repo = "/".join(parts[:-count]), "/".join(parts[-count:])
-        if head and len(parts) > count and _repo_folder_in(Path(head), repo):
-            return Path(head), repo + at + revision
+    base, at, revision = expanded.rpartition("@")
+    for path, suffix in ((base, at + revision), (expanded, "")) if at else ((expanded, ""),):
+        parts = path.split("/")
+        for count in (3, 2, 1):
+            head, repo = "/".join(parts[:-count]), "/".join(parts[-count:])
+            if head and len(parts) > count and _repo_folder_in(Path(head), repo):
+                return Path(head), repo + suffix
     if expanded.startswith(("/", "./", "../", "~")) or expanded in (".", ".."):
         return Path(expanded), None
-    RepoRef.parse(base)
+    RepoRef.parse(base if at else text)
     if at:
         check_revision(revision)
     return default_cache(), text
@@ -209,7 +210,8 @@ def import_cache(store: Store, cache: Path, ref: str | None) -> Imported:
     """Import the snapshots of one revision (``org/name@revision``: errors raised), of a
     repository (``org/name``) or of the whole cache (``None``) — each snapshot on its own,
     a failure recorded next to the (cas name, image) pairs of the others."""
-    repo_text, at, revision = (ref or "").partition("@")
+    repo_text, at, revision = (ref or "").rpartition("@") if "@" in (ref or "") else (
+        ref or "", "", "")
     wanted = check_revision(revision) if at else None
     with closing(_open_cache(cache)) as cache_fd:
         if ref is None:
@@ -258,26 +260,27 @@ class _RepoReader:
 
     def __init__(self, store: Store, batch: Batch, cache: Path, cache_fd: int,
                  repo: RepoRef) -> None:
-        self.store, self.batch, self.cache_fd, self.repo = store, batch, cache_fd, repo
-        self.root = cache / repo.folder
-        self._fds = contextlib.ExitStack()
-        self.repo_fd = self._dir(cache_fd, repo.folder, self.root,
-                                 RepoNotFound(repo=repo, cache=cache))
-        self.blobs_fd = self._dir(self.repo_fd, "blobs", self.root / "blobs",
-                                  BadCacheEntry(path=self.root, reason="no blobs/ directory"))
-        self.snapshots_fd = self._dir(self.repo_fd, "snapshots", self.root / "snapshots",
-                                      BadCacheEntry(path=self.root, reason="no snapshots/"))
-        self.cache = cache
-        self.added: dict[str, AddResult | bytes] = {}
+        self.store, self.batch, self.cache, self.cache_fd = store, batch, cache, cache_fd
+        self.repo, self.root = repo, cache / repo.folder
+        self.added: dict[str, AddResult | bytes] = {}  # a blob shared by snapshots: read once
+        with contextlib.ExitStack() as fds:
+            def subdir(dir_fd: int, name: str, missing: errors.CasError) -> int:
+                return fds.enter_context(closing(open_dir(
+                    dir_fd, name, self.root if dir_fd == cache_fd else self.root / name,
+                    missing)))
+
+            self.repo_fd = subdir(cache_fd, repo.folder, RepoNotFound(repo=repo, cache=cache))
+            self.blobs_fd = subdir(self.repo_fd, "blobs", BadCacheEntry(
+                path=self.root, reason="no blobs/ directory"))
+            self.snapshots_fd = subdir(self.repo_fd, "snapshots", BadCacheEntry(
+                path=self.root, reason="no snapshots/ directory"))
+            self._fds = fds.pop_all()  # closed by __exit__ from here on
 
     def __enter__(self) -> _RepoReader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._fds.close()
-
-    def _dir(self, dir_fd: int, name: str, path: Path, missing: errors.CasError) -> int:
-        return self._fds.enter_context(closing(open_dir(dir_fd, name, path, missing)))
 
     def import_into(self, result: Imported, named: dict[str, str],
                     wanted: str | None) -> None:
@@ -369,28 +372,30 @@ class _RepoReader:
         return build(entries, [], source)
 
     def _files(self, commit: str) -> list[tuple[str, str]]:
-        """(path, etag) of every file of a snapshot, each symlink checked, none followed."""
+        """(path, etag) of every file of a snapshot, each symlink checked, none followed.
+        Directories are walked from a list, not by recursion, one open at a time."""
         found: list[tuple[str, str]] = []
         base = self.root / "snapshots" / commit
-        with contextlib.ExitStack() as fds:
-            todo = [("", fds.enter_context(closing(open_dir(
-                self.snapshots_fd, commit, base, errors.SourceMissing(path=base)))))]
+        with closing(open_dir(self.snapshots_fd, commit, base,
+                              errors.SourceMissing(path=base))) as snapshot_fd:
+            todo = [""]
             while todo:
-                prefix, fd = todo.pop()
-                with os.scandir(fd) as listing:
+                prefix = todo.pop()
+                parts = prefix.split("/")[:-1]
+                with closing(open_path(snapshot_fd, parts, base)) as fd, \
+                        os.scandir(fd) as listing:
                     entries = sorted((e.name, e.is_symlink(), e.is_dir(follow_symlinks=False))
                                      for e in listing if e.name not in IGNORED)
-                for name, link, is_dir in entries:
-                    path = check_path(prefix + name, what="file in a Hugging Face snapshot")
-                    where = base / path
-                    if is_dir:
-                        todo.append((path + "/", fds.enter_context(closing(open_dir(
-                            fd, name, where, errors.SourceMissing(path=where))))))
-                    elif link:
-                        found.append((path, _blob_name(fd, name, where, path.count("/") + 2)))
-                    else:
-                        raise UnexpectedEntry(path=where, kind="file that is not a symlink "
-                                              "into blobs/")
+                    for name, link, is_dir in entries:
+                        path = check_path(prefix + name, what="file in a Hugging Face snapshot")
+                        if is_dir:
+                            todo.append(path + "/")
+                        elif link:
+                            found.append((path, _blob_name(fd, name, base / path,
+                                                           path.count("/") + 2)))
+                        else:
+                            raise UnexpectedEntry(path=base / path, kind="file that is not a "
+                                                  "symlink into blobs/")
         return sorted(found)
 
     def _entry(self, path: str, etag: str) -> Entry:
