@@ -27,6 +27,17 @@ class UnexpectedEntry(errors.BadInput):
     """{path}: unexpected {kind}"""
 
 
+def open_root(root: Path, not_a_store: type[errors.CasError]) -> int:
+    """The root directory of such a store: the user named it, so a symlink there is
+    followed.  ``not_a_store(path=, reason=)`` is raised when it is no directory."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise not_a_store(path=root, reason="no such directory") from None
+    except NotADirectoryError:
+        raise not_a_store(path=root, reason="not a directory") from None
+
+
 @contextlib.contextmanager
 def closing(fd: int) -> Iterator[int]:
     try:

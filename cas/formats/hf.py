@@ -64,6 +64,7 @@ from cas.formats.foreign import (
     open_dir,
     open_file,
     open_path,
+    open_root,
     refusal,
 )
 from cas.formats.results import Failure, Imported
@@ -213,7 +214,7 @@ def import_cache(store: Store, cache: Path, ref: str | None) -> Imported:
     repo_text, at, revision = (ref or "").rpartition("@") if "@" in (ref or "") else (
         ref or "", "", "")
     wanted = check_revision(revision) if at else None
-    with closing(_open_cache(cache)) as cache_fd:
+    with closing(open_root(cache, NotAHfCache)) as cache_fd:
         if ref is None:
             repos, failures = _list_repos(cache_fd, cache)
         else:
@@ -230,16 +231,6 @@ def import_cache(store: Store, cache: Path, ref: str | None) -> Imported:
                         raise
                     result.failures.append(Failure(str(cache / repo.folder), exc))
     return result
-
-
-def _open_cache(cache: Path) -> int:
-    """The cache root is the user's choice, so a symlink there is followed."""
-    try:
-        return os.open(cache, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotAHfCache(path=cache, reason="no such directory") from None
-    except NotADirectoryError:
-        raise NotAHfCache(path=cache, reason="not a directory") from None
 
 
 def _list_repos(cache_fd: int, cache: Path) -> tuple[list[RepoRef], list[Failure]]:
@@ -514,7 +505,8 @@ def export_cache(store: Store, image: Image, cache: Path, *,
                 dir_fd, name, path, errors.SourceMissing(path=path), create=True)))
 
         root = cache / snap.repo.folder
-        repo_fd = subdir(fds.enter_context(closing(_open_cache(cache))), snap.repo.folder, root)
+        cache_fd = fds.enter_context(closing(open_root(cache, NotAHfCache)))
+        repo_fd = subdir(cache_fd, snap.repo.folder, root)
         blobs_fd = subdir(repo_fd, "blobs", root / "blobs")
         for etag, entry in {etag: entry for etag, entry in snap.files.values()}.items():
             written.add(_export_blob(store, blobs_fd, etag, entry, root / "blobs" / etag, link),
@@ -527,6 +519,8 @@ def export_cache(store: Store, image: Image, cache: Path, *,
             with _parent(snapshot_fd, path, snapshot) as (dir_fd, name):
                 _symlink(dir_fd, name, "../" * (path.count("/") + 2) + "blobs/" + etag,
                          snapshot / path)
+        if store.fsync:  # every link durable before a ref can point at the snapshot
+            fsio.syncfs(snapshot_fd)
         refs_fd = subdir(repo_fd, "refs", root / "refs")
         for ref in snap.refs:
             with _parent(refs_fd, ref, root / "refs") as (dir_fd, name):

@@ -71,6 +71,7 @@ from cas.formats.foreign import (
     closing,
     open_dir,
     open_file,
+    open_root,
     refusal,
 )
 from cas.formats.ollama_names import (
@@ -242,16 +243,6 @@ class _Taken:
 # -- reading an Ollama store ------------------------------------------------------------------
 
 
-def _open_root(root: Path) -> int:
-    """The store root itself is the user's choice, so a symlink there is followed."""
-    try:
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotAnOllamaStore(path=root, reason="no such directory") from None
-    except NotADirectoryError:
-        raise NotAnOllamaStore(path=root, reason="not a directory") from None
-
-
 def _list_models(fd: int, path: Path, parts: tuple[str, ...] = ()
                  ) -> tuple[list[ModelRef], list[Failure]]:
     """Every ``host/namespace/model/tag`` below ``manifests/`` as Ollama lists them: what
@@ -405,7 +396,7 @@ def import_models(store: Store, root: Path, model: str | None) -> Imported:
     the result, next to the (cas name, image) pairs of the others.  The images are not
     stored nor named here; the objects they need are, in one batch.
     """
-    with closing(_open_root(root)) as root_fd:
+    with closing(open_root(root, NotAnOllamaStore)) as root_fd:
         if model is not None:
             refs, result = [_resolve(root, root_fd, parse_model(model))], Imported()
         else:
@@ -464,7 +455,7 @@ def export_model(store: Store, image: Image, root: Path, model: str | None = Non
     with contextlib.suppress(FileExistsError):  # a non-directory is refused just below
         root.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        root_fd = stack.enter_context(closing(_open_root(root)))
+        root_fd = stack.enter_context(closing(open_root(root, NotAnOllamaStore)))
         blobs_fd = stack.enter_context(closing(open_dir(
             root_fd, "blobs", root / "blobs", errors.SourceMissing(path=root), create=True)))
         for desc in {d.sha256: d for d in (manifest.config, *manifest.layers)}.values():
