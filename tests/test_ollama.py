@@ -405,6 +405,10 @@ def test_a_model_is_found_ignoring_case(store: Store, ollama_store: OllamaStore)
     assert name == "registry.ollama.ai/someone/tiny-chat:v1"
     assert [image.source[k] for k in ("host", "namespace", "model", "tag")] == [
         "registry.ollama.ai", "someone", "tiny-chat", "v1"]
+    kelvin = ollama_store.root / "manifests" / "registry.ollama.ai" / "library" / "\u212ainy"
+    kelvin.mkdir()  # KELVIN SIGN folds to "k" in Unicode, not in Ollama's ASCII folding
+    with pytest.raises(ollama.ModelNotFound):
+        ollama.import_models(store, ollama_store.root, "kiny")
 
 
 def test_whole_store_import_skips_what_ollama_skips(store: Store,

@@ -282,8 +282,9 @@ def _spelled(dir_fd: int, name: str) -> str:
         return name
     except FileNotFoundError:
         pass
-    folded = name.lower()
-    return next((n for n in sorted(os.listdir(dir_fd)) if n.lower() == folded), name)
+    folded = name.lower()  # Ollama folds ASCII only: "\u212a" (Kelvin) is no "k"
+    return next((n for n in sorted(os.listdir(dir_fd)) if n.isascii() and n.lower() == folded),
+                name)
 
 
 def _resolve(root: Path, root_fd: int, ref: ModelRef) -> ModelRef:
