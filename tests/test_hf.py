@@ -230,6 +230,8 @@ def test_parse_ref(cache: Cache, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert hf.parse_ref("org/name@v1") == (root, "org/name@v1")
     assert hf.parse_ref("gpt2") == (root, "gpt2")
     assert hf.parse_ref(str(tmp_path / "new")) == (tmp_path / "new", None)
+    monkeypatch.chdir(cache.root.parent)
+    assert hf.parse_ref(cache.root.name) == (Path(cache.root.name), None)  # a cache right here
     with pytest.raises(errors.BadName):
         hf.parse_ref("a/b/c")
 

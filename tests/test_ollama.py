@@ -326,6 +326,10 @@ def test_parse_ref(store: Store, ollama_store: OllamaStore, monkeypatch: pytest.
     assert ollama.parse_ref(f"{root}/hf.co/org/m:q4") == (root, "hf.co/org/m:q4")
     assert ollama.parse_ref(f"{root}/localhost:11434/ns/m") == (root, "localhost:11434/ns/m")
     assert ollama.parse_ref("llama3:8b") == (tmp_path / "default", "llama3:8b")
+    assert ollama.parse_ref("llama3") == (tmp_path / "default", "llama3")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llama3").mkdir()  # ... unless a directory of that name is right here
+    assert ollama.parse_ref("llama3") == (Path("llama3"), None)
     monkeypatch.delenv("OLLAMA_MODELS")
     assert ollama.default_root() == Path.home() / ".ollama" / "models"
     new = tmp_path / "new" / "store"  # an export destination

@@ -171,8 +171,9 @@ def parse_ref(text: str) -> tuple[Path, str | None]:
     - ``""``: the default cache, every repository in it;
     - ``CACHE/org/name[@revision]`` (also ``CACHE/name``, ``CACHE/datasets/org/name``)
       when ``CACHE`` holds that repository's folder;
-    - other text that starts like a path (``/ ./ ../ ~``) is the cache itself;
-    - other text is a repository in the default cache (``org/name@v1.0``).
+    - other text that starts like a path (``/ ./ ../ ~``), or names a directory holding
+      repository folders, is the cache itself;
+    - other text is a repository in the default cache (``org/name@v1.0``, ``gpt2``).
     """
     if not text:
         return default_cache(), None
@@ -184,12 +185,20 @@ def parse_ref(text: str) -> tuple[Path, str | None]:
             head, repo = "/".join(parts[:-count]), "/".join(parts[-count:])
             if head and len(parts) > count and _repo_folder_in(Path(head), repo):
                 return Path(head), repo + suffix
-    if expanded.startswith(("/", "./", "../", "~")) or expanded in (".", ".."):
+    if expanded.startswith(("/", "./", "../", "~")) or expanded in (".", "..") or (
+            not at and _holds_repos(Path(expanded))):
         return Path(expanded), None
     RepoRef.parse(base if at else text)
     if at:
         check_revision(revision)
     return default_cache(), text
+
+
+def _holds_repos(path: Path) -> bool:
+    try:
+        return any(_REPO_FOLDER.fullmatch(name) for name in os.listdir(path))
+    except OSError:
+        return False
 
 
 def _repo_folder_in(cache: Path, repo: str) -> bool:
@@ -580,10 +589,9 @@ def _refuse_nesting(cache: Path) -> None:
     if cache.exists():
         return
     for ancestor in (cache.parent, cache.parent.parent):
-        with contextlib.suppress(OSError):
-            if any(_REPO_FOLDER.fullmatch(n) for n in os.listdir(ancestor)):
-                raise NotAHfCache(path=cache, reason=f"inside the Hugging Face cache "
-                                  f"{ancestor}; export to the cache itself")
+        if _holds_repos(ancestor):
+            raise NotAHfCache(path=cache, reason=f"inside the Hugging Face cache "
+                              f"{ancestor}; export to the cache itself")
 
 
 def _export_blob(store: Store, blobs_fd: int, etag: str, entry: Entry, path: Path,

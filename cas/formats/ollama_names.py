@@ -117,8 +117,9 @@ def parse_ref(text: str) -> tuple[Path, str | None]:
       model: ``/srv/ollama``, ``/srv/ollama/llama3:8b``, ``~/m/hf.co/org/model:q4``; an
       existing empty directory is a root too when the rest ends in ``:tag``
       (``/mnt/usb/llama3:8b``: a new store there, the model renamed);
-    - text with no such part that starts like a path (``/ ./ ../ ~``) is the root itself,
-      an export destination that need not exist yet (import refuses it: not a store) —
+    - text with no such part that starts like a path (``/ ./ ../ ~``), or a bare word that
+      names an existing directory, is the root itself, an export destination that need not
+      exist yet (import refuses it: not a store) —
       unless its last component holds a ``:``: ``/new/dir/model:tag`` is refused rather
       than read as a store named ``model:tag``;
     - other text is a model in the default store (``llama3``, ``ns/model:tag``).
@@ -134,7 +135,8 @@ def parse_ref(text: str) -> tuple[Path, str | None]:
             if rest:
                 parse_model(rest)
             return Path(head), rest or None
-    if expanded.startswith(("/", "./", "../", "~")) or expanded in (".", ".."):
+    if expanded.startswith(("/", "./", "../", "~")) or expanded in (".", "..") or (
+            "/" not in expanded and ":" not in expanded and Path(expanded).is_dir()):
         if _has_tag(expanded.rstrip("/")):
             raise NotAnOllamaStore(path=expanded, reason="no Ollama store or empty directory "
                                    "holds it; to export under a new name, create the directory "
