@@ -9,7 +9,9 @@ Exit codes: 0 success, 1 a failed operation, 2 bad usage or bad input,
 4 something asked for does not exist, 5 stored bytes failed an integrity check,
 6 ``cas verify`` / ``cas repair`` ran and found problems (or left some unrepaired),
 7 ``cas verify`` could not run because another sweep holds the lock,
-8 ``cas gc`` could not run because another GC holds the store lock.
+8 ``cas gc`` could not run because another GC holds the store lock,
+9 an import of many artifacts (an Ollama store, a Hugging Face cache) skipped some that
+failed (each reported; the others were imported and named).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 #: ``cas verify``/``cas repair``: the run completed and problems remain (not an error).
 PROBLEMS_FOUND = 6
+#: ``cas import``: some artifacts of the source were imported, others failed (a result).
+SOME_FAILED = 9
 
 
 class CasError(Exception):
@@ -79,6 +83,11 @@ class BadName(BadInput):
     """invalid name {name!r}: {reason}"""
 
 
+class NameClash(BadInput):
+    """{first} and {second} would both be named {name} in cas; {second} was not imported
+    (import it alone, with --name)"""
+
+
 class BadImage(BadInput):
     """bad metadata image: {reason}"""
 
@@ -89,7 +98,7 @@ class ContentMismatch(BadInput):
 
 class UnsupportedSource(BadInput):
     """{location}: unsupported location (oci:PATH[:TAG], ollama:[PATH][/model:tag],
-    docker://REF, a path; tar:PATH for export)"""
+    hf:[CACHE][/org/name[@revision]], docker://REF, a path; tar:PATH for export)"""
 
 
 class DestinationExists(BadInput):

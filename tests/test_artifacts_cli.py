@@ -70,7 +70,55 @@ def test_a_failed_import_names_nothing(store_path: Path, tmp_path: Path) -> None
     path = ollama.model("broken", [("model", b"M" * 5000)])
     blob = ollama.layer_blob("broken", "model")
     blob.write_bytes(b"N" + blob.read_bytes()[1:])  # bit rot Ollama would never notice
-    result = cas("import", f"ollama:{ollama.root}", store=store_path)
+    result = cas("import", f"ollama:{ollama.root}/broken", store=store_path)
     assert result.returncode == 2 and b"does not match" in result.stderr
+    result = cas("import", f"ollama:{ollama.root}", store=store_path)
+    assert result.returncode == 9 and b"does not match" in result.stderr
     assert json.loads(ok("ls", "--json", store=store_path)) == []
     assert path.exists()
+
+
+def test_one_bad_model_does_not_block_the_others(store_path: Path,  # noqa: F811
+                                                 tmp_path: Path) -> None:
+    ollama = OllamaStore(tmp_path / "ollama")
+    ollama.model("good:v1", [("model", gguf_bytes(tmp_path, seed=4)), ("system", b"hi")])
+    ollama.model("localhost:11434/team/also-good", [("system", b"hello")])
+    ollama.model("missing-blob", [("model", b"M" * 5000)])
+    ollama.layer_blob("missing-blob", "model").unlink()
+    result = cas("import", "--json", f"ollama:{ollama.root}", store=store_path)
+    assert result.returncode == 9
+    assert [r["name"] for r in json.loads(result.stdout)] == [
+        "localhost:11434/team/also-good:latest", "registry.ollama.ai/library/good:v1"]
+    [failure] = [json.loads(line) for line in result.stderr.splitlines()]
+    assert failure["error"] == "blob-missing"
+    assert failure["source"] == "registry.ollama.ai/library/missing-blob:latest"
+    names = [r["name"] for r in json.loads(ok("ls", "--json", store=store_path))]
+    assert names == ["localhost:11434/team/also-good:latest", "registry.ollama.ai/library/good:v1"]
+    human = cas("import", f"ollama:{ollama.root}", store=store_path)
+    assert human.returncode == 9
+    assert human.stderr.decode().startswith(
+        "cas: error: registry.ollama.ai/library/missing-blob:latest: ")
+
+
+def test_export_renames_and_links(store_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    ollama = OllamaStore(tmp_path / "ollama")
+    ollama.model("tiny:q4", [("model", gguf_bytes(tmp_path, seed=5)), ("system", b"hi")])
+    ok("import", f"ollama:{ollama.root}", store=store_path)
+    out = tmp_path / "out"
+    out.mkdir()  # an empty directory: a new store, the model renamed
+    done = json.loads(ok("export", "--json", "--link", "hardlink",
+                         "registry.ollama.ai/library/tiny:q4", f"ollama:{out}/team/tiny:v2",
+                         store=store_path))
+    assert done["methods"] == {"hardlink": 2, "inline": 1}
+    manifest = out / "manifests/registry.ollama.ai/team/tiny/v2"
+    assert manifest.read_bytes() == ollama.manifest_path("tiny:q4").read_bytes()
+    human = ok("export", "--link", "copy", "registry.ollama.ai/library/tiny:q4",
+               f"ollama:{out}/tiny:v3", store=store_path)  # out is a store now
+    assert "3 blobs" in human and "3 kept" in human
+    assert (out / "manifests/registry.ollama.ai/library/tiny/v3").exists()
+    nested = cas("export", "registry.ollama.ai/library/tiny:q4",
+                 f"ollama:{tmp_path / 'nowhere'}/tiny:v4", store=store_path)
+    assert nested.returncode == 2 and not (tmp_path / "nowhere").exists()
+    wrong = cas("export", "--link", "hardlink", "registry.ollama.ai/library/tiny:q4",
+                f"oci:{tmp_path / 'layout'}", store=store_path)
+    assert wrong.returncode == 2 and b"--link applies to" in wrong.stderr

@@ -9,10 +9,10 @@ import click
 
 from cas import errors
 from cas.cli.common import Context, cli, complete_names, emit, json_option
+from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
 from cas.core.store import Store
 from cas.ops import artifacts
-from cas.ops.checkout import LinkMode
 from cas.ops.checkout import checkout as checkout_tree
 
 
@@ -25,25 +25,44 @@ from cas.ops.checkout import checkout as checkout_tree
 @click.pass_obj
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
             as_json: bool) -> None:
-    """Import an artifact: a directory, files, oci:PATH[:TAG] or ollama:[PATH][/model:tag]."""
+    """Import an artifact: a directory, files, oci:PATH[:TAG], ollama:[PATH][/model:tag] or
+    hf:[CACHE][/org/name[@revision]].
+
+    A source of many artifacts (an Ollama store, a Hugging Face cache) is imported one
+    artifact at a time: each that fails is reported on stderr and skipped, and the exit
+    code is 9 if any did."""
     with obj.open_store() as store, store.write_errors():
         records = artifacts.import_artifacts(store, list(sources), name,
                                              keep_compressed=not no_keep_compressed)
     emit(as_json, [r.to_json() for r in records],
          "\n".join(f"{r.name}  {r.image}" for r in records))
+    for failure in records.failures:
+        click.echo(json.dumps(failure.to_json(), sort_keys=True) if as_json
+                   else f"cas: error: {failure}", err=True)
+    if records.failures:
+        raise click.exceptions.Exit(errors.SOME_FAILED)
 
 
 @cli.command()
 @click.argument("name", shell_complete=complete_names)
 @click.argument("destination")
+@click.option("--link", type=click.Choice([m.value for m in LinkMode]), default="auto",
+              show_default=True, help="How ollama: and hf: blobs are made from objects "
+              "(hardlink: the store's read-only objects themselves).")
 @json_option
 @click.pass_obj
-def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
-    """Export artifact NAME to oci:PATH[:TAG], ollama:PATH or tar:PATH (a reproducible tar
-    layer of its tree: sorted, mtime 0, uid/gid 0)."""
+def export(obj: Context, name: str, destination: str, link: str, as_json: bool) -> None:
+    """Export artifact NAME to oci:PATH[:TAG], ollama:PATH[/model:tag] (a new model name:
+    a rename), hf:CACHE or tar:PATH (a reproducible tar layer of its tree: sorted, mtime 0,
+    uid/gid 0)."""
+    mode = LinkMode(link)
     with obj.open_store() as store:
-        result = artifacts.export_artifact(store, name, destination)
-    emit(as_json, result, f"exported {result['name']} to {destination}")
+        result = artifacts.export_artifact(store, name, destination, link=mode)
+    human = f"exported {result['name']} to {destination}"
+    if "methods" in result:
+        human += f": {result['files']} blobs ({result['bytes']} bytes), " + ", ".join(
+            f"{n} {m}" for m, n in sorted(result["methods"].items()))
+    emit(as_json, result, human + _hardlink_note(mode))
 
 
 @cli.command()
@@ -66,9 +85,13 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
     methods = ", ".join(f"{n} {m}" for m, n in sorted(result.methods.items()))
     human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}" + (
         f": {methods}" if methods else "")
-    if mode is LinkMode.HARDLINK:
-        human += "\nnote: hardlinked files are the store's read-only objects; never write to them"
-    emit(as_json, result.to_json(), human)
+    emit(as_json, result.to_json(), human + _hardlink_note(mode))
+
+
+def _hardlink_note(mode: LinkMode) -> str:
+    if mode is not LinkMode.HARDLINK:
+        return ""
+    return "\nnote: hardlinked files are the store's read-only objects; never write to them"
 
 
 @cli.command()

@@ -5,8 +5,13 @@ An Ollama store (``$OLLAMA_MODELS``, default ``~/.ollama/models``) holds::
     manifests/<host>/<namespace>/<model>/<tag>   Docker schema 2 manifest (JSON)
     blobs/sha256-<64 hex>                        the config and every layer, by digest
 
-Import turns one manifest into one metadata image.  Its tree has one file per layer,
-named by the layer's kind (the media type after ``application/vnd.ollama.image.``):
+Model names follow Ollama's grammar (``cas.formats.ollama_names``).  Import turns one
+manifest into one metadata image.  Its tree has one file per layer, named by the layer's
+``name`` when it has one (safetensors models: ``model-00001-of-00002.safetensors``,
+``config.json``, ``text_encoder/model.embed_tokens.weight``) that is a safe tree path not
+taken by another layer (nor differing from one only in case, nor a file where another
+needs a directory); any other layer is named by its kind (the media type after
+``application/vnd.ollama.image.``):
 
     model → ``model.gguf``; adapter, projector, draft → ``<kind>.gguf``;
     params, messages → ``<kind>.json``; any other kind made of ``[a-z0-9._-]`` (template,
@@ -18,13 +23,16 @@ named by the layer's kind (the media type after ``application/vnd.ollama.image.`
 The manifest and config bytes are stored as objects and listed in ``image.blobs``;
 ``image.source`` records the model's name parts, the manifest's sha256 and each layer's
 descriptor with its tree path.  Export re-reads the stored manifest, writes every blob it
-names (checking each one's sha256 as it is written), then the identical manifest bytes.
+names (from its object as the link mode says, checked), then the identical manifest bytes
+under the recorded name or a new one.
 
 Everything in an Ollama store is untrusted input, because Ollama itself never checks a
 blob after download: each name part is validated, every path below the store root is
 opened one component at a time from a directory descriptor without following symlinks,
 manifests are size-capped and parsed strictly, and every blob's size and sha256 are
-checked while cas reads it.  A model whose blob is missing or damaged is not imported.
+checked while cas reads it.  A whole-store import is per model, as Ollama lists models:
+a model whose blob is missing or damaged, whose manifest is bad, or whose name cannot be
+read is reported and skipped, and the others are imported.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -43,7 +51,6 @@ from typing import Any, NoReturn
 from cas import errors
 from cas.core import fsio, hashing, strictjson
 from cas.core.digest import ObjectId, Sha256, is_hex64, oci_form, sha256_digest
-from cas.core.hashing import Digests
 from cas.core.image import (
     INLINE_MAX,
     MAX_MEDIA_TYPE,
@@ -54,29 +61,45 @@ from cas.core.image import (
     build,
     file_entry,
 )
-from cas.core.names import normalize
+from cas.core.linkmode import LinkMode
 from cas.core.store import AddResult, Batch, Expected, Store
-from cas.core.treepath import check_name
+from cas.core.treepath import check_path
+from cas.formats.blobwrite import BLOB_MODE, Content, Written, write_blob
+from cas.formats.foreign import (
+    UnexpectedEntry,
+    UnsafeLink,
+    closing,
+    open_dir,
+    open_file,
+    open_root,
+    refusal,
+)
+from cas.formats.ollama_names import (
+    KINDS,
+    ModelRef,
+    NotAnOllamaStore,
+    check_part,
+    default_root,
+    parse_model,
+    parse_ref,
+)
+from cas.formats.results import Failure, Imported
+
+__all__ = ["BadManifest", "BlobMissing", "ModelNotFound", "ModelRef",
+           "NotAnOllamaStore", "UnexpectedEntry", "UnsafeLink", "default_root", "export_model",
+           "import_models", "parse_manifest", "parse_model", "parse_ref"]
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 LAYER_MEDIA_PREFIX = "application/vnd.ollama.image."
-DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 MAX_MANIFEST = 4 << 20
 MAX_LAYERS = 100_000
-BLOB_MODE = 0o644  # what Ollama gives its own blobs and manifests
 
-_KINDS = ("host", "namespace", "model", "tag")
-_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # Ollama's name-part characters
 _SAFE_KIND = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _EXTENSIONS = {"model": ".gguf", "adapter": ".gguf", "projector": ".gguf", "draft": ".gguf",
                "params": ".json", "messages": ".json"}
 
 
 # -- errors -----------------------------------------------------------------------------------
-
-
-class NotAnOllamaStore(errors.BadInput):
-    """{path}: not an Ollama model store ({reason})"""
 
 
 class ModelNotFound(errors.NotFound):
@@ -88,105 +111,7 @@ class BadManifest(errors.BadInput):
 
 
 class BlobMissing(errors.BadInput):
-    """{path}: missing, but the manifest of {model} names it; nothing was imported"""
-
-
-class UnsafeLink(errors.BadInput):
-    """{path}: is a symlink; cas never follows symlinks inside an Ollama store"""
-
-
-class UnexpectedEntry(errors.BadInput):
-    """{path}: unexpected {kind} in an Ollama store"""
-
-
-class NameClash(errors.BadInput):
-    """Ollama models {first} and {second} would both be named {name} in cas"""
-
-
-# -- model references -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRef:
-    """A fully qualified model name; every part is checked when one is made."""
-
-    host: str
-    namespace: str
-    model: str
-    tag: str
-
-    def __post_init__(self) -> None:
-        for kind, part in zip(_KINDS, self.parts, strict=True):
-            _check_part(kind, part)
-
-    @property
-    def parts(self) -> tuple[str, str, str, str]:
-        return self.host, self.namespace, self.model, self.tag
-
-    @property
-    def cas_name(self) -> str:
-        """The cas name: lower-cased but for the tag, as Ollama compares names ignoring
-        case while cas names are lower-case (``hf.co/Org/Model`` → ``hf.co/org/model``)."""
-        return normalize(f"{self.host}/{self.namespace}/{self.model}".lower() + f":{self.tag}")
-
-    def __str__(self) -> str:
-        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-
-
-def _check_part(kind: str, part: str) -> None:
-    check_name(part, what=f"Ollama {kind}")
-    if (not _PART.fullmatch(part) or ".." in part
-            or (kind == "namespace" and "." in part)):
-        raise errors.BadName(name=part, reason=f"not a valid Ollama {kind} (letters, digits, "
-                             "_ . - and no '..'; no '.' in a namespace)")
-
-
-def parse_model(text: str) -> ModelRef:
-    """``model``, ``model:tag``, ``ns/model[:tag]`` or ``host/ns/model[:tag]``, with
-    Ollama's defaults for what is left out."""
-    path, sep, tag = text.rpartition(":")
-    if not sep or "/" in tag:
-        path, tag = text, DEFAULT_TAG
-    parts = path.split("/")
-    if len(parts) > 3:
-        raise errors.BadName(name=text, reason="an Ollama model is [host/][namespace/]model[:tag]")
-    defaults = [DEFAULT_HOST, DEFAULT_NAMESPACE][:3 - len(parts)]
-    host, namespace, model = [*defaults, *parts]
-    return ModelRef(host, namespace, model, tag)
-
-
-def default_root() -> Path:
-    """Where Ollama keeps its models: ``$OLLAMA_MODELS`` or ``~/.ollama/models``."""
-    configured = os.environ.get("OLLAMA_MODELS")
-    return Path(configured) if configured else Path.home() / ".ollama" / "models"
-
-
-def parse_ref(text: str) -> tuple[Path, str | None]:
-    """Split the text after ``ollama:`` into a store root and an optional model reference.
-
-    - ``""``: the default store (``default_root()``), every model in it;
-    - otherwise the longest leading part of the text, cut at a ``/``, that is an Ollama
-      store directory (one holding ``manifests/``) is the root and the rest, if any, the
-      model: ``/srv/ollama``, ``/srv/ollama/llama3:8b``, ``~/m/hf.co/org/model:q4``;
-    - text with no such part that starts like a path (``/ ./ ../ ~``) is the root itself,
-      an export destination that need not exist yet (import refuses it: not a store);
-    - other text is a model in the default store (``llama3``, ``ns/model:tag``).
-    """
-    if not text:
-        return default_root(), None
-    expanded = os.path.expanduser(text)
-    parts = expanded.split("/")
-    for cut in range(len(parts), 0, -1):
-        head = "/".join(parts[:cut])
-        if head and (Path(head) / "manifests").is_dir():
-            rest = "/".join(parts[cut:]).strip("/")
-            if rest:
-                parse_model(rest)
-            return Path(head), rest or None
-    if expanded.startswith(("/", "./", "../", "~")) or expanded in (".", ".."):
-        return Path(expanded), None
-    parse_model(text)
-    return default_root(), text
+    """{path}: missing, but the manifest of {model} names it"""
 
 
 # -- manifests --------------------------------------------------------------------------------
@@ -194,11 +119,12 @@ def parse_ref(text: str) -> tuple[Path, str | None]:
 
 @dataclass(frozen=True, slots=True)
 class Descriptor:
-    """One ``{mediaType, digest, size}`` of a manifest (other fields are ignored)."""
+    """One ``{mediaType, digest, size[, name]}`` of a manifest (other fields are ignored)."""
 
     media_type: str
     sha256: Sha256
     size: int
+    name: str | None = None  # a layer's file name, as Ollama's safetensors models have
 
     @property
     def file_name(self) -> str:
@@ -244,6 +170,9 @@ def _descriptor(raw: object, what: str, bad: Callable[[str], NoReturn]) -> Descr
     if not isinstance(raw, dict):
         bad(f"{what} is not an object")
     media_type, digest, size = raw.get("mediaType"), raw.get("digest"), raw.get("size")
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        bad(f"{what}: name is not a string")
     if not isinstance(media_type, str) or not 0 < len(media_type) <= MAX_MEDIA_TYPE:
         bad(f"{what}: mediaType is not a string of 1..{MAX_MEDIA_TYPE} characters")
     if type(size) is not int or not 0 <= size <= MAX_SIZE:
@@ -252,125 +181,145 @@ def _descriptor(raw: object, what: str, bad: Callable[[str], NoReturn]) -> Descr
         sha = sha256_digest(digest if isinstance(digest, str) else "")
     except errors.InvalidObjectId:
         bad(f"{what}: digest {digest!r} is not sha256:<64 lowercase hex>")
-    return Descriptor(media_type, sha, size)
+    return Descriptor(media_type, sha, size, name or None)
 
 
-class _LayerNames:
-    """Tree file names for layers, by kind (see the module docstring), never repeated."""
+def layer_paths(layers: Sequence[Descriptor]) -> list[str]:
+    """The tree path of each layer (see the module docstring): named layers first, in
+    manifest order, then the others by kind, so a kind's name never takes a layer's own."""
+    taken = _Taken()
+    paths: list[str | None] = [desc.name if desc.name is not None and _safe_path(desc.name)
+                               and taken.claim(desc.name) else None for desc in layers]
+    counters: dict[str, int] = {}
+    for i, desc in enumerate(layers):
+        if paths[i] is None:
+            stem, ext = _kind_name(desc.media_type)
+            number = counters.get(stem + ext, 1)
+            name = stem + ext
+            while not taken.claim(name):
+                number += 1
+                name = f"{stem}-{number}{ext}"
+            counters[stem + ext] = number
+            paths[i] = name
+    return [path for path in paths if path is not None]
+
+
+def _kind_name(media_type: str) -> tuple[str, str]:
+    kind = media_type.partition(";")[0].strip()
+    kind = kind[len(LAYER_MEDIA_PREFIX):] if kind.startswith(LAYER_MEDIA_PREFIX) else ""
+    if not _SAFE_KIND.fullmatch(kind):
+        kind = "layer"
+    return kind, _EXTENSIONS.get(kind, "")
+
+
+def _safe_path(name: str) -> bool:
+    try:
+        check_path(name, what="Ollama layer name")
+    except errors.BadPath:
+        return False
+    return True
+
+
+class _Taken:
+    """Tree paths in use, compared ignoring case: a new one may not equal one, nor be a
+    file where another needs a directory, nor the other way round."""
 
     def __init__(self) -> None:
-        self._taken: set[str] = set()
-        self._next: dict[str, int] = {}
+        self._files: set[str] = set()
+        self._dirs: set[str] = set()
 
-    def name(self, media_type: str) -> str:
-        kind = media_type.partition(";")[0].strip()
-        kind = kind[len(LAYER_MEDIA_PREFIX):] if kind.startswith(LAYER_MEDIA_PREFIX) else ""
-        if not _SAFE_KIND.fullmatch(kind):
-            kind = "layer"
-        stem, ext = kind, _EXTENSIONS.get(kind, "")
-        number = self._next.get(stem + ext, 1)
-        name = stem + ext
-        while name in self._taken:
-            number += 1
-            name = f"{stem}-{number}{ext}"
-        self._next[stem + ext] = number
-        self._taken.add(name)
-        return check_name(name)
+    def claim(self, path: str) -> bool:
+        folded = path.casefold()
+        parents = [folded.rpartition("/")[0]]
+        while parents[-1]:
+            parents.append(parents[-1].rpartition("/")[0])
+        if folded in self._files or folded in self._dirs or self._files.intersection(parents):
+            return False
+        self._files.add(folded)
+        self._dirs.update(p for p in parents if p)
+        return True
 
 
 # -- reading an Ollama store ------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _fd(fd: int) -> Iterator[int]:
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _refusal(exc: OSError, dir_fd: int, name: str, path: Path) -> errors.CasError:
-    """The error for a failed open of ``name``: a symlink or a wrong file type is named."""
-    try:
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-    except OSError:
-        mode = 0
-    if stat.S_ISLNK(mode):
-        return UnsafeLink(path=path)
-    if mode and exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.EINVAL):
-        return UnexpectedEntry(path=path, kind=fsio.file_kind(mode))
-    return errors.SourceUnreadable(path=path, reason=exc.strerror)
-
-
-def _open_dir(dir_fd: int, name: str, path: Path, missing: errors.CasError, *,
-              create: bool = False) -> int:
-    try:
-        return fsio.open_dir(name, dir_fd, create=create)
-    except FileNotFoundError:
-        raise missing from None
-    except OSError as exc:
-        raise _refusal(exc, dir_fd, name, path) from None
-
-
-def _open_file(dir_fd: int, name: str, path: Path) -> int | None:
-    """A regular file opened without following a symlink, or None if there is none."""
-    try:
-        fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _refusal(exc, dir_fd, name, path) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise UnexpectedEntry(path=path, kind=fsio.file_kind(mode))
-    return fd
-
-
-def _open_root(root: Path) -> int:
-    """The store root itself is the user's choice, so a symlink there is followed."""
-    try:
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotAnOllamaStore(path=root, reason="no such directory") from None
-    except NotADirectoryError:
-        raise NotAnOllamaStore(path=root, reason="not a directory") from None
-
-
-def _list_models(manifests_fd: int, path: Path, parts: tuple[str, ...] = ()) -> list[ModelRef]:
-    """Every ``host/namespace/model/tag`` below ``manifests/``; dot-files are skipped."""
-    found: list[ModelRef] = []
-    for name in sorted(n for n in os.listdir(manifests_fd) if not n.startswith(".")):
-        _check_part(_KINDS[len(parts)], name)
-        if len(parts) == 3:
-            found.append(ModelRef(parts[0], parts[1], parts[2], name))
+def _list_models(fd: int, path: Path, parts: tuple[str, ...] = ()
+                 ) -> tuple[list[ModelRef], list[Failure]]:
+    """Every ``host/namespace/model/tag`` below ``manifests/`` as Ollama lists them: what
+    its listing never reads as a model (dot-files, files above the tag level, directories
+    at it) is skipped; a name Ollama refuses or a symlinked directory is a failure."""
+    refs: list[ModelRef] = []
+    failures: list[Failure] = []
+    leaf = len(parts) == 3
+    with os.scandir(fd) as listing:
+        entries = sorted((e.name, e.is_symlink(), e.is_dir(follow_symlinks=False))
+                         for e in listing if not e.name.startswith("."))
+    for name, link, is_dir in entries:
+        if not link and is_dir == leaf:
             continue
-        missing = errors.SourceMissing(path=path / name)  # removed while we looked
-        with _fd(_open_dir(manifests_fd, name, path / name, missing)) as child:
-            found += _list_models(child, path / name, (*parts, name))
-    return found
+        where = path / name
+        try:
+            check_part(KINDS[len(parts)], name)
+            if leaf:
+                refs.append(ModelRef(parts[0], parts[1], parts[2], name))
+                continue
+            child = open_dir(fd, name, where, errors.SourceMissing(path=where))
+        except errors.BadInput as exc:
+            failures.append(Failure(str(where), exc))
+            continue
+        with closing(child):
+            more_refs, more_failures = _list_models(child, where, (*parts, name))
+        refs += more_refs
+        failures += more_failures
+    return refs, failures
+
+
+def _spelled(dir_fd: int, name: str) -> str:
+    """The spelling of ``name`` already in ``dir_fd`` (Ollama ignores case in names): the
+    name itself if present, else the first entry equal to it but for case, else ``name``."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return name
+    except FileNotFoundError:
+        pass
+    folded = name.lower()  # Ollama folds ASCII only: "\u212a" (Kelvin) is no "k"
+    return next((n for n in sorted(os.listdir(dir_fd)) if n.isascii() and n.lower() == folded),
+                name)
+
+
+def _resolve(root: Path, root_fd: int, ref: ModelRef) -> ModelRef:
+    """``ref`` as spelled in the store, found ignoring case as Ollama finds models."""
+    missing = ModelNotFound(model=str(ref), root=root)
+    spelled: list[str] = []
+    with contextlib.ExitStack() as stack:
+        where = root / "manifests"
+        dir_fd = stack.enter_context(closing(open_dir(root_fd, "manifests", where, missing)))
+        for part in ref.parts[:3]:
+            spelled.append(_spelled(dir_fd, part))
+            where = where / spelled[-1]
+            dir_fd = stack.enter_context(closing(open_dir(dir_fd, spelled[-1], where, missing)))
+        return ModelRef(spelled[0], spelled[1], spelled[2], _spelled(dir_fd, ref.tag))
 
 
 class _Importer:
-    """Imports models of one Ollama store inside one store batch (all or nothing)."""
+    """Imports models of one Ollama store inside one store batch."""
 
     def __init__(self, store: Store, batch: Batch, root: Path, root_fd: int) -> None:
         self.store, self.batch, self.root, self.root_fd = store, batch, root, root_fd
         self.added: dict[Sha256, AddResult] = {}  # a blob shared by models is read once
-        self.blobs_fd = _open_dir(root_fd, "blobs", root / "blobs",
+        self.blobs_fd = open_dir(root_fd, "blobs", root / "blobs",
                                   NotAnOllamaStore(path=root, reason="no blobs/ directory"))
 
     def close(self) -> None:
         os.close(self.blobs_fd)
 
-    def model(self, ref: ModelRef) -> tuple[str, Image]:
+    def model(self, ref: ModelRef) -> Image:
         path = self.root.joinpath("manifests", *ref.parts)
         data = self._read_manifest(ref, path)
         manifest = parse_manifest(data, path)
         config = self._add(manifest.config, ref)
         stored = self.store.add_bytes(data, batch=self.batch)
-        names = _LayerNames()
-        layers = [(desc, names.name(desc.media_type)) for desc in manifest.layers]
+        layers = list(zip(manifest.layers, layer_paths(manifest.layers), strict=True))
         entries = [self._layer(desc, name, ref) for desc, name in layers]
         blobs = [Blob(stored.sha256, stored.object_id, stored.size, MANIFEST_MEDIA_TYPE),
                  Blob(config.sha256, config.object_id, config.size, manifest.config.media_type)]
@@ -378,7 +327,7 @@ class _Importer:
                   "model": ref.model, "tag": ref.tag, "manifest": stored.sha256,
                   "config": manifest.config.record(),
                   "layers": [desc.record(path=name) for desc, name in layers]}
-        return ref.cas_name, build(entries, blobs, source)
+        return build(entries, blobs, source)
 
     def _read_manifest(self, ref: ModelRef, path: Path) -> bytes:
         missing = ModelNotFound(model=str(ref), root=self.root)
@@ -386,7 +335,7 @@ class _Importer:
             dir_fd, where = self.root_fd, self.root
             for name in ("manifests", *ref.parts[:3]):
                 where = where / name
-                dir_fd = stack.enter_context(_fd(_open_dir(dir_fd, name, where, missing)))
+                dir_fd = stack.enter_context(closing(open_dir(dir_fd, name, where, missing)))
             try:
                 return fsio.read_small(dir_fd, ref.tag, MAX_MANIFEST)
             except FileNotFoundError:
@@ -395,7 +344,7 @@ class _Importer:
                 if exc.errno == errno.EFBIG:
                     raise BadManifest(path=path,
                                       reason=f"larger than {MAX_MANIFEST} bytes") from None
-                raise _refusal(exc, dir_fd, ref.tag, path) from None
+                raise refusal(exc, dir_fd, ref.tag, path) from None
 
     def _layer(self, desc: Descriptor, name: str, ref: ModelRef) -> Entry:
         if desc.size <= INLINE_MAX:
@@ -414,10 +363,10 @@ class _Importer:
 
     def _read_small(self, desc: Descriptor, ref: ModelRef) -> bytes:
         path = self._check_blob(desc, ref)
-        fd = _open_file(self.blobs_fd, desc.file_name, path)
+        fd = open_file(self.blobs_fd, desc.file_name, path)
         if fd is None:
             raise BlobMissing(path=path, model=str(ref))
-        with _fd(fd):
+        with closing(fd):
             data = os.read(fd, desc.size + 1)
         Expected(str(path), desc.sha256, desc.size).check(hashing.hash_bytes(data))
         return data
@@ -439,74 +388,95 @@ class _Importer:
         return path
 
 
-def import_models(store: Store, root: Path, model: str | None) -> list[tuple[str, Image]]:
-    """Import one model (``model``, as ``parse_model`` reads it) or every model of the
-    Ollama store at ``root``; returns (cas name, image) pairs, nothing on any error.
+def import_models(store: Store, root: Path, model: str | None) -> Imported:
+    """Import one model (``model``, as ``parse_model`` reads it, found ignoring case) or
+    every model of the Ollama store at ``root``.
 
-    The images are not stored nor named here; the objects they need are, in one batch.
+    One model: any error is raised.  Every model: each is imported on its own, and a
+    model that fails (or whose cas name another model already has) is a ``Failure`` in
+    the result, next to the (cas name, image) pairs of the others.  The images are not
+    stored nor named here; the objects they need are, in one batch.
     """
-    wanted = None if model is None else parse_model(model)
-    with _fd(_open_root(root)) as root_fd:
-        if wanted is None:
-            missing = NotAnOllamaStore(path=root, reason="no manifests/ directory")
-            with _fd(_open_dir(root_fd, "manifests", root / "manifests", missing)) as fd:
-                refs = _list_models(fd, root / "manifests")
+    with closing(open_root(root, NotAnOllamaStore)) as root_fd:
+        if model is not None:
+            refs, result = [_resolve(root, root_fd, parse_model(model))], Imported()
         else:
-            refs = [wanted]
-        _check_clashes(refs)
+            missing = NotAnOllamaStore(path=root, reason="no manifests/ directory")
+            with closing(open_dir(root_fd, "manifests", root / "manifests", missing)) as fd:
+                refs, failures = _list_models(fd, root / "manifests")
+            result = Imported(failures=failures)
         if not refs:
-            return []
+            return result
         with store.batch() as batch:
             importer = _Importer(store, batch, root, root_fd)
             try:
-                return [importer.model(ref) for ref in refs]
+                if model is not None:
+                    result.artifacts.append((refs[0].cas_name, importer.model(refs[0])))
+                else:
+                    _import_each(importer, refs, result)
             finally:
                 importer.close()
+    return result
 
 
-def _check_clashes(refs: list[ModelRef]) -> None:
-    seen: dict[str, ModelRef] = {}
+def _import_each(importer: _Importer, refs: list[ModelRef], result: Imported) -> None:
+    named: dict[str, ModelRef] = {}
     for ref in refs:
-        first = seen.setdefault(ref.cas_name, ref)
-        if first is not ref:
-            raise NameClash(first=first, second=ref, name=ref.cas_name)
+        try:
+            name = ref.cas_name
+            if name in named:
+                raise errors.NameClash(first=named[name], second=ref, name=name)
+            result.artifacts.append((name, importer.model(ref)))
+            named[name] = ref
+        except (errors.BadInput, errors.SourceChanged) as exc:
+            result.failures.append(Failure(str(ref), exc))
 
 
 # -- export -----------------------------------------------------------------------------------
 
 
-def export_model(store: Store, image: Image, root: Path) -> None:
-    """Write the model of ``image`` into the Ollama store at ``root`` (created if needed).
+def export_model(store: Store, image: Image, root: Path, model: str | None = None, *,
+                 link: LinkMode = LinkMode.AUTO) -> Written:
+    """Write the model of ``image`` into the Ollama store at ``root`` (created if needed),
+    under its recorded name or ``model`` (an Ollama reference: a rename).
 
-    Blobs first, each written to a temp file in ``blobs/``, checked against its digest and
-    renamed into place; a blob already there is kept if its size and sha256 are right.
-    The manifest, byte-identical to the imported one, comes last: Ollama never sees a
-    model whose blobs are not all in place.
+    Blobs first, each made in a temp file in ``blobs/`` from its object as ``link`` says
+    (checked against the object id; a hardlink is the store's read-only object itself)
+    and renamed into place; a blob already there is kept if its size and sha256 are right.
+    The manifest, byte-identical to the imported one, comes last — Ollama never sees a
+    model whose blobs are not all in place — under the spelling of the name the store
+    already has, if any (Ollama ignores case in names).
     """
-    ref, manifest_sha = _source(image)
+    recorded, manifest_sha = _source(image)
+    target = recorded if model is None else parse_model(model)
     data = _read_object(store, image.blob(manifest_sha).object_id, manifest_sha)
     manifest = parse_manifest(data, f"stored manifest sha256:{manifest_sha}")
     contents = _contents(image)
+    written = Written()
     with contextlib.suppress(FileExistsError):  # a non-directory is refused just below
         root.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        root_fd = stack.enter_context(_fd(_open_root(root)))
-        blobs_fd = stack.enter_context(_fd(_open_dir(
+        root_fd = stack.enter_context(closing(open_root(root, NotAnOllamaStore)))
+        blobs_fd = stack.enter_context(closing(open_dir(
             root_fd, "blobs", root / "blobs", errors.SourceMissing(path=root), create=True)))
         for desc in {d.sha256: d for d in (manifest.config, *manifest.layers)}.values():
             content = contents.get(desc.sha256)
             if content is None:
                 raise errors.BadImage(reason=f"no content for {oci_form(desc.sha256)}")
-            _export_blob(store, blobs_fd, desc, content, root / "blobs" / desc.file_name)
+            method = _export_blob(store, blobs_fd, desc, content,
+                                  root / "blobs" / desc.file_name, link)
+            written.add(method, desc.size)
         if store.fsync:
             os.fsync(blobs_fd)
         dir_fd, where = root_fd, root
-        for name in ("manifests", *ref.parts[:3]):
+        for name in ("manifests", *target.parts[:3]):
+            name = name if dir_fd == root_fd else _spelled(dir_fd, name)
             where = where / name
-            dir_fd = stack.enter_context(_fd(_open_dir(
+            dir_fd = stack.enter_context(closing(open_dir(
                 dir_fd, name, where, errors.SourceMissing(path=where), create=True)))
-        fsio.replace_file(dir_fd, ref.tag, data, tmp_dir_fd=dir_fd, fsync=store.fsync,
-                          mode=BLOB_MODE)
+        fsio.replace_file(dir_fd, _spelled(dir_fd, target.tag), data, tmp_dir_fd=dir_fd,
+                          fsync=store.fsync, mode=BLOB_MODE)
+    return written
 
 
 def _source(image: Image) -> tuple[ModelRef, Sha256]:
@@ -514,16 +484,16 @@ def _source(image: Image) -> tuple[ModelRef, Sha256]:
     source = image.source
     if source.get("type") != "ollama":
         raise errors.BadImage(reason=f"not an Ollama model (source type {source.get('type')!r})")
-    values = [source.get(key) for key in (*_KINDS, "manifest")]
+    values = [source.get(key) for key in (*KINDS, "manifest")]
     strings = [value for value in values if isinstance(value, str)]
     if len(strings) != len(values) or not is_hex64(strings[-1]):
         raise errors.BadImage(reason="Ollama source record lacks its name or manifest digest")
     return ModelRef(*strings[:-1]), Sha256(strings[-1])
 
 
-def _contents(image: Image) -> dict[Sha256, ObjectId | bytes]:
+def _contents(image: Image) -> dict[Sha256, Content]:
     """Where the bytes of each digest are: an object, or a small file inline in the image."""
-    contents: dict[Sha256, ObjectId | bytes] = {b.sha256: b.object_id for b in image.blobs}
+    contents: dict[Sha256, Content] = {b.sha256: b.object_id for b in image.blobs}
     for entry in image.files():
         if entry.inline is not None:
             contents[Sha256(hashlib.sha256(entry.inline).hexdigest())] = entry.inline
@@ -540,39 +510,23 @@ def _read_object(store: Store, oid: ObjectId, sha: Sha256) -> bytes:
     return data
 
 
-def _export_blob(store: Store, blobs_fd: int, desc: Descriptor, content: ObjectId | bytes,
-                 path: Path) -> None:
+def _export_blob(store: Store, blobs_fd: int, desc: Descriptor, content: Content,
+                 path: Path, link: LinkMode) -> str:
     if _intact(blobs_fd, desc, path):
-        return
-    with fsio.temp_file(blobs_fd, ".cas-tmp") as temp:
-        digests = _write_content(store, temp.fd, content)
-        if digests.sha256.hex() != desc.sha256 or digests.size != desc.size:
-            if isinstance(content, bytes):
-                raise errors.BadImage(reason=f"inline bytes for {oci_form(desc.sha256)} "
-                                      f"are {digests.size} bytes, declared {desc.size}")
-            raise errors.CorruptObject(object_id=content,
-                                       users=f" (Ollama blob {oci_form(desc.sha256)})")
-        os.fchmod(temp.fd, BLOB_MODE)
-        if store.fsync:
-            os.fsync(temp.fd)
-        os.rename(temp.name, desc.file_name, src_dir_fd=blobs_fd, dst_dir_fd=blobs_fd)
-
-
-def _write_content(store: Store, fd: int, content: ObjectId | bytes) -> Digests:
-    """Fill the empty file ``fd`` (a reflink where possible) and hash what landed."""
-    if isinstance(content, bytes):
-        fsio.write_all(fd, content)
-        return hashing.hash_bytes(content)
-    with store.open_object(content) as f:
-        return hashing.import_fd(f.fileno(), fd)[0]
+        return "kept"
+    if isinstance(content, bytes) and (len(content) != desc.size or
+                                       hashlib.sha256(content).hexdigest() != desc.sha256):
+        raise errors.BadImage(reason=f"inline bytes for {oci_form(desc.sha256)} are not its "
+                              f"{desc.size} bytes")
+    return write_blob(store, blobs_fd, desc.file_name, content, desc.size, link)
 
 
 def _intact(blobs_fd: int, desc: Descriptor, path: Path) -> bool:
     """Is the blob already there with the right size (checked first) and sha256?"""
-    fd = _open_file(blobs_fd, desc.file_name, path)
+    fd = open_file(blobs_fd, desc.file_name, path)
     if fd is None:
         return False
-    with _fd(fd):
+    with closing(fd):
         if os.fstat(fd).st_size != desc.size:
             return False
         return hashing.hash_fd(fd).sha256.hex() == desc.sha256

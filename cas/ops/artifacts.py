@@ -1,23 +1,28 @@
 """Artifacts: import from a source, name, export to a destination.
 
-A source or destination is ``oci:PATH[:TAG]``, ``ollama:[PATH][/model:tag]`` or a plain
-path (a directory tree or files).  Each format module builds a metadata image and stores
-every object it needs; only then is the image stored and the name written, so a failed
-import never leaves a name behind (its objects, unreferenced, go at the next GC).
+A source or destination is ``oci:PATH[:TAG]``, ``ollama:[PATH][/model:tag]``,
+``hf:[CACHE][/org/name[@revision]]``, ``docker://REF`` or a plain path (a directory tree or
+files).  Each format module builds a metadata image and stores every object it needs;
+only then is the image stored and the name written, so a failed import never leaves a
+name behind (its objects, unreferenced, go at the next GC).  A source of many artifacts
+(an Ollama store, a Hugging Face cache) is imported artifact by artifact: the result
+lists the names written and the artifacts that failed.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cas.core import names as names_mod
-from cas.core.image import Image
+from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
 from cas.core.store import Store
 from cas.errors import BadInput, UnsupportedSource
+from cas.formats.results import Failure, Imported
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +31,7 @@ class Location:
 
     scheme: str
     path: Path
-    ref: str | None  # OCI tag or Ollama model reference
+    ref: str | None  # OCI tag, Ollama model reference, Hugging Face repo[@revision]
 
 
 def parse_location(text: str) -> Location:
@@ -38,6 +43,10 @@ def parse_location(text: str) -> Location:
         from cas.formats import ollama
         root, model = ollama.parse_ref(rest)
         return Location("ollama", root, model)
+    if sep and scheme == "hf":
+        from cas.formats import hf
+        cache, repo = hf.parse_ref(rest)
+        return Location("hf", cache, repo)
     if sep and scheme == "docker":  # docker://HOST/REPO[:TAG]: a registry (cas.transport.registry)
         return Location("docker", Path(), rest)
     if sep and scheme in ("tar", "containers-storage", "dir", "http", "https"):
@@ -53,12 +62,22 @@ def _split_tag(rest: str) -> tuple[str, str | None]:
     return path, tag
 
 
+class ImportResult(list[NameRecord]):
+    """The names an import wrote, in order, and ``failures``: the artifacts of the source
+    that could not be imported (each skipped, the others named)."""
+
+    def __init__(self, records: Iterable[NameRecord] = (),
+                 failures: Iterable[Failure] = ()) -> None:
+        super().__init__(records)
+        self.failures = list(failures)
+
+
 def import_artifacts(store: Store, sources: list[str], name: str | None = None, *,
-                     keep_compressed: bool = True) -> list[NameRecord]:
+                     keep_compressed: bool = True) -> ImportResult:
     """Import ``sources`` and name the result(s); returns the names written.
 
-    One source may hold several artifacts (an Ollama store); several sources must be
-    plain files, imported side by side as one artifact.
+    One source may hold several artifacts (an Ollama store, a Hugging Face cache); several
+    sources must be plain files, imported side by side as one artifact.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
@@ -67,7 +86,7 @@ def import_artifacts(store: Store, sources: list[str], name: str | None = None, 
 
 
 def _import_and_name(store: Store, sources: list[str], name: str | None,
-                     keep_compressed: bool) -> list[NameRecord]:
+                     keep_compressed: bool) -> ImportResult:
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
         scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed)
@@ -76,34 +95,38 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
             raise BadInput(message="several sources must be plain files, with --name")
         from cas.formats import tree
         paths = [loc.path for loc in locations]
-        scheme, imported = "tree", [(name, tree.import_files(store, paths))]
-    if name is not None and len(imported) != 1:
-        raise BadInput(message=f"{sources[0]} holds {len(imported)} artifacts; --name needs one")
-    records = []
-    for default_name, image in imported:
+        scheme, imported = "tree", Imported([(name, tree.import_files(store, paths))])
+    count = len(imported.artifacts)
+    if name is not None and (count > 1 or (not count and not imported.failures)):
+        raise BadInput(message=f"{sources[0]} holds {count} artifacts; --name needs one")
+    records = ImportResult(failures=imported.failures)
+    for default_name, image in imported.artifacts:
         image_id = store.put_image(image)
         records.append(store.names.set(name or default_name, image_id, scheme))
     return records
 
 
-def _import(store: Store, location: Location, keep_compressed: bool) -> list[tuple[str, Image]]:
+def _import(store: Store, location: Location, keep_compressed: bool) -> Imported:
     if location.scheme == "oci":
         from cas.formats import oci
         image = oci.import_layout(store, location.path, location.ref,
                                   keep_compressed=keep_compressed)
-        return [(_default_name(location.path, location.ref), image)]
+        return Imported([(_default_name(location.path, location.ref), image)])
     if location.scheme == "ollama":
         from cas.formats import ollama
         return ollama.import_models(store, location.path, location.ref)
+    if location.scheme == "hf":
+        from cas.formats import hf
+        return hf.import_cache(store, location.path, location.ref)
     if location.scheme == "docker":
         from cas.transport import registry
         ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
                                          keep_compressed=keep_compressed)
-        return [(registry.default_name(ref), image)]
+        return Imported([(registry.default_name(ref), image)])
     from cas.formats import tree
     path = location.path
     image = tree.import_tree(store, path) if path.is_dir() else tree.import_files(store, [path])
-    return [(_default_name(path, None), image)]
+    return Imported([(_default_name(path, None), image)])
 
 
 def _default_name(path: Path, tag: str | None) -> str:
@@ -122,14 +145,30 @@ def tag(store: Store, source: str, target: str) -> NameRecord:
         return store.names.set(target, record.image, record.kind)
 
 
-def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]:
+def export_artifact(store: Store, name: str, destination: str, *,
+                    link: LinkMode = LinkMode.AUTO) -> dict[str, Any]:
+    """Export artifact ``name``; ``link`` says how Ollama and Hugging Face blobs are made
+    from objects (the other destinations write their own bytes)."""
     record = store.names.get(name)
     image = store.get_image(record.image)
+    result: dict[str, Any] = {"name": record.name, "destination": destination}
     if destination.startswith("tar:"):  # export only: a reproducible tar layer of the tree
         from cas.formats import tarexport
+        _link_unsupported(link, destination)
         size = tarexport.export_tar(store, image, Path(destination[len("tar:"):]))
-        return {"name": record.name, "destination": destination, "size": size}
+        return {**result, "size": size}
     location = parse_location(destination)
+    if location.scheme == "ollama":
+        from cas.formats import ollama
+        written = ollama.export_model(store, image, location.path, location.ref, link=link)
+        return {**result, **written.to_json()}
+    if location.scheme == "hf":
+        from cas.formats import hf
+        if location.ref is not None:
+            raise BadInput(message=f"{destination}: export writes the artifact's own "
+                           "repository; name only the cache directory")
+        return {**result, **hf.export_cache(store, image, location.path, link=link).to_json()}
+    _link_unsupported(link, destination)
     if location.scheme == "oci":
         from cas.formats import oci
         tag = location.ref or record.name.rpartition(":")[2]
@@ -138,15 +177,16 @@ def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]
         from cas.transport import registry
         digest = registry.push_image(store, image, location.ref or "", registry.Options(),
                                      default_tag=record.name.rpartition(":")[2])
-        return {"name": record.name, "destination": destination, "digest": digest}
-    elif location.scheme == "ollama":
-        from cas.formats import ollama
-        # an export names a store directory, never a model: the image knows its model
-        rest = destination.partition(":")[2]
-        ollama.export_model(store, image, Path(rest) if rest else ollama.default_root())
+        return {**result, "digest": digest}
     else:
         raise UnsupportedSource(location=destination)
-    return {"name": record.name, "destination": destination}
+    return result
+
+
+def _link_unsupported(link: LinkMode, destination: str) -> None:
+    if link is not LinkMode.AUTO:
+        raise BadInput(message=f"{destination}: --link applies to ollama: and hf: "
+                       "destinations")
 
 
 def inspect(store: Store, name: str) -> dict[str, Any]:

@@ -4,21 +4,12 @@ The tree is built in a private staging directory next to DEST and renamed into p
 (``RENAME_NOREPLACE``) only when complete: DEST appears whole or not at all, and an
 existing DEST is never touched.  Everything is created relative to directory
 descriptors with ``O_NOFOLLOW``/``O_EXCL``, so a symlink in the tree can never redirect
-a write.  Link modes:
-
-- ``reflink``: FICLONE from the object — instant and space-free on XFS/btrfs; the file is
-  an independent, writable copy-on-write file.
-- ``hardlink``: the file *is* the store's object (read-only 0444, shared inode; its mode
-  in the tree is not applied) — zero cost, but must never be written to.
-- ``copy``: the bytes are copied and hashed as they land; a mismatch with the object id
-  fails the checkout (the store's copy is corrupt).
-- ``auto``: reflink where the filesystem allows, else copy.
+a write.  Files are made from objects as ``cas.core.linkmode`` says (reflink, hardlink,
+verified copy, auto).
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import os
 import shutil
 from collections import Counter
@@ -26,18 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cas.core import fsio, fsverity, hashing
-from cas.core.hashing import CopyMethod
+from cas.core import fsio
 from cas.core.image import Entry, EntryType, Image
+from cas.core.linkmode import LinkMode, place_object, write_new
 from cas.core.store import Store
-from cas.errors import DestinationExists, LinkUnsupported
-
-
-class LinkMode(enum.Enum):
-    AUTO = "auto"
-    REFLINK = "reflink"
-    HARDLINK = "hardlink"
-    COPY = "copy"
+from cas.errors import DestinationExists
 
 
 @dataclass
@@ -135,59 +119,12 @@ def _file(store: Store, entry: Entry, dir_fd: int, name: str, mode: LinkMode,
         _write_new(dir_fd, name, entry, lambda fd: fsio.write_all(fd, entry.inline or b""))
         return "inline"
     assert entry.object_id is not None
-    if mode is LinkMode.HARDLINK:
-        if verify:
-            store.open_verified(entry.object_id).close()  # never hand out a corrupt inode
-        try:
-            store.link_object(entry.object_id, dir_fd, name)
-        except OSError as exc:
-            raise LinkUnsupported(mode="hardlink", reason=exc.strerror) from exc
-        return "hardlink"
-    with store.open_object(entry.object_id) as obj:
-        if mode in (LinkMode.AUTO, LinkMode.REFLINK):
-            try:
-                _write_new(dir_fd, name, entry, lambda fd: _clone(
-                    store, obj.fileno(), fd, entry, verify))
-                return "reflink"
-            except OSError as exc:
-                if mode is LinkMode.REFLINK or exc.errno not in hashing.REFLINK_UNSUPPORTED:
-                    raise LinkUnsupported(mode="reflink", reason=exc.strerror) from exc
-        _write_new(dir_fd, name, entry,
-                   lambda fd: _verified_copy(store, obj.fileno(), fd, entry))
-        return "copy"
+    return place_object(store, entry.object_id, entry.size, dir_fd, name, mode, verify=verify,
+                        create=lambda d, n, fill: _write_new(d, n, entry, fill))
 
 
 def _write_new(dir_fd: int, name: str, entry: Entry, fill: Callable[[int], object]) -> None:
-    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            fill(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dir_fd)
-            raise
+    def finish(fd: int) -> None:
         os.fchmod(fd, entry.mode)
         os.utime(fd, (entry.mtime, entry.mtime))
-    finally:
-        os.close(fd)
-
-
-def _clone(store: Store, src_fd: int, dst_fd: int, entry: Entry, verify: bool) -> None:
-    """Reflink, then check the clone (it shares the object's blocks) against the name."""
-    hashing.copy_fd(src_fd, dst_fd, methods=frozenset({CopyMethod.REFLINK}))
-    if not verify:
-        return
-    assert entry.object_id is not None
-    ok, _ = fsverity.matches(src_fd, bytes.fromhex(entry.object_id), rehash_fd=dst_fd)
-    if not ok:
-        raise store.corrupt(entry.object_id)
-
-
-def _verified_copy(store: Store, src_fd: int, dst_fd: int, entry: Entry) -> None:
-    digests, _ = hashing.import_fd(src_fd, dst_fd,
-                                   methods=frozenset({CopyMethod.COPY_RANGE,
-                                                      CopyMethod.READWRITE}))
-    if digests.verity.hex() != entry.object_id or digests.size != entry.size:
-        assert entry.object_id is not None
-        raise store.corrupt(entry.object_id)
+    write_new(dir_fd, name, fill, finish)
