@@ -9,7 +9,8 @@ Exit codes: 0 success, 1 a failed operation, 2 bad usage or bad input,
 4 something asked for does not exist, 5 stored bytes failed an integrity check,
 6 ``cas verify`` / ``cas repair`` ran and found problems (or left some unrepaired),
 7 ``cas verify`` could not run because another sweep holds the lock,
-8 ``cas gc`` could not run because another GC holds the store lock.
+8 ``cas gc`` could not run because another GC holds the store lock,
+9 the trust policy refused an artifact (signature missing, invalid or not trusted).
 """
 
 from __future__ import annotations
@@ -116,6 +117,22 @@ class RegistryError(CasError):
     """{registry}: {reason}"""
 
 
+class BadPolicy(BadInput):
+    """{path}: invalid trust policy: {reason}"""
+
+
+class BadKey(BadInput):
+    """{path}: {reason}"""
+
+
+class BadSignature(BadInput):
+    """{reason}"""
+
+
+class NotSignable(BadInput):
+    """{name}: cannot be signed: {reason}"""
+
+
 class SourceChanged(CasError):
     """{path}: the file changed while it was being imported ({what}); nothing was stored"""
 
@@ -200,3 +217,12 @@ class GcBusy(CasError):
     """another gc holds the lock of {path}; try again later or use --wait SECONDS"""
 
     exit_code = 8
+
+
+# -- trust (exit 9) -------------------------------------------------------------------------
+
+
+class SignatureRefused(CasError):
+    """{ref}: refused by the trust policy ({policy}, scope {scope}): {reason}"""
+
+    exit_code = 9

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from cas.cli.common import Context, cli, emit, json_option
+from cas.cli.common import (
+    Context,
+    cli,
+    emit,
+    json_option,
+    policy_option,
+    trust_check,
+    trust_options,
+)
 from cas.ops import artifacts
 from cas.ops.checkout import LinkMode
 from cas.ops.checkout import checkout as checkout_tree
@@ -17,14 +25,21 @@ from cas.ops.checkout import checkout as checkout_tree
 @click.option("--name", "-n", help="Name for the artifact (default: from the source).")
 @click.option("--no-keep-compressed", is_flag=True,
               help="Do not keep compressed tar layers (export then cannot be bit-exact).")
+@policy_option
 @json_option
 @click.pass_obj
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
-            as_json: bool) -> None:
-    """Import an artifact: a directory, files, oci:PATH[:TAG] or ollama:[PATH][/model:tag]."""
+            policy_path: Path | None, as_json: bool) -> None:
+    """Import an artifact: a directory, files, oci:PATH[:TAG] or ollama:[PATH][/model:tag]
+    (docker://REF is pulled under the trust policy, as cas pull does)."""
+    gate = None
+    if any(s.startswith("docker:") for s in sources):
+        from cas.integrity import policy
+        from cas.transport.sigstore import PolicyGate
+        gate = PolicyGate(policy.load(policy_path))
     with obj.open_store() as store:
         records = artifacts.import_artifacts(store, list(sources), name,
-                                             keep_compressed=not no_keep_compressed)
+                                             keep_compressed=not no_keep_compressed, gate=gate)
     emit(as_json, [r.to_json() for r in records],
          "\n".join(f"{r.name}  {r.image}" for r in records))
 
@@ -50,14 +65,19 @@ def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check reflinked and hardlinked objects against their digests first "
               "(--no-verify: metadata only; copies are always checked).")
+@trust_options
 @json_option
 @click.pass_obj
 def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
-             as_json: bool) -> None:
+             policy_path: Path | None, require_signature: bool, as_json: bool) -> None:
     """Materialise artifact NAME's tree at DEST (which must not exist)."""
     mode = LinkMode(link)
+    check = trust_check(policy_path, require_signature)
     with obj.open_store() as store:
-        image = store.get_image(store.names.get(name).image)
+        record = store.names.get(name)
+        image = store.get_image(record.image)
+        if check is not None:
+            check(store, record.name, image)
         result = checkout_tree(store, image, dest, mode, verify=verify)
     human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}: " + ", ".join(
         f"{n} {m}" for m, n in sorted(result.methods.items()))
@@ -97,15 +117,23 @@ def ls(obj: Context, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def inspect(obj: Context, name: str, as_json: bool) -> None:
-    """Show artifact NAME: its tree with sizes and digests, and its blobs."""
+    """Show artifact NAME: its tree with sizes and digests, its blobs and what its stored
+    signatures claim."""
+    from cas.core.digest import ObjectId
+    from cas.ops import signing
     with obj.open_store() as store:
         info = artifacts.inspect(store, name)
+        info["signatures"] = signing.describe(store, store.get_image(ObjectId(info["image"])))
     lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]
     for e in info["entries"]:
         digest = e.get("object", "inline" if e.get("inline") else e.get("target", ""))
         lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {e['path']}  {digest}")
     for b in info["blobs"]:
         lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
+    for s in info["signatures"]:  # claims: only a trust policy's keys verify them
+        lines.append(f"  signature  {s['error']}" if "error" in s else
+                     f"  signature  for {s['identity']}  {s['manifest']}  by {s['creator']}"
+                     f"  (unverified claim; {s['digest']})")
     emit(as_json, info, "\n".join(lines))
 
 

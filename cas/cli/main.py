@@ -3,7 +3,8 @@
 Only ``main`` turns an error into output and an exit code: a one-line message on stderr
 (a JSON object with ``--json``), the exit code carried by the error class (see
 ``cas.errors``), and a traceback only with ``--debug``.  Commands live in one module per
-group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``); importing
+group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``,
+``signing``); importing
 them registers them on ``cas.cli.common.cli``.
 """
 
@@ -17,7 +18,14 @@ import traceback
 import click
 
 from cas import errors
-from cas.cli import artifacts, maintenance, mount, objects, registry  # noqa: F401 (register)
+from cas.cli import (  # noqa: F401 (register)
+    artifacts,
+    maintenance,
+    mount,
+    objects,
+    registry,
+    signing,
+)
 from cas.cli.common import Context, cli
 
 

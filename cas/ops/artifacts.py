@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas.core import names as names_mod
 from cas.core.image import Image
 from cas.core.names import NameRecord
 from cas.core.store import Store
 from cas.errors import BadInput, UnsupportedSource
+
+if TYPE_CHECKING:
+    from cas.transport.registry import Gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +57,25 @@ def _split_tag(rest: str) -> tuple[str, str | None]:
 
 
 def import_artifacts(store: Store, sources: list[str], name: str | None = None, *,
-                     keep_compressed: bool = True) -> list[NameRecord]:
+                     keep_compressed: bool = True, gate: Gate | None = None) -> list[NameRecord]:
     """Import ``sources`` and name the result(s); returns the names written.
 
     One source may hold several artifacts (an Ollama store); several sources must be
-    plain files, imported side by side as one artifact.
+    plain files, imported side by side as one artifact.  ``gate`` judges a registry
+    source (``docker://``) as ``cas pull`` does.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
     with store.temp_root():  # GC keeps what this import stored until its names exist
-        return _import_and_name(store, sources, name, keep_compressed)
+        return _import_and_name(store, sources, name, keep_compressed, gate)
 
 
 def _import_and_name(store: Store, sources: list[str], name: str | None,
-                     keep_compressed: bool) -> list[NameRecord]:
+                     keep_compressed: bool, gate: Gate | None) -> list[NameRecord]:
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
-        scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed)
+        scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed,
+                                                        gate)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
@@ -82,11 +87,14 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
     records = []
     for default_name, image in imported:
         image_id = store.put_image(image)
+        if gate is not None and scheme == "docker":
+            gate.keep(store)
         records.append(store.names.set(name or default_name, image_id, scheme))
     return records
 
 
-def _import(store: Store, location: Location, keep_compressed: bool) -> list[tuple[str, Image]]:
+def _import(store: Store, location: Location, keep_compressed: bool,
+            gate: Gate | None) -> list[tuple[str, Image]]:
     if location.scheme == "oci":
         from cas.formats import oci
         image = oci.import_layout(store, location.path, location.ref,
@@ -98,7 +106,7 @@ def _import(store: Store, location: Location, keep_compressed: bool) -> list[tup
     if location.scheme == "docker":
         from cas.transport import registry
         ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
-                                         keep_compressed=keep_compressed)
+                                         keep_compressed=keep_compressed, gate=gate)
         return [(registry.default_name(ref), image)]
     from cas.formats import tree
     path = location.path
@@ -135,9 +143,11 @@ def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]
         tag = location.ref or record.name.rpartition(":")[2]
         oci.export_layout(store, image, location.path, tag)
     elif location.scheme == "docker":
+        from cas.ops import signing
         from cas.transport import registry
         digest = registry.push_image(store, image, location.ref or "", registry.Options(),
-                                     default_tag=record.name.rpartition(":")[2])
+                                     default_tag=record.name.rpartition(":")[2],
+                                     attach=signing.attacher(store, image)[0])
         return {"name": record.name, "destination": destination, "digest": digest}
     elif location.scheme == "ollama":
         from cas.formats import ollama
