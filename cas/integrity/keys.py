@@ -128,16 +128,24 @@ def load_public(data: bytes, where: str) -> PublicKey:
     return key
 
 
-def read_key_file(path: Path) -> bytes:
-    """A key file named by the user, size-capped."""
+def read_user_file(path: Path, limit: int) -> bytes:
+    """A small file the user named (a key, a passphrase, a policy); ``ValueError`` says why
+    it cannot be read.  Symlinks are followed: secrets are often mounted through them."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
+            data = f.read(limit + 1)
     except OSError as exc:
-        raise BadKey(path=path, reason=f"cannot read: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise BadKey(path=path, reason=f"over {MAX_KEY_FILE} bytes: not a key file")
+        raise ValueError(f"cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ValueError(f"over {limit} bytes")
     return data
+
+
+def read_key_file(path: Path) -> bytes:
+    try:
+        return read_user_file(path, MAX_KEY_FILE)
+    except ValueError as exc:
+        raise BadKey(path=path, reason=str(exc)) from None
 
 
 def read_passphrase(path: Path) -> bytes:

@@ -72,12 +72,9 @@ def load(path: Path | None = None) -> Policy:
                             f"{USER_POLICY}): give --policy FILE; "
                             '{"default": [{"type": "insecureAcceptAnything"}]} accepts all')
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_POLICY + 1)
-    except OSError as exc:
-        raise BadPolicy(path=path, reason=f"cannot read: {exc.strerror}") from None
-    if len(data) > MAX_POLICY:
-        raise BadPolicy(path=path, reason=f"over {MAX_POLICY} bytes")
+        data = keys.read_user_file(path, MAX_POLICY)
+    except ValueError as exc:
+        raise BadPolicy(path=path, reason=str(exc)) from None
     return parse(data, str(path))
 
 

@@ -69,17 +69,28 @@ def stored(store: Store, manifest: Sha256) -> tuple[list[Signature], list[str]]:
     return found, damaged
 
 
-def judge(store: Store, name: str, image: Image, policy: Policy) -> Verdict:
-    """The policy's verdict on artifact ``name`` (whose image is ``image``)."""
+Evidence = tuple[Sha256 | None, list[Signature], list[str]]
+
+
+def evidence(store: Store, image: Image) -> Evidence:
+    """The manifest digest ``image`` pushes as, its stored signatures, damaged records."""
+    manifest = manifest_digest(store, image)
+    if manifest is None:
+        return None, [], []
+    return (manifest, *stored(store, manifest))
+
+
+def judge(store: Store, name: str, image: Image, policy: Policy,
+          known: Evidence | None = None) -> Verdict:
+    """The policy's verdict on artifact ``name`` (whose image is ``image``); the evidence
+    is read only if the policy's scope for ``name`` needs it."""
     try:
         ref = dockerref.parse(name)
     except BadInput as exc:
         return Verdict(False, "none", f"the name is not a docker reference: {exc.message()}")
-    if not policy.needs_manifest(ref):
-        return policy.evaluate(ref, None, [])
-    manifest = manifest_digest(store, image)
-    found = stored(store, manifest)[0] if manifest is not None else []
-    return policy.evaluate(ref, manifest, found)
+    if known is None:
+        known = evidence(store, image) if policy.needs_manifest(ref) else (None, [], [])
+    return policy.evaluate(ref, known[0], known[1])
 
 
 def enforce(store: Store, name: str, image: Image, policy: Policy, *,
@@ -102,25 +113,21 @@ def recheck(store: Store, policy: Policy) -> list[Finding]:
     for record in store.names:
         try:
             image = store.get_image(record.image)
+            known = evidence(store, image)
         except CasError:
-            continue  # the structural sweep reports names whose image is unusable
-        verdict = judge(store, record.name, image, policy)
+            continue  # the structural sweep reports unusable images and manifests
+        verdict = judge(store, record.name, image, policy, known)
         if not verdict.accepted:
             findings.append(Finding("signature-rejected", artifacts=(record.name,),
                                     detail=f"{verdict.scope}: {verdict.reason}"))
-        manifest = manifest_digest(store, image)
-        for damage in stored(store, manifest)[1] if manifest is not None else []:
-            findings.append(Finding("damaged-signature", path=damage,
-                                    artifacts=(record.name,)))
+        findings += [Finding("damaged-signature", path=damage, artifacts=(record.name,))
+                     for damage in known[2]]
     return findings
 
 
 def describe(store: Store, image: Image) -> list[dict[str, Any]]:
     """What the stored signatures *claim* (unverified: only a policy's keys verify)."""
-    manifest = manifest_digest(store, image)
-    if manifest is None:
-        return []
-    found, damaged = stored(store, manifest)
+    _, found, damaged = evidence(store, image)
     out: list[dict[str, Any]] = []
     for sig in found:
         doc: dict[str, Any] = {"digest": f"sha256:{sig.payload_sha256}",
@@ -138,8 +145,7 @@ def describe(store: Store, image: Image) -> list[dict[str, Any]]:
 def attacher(store: Store, image: Image) -> tuple[Callable[[Any, Sha256], int] | None, int]:
     """For ``registry.push_image``: attach the stored signatures of the pushed manifest
     (skopeo's way); also returns how many there are."""
-    manifest = manifest_digest(store, image)
-    found = stored(store, manifest)[0] if manifest is not None else []
+    found = evidence(store, image)[1]
     if not found:
         return None, 0
     from cas.transport import sigstore
