@@ -85,11 +85,12 @@ def test_sign_keep_inspect_and_judge(store: Store, tmp_path: Path, signer: tuple
     [claim] = json.loads(capsys.readouterr().out)["signatures"]
     assert claim["identity"] == NAME and claim["manifest"] == f"sha256:{manifest}"
     rules = policy.load(write_policy(tmp_path / "p.json", signed_scope(pub)))
-    verdict = signing.judge(store, NAME, image, rules)
+    verdict = signing.judge(store, NAME, store.names.get(NAME).image, rules)
     assert verdict.accepted and verdict.signed, verdict.reason
     # the same artifact under another name is not what was signed
     artifacts.tag(store, NAME, "reg.example/team/other:v1")
-    assert not signing.judge(store, "reg.example/team/other:v1", image, rules).accepted
+    assert not signing.judge(store, "reg.example/team/other:v1",
+                             store.names.get(NAME).image, rules).accepted
 
 
 def test_sign_with_wrong_passphrase_or_identity(store: Store, tmp_path: Path,
@@ -117,8 +118,8 @@ def test_trees_cannot_be_signed_yet(store: Store, tmp_path: Path) -> None:
         signing.sign(store, "local/tree:v1", ec.generate_private_key(ec.SECP256R1()))
     rules = policy.parse(json.dumps({"default": [{"type": "sigstoreSigned",
                                                    "keyData": "YQ=="}]}).encode(), "p")
-    image = store.get_image(store.names.get("local/tree:v1").image)
-    verdict = signing.judge(store, "local/tree:v1", image, rules)
+    verdict = signing.judge(store, "local/tree:v1", store.names.get("local/tree:v1").image,
+                            rules)
     assert not verdict.accepted
 
 
@@ -190,6 +191,13 @@ def test_verify_reports_names_the_policy_refuses(store: Store, tmp_path: Path,
     assert kinds == ["signature-rejected", "signature-rejected"]
     write_policy(rules, {})
     assert cli(store, "verify", "--structural", "--policy", str(rules)) == 0
+    # a signature record altered in the store is damage, whatever the policy
+    [record] = (store.path / "signatures").glob("*/*.json")
+    record.write_bytes(record.read_bytes().replace(b'"mimeType"', b'"mimetype"'))
+    capsys.readouterr()
+    assert cli(store, "verify", "--structural", "--policy", str(rules), "--json") == 6
+    [finding] = json.loads(capsys.readouterr().out)["findings"]
+    assert finding["kind"] == "damaged-signature" and finding["path"].endswith(record.name)
 
 
 def test_checkout_and_mount_require_signature(store: Store, tmp_path: Path,

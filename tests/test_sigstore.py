@@ -28,13 +28,14 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_policy import payload, signed
-from test_registry import file_artifact, reference_registry
+from test_registry import FAST, FakeRegistry, blob, file_artifact, reference_registry, send
 
-from cas import Store
+from cas import Store, errors
 from cas.cli import main
-from cas.integrity import keys
+from cas.integrity import keys, policy
 from cas.integrity.signature import Signature
 from cas.transport import registry
+from cas.transport.sigstore import PolicyGate
 from conftest import need_tool, object_files
 
 SIG_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -278,3 +279,63 @@ def test_skopeo_generated_keys_sign(reg: str, tools: dict[str, Path], store: Sto
     assert cas(store, "import", f"oci:{tmp_path / 'e' / 'layout'}:v1", "--name", "k:v1") == 0
     assert cas(store, "sign", "k:v1", "--key", str(tmp_path / "sk.private"),
                "--passphrase-file", str(tmp_path / "pw")) == 0
+
+
+# -- a hostile registry's attachments ------------------------------------------------------
+
+
+@pytest.fixture
+def hostile() -> Iterator[FakeRegistry]:
+    server = FakeRegistry()
+    yield server
+    server.close()
+
+
+def hostile_attachment(fake: FakeRegistry, layer: dict[str, Any] | None,
+                       status: int = 200) -> tuple[str, str]:
+    """Serve an artifact whose ``.sig`` tag answers ``status`` with one ``layer``."""
+    ref = fake.artifact({"model.gguf": b"h" * 1000})
+    served = httpx.get(f"http://{fake.host}/v2/bad/art/manifests/v1").content
+    digest = hashlib.sha256(served).hexdigest()
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                      "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "size": 2},
+           "layers": [layer] if layer else []}
+    body = json.dumps(doc).encode()
+    fake.routes[f"/v2/bad/art/manifests/sha256-{digest}.sig"] = lambda h: send(
+        h, status, body, {"Content-Type": OCI_MANIFEST})
+    return ref, digest
+
+
+def test_broken_attachments_fail_only_pulls_that_need_them(hostile: FakeRegistry, store: Store,
+                                                           tmp_path: Path) -> None:
+    ref, _ = hostile_attachment(hostile, None, status=500)
+    accept = policy.parse(b'{"default": [{"type": "insecureAcceptAnything"}]}', "accept")
+    record = registry.pull(store, ref, None, FAST, gate=PolicyGate(accept))
+    assert record.name == ref and not (store.path / "signatures").exists()
+    key = ec.generate_private_key(ec.SECP256R1())
+    needs = policy.parse(json.dumps({"default": [{"type": "sigstoreSigned", "keyData":
+        base64.b64encode(keys.public_pem(key.public_key())).decode()}]}).encode(), "signed")
+    with Store.init(tmp_path / "other") as other:
+        with pytest.raises(errors.RegistryError, match="HTTP 500"):
+            registry.pull(other, ref, None, FAST, gate=PolicyGate(needs))
+        assert list(other.names) == [] and object_files(other.path) == []
+
+
+def test_oversized_or_lying_signature_layers(hostile: FakeRegistry, store: Store) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    needs = policy.parse(json.dumps({"default": [{"type": "sigstoreSigned", "keyData":
+        base64.b64encode(keys.public_pem(key.public_key())).decode()}]}).encode(), "signed")
+    huge = {"mediaType": SIG_MEDIA_TYPE, "digest": "sha256:" + "0" * 64, "size": 5 << 20}
+    ref, _ = hostile_attachment(hostile, huge)
+    with pytest.raises(errors.RegistryError, match="limit"):
+        registry.pull(store, ref, None, FAST, gate=PolicyGate(needs))
+    assert not any(p.endswith("0" * 64) for p in hostile.hits)  # refused before the GET
+    body = signed(b"{}", key).payload
+    lying = {"mediaType": SIG_MEDIA_TYPE, "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+             "size": len(body)}
+    ref, _ = hostile_attachment(hostile, lying)
+    hostile.routes[f"/v2/bad/art/blobs/{lying['digest']}"] = blob(b"[]")
+    with pytest.raises(errors.ContentMismatch):
+        registry.pull(store, ref, None, FAST, gate=PolicyGate(needs))
+    assert list(store.names) == [] and object_files(store.path) == []

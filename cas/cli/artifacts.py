@@ -77,7 +77,7 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
         record = store.names.get(name)
         image = store.get_image(record.image)
         if check is not None:
-            check(store, record.name, image)
+            check(store, record.name, record.image)
         result = checkout_tree(store, image, dest, mode, verify=verify)
     human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}: " + ", ".join(
         f"{n} {m}" for m, n in sorted(result.methods.items()))

@@ -117,12 +117,12 @@ def trust_options(fn: F) -> F:
 
 
 def trust_check(policy_path: Path | None, require_signature: bool) -> Any:
-    """A function ``(store, name, image)`` that refuses an untrusted artifact, or None when
-    neither option was given (then no policy is read)."""
+    """A function ``(store, name, image id)`` that refuses an untrusted artifact, or None
+    when neither option was given (then no policy is read)."""
     if policy_path is None and not require_signature:
         return None
     from cas.integrity import policy
     from cas.ops import signing
     rules = policy.load(policy_path)
-    return lambda store, name, image: signing.enforce(store, name, image, rules,
-                                                      require_signature=require_signature)
+    return lambda store, name, image_id: signing.enforce(store, name, image_id, rules,
+                                                         require_signature=require_signature)

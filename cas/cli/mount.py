@@ -24,7 +24,7 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool,
     check = trust_check(policy_path, require_signature)
     with obj.open_store() as store:
         admit = None if check is None else (
-            lambda record, image: check(store, record.name, image))
+            lambda record, _image: check(store, record.name, record.image))
         result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit)
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")

@@ -100,19 +100,30 @@ def records(store: Store, manifest: Sha256) -> tuple[list[bytes], list[str]]:
     return found, damaged
 
 
+def manifests(store: Store) -> list[Sha256]:
+    """The manifests that have a signatures directory."""
+    try:
+        area_fd = store.open_dir(AREA)
+    except FileNotFoundError:
+        return []
+    try:
+        with os.scandir(area_fd) as entries:
+            return sorted(Sha256(e.name) for e in entries if is_hex64(e.name)
+                          and e.is_dir(follow_symlinks=False))
+    finally:
+        os.close(area_fd)
+
+
 def sweep(store: Store, keep: Callable[[Sha256], bool], older_than: float, *,
           dry_run: bool) -> int:
     """Remove the directories of manifests ``keep`` rejects whose last change is older
     than ``older_than`` (a time); GC calls it holding the store lock exclusively."""
-    try:
-        area_fd = store.open_dir(AREA)
-    except FileNotFoundError:
+    candidates = manifests(store)
+    if not candidates:
         return 0
     removed = 0
+    area_fd = store.open_dir(AREA)
     try:
-        with os.scandir(area_fd) as entries:
-            candidates = sorted(e.name for e in entries if is_hex64(e.name)
-                                and e.is_dir(follow_symlinks=False))
         for manifest in candidates:
             if keep(Sha256(manifest)) or os.stat(manifest, dir_fd=area_fd,
                                                  follow_symlinks=False).st_mtime >= older_than:

@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from cas.core import signatures
-from cas.core.digest import Sha256
+from cas.core.digest import ObjectId, Sha256
 from cas.core.image import Image
 from cas.core.store import Store
 from cas.errors import BadImage, BadInput, BadSignature, CasError, NotSignable, SignatureRefused
@@ -80,24 +80,24 @@ def evidence(store: Store, image: Image) -> Evidence:
     return (manifest, *stored(store, manifest))
 
 
-def judge(store: Store, name: str, image: Image, policy: Policy,
-          known: Evidence | None = None) -> Verdict:
-    """The policy's verdict on artifact ``name`` (whose image is ``image``); the evidence
-    is read only if the policy's scope for ``name`` needs it."""
+def judge(store: Store, name: str, image_id: ObjectId, policy: Policy) -> Verdict:
+    """The policy's verdict on artifact ``name`` (whose metadata image is ``image_id``);
+    the image and signatures are read only if the policy's scope for ``name`` needs them."""
     try:
         ref = dockerref.parse(name)
     except BadInput as exc:
         return Verdict(False, "none", f"the name is not a docker reference: {exc.message()}")
-    if known is None:
-        known = evidence(store, image) if policy.needs_manifest(ref) else (None, [], [])
-    return policy.evaluate(ref, known[0], known[1])
+    if not policy.needs_manifest(ref):
+        return policy.evaluate(ref, None, [])
+    manifest, found, _ = evidence(store, store.get_image(image_id))
+    return policy.evaluate(ref, manifest, found)
 
 
-def enforce(store: Store, name: str, image: Image, policy: Policy, *,
+def enforce(store: Store, name: str, image_id: ObjectId, policy: Policy, *,
             require_signature: bool) -> Verdict:
     """``judge``, raising ``SignatureRefused`` unless accepted (and, with
     ``require_signature``, accepted because a signature verified)."""
-    verdict = judge(store, name, image, policy)
+    verdict = judge(store, name, image_id, policy)
     reason = verdict.reason
     if verdict.accepted and require_signature and not verdict.signed:
         reason = f"no signature was verified: the policy accepts it without one ({reason})"
@@ -112,16 +112,15 @@ def recheck(store: Store, policy: Policy) -> list[Finding]:
     findings = []
     for record in store.names:
         try:
-            image = store.get_image(record.image)
-            known = evidence(store, image)
+            verdict = judge(store, record.name, record.image, policy)
         except CasError:
             continue  # the structural sweep reports unusable images and manifests
-        verdict = judge(store, record.name, image, policy, known)
         if not verdict.accepted:
             findings.append(Finding("signature-rejected", artifacts=(record.name,),
                                     detail=f"{verdict.scope}: {verdict.reason}"))
-        findings += [Finding("damaged-signature", path=damage, artifacts=(record.name,))
-                     for damage in known[2]]
+    for manifest in signatures.manifests(store):
+        findings += [Finding("damaged-signature", path=damage)
+                     for damage in stored(store, manifest)[1]]
     return findings
 
 

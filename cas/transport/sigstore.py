@@ -10,7 +10,8 @@ existing attachment image and appends the layers it lacks, as skopeo does.
 
 ``PolicyGate`` is the pull's admission: it fetches the signatures of the manifest being
 pulled and lets the trust policy judge them before any blob is fetched; ``keep`` then
-stores them beside the artifact, before its name is written.
+stores them beside the artifact, before its name is written.  Where the policy needs no
+signature, attachments that cannot be fetched are not kept and do not fail the pull.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from cas.core import hashing, signatures, strictjson
 from cas.core.digest import Sha256
 from cas.core.store import Store
-from cas.errors import BadInput, RegistryNotFound, SignatureRefused
+from cas.errors import BadInput, CasError, RegistryNotFound, SignatureRefused
 from cas.formats import oci
 from cas.integrity import dockerref, signature
 from cas.integrity.dockerref import DockerReference
@@ -33,6 +34,7 @@ from cas.transport.registry import DOCKER_HUB, MAX_MANIFEST, Client, Reference
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MAX_LAYERS = signatures.MAX_PER_MANIFEST
+MAX_TOTAL = 16 << 20  # payload bytes fetched for one manifest (a signature is ~300)
 
 
 def attachment_tag(manifest: Sha256) -> str:
@@ -54,13 +56,14 @@ def fetch(client: Client, manifest: Sha256) -> list[Signature]:
     if found is None:
         return []
     _, layers, _ = found
-    result = []
+    result, total = [], 0
     for layer in layers:
         if layer.media_type != signature.MEDIA_TYPE:
             continue
-        if layer.size > signature.MAX_PAYLOAD:
-            raise client.fail(f"{attachment_tag(manifest)}: a signature of {layer.size} bytes "
-                              f"is over the {signature.MAX_PAYLOAD}-byte limit")
+        total += layer.size
+        if layer.size > signature.MAX_PAYLOAD or total > MAX_TOTAL:
+            raise client.fail(f"{attachment_tag(manifest)}: signatures over the "
+                              f"{signature.MAX_PAYLOAD}-byte limit (or {MAX_TOTAL} in all)")
         payload = client.get_blob(layer.sha256, layer.size)
         result.append(Signature(layer.media_type, payload, layer.annotations))
     return result
@@ -154,7 +157,12 @@ class PolicyGate:
     def admit(self, client: Client, ref: Reference, manifest: bytes) -> None:
         sha = Sha256(hashing.hash_bytes(manifest).sha256.hex())
         wanted = identity(ref)
-        found = fetch(client, sha)
+        try:
+            found = fetch(client, sha)
+        except CasError:
+            if self.policy.needs_manifest(wanted):
+                raise  # cannot check what must be checked: the pull fails
+            found = []  # nothing to check: a registry's broken attachments do not matter
         verdict = self.policy.evaluate(wanted, sha, found)
         if not verdict.accepted:
             raise SignatureRefused(ref=str(wanted), policy=self.policy.source,
