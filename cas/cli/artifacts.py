@@ -130,10 +130,10 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
         lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {e['path']}  {digest}")
     for b in info["blobs"]:
         lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
-    for s in info["signatures"]:  # claims: only a trust policy's keys verify them
+    for s in info["signatures"]:  # untrusted claims (only a policy's keys verify them): repr
         lines.append(f"  signature  {s['error']}" if "error" in s else
-                     f"  signature  for {s['identity']}  {s['manifest']}  by {s['creator']}"
-                     f"  (unverified claim; {s['digest']})")
+                     f"  signature  for {s['identity']!r}  {s['manifest']!r}  by "
+                     f"{s['creator']!r}  (unverified claim; {s['digest']})")
     emit(as_json, info, "\n".join(lines))
 
 

@@ -233,7 +233,7 @@ class SigstoreSigned(Requirement):
                 rejections.append(exc.message())
                 continue
             if claim.manifest_digest != f"sha256:{manifest}":
-                rejections.append(f"signature for digest {claim.manifest_digest[:80]} does "
+                rejections.append(f"signature for digest {claim.manifest_digest[:80]!r} does "
                                   f"not match the manifest sha256:{manifest}")
                 continue
             try:
