@@ -133,7 +133,8 @@ def test_records_are_content_addressed_and_checked(store: Store, tmp_path: Path)
     [victim, _] = sorted((store.path / "signatures" / manifest).iterdir())
     victim.write_bytes(victim.read_bytes().replace(b"simplesigning", b"simplesignin9"))
     found, damaged = signing.stored(store, manifest)
-    assert len(found) == 1 and damaged == [f"signatures/{manifest}/{victim.name}"]
+    assert len(found) == 1 and damaged == [(f"signatures/{manifest}/{victim.name}",
+                                            "its bytes do not match its name")]
 
 
 def test_gc_keeps_signatures_of_named_manifests_only(store: Store, tmp_path: Path) -> None:
@@ -198,6 +199,7 @@ def test_verify_reports_names_the_policy_refuses(store: Store, tmp_path: Path,
     assert cli(store, "verify", "--structural", "--policy", str(rules), "--json") == 6
     [finding] = json.loads(capsys.readouterr().out)["findings"]
     assert finding["kind"] == "damaged-signature" and finding["path"].endswith(record.name)
+    assert "do not match its name" in finding["detail"]
 
 
 def test_checkout_and_mount_require_signature(store: Store, tmp_path: Path,

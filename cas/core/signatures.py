@@ -67,9 +67,10 @@ def add(store: Store, manifest: Sha256, records: Iterable[bytes]) -> int:
     return added
 
 
-def records(store: Store, manifest: Sha256) -> tuple[list[bytes], list[str]]:
-    """The stored records of ``manifest`` (sorted by file name), and the names of damaged
-    files: not a regular file, too large, or bytes that do not match the name."""
+def records(store: Store, manifest: Sha256) -> tuple[list[tuple[str, bytes]],
+                                                    list[tuple[str, str]]]:
+    """The stored records of ``manifest`` as (path, bytes), sorted, and the damaged files
+    as (path, why): not a regular file, too large, or bytes that do not match the name."""
     try:
         area_fd = store.open_dir(AREA)
     except FileNotFoundError:
@@ -80,21 +81,22 @@ def records(store: Store, manifest: Sha256) -> tuple[list[bytes], list[str]]:
         return [], []
     finally:
         os.close(area_fd)
-    found: list[bytes] = []
-    damaged: list[str] = []
+    found: list[tuple[str, bytes]] = []
+    damaged: list[tuple[str, str]] = []
     try:
         for name in sorted(_listing(dir_fd)):
+            path = f"{AREA}/{manifest}/{name}"
             try:
                 data = fsio.read_small(dir_fd, name, MAX_RECORD)
             except FileNotFoundError:
                 continue
-            except OSError:
-                damaged.append(f"{AREA}/{manifest}/{name}")
+            except OSError as exc:
+                damaged.append((path, exc.strerror or str(exc)))
                 continue
             if name == hashlib.sha256(data).hexdigest() + SUFFIX:
-                found.append(data)
+                found.append((path, data))
             else:
-                damaged.append(f"{AREA}/{manifest}/{name}")
+                damaged.append((path, "its bytes do not match its name"))
     finally:
         os.close(dir_fd)
     return found, damaged

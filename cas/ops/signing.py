@@ -57,19 +57,19 @@ def sign(store: Store, name: str, key: PrivateKey,
     return made, manifest, reference
 
 
-def stored(store: Store, manifest: Sha256) -> tuple[list[Signature], list[str]]:
-    """The signatures kept for ``manifest``, and the records that are damaged."""
+def stored(store: Store, manifest: Sha256) -> tuple[list[Signature], list[tuple[str, str]]]:
+    """The signatures kept for ``manifest``, and the damaged records as (path, why)."""
     records, damaged = signatures.records(store, manifest)
     found = []
-    for data in records:
+    for path, data in records:
         try:
             found.append(Signature.from_record(data))
         except BadSignature as exc:
-            damaged.append(exc.message())
+            damaged.append((path, exc.message()))
     return found, damaged
 
 
-Evidence = tuple[Sha256 | None, list[Signature], list[str]]
+Evidence = tuple[Sha256 | None, list[Signature], list[tuple[str, str]]]
 
 
 def evidence(store: Store, image: Image) -> Evidence:
@@ -119,8 +119,8 @@ def recheck(store: Store, policy: Policy) -> list[Finding]:
             findings.append(Finding("signature-rejected", artifacts=(record.name,),
                                     detail=f"{verdict.scope}: {verdict.reason}"))
     for manifest in signatures.manifests(store):
-        findings += [Finding("damaged-signature", path=damage)
-                     for damage in stored(store, manifest)[1]]
+        findings += [Finding("damaged-signature", path=path, detail=why)
+                     for path, why in stored(store, manifest)[1]]
     return findings
 
 
@@ -138,7 +138,7 @@ def describe(store: Store, image: Image) -> list[dict[str, Any]]:
         except BadSignature as exc:
             doc["error"] = exc.message()
         out.append(doc)
-    return out + [{"error": f"damaged: {d}"} for d in damaged]
+    return out + [{"error": f"damaged: {path}: {why}"} for path, why in damaged]
 
 
 def attacher(store: Store, image: Image) -> tuple[Callable[[Any, Sha256], int] | None, int]:
