@@ -19,6 +19,7 @@ from cas.core import signatures
 from cas.errors import NotSignable
 from cas.integrity import keys, policy, signature
 from cas.ops import artifacts, gc, signing
+from conftest import need_root
 
 NAME = "reg.example/team/model:v1"
 
@@ -226,3 +227,16 @@ def test_checkout_and_mount_require_signature(store: Store, tmp_path: Path,
                "--policy", str(free)) == 9
     assert "no signature was verified" in capsys.readouterr().err
 
+
+
+def test_mount_of_a_signed_artifact(store: Store, tmp_path: Path, signer: tuple[Path, ...]) -> None:
+    need_root("mounting EROFS and overlayfs")
+    rules = signed_and_unsigned(store, tmp_path, signer)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    assert cli(store, "mount", NAME, str(target), "--require-signature", "--policy",
+               str(rules)) == 0
+    try:
+        assert (target / "model.gguf").read_bytes() == b"w" * 500
+    finally:
+        assert cli(store, "umount", str(target)) == 0
