@@ -103,7 +103,7 @@ class Outcome:
 
 
 class Requirement:
-    kind = ""
+    """One entry of a scope's list; ``needs_manifest``: it judges signatures."""
 
     def allows(self, ref: DockerReference, manifest: Sha256 | None,
                signatures: Sequence[Signature]) -> Outcome:
@@ -115,8 +115,6 @@ class Requirement:
 
 
 class AcceptAnything(Requirement):
-    kind = "insecureAcceptAnything"
-
     def allows(self, ref: DockerReference, manifest: Sha256 | None,
                signatures: Sequence[Signature]) -> Outcome:
         return Outcome(True, "accepted without a signature (insecureAcceptAnything)")
@@ -127,8 +125,6 @@ class AcceptAnything(Requirement):
 
 
 class Reject(Requirement):
-    kind = "reject"
-
     def allows(self, ref: DockerReference, manifest: Sha256 | None,
                signatures: Sequence[Signature]) -> Outcome:
         return Outcome(False, "the policy rejects everything here (reject)")
@@ -198,7 +194,6 @@ def _remap(prefix: str, signed_prefix: str) -> IdentityRule:
 
 @dataclass
 class SigstoreSigned(Requirement):
-    kind = "sigstoreSigned"
     key_paths: list[str] = field(default_factory=list)
     key_datas: list[bytes] = field(default_factory=list)
     identity: IdentityRule = _repo_digest_or_exact
