@@ -28,9 +28,10 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nacl.exceptions
 import nacl.secret
@@ -48,6 +49,8 @@ MAX_KEY_FILE = 64 << 10
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+_PRIVATE_TYPES = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
+_PUBLIC_TYPES = (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,25 +109,25 @@ def load_private(data: bytes, passphrase: bytes, where: str) -> PrivateKey:
     except nacl.exceptions.CryptoError:
         raise BadKey(path=where, reason="cannot decrypt the private key: wrong passphrase "
                      "(or a damaged key file)") from None
-    try:
-        key = serialization.load_der_private_key(der, password=None)
-    except ValueError as exc:
-        raise BadKey(path=where, reason=f"the decrypted key does not parse: {exc}") from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
-                            rsa.RSAPrivateKey)):
-        raise BadKey(path=where, reason=f"unsupported key type {type(key).__name__}")
-    return key
+    return cast(PrivateKey, _loaded(lambda: serialization.load_der_private_key(der, None),
+                                    _PRIVATE_TYPES, where, "the decrypted key does not parse"))
 
 
 def load_public(data: bytes, where: str) -> PublicKey:
     """A ``PUBLIC KEY`` PEM (ECDSA, Ed25519 or RSA, as containers/image accepts)."""
+    return cast(PublicKey, _loaded(lambda: serialization.load_pem_public_key(data),
+                                   _PUBLIC_TYPES, where, "not a PEM public key"))
+
+
+def _loaded(load: Callable[[], object], types: tuple[type, ...], where: str,
+            failure: str) -> object:
+    """A key from ``load``, which must be of one of ``types``."""
     try:
-        key = serialization.load_pem_public_key(data)
+        key = load()
     except (ValueError, TypeError) as exc:
-        raise BadKey(path=where, reason=f"not a PEM public key: {exc}") from None
-    if not isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey,
-                            rsa.RSAPublicKey)):
-        raise BadKey(path=where, reason=f"unsupported public key type {type(key).__name__}")
+        raise BadKey(path=where, reason=f"{failure}: {exc}") from None
+    if not isinstance(key, types):
+        raise BadKey(path=where, reason=f"unsupported key type {type(key).__name__}")
     return key
 
 

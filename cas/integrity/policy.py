@@ -114,39 +114,29 @@ class Requirement:
         return True
 
 
-class AcceptAnything(Requirement):
+@dataclass(frozen=True)
+class Fixed(Requirement):
+    """An answer that needs no evidence: ``insecureAcceptAnything``, ``reject``, and the
+    valid requirements cas cannot check (they refuse rather than be ignored)."""
+
+    allowed: bool
+    reason: str
+
     def allows(self, ref: DockerReference, manifest: Sha256 | None,
                signatures: Sequence[Signature]) -> Outcome:
-        return Outcome(True, "accepted without a signature (insecureAcceptAnything)")
+        return Outcome(self.allowed, self.reason)
 
     @property
     def needs_manifest(self) -> bool:
         return False
 
 
-class Reject(Requirement):
-    def allows(self, ref: DockerReference, manifest: Sha256 | None,
-               signatures: Sequence[Signature]) -> Outcome:
-        return Outcome(False, "the policy rejects everything here (reject)")
-
-    @property
-    def needs_manifest(self) -> bool:
-        return False
+ACCEPT = Fixed(True, "accepted without a signature (insecureAcceptAnything)")
+REJECT = Fixed(False, "the policy rejects everything here (reject)")
 
 
-@dataclass
-class Unsupported(Requirement):
-    """A valid requirement cas cannot check: it refuses rather than ignore it."""
-
-    what: str
-
-    def allows(self, ref: DockerReference, manifest: Sha256 | None,
-               signatures: Sequence[Signature]) -> Outcome:
-        return Outcome(False, f"the policy requires {self.what}, which cas cannot check")
-
-    @property
-    def needs_manifest(self) -> bool:
-        return False
+def unsupported(what: str) -> Fixed:
+    return Fixed(False, f"the policy requires {what}, which cas cannot check")
 
 
 # -- signedIdentity ----------------------------------------------------------------------
@@ -311,19 +301,19 @@ def _requirement(value: Any, where: str) -> Requirement:
     kind = doc.get("type")
     if kind == "insecureAcceptAnything":
         _fields(doc, where, required={"type"})
-        return AcceptAnything()
+        return ACCEPT
     if kind == "reject":
         _fields(doc, where, required={"type"})
-        return Reject()
+        return REJECT
     if kind == "sigstoreSigned":
         return _sigstore_signed(doc, where)
     if kind == "signedBy":
         _fields(doc, where, required={"type", "keyType"},
                 optional={"keyPath", "keyPaths", "keyData", "signedIdentity"})
-        return Unsupported("a GPG simple signature (signedBy)")
+        return unsupported("a GPG simple signature (signedBy)")
     if kind == "signedBaseLayer":
         _fields(doc, where, required={"type", "baseLayerIdentity"})
-        return Unsupported("a signed base layer (signedBaseLayer)")
+        return unsupported("a signed base layer (signedBaseLayer)")
     raise ValueError(f"{where}: unknown requirement type {str(kind)[:80]!r}")
 
 
@@ -343,7 +333,7 @@ def _sigstore_signed(doc: dict[str, Any], where: str) -> Requirement:
     if source in ("fulcio", "pki"):
         _object(doc[source], f"{where}.{source}")
     if source in ("fulcio", "pki") or any(k in doc for k in _REKOR):
-        return Unsupported("a Fulcio, PKI or Rekor-backed sigstore signature")
+        return unsupported("a Fulcio, PKI or Rekor-backed sigstore signature")
     requirement = SigstoreSigned(identity=identity)
     if source == "keyPath":
         requirement.key_paths = [_string(doc[source], f"{where}.{source}")]
