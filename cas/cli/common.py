@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from cas import errors
+from cas.core.digest import ObjectId
 from cas.core.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,7 +117,8 @@ def trust_options(fn: F) -> F:
     return policy_option(fn)
 
 
-def trust_check(policy_path: Path | None, require_signature: bool) -> Any:
+def trust_check(policy_path: Path | None,
+                require_signature: bool) -> Callable[[Store, str, ObjectId], object] | None:
     """A function ``(store, name, image id)`` that refuses an untrusted artifact, or None
     when neither option was given (then no policy is read)."""
     if policy_path is None and not require_signature:
