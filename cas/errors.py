@@ -12,6 +12,7 @@ Exit codes: 0 success, 1 a failed operation, 2 bad usage or bad input,
 8 ``cas gc`` could not run because another GC holds the store lock,
 9 an import of many artifacts (an Ollama store, a Hugging Face cache) skipped some that
 failed (each reported; the others were imported and named).
+10 the trust policy refused an artifact (signature missing, invalid or not trusted).
 """
 
 from __future__ import annotations
@@ -125,6 +126,22 @@ class RegistryError(CasError):
     """{registry}: {reason}"""
 
 
+class BadPolicy(BadInput):
+    """{path}: invalid trust policy: {reason}"""
+
+
+class BadKey(BadInput):
+    """{path}: {reason}"""
+
+
+class BadSignature(BadInput):
+    """{reason}"""
+
+
+class NotSignable(BadInput):
+    """{name}: cannot be signed: {reason}"""
+
+
 class SourceChanged(CasError):
     """{path}: the file changed while it was being imported ({what}); nothing was stored"""
 
@@ -213,3 +230,12 @@ class GcBusy(CasError):
     """another gc holds the lock of {path}; try again later or use --wait SECONDS"""
 
     exit_code = 8
+
+
+# -- trust (exit 10) -------------------------------------------------------------------------
+
+
+class SignatureRefused(CasError):
+    """{ref}: refused by the trust policy ({policy}, scope {scope}): {reason}"""
+
+    exit_code = 10

@@ -8,7 +8,16 @@ from pathlib import Path
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, complete_names, emit, json_option
+from cas.cli.common import (
+    Context,
+    cli,
+    complete_names,
+    emit,
+    json_option,
+    policy_option,
+    trust_check,
+    trust_options,
+)
 from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
 from cas.core.store import Store
@@ -21,19 +30,26 @@ from cas.ops.checkout import checkout as checkout_tree
 @click.option("--name", "-n", help="Name for the artifact (default: from the source).")
 @click.option("--no-keep-compressed", is_flag=True,
               help="Do not keep compressed tar layers (export then cannot be bit-exact).")
+@policy_option
 @json_option
 @click.pass_obj
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
-            as_json: bool) -> None:
-    """Import an artifact: a directory, files, oci:PATH[:TAG], ollama:[PATH][/model:tag] or
-    hf:[CACHE][/org/name[@revision]].
+            policy_path: Path | None, as_json: bool) -> None:
+    """Import an artifact: a directory, files, oci:PATH[:TAG], ollama:[PATH][/model:tag],
+    hf:[CACHE][/org/name[@revision]] or docker://REF (pulled under the trust policy, as
+    cas pull does).
 
     A source of many artifacts (an Ollama store, a Hugging Face cache) is imported one
     artifact at a time: each that fails is reported on stderr and skipped, and the exit
     code is 9 if any did."""
+    gate = None
+    if any(s.startswith("docker:") for s in sources):
+        from cas.integrity import policy
+        from cas.transport.sigstore import PolicyGate
+        gate = PolicyGate(policy.load(policy_path))
     with obj.open_store() as store, store.write_errors():
         records = artifacts.import_artifacts(store, list(sources), name,
-                                             keep_compressed=not no_keep_compressed)
+                                             keep_compressed=not no_keep_compressed, gate=gate)
     emit(as_json, [r.to_json() for r in records],
          "\n".join(f"{r.name}  {r.image}" for r in records))
     for failure in records.failures:
@@ -73,14 +89,19 @@ def export(obj: Context, name: str, destination: str, link: str, as_json: bool) 
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check reflinked and hardlinked objects against their digests first "
               "(--no-verify: metadata only; copies are always checked).")
+@trust_options
 @json_option
 @click.pass_obj
 def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
-             as_json: bool) -> None:
+             policy_path: Path | None, require_signature: bool, as_json: bool) -> None:
     """Materialise artifact NAME's tree at DEST (which must not exist)."""
     mode = LinkMode(link)
+    check = trust_check(policy_path, require_signature)
     with obj.open_store() as store:
-        image = store.get_image(store.names.get(name).image)
+        record = store.names.get(name)
+        image = store.get_image(record.image)
+        if check is not None:
+            check(store, record.name, record.image)
         result = checkout_tree(store, image, dest, mode, verify=verify)
     methods = ", ".join(f"{n} {m}" for m, n in sorted(result.methods.items()))
     human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}" + (
@@ -144,15 +165,23 @@ def _read_names(store: Store) -> tuple[list[NameRecord], list[dict[str, str]]]:
 @json_option
 @click.pass_obj
 def inspect(obj: Context, name: str, as_json: bool) -> None:
-    """Show artifact NAME: its tree with sizes and digests, and its blobs."""
+    """Show artifact NAME: its tree with sizes and digests, its blobs and what its stored
+    signatures claim."""
+    from cas.core.digest import ObjectId
+    from cas.ops import signing
     with obj.open_store() as store:
         info = artifacts.inspect(store, name)
+        info["signatures"] = signing.describe(store, store.get_image(ObjectId(info["image"])))
     lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]
     for e in info["entries"]:
         digest = e.get("object", "inline" if e.get("inline") else e.get("target", ""))
         lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {e['path']}  {digest}")
     for b in info["blobs"]:
         lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
+    for s in info["signatures"]:  # untrusted claims (only a policy's keys verify them): repr
+        lines.append(f"  signature  {s['error']}" if "error" in s else
+                     f"  signature  for {s['identity']!r}  {s['manifest']!r}  by "
+                     f"{s['creator']!r}  (unverified claim; {s['digest']})")
     emit(as_json, info, "\n".join(lines))
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
 
 from cas import errors
+from cas.core.digest import ObjectId
 from cas.core.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,3 +124,34 @@ def registry_settings(insecure: bool, username: str | None, password: str | None
         raise click.UsageError("give both --username and a password, or neither")
     credentials = Credentials(username, password) if username and password is not None else None
     return Options(insecure=insecure, credentials=credentials, platform=platform)
+
+
+POLICY_HELP = ("Trust policy, containers-policy.json(5) (default: ~/.config/containers/"
+               "policy.json, else /etc/containers/policy.json).")
+
+
+def policy_option(fn: F) -> F:
+    """``--policy FILE``: the trust policy that judges signatures."""
+    return click.option("--policy", "policy_path", type=click.Path(path_type=Path),
+                        metavar="FILE", help=POLICY_HELP)(fn)
+
+
+def trust_options(fn: F) -> F:
+    """``--policy FILE`` and ``--require-signature`` for commands that use an artifact."""
+    fn = click.option("--require-signature", is_flag=True,
+                      help="Refuse unless a stored signature verifies under the trust "
+                      "policy (implies the default policy when --policy is not given).")(fn)
+    return policy_option(fn)
+
+
+def trust_check(policy_path: Path | None,
+                require_signature: bool) -> Callable[[Store, str, ObjectId], object] | None:
+    """A function ``(store, name, image id)`` that refuses an untrusted artifact, or None
+    when neither option was given (then no policy is read)."""
+    if policy_path is None and not require_signature:
+        return None
+    from cas.integrity import policy
+    from cas.ops import signing
+    rules = policy.load(policy_path)
+    return lambda store, name, image_id: signing.enforce(store, name, image_id, rules,
+                                                         require_signature=require_signature)

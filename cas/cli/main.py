@@ -3,7 +3,8 @@
 Only ``main`` turns an error into output and an exit code: a one-line message on stderr
 (a JSON object with ``--json``), the exit code carried by the error class (see
 ``cas.errors``), and a traceback only with ``--debug``.  Commands live in one module per
-group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``, ``system``); importing
+group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``, ``system``,
+``signing``); importing
 them registers them on ``cas.cli.common.cli``.
 """
 
@@ -24,6 +25,7 @@ from cas.cli import (  # noqa: F401 (register the commands)
     mount,
     objects,
     registry,
+    signing,
     system,
 )
 from cas.cli.common import COMPLETE_VAR, Context, cli

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, emit, json_option, parse_size
+from cas.cli.common import Context, cli, emit, json_option, parse_size, policy_option
 
 
 @cli.command()
@@ -94,18 +94,24 @@ cli.add_command(click.Command(
 @click.option("--wait", default="0", metavar="SECONDS",
               help="Wait this long for another sweep to finish (else exit 7).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems (cron).")
+@policy_option
 @json_option
 @click.pass_obj
 def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | None,
            rate: str | None, since: str | None, metrics_file: Path | None, wait: str,
-           quiet: bool, as_json: bool) -> None:
+           quiet: bool, policy_path: Path | None, as_json: bool) -> None:
     """Check the store: exit 0 clean, 6 problems found (corrupt objects are quarantined
     and their artifacts marked damaged), 7 another sweep is running, 3 store unusable.
 
-    Bounded runs (--max-duration/--max-bytes) continue where the last one stopped."""
+    Bounded runs (--max-duration/--max-bytes) continue where the last one stopped.  Every
+    name is judged again by its stored signatures under the trust policy (the default one
+    if it exists); names it refuses are reported as signature-rejected."""
+    from cas.integrity import policy
     from cas.integrity import verify as verify_mod
     from cas.integrity.verify_report import write_metrics
+    from cas.ops import signing
     from cas.ops.gc import parse_duration
+    rules = policy.load(policy_path) if policy_path or policy.default_path() else None
     limits = verify_mod.Limits(
         max_duration=None if max_duration is None else parse_duration(max_duration),
         max_bytes=None if max_bytes is None else parse_size(max_bytes),
@@ -113,6 +119,8 @@ def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | 
         since=None if since is None else parse_duration(since))
     with obj.open_store() as store, store.write_errors():
         report = verify_mod.sweep(store, full=full, limits=limits, wait=parse_duration(wait))
+        if rules is not None:
+            report.findings += signing.recheck(store, rules)
     if metrics_file is not None:
         write_metrics(metrics_file, report)
     text = report.human(quiet)

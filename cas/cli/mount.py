@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from cas.cli.common import Context, cli, complete_names, emit, json_option
+from cas.cli.common import (
+    Context,
+    cli,
+    complete_names,
+    emit,
+    json_option,
+    trust_check,
+    trust_options,
+)
 
 
 @cli.command("mount")
@@ -14,13 +22,18 @@ from cas.cli.common import Context, cli, complete_names, emit, json_option
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Without kernel fs-verity, rehash the artifact's objects before mounting.")
+@trust_options
 @json_option
 @click.pass_obj
-def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, as_json: bool) -> None:
+def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool,
+              policy_path: Path | None, require_signature: bool, as_json: bool) -> None:
     """Mount artifact NAME read-only at MOUNTPOINT (EROFS image + overlayfs; root only)."""
     from cas.ops import mount as mount_mod
+    check = trust_check(policy_path, require_signature)
     with obj.open_store() as store:
-        result = mount_mod.mount(store, name, mountpoint, verify=verify)
+        admit = None if check is None else (
+            lambda record, _image: check(store, record.name, record.image))
+        result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit)
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
     if result.verification == "userspace":

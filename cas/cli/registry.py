@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cas.cli.common import (
@@ -10,6 +12,7 @@ from cas.cli.common import (
     complete_names,
     emit,
     json_option,
+    policy_option,
     registry_options,
     registry_settings,
 )
@@ -20,19 +23,28 @@ from cas.cli.progress import run_with_progress
 @click.argument("ref", metavar="REF")
 @click.option("--name", "-n", help="Name for the artifact (default: HOST/REPO:TAG).")
 @click.option("--platform", metavar="OS/ARCH", help="Pick this platform from an index.")
+@policy_option
 @registry_options
 @json_option
 @click.pass_obj
-def pull(obj: Context, ref: str, name: str | None, platform: str | None, insecure: bool,
-         username: str | None, password: str | None, password_stdin: bool,
-         as_json: bool) -> None:
-    """Pull REF ([docker://]HOST[:PORT]/REPO[:TAG|@sha256:...]) from a registry and name it."""
-    from cas.transport import registry
+def pull(obj: Context, ref: str, name: str | None, platform: str | None,
+         policy_path: Path | None, insecure: bool, username: str | None,
+         password: str | None, password_stdin: bool, as_json: bool) -> None:
+    """Pull REF ([docker://]HOST[:PORT]/REPO[:TAG|@sha256:...]) from a registry and name it.
+
+    The trust policy judges the manifest and its sigstore signatures before anything is
+    stored; a refused artifact exits 10 and is not named.  Signatures are kept."""
+    from cas.integrity import policy
+    from cas.transport import registry, sigstore
     options = registry_settings(insecure, username, password, password_stdin, platform)
+    gate = sigstore.PolicyGate(policy.load(policy_path))
     with obj.open_store() as store, store.write_errors():
         record = run_with_progress("pull", None, lambda progress: registry.pull(
-            store, ref, name, options, progress))
-    emit(as_json, record.to_json(), f"{record.name}  {record.image}")
+            store, ref, name, options, progress, gate=gate))
+    assert gate.verdict is not None
+    trust = {**gate.verdict.to_json(), "signatures": len(gate.signatures)}
+    emit(as_json, {**record.to_json(), "trust": trust},
+         f"{record.name}  {record.image}\ntrust: {gate.verdict.scope}: {gate.verdict.reason}")
 
 
 @cli.command()
@@ -46,16 +58,21 @@ def pull(obj: Context, ref: str, name: str | None, platform: str | None, insecur
 def push(obj: Context, name: str, ref: str, mount_from: str | None, insecure: bool,
          username: str | None, password: str | None, password_stdin: bool,
          as_json: bool) -> None:
-    """Push artifact NAME to REF (same manifest, same digests as it was imported with)."""
+    """Push artifact NAME to REF (same manifest, same digests as it was imported with),
+    then its stored signatures (the sha256-<hex>.sig attachment, as skopeo writes it)."""
+    from cas.ops import signing
     from cas.transport import registry
     options = registry_settings(insecure, username, password, password_stdin)
     with obj.open_store() as store:
         record = store.names.get(name)
-        digest = registry.push_image(store, store.get_image(record.image), ref, options,
+        image = store.get_image(record.image)
+        attach, count = signing.attacher(store, image)
+        digest = registry.push_image(store, image, ref, options,
                                      default_tag=record.name.rpartition(":")[2],
-                                     mount_from=mount_from)
-    emit(as_json, {"name": record.name, "destination": ref, "digest": digest},
-         f"pushed {record.name} to {ref} ({digest})")
+                                     mount_from=mount_from, attach=attach)
+    emit(as_json, {"name": record.name, "destination": ref, "digest": digest,
+                   "signatures": count},
+         f"pushed {record.name} to {ref} ({digest}, {count} signatures attached)")
 
 
 @cli.command()

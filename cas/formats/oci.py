@@ -558,6 +558,17 @@ def export_plan(image: Image) -> tuple[dict[str, Any], list[PlannedBlob]]:
     return _plan(image)
 
 
+def manifest_of(store: Store, image: Image) -> tuple[dict[str, Any], bytes]:
+    """The manifest this image exports and pushes as (its descriptor and its bytes, checked
+    against the digest): what a push uploads and what a signature signs."""
+    descriptor, plan = _plan(image)
+    manifest = plan[-1]
+    data = b"".join(blob_chunks(store, manifest))
+    Expected(f"{manifest.what} (from the store)", manifest.sha256, manifest.size).check(
+        hashing.hash_bytes(data))
+    return descriptor, data
+
+
 def blob_chunks(store: Store, blob: PlannedBlob) -> Iterator[bytes]:
     """A planned blob's bytes; the caller checks their digest while it sends them."""
     if blob.tar_split is not None:

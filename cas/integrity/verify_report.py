@@ -23,6 +23,8 @@ KINDS = (
     "bad-name",          # an unreadable name file
     "dangling-name",     # a name whose metadata image is not in the store
     "bad-index-entry",   # index/sha256 entry that is not a link to the object it names
+    "signature-rejected",  # the trust policy refuses a name by its stored signatures now
+    "damaged-signature",   # a stored signature record that is unreadable or not its digest
 )
 #: Kinds that make an artifact damaged (its bytes cannot all be served).
 DAMAGING = frozenset({"corrupt-object", "missing-object", "wrong-size", "bad-image",

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas.core import names as names_mod
 from cas.core.linkmode import LinkMode
@@ -23,6 +23,9 @@ from cas.core.names import NameRecord
 from cas.core.store import Store
 from cas.errors import BadInput, UnsupportedSource
 from cas.formats.results import Failure, Imported
+
+if TYPE_CHECKING:
+    from cas.transport.registry import Gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +76,25 @@ class ImportResult(list[NameRecord]):
 
 
 def import_artifacts(store: Store, sources: list[str], name: str | None = None, *,
-                     keep_compressed: bool = True) -> ImportResult:
+                     keep_compressed: bool = True, gate: Gate | None = None) -> ImportResult:
     """Import ``sources`` and name the result(s); returns the names written.
 
     One source may hold several artifacts (an Ollama store, a Hugging Face cache); several
-    sources must be plain files, imported side by side as one artifact.
+    sources must be plain files, imported side by side as one artifact.  ``gate`` judges a
+    registry source (``docker://``) as ``cas pull`` does.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
     with store.temp_root():  # GC keeps what this import stored until its names exist
-        return _import_and_name(store, sources, name, keep_compressed)
+        return _import_and_name(store, sources, name, keep_compressed, gate)
 
 
 def _import_and_name(store: Store, sources: list[str], name: str | None,
-                     keep_compressed: bool) -> ImportResult:
+                     keep_compressed: bool, gate: Gate | None) -> ImportResult:
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
-        scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed)
+        scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed,
+                                                        gate)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
@@ -102,11 +107,14 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
     records = ImportResult(failures=imported.failures)
     for default_name, image in imported.artifacts:
         image_id = store.put_image(image)
+        if gate is not None and scheme == "docker":
+            gate.keep(store)
         records.append(store.names.set(name or default_name, image_id, scheme))
     return records
 
 
-def _import(store: Store, location: Location, keep_compressed: bool) -> Imported:
+def _import(store: Store, location: Location, keep_compressed: bool,
+            gate: Gate | None) -> Imported:
     if location.scheme == "oci":
         from cas.formats import oci
         image = oci.import_layout(store, location.path, location.ref,
@@ -121,7 +129,7 @@ def _import(store: Store, location: Location, keep_compressed: bool) -> Imported
     if location.scheme == "docker":
         from cas.transport import registry
         ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
-                                         keep_compressed=keep_compressed)
+                                         keep_compressed=keep_compressed, gate=gate)
         return Imported([(registry.default_name(ref), image)])
     from cas.formats import tree
     path = location.path
@@ -174,9 +182,11 @@ def export_artifact(store: Store, name: str, destination: str, *,
         tag = location.ref or record.name.rpartition(":")[2]
         oci.export_layout(store, image, location.path, tag)
     elif location.scheme == "docker":
+        from cas.ops import signing
         from cas.transport import registry
         digest = registry.push_image(store, image, location.ref or "", registry.Options(),
-                                     default_tag=record.name.rpartition(":")[2])
+                                     default_tag=record.name.rpartition(":")[2],
+                                     attach=signing.attacher(store, image)[0])
         return {**result, "digest": digest}
     else:
         raise UnsupportedSource(location=destination)

@@ -12,7 +12,8 @@ The protocol (writers, readers, GC) is in ``cas/lock.py`` and docs/design.md.  O
 4. sweep all of ``index/sha256/`` for entries whose inode is no longer an object — only
    when some removed object's link could not be found that way, or when asked
    (``thorough``: links orphaned by hand-deleted objects);
-5. sweep ``tmp/``: temp files whose writer is provably gone.
+5. sweep ``tmp/``: temp files whose writer is provably gone;
+6. sweep ``signatures/``: the signatures of manifests nothing reachable holds.
 
 Nothing reachable is ever removed, so stopping at any point (SIGKILL, ``max_duration``)
 leaves a consistent store; the next run finishes the job.  Library code: never prints.
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cas import errors
-from cas.core import fsio, hashing
+from cas.core import fsio, hashing, signatures
 from cas.core import image as images
 from cas.core import lock as locks
 from cas.core.digest import ObjectId, is_hex64, shard
@@ -64,6 +65,7 @@ class GcReport:
     kept_in_grace: int = 0
     index_removed: int = 0
     temp_files_removed: int = 0
+    signatures_removed: int = 0   # manifests whose signatures went (cas.core.signatures)
     complete: bool = True
     seconds: float = 0.0
     removed: list[str] = field(default_factory=list)  # the plan, listed on dry runs only
@@ -91,6 +93,9 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
             if thorough or not unlinked_all:
                 _sweep_index(store, report)
             _sweep_tmp(store, report, now)
+            report.signatures_removed = signatures.sweep(
+                store, lambda sha: store.lookup_sha256(sha) in reachable, now - grace,
+                dry_run=dry_run)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 

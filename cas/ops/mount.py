@@ -37,12 +37,14 @@ import hashlib
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cas.core import fsverity
 from cas.core.digest import ObjectId
 from cas.core.image import Image
+from cas.core.names import NameRecord
 from cas.core.store import Store
 from cas.errors import MountFailed
 from cas.formats import erofs
@@ -79,11 +81,15 @@ def write_image(store: Store, image: Image) -> ObjectId:
     return store.add_bytes(erofs.write(image)).object_id
 
 
-def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True) -> MountResult:
+def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
+          admit: Callable[[NameRecord, Image], object] | None = None) -> MountResult:
+    """``admit`` may refuse the artifact (its trust policy) before anything is mounted."""
     start = time.monotonic()
     target = _mountpoint(mountpoint)
     record = store.names.get(name)
     image = store.get_image(record.image)
+    if admit is not None:
+        admit(record, image)
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     mode = _verify(store, [image_id, *needed]) if verify else "none"

@@ -22,10 +22,10 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, Self, cast
+from typing import IO, Any, Protocol, Self, cast
 
 import httpx
 
@@ -278,6 +278,29 @@ class Client:
             return response.status_code == 200
         raise self.fail(f"HEAD blob sha256:{sha}: HTTP {response.status_code}")
 
+    def get_blob(self, sha: Sha256, size: int) -> bytes:
+        """A small blob (a config, a signature payload) in memory: never more than ``size``
+        + 1 bytes are read, and the digest is checked.  The caller caps ``size``."""
+        data = bytearray()
+        with _Body(self, sha, size) as body:
+            while len(data) <= size and (chunk := body.read(size + 1 - len(data))):
+                data += chunk
+        Expected(f"blob sha256:{sha}", sha, size).check(hashing.hash_bytes(bytes(data)))
+        return bytes(data)
+
+    def put_blob(self, data: bytes) -> Sha256:
+        """Upload a small blob in one PUT unless the registry has it; returns its digest."""
+        sha = Sha256(hashing.hash_bytes(data).sha256.hex())
+        if not self.has_blob(sha):
+            response = self.request("POST", "blobs/uploads/")
+            self._expect_status(response, f"start upload of sha256:{sha}", 202)
+            url = httpx.URL(_location(response, self.base)).copy_merge_params(
+                {"digest": f"sha256:{sha}"})
+            response = self.request("PUT", str(url), content=data,
+                                    headers={"Content-Type": "application/octet-stream"})
+            self._expect_status(response, f"finish upload of sha256:{sha}", 201)
+        return sha
+
     def download(self, store: Store, expect: Expected, progress: Progress | None) -> AddResult:
         assert expect.sha256 is not None and expect.size is not None
         body: _Body | _RangedBody
@@ -513,10 +536,22 @@ def _regroup(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
 # -- pull, push, referrers --------------------------------------------------------------
 
 
+class Gate(Protocol):
+    """Admission of a pulled manifest (``cas.transport.sigstore``: signatures and policy)."""
+
+    def admit(self, client: Client, ref: Reference, manifest: bytes) -> None:
+        """Raise to refuse ``manifest``, before any of its blobs is fetched or stored."""
+
+    def keep(self, store: Store) -> None:
+        """Store what ``admit`` fetched, before the artifact is named."""
+
+
 def pull_image(store: Store, text: str, options: Options, progress: Progress | None = None,
-               *, keep_compressed: bool = True) -> tuple[Reference, Image]:
+               *, keep_compressed: bool = True,
+               gate: Gate | None = None) -> tuple[Reference, Image]:
     """Fetch the manifest ``text`` names and every blob the store lacks; build its image.
-    Nothing is named (the caller names it, inside ``store.temp_root()``)."""
+    ``gate`` may refuse the manifest before anything is stored.  Nothing is named (the
+    caller names it, inside ``store.temp_root()``)."""
     ref = parse_reference(text)
     with Client(ref, options) as client:
         data, media_type = client.get_manifest(ref.reference, ref.digest)
@@ -537,6 +572,8 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
         oci.check_titles(layers)  # before any download
         if config.size > oci.MAX_JSON:
             raise client.fail(f"{where}: config of {config.size} bytes is too large")
+        if gate is not None:
+            gate.admit(client, ref, data)
         store.add_bytes(data)
         wanted = {d.sha256: d for d in [config, *layers]
                   if store.lookup_sha256(d.sha256) is None}
@@ -552,13 +589,15 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
 
 
 def pull(store: Store, text: str, name: str | None, options: Options,
-         progress: Progress | None = None) -> NameRecord:
+         progress: Progress | None = None, *, gate: Gate | None = None) -> NameRecord:
     """Pull and name: the name is written last, when every object is stored."""
     if name is not None:
         name = names.normalize(name)  # refuse a bad name before any download
     with store.temp_root():
-        ref, image = pull_image(store, text, options, progress)
+        ref, image = pull_image(store, text, options, progress, gate=gate)
         image_id = store.put_image(image)
+        if gate is not None:
+            gate.keep(store)
         return store.names.set(name or default_name(ref), image_id, "docker")
 
 
@@ -595,23 +634,24 @@ def _pick(client: Client, data: bytes, index: dict[str, Any],
 
 
 def push_image(store: Store, image: Image, text: str, options: Options, *,
-               default_tag: str | None = None, mount_from: str | None = None) -> str:
-    """Upload the image's blobs, then its manifest; returns the manifest digest."""
+               default_tag: str | None = None, mount_from: str | None = None,
+               attach: Callable[[Client, Sha256], object] | None = None) -> str:
+    """Upload the image's blobs, then its manifest, then ``attach`` (signatures) what
+    refers to it; returns the manifest digest."""
     ref = parse_reference(text)
-    descriptor, plan = oci.export_plan(image)
-    *blobs, manifest = plan
+    descriptor, data = oci.manifest_of(store, image)
+    *blobs, manifest = oci.export_plan(image)[1]
     distinct = list({b.sha256: b for b in blobs}.values())
     with Client(ref, options, push=True, mount_from=mount_from) as client:
         with ThreadPoolExecutor(max(1, options.workers)) as pool:
             list(pool.map(lambda b: client.upload(store, b, mount_from), distinct))
-        data = b"".join(oci.blob_chunks(store, manifest))
-        Expected("manifest (from the store)", manifest.sha256, manifest.size).check(
-            hashing.hash_bytes(data))
         reference = ref.reference if (ref.tag or ref.digest or not default_tag) else default_tag
         returned = client.put_manifest(reference, data, descriptor["mediaType"])
-    if returned and returned != f"sha256:{manifest.sha256}":
-        raise RegistryError(registry=ref.host, reason=f"the registry stored the manifest as "
-                            f"{returned[:80]}, not sha256:{manifest.sha256}")
+        if returned and returned != f"sha256:{manifest.sha256}":
+            raise RegistryError(registry=ref.host, reason=f"the registry stored the manifest "
+                                f"as {returned[:80]}, not sha256:{manifest.sha256}")
+        if attach is not None:
+            attach(client, manifest.sha256)
     return f"sha256:{manifest.sha256}"
 
 

@@ -2,7 +2,8 @@
 
     python tests/fuzz/fuzz_parsers.py TARGET [libFuzzer flags, e.g. -runs=100000 CORPUS_DIR]
 
-TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name.
+TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name,
+policy, signature, docker-ref, key.
 A parser may only ever refuse its input with a ``cas.errors.CasError``; any other
 exception (or a crash) is a finding.  tests/test_fuzz.py runs each target briefly.
 """
@@ -21,6 +22,7 @@ with atheris.instrument_imports():
     from cas.core import image, names
     from cas.core.store import Store
     from cas.formats import oci, ollama, tarlayer
+    from cas.integrity import dockerref, keys, policy, signature
 
 _store: Store | None = None
 
@@ -48,6 +50,11 @@ def oci_document(data: bytes) -> None:
     oci._descriptors(doc, "layers", "fuzz")
 
 
+def signature_record(data: bytes) -> None:
+    """A stored record, then the payload it carries (as a policy would read both)."""
+    signature.parse_payload(signature.Signature.from_record(data).payload)
+
+
 TARGETS: dict[str, Callable[[bytes], object]] = {
     "image": image.decode,
     "tar": tar,
@@ -56,6 +63,10 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "ollama-manifest": lambda data: ollama.parse_manifest(data, "fuzz"),
     "oci-document": oci_document,
     "name": lambda data: names.normalize(data.decode("utf-8", "replace")),
+    "policy": lambda data: policy.parse(data, "fuzz"),
+    "signature": signature_record,
+    "docker-ref": lambda data: dockerref.parse(data.decode("utf-8", "replace")),
+    "key": lambda data: keys.load_private(data, b"", "fuzz"),
 }
 
 
