@@ -83,6 +83,14 @@ class BadImage(BadInput):
     """bad metadata image: {reason}"""
 
 
+class BadDumpfile(BadInput):
+    """bad composefs dumpfile (line {line}): {reason}"""
+
+
+class BadComposefsTree(BadInput):
+    """cannot write a composefs image: {path}: {reason}"""
+
+
 class ContentMismatch(BadInput):
     """{what}: content does not match what was declared ({detail}); nothing was stored"""
 

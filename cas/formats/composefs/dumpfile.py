@@ -1,0 +1,333 @@
+"""composefs dumpfiles: the text form of a tree (``composefs-info dump``,
+``mkcomposefs --from-file``), read strictly and written exactly as composefs writes it.
+
+One line per entry, depth first, children by name; fields separated by one space::
+
+    PATH SIZE [@]MODE NLINK UID GID RDEV SEC.NSEC PAYLOAD CONTENT DIGEST [NAME=VALUE ...]
+
+MODE is the octal ``st_mode``; ``@`` marks a further name of an inode, whose PAYLOAD is
+the path of its first name.  PAYLOAD is a regular file's backing path or a symlink's
+target; CONTENT inline bytes; DIGEST the fs-verity digest (hex); ``-`` = unset.  Bytes
+outside ``!``..``~`` (and ``\\``) are escaped ``\\xHH`` (``\\\\ \\n \\r \\t`` too); in
+xattrs ``=`` as well; an optional field that really is ``-`` is ``\\x2d``.
+
+A dumpfile is untrusted input.  The parser bounds its size, entries and line length,
+checks every field (numbers in range, modes of a known type, paths absolute and
+normalised: no empty, ``.`` or ``..`` component, no NUL, components ≤ 255 bytes), and is
+stricter than mkcomposefs wherever mkcomposefs silently ignores or truncates (a symlink's
+size must be its target's length, devices carry no size, only devices an rdev, a
+hardlink must name an existing non-directory, no duplicate xattr, no trailing blank).
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+
+from cas.errors import BadDumpfile
+from cas.formats.composefs.tree import (
+    CONTENT_MAX,
+    DIGEST_SIZE,
+    NAME_MAX,
+    PAYLOAD_MAX,
+    TYPES,
+    XATTR_BUDGET,
+    XATTR_NAME_MAX,
+    XATTR_VALUE_MAX,
+    Hardlink,
+    Inode,
+    walk,
+)
+
+MAX_BYTES = 1 << 30
+MAX_ENTRIES = 2_000_000
+MAX_PATH = 4096
+XATTRS_MAX = 0xFFFF  # bytes of a line after its fixed fields (as mkcomposefs)
+_FIXED = 11
+_U32, _U64, _I64 = (1 << 32) - 1, (1 << 64) - 1, 1 << 63
+
+_SPECIAL = {ord("\\"): b"\\\\", ord("\n"): b"\\n", ord("\r"): b"\\r", ord("\t"): b"\\t"}
+_PLAIN = bytes(c for c in range(0x21, 0x7F) if c != ord("\\"))
+_ESCAPES = [_SPECIAL.get(c) or (bytes([c]) if c in _PLAIN else b"\\x%02x" % c)
+            for c in range(256)]
+_ESCAPES_EQ = list(_ESCAPES)
+_ESCAPES_EQ[ord("=")] = b"\\x3d"
+_PLAIN_EQ = _PLAIN.replace(b"=", b"")
+_UNESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[\\nrt])")
+_UNSPECIAL = {b"\\": b"\\", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+_DIGITS = re.compile(rb"[0-9]{1,20}")
+_OCTAL = re.compile(rb"[0-7]{1,7}")
+_MTIME = re.compile(rb"(-?[0-9]{1,19})\.([0-9]{1,9})")
+_HEX = re.compile(rb"[0-9a-fA-F]{64}")
+
+
+# -- writing --------------------------------------------------------------------------
+
+
+def write(root: Inode) -> bytes:
+    """The dumpfile of the tree at ``root``, in composefs-info's exact form."""
+    out = []
+    for path, entry in walk(root):
+        inode = entry.inode if isinstance(entry, Hardlink) else entry
+        payload = entry.path if isinstance(entry, Hardlink) else inode.payload
+        line = b"%s %d %s%o %d %d %d %d %d.%d %s %s %s" % (
+            _escape(path), inode.size, b"@" if isinstance(entry, Hardlink) else b"",
+            inode.mode, inode.nlink, inode.uid, inode.gid, inode.rdev, inode.mtime,
+            inode.mtime_nsec, _optional(payload), _optional(inode.content),
+            inode.digest.hex().encode() if inode.digest is not None else b"-")
+        if inode.xattrs:
+            line += b"".join(b" %s=%s" % (_escape(k, _ESCAPES_EQ, _PLAIN_EQ),
+                                          _escape(v, _ESCAPES_EQ, _PLAIN_EQ))
+                             for k, v in inode.xattrs.items())
+        out.append(line)
+    out.append(b"")
+    return b"\n".join(out)
+
+
+def _escape(value: bytes, table: list[bytes] = _ESCAPES, plain: bytes = _PLAIN) -> bytes:
+    if not value.translate(None, plain):
+        return value
+    return b"".join([table[c] for c in value])
+
+
+def _optional(value: bytes | None) -> bytes:
+    if value is None:
+        return b"-"
+    return b"\\x2d" if value == b"-" else _escape(value)
+
+
+# -- parsing --------------------------------------------------------------------------
+
+
+def parse(data: bytes) -> Inode:
+    """The tree a dumpfile describes (its root); ``BadDumpfile`` says what is wrong."""
+    if len(data) > MAX_BYTES:
+        raise BadDumpfile(line=0, reason=f"larger than {MAX_BYTES} bytes")
+    if b"\0" in data:
+        raise BadDumpfile(line=data.count(b"\n", 0, data.index(b"\0")) + 1,
+                          reason="contains a NUL byte")
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    if not lines:
+        raise BadDumpfile(line=0, reason="no entries")
+    if len(lines) > MAX_ENTRIES:
+        raise BadDumpfile(line=0, reason=f"more than {MAX_ENTRIES} entries")
+    parser = _Parser()
+    for number, line in enumerate(lines, 1):
+        try:
+            parser.line(line)
+        except _Bad as exc:
+            raise BadDumpfile(line=number, reason=str(exc)) from None
+    parser.resolve_links()
+    assert parser.root is not None
+    return parser.root
+
+
+class _Bad(Exception):
+    pass
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.root: Inode | None = None
+        self.dirs: dict[bytes, Inode] = {}
+        self.links: list[tuple[Inode, bytes, bytes]] = []  # (parent, name, target path)
+
+    def line(self, line: bytes) -> None:
+        fields = line.split(b" ", _FIXED)
+        if len(fields) < _FIXED:
+            raise _Bad(f"{len(fields)} fields, expected at least {_FIXED}")
+        xattrs = fields[_FIXED] if len(fields) > _FIXED else None
+        path = _check_path(_unescape(fields[0], "path"))
+        hardlink = fields[2][:1] == b"@"
+        mode = _mode(fields[2][1:] if hardlink else fields[2])
+        size = _number(fields[1], _U64, "size")
+        nlink = _number(fields[3], _U32, "nlink")
+        uid = _number(fields[4], _U32, "uid")
+        gid = _number(fields[5], _U32, "gid")
+        rdev = _number(fields[6], _U32, "rdev")
+        mtime, nsec = _mtime(fields[7])
+        payload = _field(fields[8], "payload")
+        content = _field(fields[9], "content")
+        digest = _digest(fields[10])
+        parent, name = self._parent(path)
+        if hardlink:
+            if stat.S_ISDIR(mode):
+                raise _Bad("a directory cannot be a hard link")
+            if payload is None:
+                raise _Bad("a hard link needs the path of its target")
+            _check_path(payload, "hard link target")
+            self._add(parent, name, Hardlink(payload, _PLACEHOLDER))
+            self.links.append((parent, name, payload))
+            return
+        inode = Inode(mode, uid, gid, nlink, rdev, mtime, nsec, size,
+                      children={} if stat.S_ISDIR(mode) else None)
+        _fill(inode, payload, content, digest)
+        if xattrs is not None:
+            inode.xattrs = _xattrs(xattrs)
+        if parent is None:
+            if self.root is not None:
+                raise _Bad("a second root")
+            if not stat.S_ISDIR(mode):
+                raise _Bad("the root must be a directory")
+            self.root = inode
+        else:
+            self._add(parent, name, inode)
+        if stat.S_ISDIR(mode):
+            self.dirs[path] = inode
+
+    def _parent(self, path: bytes) -> tuple[Inode | None, bytes]:
+        if path == b"/":
+            return None, b""
+        if self.root is None:
+            raise _Bad("the first entry must be the root '/'")
+        head, _, name = path.rpartition(b"/")
+        parent = self.dirs.get(head or b"/")
+        if parent is None:
+            raise _Bad(f"parent directory of {path!r} not listed before it")
+        return parent, name
+
+    @staticmethod
+    def _add(parent: Inode | None, name: bytes, entry: Inode | Hardlink) -> None:
+        assert parent is not None and parent.children is not None
+        if name in parent.children:
+            raise _Bad(f"{name!r} listed twice")
+        parent.children[name] = entry
+
+    def resolve_links(self) -> None:
+        """Point every hard link at its inode (following links to links)."""
+        for parent, name, target in self.links:
+            seen = {target}
+            entry = self._lookup(target)
+            while isinstance(entry, Hardlink) and entry.inode is _PLACEHOLDER:
+                if entry.path in seen:
+                    raise BadDumpfile(line=0, reason=f"hard link loop through {target!r}")
+                seen.add(entry.path)
+                entry = self._lookup(entry.path)
+            inode = entry.inode if isinstance(entry, Hardlink) else entry
+            if stat.S_ISDIR(inode.mode):
+                raise BadDumpfile(line=0, reason=f"hard link to directory {target!r}")
+            assert parent.children is not None
+            parent.children[name] = Hardlink(target, inode)
+
+    def _lookup(self, path: bytes) -> Inode | Hardlink:
+        head, _, name = path.rpartition(b"/")
+        parent = self.dirs.get(head or b"/")
+        entry = None if parent is None or parent.children is None else parent.children.get(name)
+        if entry is None:
+            raise BadDumpfile(line=0, reason=f"hard link target {path!r} does not exist")
+        return entry
+
+
+_PLACEHOLDER = Inode(0)
+
+
+def _fill(inode: Inode, payload: bytes | None, content: bytes | None,
+          digest: bytes | None) -> None:
+    kind = inode.kind
+    if kind not in (stat.S_IFCHR, stat.S_IFBLK) and inode.rdev:
+        raise _Bad("only devices have an rdev")
+    if kind == stat.S_IFREG:
+        if content is not None and len(content) != inode.size:
+            raise _Bad(f"content is {len(content)} bytes, size says {inode.size}")
+        if content is not None and len(content) > CONTENT_MAX:
+            raise _Bad(f"inline content over {CONTENT_MAX} bytes")
+        inode.payload, inode.content, inode.digest = payload, content, digest
+        return
+    if content is not None or digest is not None:
+        raise _Bad("only regular files have content or a digest")
+    if kind == stat.S_IFLNK:
+        if not payload:
+            raise _Bad("a symlink needs a target")
+        if inode.size != len(payload):
+            raise _Bad(f"symlink size {inode.size}, its target is {len(payload)} bytes")
+        inode.payload = payload
+    elif payload is not None:
+        raise _Bad("only regular files and symlinks have a payload")
+    elif kind != stat.S_IFDIR and inode.size:
+        raise _Bad("devices, fifos and sockets have no size")
+
+
+def _unescape(raw: bytes, what: str) -> bytes:
+    if b"\\" not in raw:
+        return raw
+    rest = _UNESCAPE.sub(b"", raw)
+    if b"\\" in rest:
+        raise _Bad(f"{what}: bad escape")
+    return _UNESCAPE.sub(lambda m: bytes([int(m[1][1:], 16)]) if m[1][:1] == b"x"
+                         else _UNSPECIAL[m[1]], raw)
+
+
+def _field(raw: bytes, what: str) -> bytes | None:
+    if raw == b"-":
+        return None
+    if not raw:
+        raise _Bad(f"empty {what}")
+    value = _unescape(raw, what)
+    if what == "payload" and (b"\0" in value or len(value) > PAYLOAD_MAX):
+        raise _Bad(f"payload contains NUL or is over {PAYLOAD_MAX} bytes")
+    return value
+
+
+def _check_path(path: bytes, what: str = "path") -> bytes:
+    if path[:1] != b"/" or len(path) > MAX_PATH or b"\0" in path:
+        raise _Bad(f"{what} {path!r}: not absolute, over {MAX_PATH} bytes or has NUL")
+    if path == b"/":
+        return path
+    for part in path[1:].split(b"/"):
+        if part in (b"", b".", b"..") or len(part) > NAME_MAX:
+            raise _Bad(f"{what} {path!r}: component {part[:NAME_MAX + 1]!r}")
+    return path
+
+
+def _number(raw: bytes, limit: int, what: str) -> int:
+    if not _DIGITS.fullmatch(raw) or int(raw) > limit:
+        raise _Bad(f"{what} {raw[:40]!r}: not a number in 0..{limit}")
+    return int(raw)
+
+
+def _mode(raw: bytes) -> int:
+    mode = int(raw, 8) if _OCTAL.fullmatch(raw) else -1
+    if not 0 <= mode <= 0o177777 or stat.S_IFMT(mode) not in TYPES:
+        raise _Bad(f"mode {raw[:40]!r}: not an octal st_mode of a known type")
+    return mode
+
+
+def _mtime(raw: bytes) -> tuple[int, int]:
+    match = _MTIME.fullmatch(raw)
+    if not match or not -_I64 <= int(match[1]) < _I64:
+        raise _Bad(f"mtime {raw[:40]!r}: expected SECONDS.NANOSECONDS")
+    return int(match[1]), int(match[2])
+
+
+def _digest(raw: bytes) -> bytes | None:
+    if raw == b"-":
+        return None
+    if not _HEX.fullmatch(raw):
+        raise _Bad(f"digest {raw[:80]!r}: expected {DIGEST_SIZE * 2} hex digits")
+    return bytes.fromhex(raw.decode())
+
+
+def _xattrs(raw: bytes) -> dict[bytes, bytes]:
+    if len(raw) > XATTRS_MAX:
+        raise _Bad(f"xattrs take over {XATTRS_MAX} bytes")
+    xattrs: dict[bytes, bytes] = {}
+    budget = 12
+    for item in raw.split(b" "):
+        key_raw, eq, value_raw = item.partition(b"=")
+        if not eq:
+            raise _Bad(f"xattr {item[:80]!r}: no '='")
+        key = _unescape(key_raw, "xattr name")
+        value = _unescape(value_raw, "xattr value")
+        if not key or b"\0" in key or len(key) > XATTR_NAME_MAX:
+            raise _Bad(f"xattr name {key[:80]!r}: empty, has NUL or over {XATTR_NAME_MAX}")
+        if len(value) > XATTR_VALUE_MAX:
+            raise _Bad(f"xattr {key!r}: value over {XATTR_VALUE_MAX} bytes")
+        if key in xattrs:
+            raise _Bad(f"xattr {key!r} listed twice")
+        budget += 7 + len(key) + len(value)
+        if budget > XATTR_BUDGET:
+            raise _Bad(f"xattrs over composefs's {XATTR_BUDGET} bytes per inode")
+        xattrs[key] = value
+    return xattrs
