@@ -74,6 +74,7 @@ _PREFIXES = ((b"user.", 1), (_ACLS[0], 2), (_ACLS[1], 3), (b"trusted.", 4),
 _FILE_TYPES = {stat.S_IFREG: 1, stat.S_IFDIR: 2, stat.S_IFCHR: 3, stat.S_IFBLK: 4,
                stat.S_IFIFO: 5, stat.S_IFSOCK: 6, stat.S_IFLNK: 7}
 _NULL_CHUNK = b"\xff\xff\xff\xff"
+_IFMT, _IFDIR = stat.S_IFMT(0o170000), stat.S_IFDIR
 _HIDDEN = frozenset({_ESCAPED + b"whiteouts", b"user.overlay.whiteout",
                      b"user.overlay.whiteouts"})
 
@@ -103,6 +104,7 @@ class _Node:
     blocks: int = 0        # whole data blocks
     tail: int = 0          # bytes stored right after the xattrs
     pad: int = 0
+    xattr_size: int = 0
     shared: list[tuple[bytes, bytes]] = field(default_factory=list)
     inline: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -132,6 +134,7 @@ class _Plan:
         self.min_mtime = min((n.mtime, n.nsec) for n in self.nodes)
         self.has_acl = any(k in n.xattrs for n in self.nodes for k in _ACLS)
         self.shared_offsets: dict[tuple[bytes, bytes], int] = {}
+        self.codec = _XattrCodec()
         self.shared_area = self._share_xattrs()
         self.inodes_end = self._place()
         self.data_start = _round(self.inodes_end + len(self.shared_area), BLOCK)
@@ -153,8 +156,7 @@ class _Plan:
             path, inode, parent = stack.pop()
             node = node_of(inode)
             node.path = path
-            if node.budget > XATTR_BUDGET:
-                raise BadComposefsTree(path=path, reason=f"xattrs over {XATTR_BUDGET} bytes")
+            _check_xattrs(node)
             _overlay_xattrs(node, parent, path, self.version)
             if inode.children is None:
                 continue
@@ -177,15 +179,15 @@ class _Plan:
                     _set_xattr(whiteout, b"security.selinux", label, b"/" + name)
                 top.dirents.append((name, whiteout, False))
         order = [top]
-        for node in order:  # breadth first; the list grows while it is walked
-            node.dirents.sort(key=_first)
-            node.xattrs = dict(sorted(node.xattrs.items()))
-            if stat.S_ISDIR(node.mode):
-                node.nlink = 2 + sum(1 for _, child, link in node.dirents
-                                     if not link and stat.S_ISDIR(child.mode))
-            order.extend(child for _, child, link in node.dirents if not link)
-        for ino, node in enumerate(order):
+        for ino, node in enumerate(order):  # breadth first; the list grows while walked
             node.ino = ino
+            if len(node.xattrs) > 1:
+                node.xattrs = dict(sorted(node.xattrs.items()))
+            if node.dirents:
+                node.dirents.sort()  # names are unique in a directory
+                children = [child for _, child, link in node.dirents if not link]
+                node.nlink = 2 + sum(1 for child in children if child.mode & _IFMT == _IFDIR)
+                order += children
         return order
 
     # -- 3: shared xattrs --------------------------------------------------------------
@@ -197,7 +199,7 @@ class _Plan:
         area = bytearray()
         for item in shared:
             self.shared_offsets[item] = len(area)
-            area += _xattr_entry(*item)
+            area += self.codec.entry(item)
         for node in self.nodes:
             for item in node.xattrs.items():
                 if item in self.shared_offsets and len(node.shared) < MAX_SHARED:
@@ -216,13 +218,20 @@ class _Plan:
                 (node.mtime, node.nsec) == self.min_mtime
                 and max(node.nlink, node.uid, node.gid) <= 0xFFFF
                 and _inode_size(node) <= 0xFFFFFFFF)
-            head = (32 if node.compact else 64) + _xattr_size(node)
+            node.xattr_size = self._xattr_size(node)
+            head = (32 if node.compact else 64) + node.xattr_size
             aligned = _round(pos, SLOT)
             pad = _tail_padding(node, aligned, head)
             node.pad = aligned - pos + pad
             node.nid = (aligned + pad) // SLOT
             pos = aligned + pad + head + node.tail
         return _round(pos, SLOT)
+
+    def _xattr_size(self, node: _Node) -> int:
+        if not node.xattrs:
+            return 0
+        entry = self.codec.entry
+        return 12 + 4 * len(node.shared) + sum(len(entry(i)) for i in node.inline)
 
     # -- 5: bytes ----------------------------------------------------------------------
 
@@ -246,7 +255,7 @@ class _Plan:
                 blkaddr, next_block = next_block, next_block + node.blocks
             out += _inode(node, blkaddr)
             if node.shared or node.inline:
-                out += _xattr_body(node, shared_base, self.shared_offsets)
+                out += self._xattr_body(node, shared_base)
             out += _tail(node)
         out += bytes(self.inodes_end - len(out))
         out += self.shared_area
@@ -256,6 +265,16 @@ class _Plan:
                 out += _data_blocks(node)
         assert len(out) == blocks * BLOCK
         return bytes(out)
+
+    def _xattr_body(self, node: _Node, shared_base: int) -> bytes:
+        bits = 0
+        for name in node.xattrs:
+            bits |= self.codec.filter_bit(name)
+        offsets = self.shared_offsets
+        return b"".join([struct.pack("<IB7x", 0xFFFFFFFF & ~bits, len(node.shared)),
+                         *(struct.pack("<I", (shared_base + offsets[i]) // 4)
+                           for i in node.shared),
+                         *map(self.codec.entry, node.inline)])
 
     # -- what composefs-info reads back -----------------------------------------------
 
@@ -318,10 +337,6 @@ def _read_inode(node: _Node, min_mtime: tuple[int, int]) -> Inode:
     return inode
 
 
-def _first(item: tuple[bytes, _Node, bool]) -> bytes:
-    return item[0]
-
-
 def _round(value: int, to: int) -> int:
     return -(-value // to) * to
 
@@ -344,6 +359,16 @@ def _working(inode: Inode) -> _Node:
     return _Node(inode.mode, inode.uid, inode.gid, inode.nlink, inode.rdev, inode.mtime,
                  inode.mtime_nsec, size, inode.payload, inode.content, inode.digest, xattrs,
                  budget)
+
+
+def _check_xattrs(node: _Node) -> None:
+    """The tree's own xattrs, within the limits composefs takes them from outside."""
+    for name, value in node.xattrs.items():
+        if not 0 < len(name) <= XATTR_NAME_MAX or b"\0" in name or len(value) > XATTR_VALUE_MAX:
+            raise BadComposefsTree(path=node.path, reason=f"xattr {name[:80]!r}: bad name "
+                                   f"or value over {XATTR_VALUE_MAX} bytes")
+    if node.budget > XATTR_BUDGET:
+        raise BadComposefsTree(path=node.path, reason=f"xattrs over {XATTR_BUDGET} bytes")
 
 
 def _set_xattr(node: _Node, name: bytes, value: bytes, path: bytes) -> None:
@@ -442,10 +467,27 @@ def _tail_padding(node: _Node, pos: int, head: int) -> int:
     return _round(pos, BLOCK) - pos
 
 
-def _xattr_size(node: _Node) -> int:
-    if not node.xattrs:
-        return 0
-    return 12 + 4 * len(node.shared) + sum(len(_xattr_entry(*i)) for i in node.inline)
+class _XattrCodec:
+    """EROFS xattr entries and name-filter bits, computed once per distinct name/item."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[bytes, bytes], bytes] = {}
+        self.bits: dict[bytes, int] = {}
+
+    def entry(self, item: tuple[bytes, bytes]) -> bytes:
+        entry = self.entries.get(item)
+        if entry is None:
+            index, suffix = _split_name(item[0])
+            entry = struct.pack("<BBH", len(suffix), index, len(item[1])) + suffix + item[1]
+            entry = self.entries[item] = entry + bytes(-len(entry) % 4)
+        return entry
+
+    def filter_bit(self, name: bytes) -> int:
+        bit = self.bits.get(name)
+        if bit is None:
+            index, suffix = _split_name(name)
+            bit = self.bits[name] = 1 << (xxh32(suffix, FILTER_SEED + index) & 31)
+        return bit
 
 
 def _split_name(name: bytes) -> tuple[int, bytes]:
@@ -453,12 +495,6 @@ def _split_name(name: bytes) -> tuple[int, bytes]:
         if name.startswith(prefix):
             return index, name[len(prefix):]
     return 0, name
-
-
-def _xattr_entry(name: bytes, value: bytes) -> bytes:
-    index, suffix = _split_name(name)
-    entry = struct.pack("<BBH", len(suffix), index, len(value)) + suffix + value
-    return entry + bytes(-len(entry) % 4)
 
 
 def _inode(node: _Node, blkaddr: int) -> bytes:
@@ -470,7 +506,7 @@ def _inode(node: _Node, blkaddr: int) -> bytes:
     elif kind == stat.S_IFREG and node.size and node.content is None:
         layout = CHUNK_BASED
         i_u = (blkaddr & 0xFFFF0000) | (_chunks(node.size, node.path)[0] - 12)
-    icount = (_xattr_size(node) - 12) // 4 + 1 if node.xattrs else 0
+    icount = (node.xattr_size - 12) // 4 + 1 if node.xattrs else 0
     if icount > 0xFFFF:
         raise BadComposefsTree(path=node.path, reason="xattrs too large for EROFS")
     size = _inode_size(node)
@@ -480,18 +516,6 @@ def _inode(node: _Node, blkaddr: int) -> bytes:
     return struct.pack("<HHHHQIIIIqII16x", layout << 1 | 1, icount, node.mode & 0xFFFF,
                        0, size, i_u, node.ino, node.uid, node.gid, node.mtime, node.nsec,
                        node.nlink)
-
-
-def _xattr_body(node: _Node, shared_base: int,
-                offsets: dict[tuple[bytes, bytes], int]) -> bytes:
-    filter_bits = 0
-    for name in node.xattrs:
-        index, suffix = _split_name(name)
-        filter_bits |= 1 << (xxh32(suffix, FILTER_SEED + index) & 31)
-    body = struct.pack("<IB7x", 0xFFFFFFFF & ~filter_bits, len(node.shared))
-    body += b"".join(struct.pack("<I", (shared_base + offsets[item]) // 4)
-                     for item in node.shared)
-    return body + b"".join(_xattr_entry(*item) for item in node.inline)
 
 
 def _tail(node: _Node) -> bytes:
@@ -541,9 +565,8 @@ def _data_blocks(node: _Node) -> bytes:
         data = node.payload
     elif node.content is None:
         return _NULL_CHUNK * MAX_CHUNKS
-    elif node.blocks > 1:  # mkcomposefs writes only the first block and fails
-        raise BadComposefsTree(path=node.path, reason="inline content that needs two blocks")
-    else:
+    else:  # a tail of at most 2048 bytes always fits once padded: one block at most
+        assert node.blocks == 1
         data = node.content[:BLOCK]
     return data + bytes(-len(data) % BLOCK)
 
