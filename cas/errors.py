@@ -97,7 +97,7 @@ class ContentMismatch(BadInput):
 
 class UnsupportedSource(BadInput):
     """{location}: unsupported location (oci:PATH[:TAG], ollama:[PATH][/model:tag],
-    docker://REF, a path; tar:PATH for export)"""
+    docker://REF, a path; tar:PATH, dump:PATH, composefs:PATH for export)"""
 
 
 class DestinationExists(BadInput):

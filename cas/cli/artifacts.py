@@ -35,8 +35,10 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
 @json_option
 @click.pass_obj
 def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
-    """Export artifact NAME to oci:PATH[:TAG], ollama:PATH or tar:PATH (a reproducible tar
-    layer of its tree: sorted, mtime 0, uid/gid 0)."""
+    """Export artifact NAME to oci:PATH[:TAG], ollama:PATH, tar:PATH (a reproducible tar
+    layer of its tree: sorted, mtime 0, uid/gid 0), dump:PATH (its composefs dumpfile, as
+    composefs-info dump prints it) or composefs:PATH (its composefs image, as mkcomposefs
+    writes it)."""
     with obj.open_store() as store:
         result = artifacts.export_artifact(store, name, destination)
     emit(as_json, result, f"exported {result['name']} to {destination}")

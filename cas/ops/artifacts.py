@@ -129,6 +129,14 @@ def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]
         from cas.formats import tarexport
         size = tarexport.export_tar(store, image, Path(destination[len("tar:"):]))
         return {"name": record.name, "destination": destination, "size": size}
+    if destination.startswith("dump:"):  # export only: the composefs dumpfile
+        from cas.ops import composefs
+        size = composefs.export_dump(image, Path(destination[len("dump:"):]))
+        return {"name": record.name, "destination": destination, "size": size}
+    if destination.startswith("composefs:"):  # export only: the composefs image
+        from cas.ops import composefs
+        digest = composefs.export_image(image, Path(destination[len("composefs:"):]))
+        return {"name": record.name, "destination": destination, "fsverity": digest}
     location = parse_location(destination)
     if location.scheme == "oci":
         from cas.formats import oci

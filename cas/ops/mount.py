@@ -1,7 +1,7 @@
 """``cas mount`` / ``cas umount``: serve an artifact's tree from the store through the kernel.
 
 Mounting writes (or finds, since it is deterministic and content-addressed) the
-artifact's composefs image (``cas.formats.composefs``) as an object, mounts it read-only at a private
+artifact's EROFS image (``formats.composefs``) as an object, mounts it read-only at a private
 directory ``<store>/mounts/<key>/`` (``key`` = the first 32 hex digits of the sha256 of
 the mount point's real path, so ``umount`` finds it again) — file-backed, or through a
 loop device (``mount -o loop``) where the kernel cannot mount files — and then an

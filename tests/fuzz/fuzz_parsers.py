@@ -2,7 +2,8 @@
 
     python tests/fuzz/fuzz_parsers.py TARGET [libFuzzer flags, e.g. -runs=100000 CORPUS_DIR]
 
-TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name.
+TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name,
+composefs-dump.
 A parser may only ever refuse its input with a ``cas.errors.CasError``; any other
 exception (or a crash) is a finding.  tests/test_fuzz.py runs each target briefly.
 """
@@ -21,6 +22,7 @@ with atheris.instrument_imports():
     from cas.core import image, names
     from cas.core.store import Store
     from cas.formats import oci, ollama, tarlayer
+    from cas.formats.composefs import dumpfile, erofs
 
 _store: Store | None = None
 
@@ -48,6 +50,15 @@ def oci_document(data: bytes) -> None:
     oci._descriptors(doc, "layers", "fuzz")
 
 
+def composefs_dump(data: bytes) -> None:
+    """Parse; whatever parses must write back to text that parses to the same image."""
+    tree = dumpfile.parse(data)
+    text = dumpfile.write(tree)
+    image = erofs.write(tree)
+    assert dumpfile.write(dumpfile.parse(text)) == text
+    assert erofs.write(dumpfile.parse(text)) == image
+
+
 TARGETS: dict[str, Callable[[bytes], object]] = {
     "image": image.decode,
     "tar": tar,
@@ -56,6 +67,7 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "ollama-manifest": lambda data: ollama.parse_manifest(data, "fuzz"),
     "oci-document": oci_document,
     "name": lambda data: names.normalize(data.decode("utf-8", "replace")),
+    "composefs-dump": composefs_dump,
 }
 
 

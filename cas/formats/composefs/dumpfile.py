@@ -158,6 +158,7 @@ class _Parser:
             if payload is None:
                 raise _Bad("a hard link needs the path of its target")
             _check_path(payload, "hard link target")
+            assert parent is not None  # the root is a directory
             self._add(parent, name, Hardlink(payload, _PLACEHOLDER))
             self.links.append((parent, name, payload))
             return

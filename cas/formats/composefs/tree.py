@@ -59,8 +59,10 @@ class Hardlink:
     inode: Inode
 
 
-def directory(mode: int = 0o755, **attrs: int) -> Inode:
-    return Inode(stat.S_IFDIR | mode, children={}, **attrs)
+def directory(mode: int = 0o755, *, uid: int = 0, gid: int = 0, mtime: int = 0,
+              mtime_nsec: int = 0, xattrs: dict[bytes, bytes] | None = None) -> Inode:
+    return Inode(stat.S_IFDIR | mode, uid, gid, mtime=mtime, mtime_nsec=mtime_nsec,
+                 xattrs=xattrs or {}, children={})
 
 
 def walk(root: Inode) -> list[tuple[bytes, Inode | Hardlink]]:
