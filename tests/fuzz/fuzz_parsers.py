@@ -22,7 +22,7 @@ with atheris.instrument_imports():
     from cas.core import image, names
     from cas.core.store import Store
     from cas.formats import oci, ollama, tarlayer
-    from cas.formats.composefs import dumpfile, erofs
+    from cas.formats.composefs import dumpfile, erofs, native
 
 _store: Store | None = None
 
@@ -51,12 +51,19 @@ def oci_document(data: bytes) -> None:
 
 
 def composefs_dump(data: bytes) -> None:
-    """Parse; whatever parses must write back to text that parses to the same image."""
+    """Parse; whatever parses writes back to text that parses to the same tree; the
+    native writer and its Python twin agree (the same image, or both refuse); the
+    dump composefs-info would print of the image parses too."""
     tree = dumpfile.parse(data)
     text = dumpfile.write(tree)
-    image = erofs.write(tree)
     assert dumpfile.write(dumpfile.parse(text)) == text
-    assert erofs.write(dumpfile.parse(text)) == image
+    try:
+        image: bytes | None = erofs.reference_write(tree)
+    except errors.CasError:
+        image = None
+    assert native.write(tree, 0, 1) == image
+    if image is not None:
+        dumpfile.parse(dumpfile.write(erofs.readback(tree)))
 
 
 TARGETS: dict[str, Callable[[bytes], object]] = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import stat
+from typing import NoReturn
 
 from cas.errors import BadDumpfile
 from cas.formats.composefs.tree import (
@@ -53,8 +54,13 @@ _ESCAPES = [_SPECIAL.get(c) or (bytes([c]) if c in _PLAIN else b"\\x%02x" % c)
 _ESCAPES_EQ = list(_ESCAPES)
 _ESCAPES_EQ[ord("=")] = b"\\x3d"
 _PLAIN_EQ = _PLAIN.replace(b"=", b"")
-_UNESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[\\nrt])")
-_UNSPECIAL = {b"\\": b"\\", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+_ESCAPE_CODES = {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+_ESCAPE_CODES.update({b"x" + hi + lo: bytes([c]) for c in range(256)  # \xHH, either case
+                      for hi in {b"%x" % (c >> 4), b"%X" % (c >> 4)}
+                      for lo in {b"%x" % (c & 15), b"%X" % (c & 15)}})
+_LINE = re.compile(rb"([^ ]+) ([0-9]{1,20}) (@?)([0-7]{1,7}) ([0-9]{1,10}) ([0-9]{1,10}) "
+                   rb"([0-9]{1,10}) ([0-9]{1,10}) (-?[0-9]{1,19})\.([0-9]{1,9}) ([^ ]+) "
+                   rb"([^ ]+) ([^ ]+)(?: ([^ ]+(?: [^ ]+)*))?", re.DOTALL)
 _DIGITS = re.compile(rb"[0-9]{1,20}")
 _OCTAL = re.compile(rb"[0-7]{1,7}")
 _MTIME = re.compile(rb"(-?[0-9]{1,19})\.([0-9]{1,9})")
@@ -128,29 +134,44 @@ class _Bad(Exception):
     pass
 
 
+def _explain(line: bytes) -> NoReturn:
+    """Say what is wrong with the fixed fields of a line that did not parse."""
+    fields = line.split(b" ", _FIXED)
+    if len(fields) < _FIXED:
+        raise _Bad(f"{len(fields)} fields, expected at least {_FIXED}")
+    _mode(fields[2][1:] if fields[2][:1] == b"@" else fields[2])
+    for raw, limit, what in ((fields[1], _U64, "size"), (fields[3], _U32, "nlink"),
+                             (fields[4], _U32, "uid"), (fields[5], _U32, "gid"),
+                             (fields[6], _U32, "rdev")):
+        _number(raw, limit, what)
+    _mtime(fields[7])
+    raise _Bad("empty field or trailing space")
+
+
 class _Parser:
     def __init__(self) -> None:
         self.root: Inode | None = None
         self.dirs: dict[bytes, Inode] = {}
         self.links: list[tuple[Inode, bytes, bytes]] = []  # (parent, name, target path)
+        self.xattrs: dict[bytes, dict[bytes, bytes]] = {}
 
     def line(self, line: bytes) -> None:
-        fields = line.split(b" ", _FIXED)
-        if len(fields) < _FIXED:
-            raise _Bad(f"{len(fields)} fields, expected at least {_FIXED}")
-        xattrs = fields[_FIXED] if len(fields) > _FIXED else None
-        path = _check_path(_unescape(fields[0], "path"))
-        hardlink = fields[2][:1] == b"@"
-        mode = _mode(fields[2][1:] if hardlink else fields[2])
-        size = _number(fields[1], _U64, "size")
-        nlink = _number(fields[3], _U32, "nlink")
-        uid = _number(fields[4], _U32, "uid")
-        gid = _number(fields[5], _U32, "gid")
-        rdev = _number(fields[6], _U32, "rdev")
-        mtime, nsec = _mtime(fields[7])
-        payload = _field(fields[8], "payload")
-        content = _field(fields[9], "content")
-        digest = _digest(fields[10])
+        match = _LINE.fullmatch(line)
+        if match is None:
+            _explain(line)
+        (path_raw, size_raw, at, mode_raw, nlink_raw, uid_raw, gid_raw, rdev_raw, sec_raw,
+         nsec_raw, payload_raw, content_raw, digest_raw, xattrs) = match.groups()
+        size, mode, mtime = int(size_raw), int(mode_raw, 8), int(sec_raw)
+        nlink, uid, gid, rdev = int(nlink_raw), int(uid_raw), int(gid_raw), int(rdev_raw)
+        if (size > _U64 or max(nlink, uid, gid, rdev) > _U32 or not -_I64 <= mtime < _I64
+                or mode > 0o177777 or stat.S_IFMT(mode) not in TYPES):
+            _explain(line)
+        path = _check_path(_unescape(path_raw, "path"))
+        hardlink = at == b"@"
+        nsec = int(nsec_raw)
+        payload = _field(payload_raw, "payload")
+        content = _field(content_raw, "content")
+        digest = _digest(digest_raw)
         parent, name = self._parent(path)
         if hardlink:
             if stat.S_ISDIR(mode):
@@ -165,8 +186,11 @@ class _Parser:
         inode = Inode(mode, uid, gid, nlink, rdev, mtime, nsec, size,
                       children={} if stat.S_ISDIR(mode) else None)
         _fill(inode, payload, content, digest)
-        if xattrs is not None:
-            inode.xattrs = _xattrs(xattrs)
+        if xattrs is not None:  # most lines repeat a few (labels): parse each once
+            parsed = self.xattrs.get(xattrs)
+            if parsed is None:
+                parsed = self.xattrs[xattrs] = _xattrs(xattrs)
+            inode.xattrs = dict(parsed)
         if parent is None:
             if self.root is not None:
                 raise _Bad("a second root")
@@ -253,11 +277,22 @@ def _fill(inode: Inode, payload: bytes | None, content: bytes | None,
 def _unescape(raw: bytes, what: str) -> bytes:
     if b"\\" not in raw:
         return raw
-    rest = _UNESCAPE.sub(b"", raw)
-    if b"\\" in rest:
-        raise _Bad(f"{what}: bad escape")
-    return _UNESCAPE.sub(lambda m: bytes([int(m[1][1:], 16)]) if m[1][:1] == b"x"
-                         else _UNSPECIAL[m[1]], raw)
+    parts = raw.split(b"\\")
+    out, i = [parts[0]], 1
+    while i < len(parts):
+        part = parts[i]
+        if not part:  # "\\\\": a backslash; the text after it is the next part
+            if i + 1 == len(parts):
+                raise _Bad(f"{what}: '\\' at the end")
+            out += (b"\\", parts[i + 1])
+            i += 2
+            continue
+        code = _ESCAPE_CODES.get(part[:3] if part[:1] == b"x" else part[:1])
+        if code is None:
+            raise _Bad(f"{what}: bad escape '\\{part[:3].decode(errors='replace')}'")
+        out += (code, part[3:] if part[:1] == b"x" else part[1:])
+        i += 1
+    return b"".join(out)
 
 
 def _field(raw: bytes, what: str) -> bytes | None:
@@ -274,8 +309,9 @@ def _field(raw: bytes, what: str) -> bytes | None:
 def _check_path(path: bytes, what: str = "path") -> bytes:
     if path[:1] != b"/" or len(path) > MAX_PATH or b"\0" in path:
         raise _Bad(f"{what} {path!r}: not absolute, over {MAX_PATH} bytes or has NUL")
-    if path == b"/":
-        return path
+    if path == b"/" or (b"//" not in path and b"/." not in path and path[-1:] != b"/"
+                        and len(path) <= NAME_MAX + 1):
+        return path  # (no component can be empty, '.', '..' or too long)
     for part in path[1:].split(b"/"):
         if part in (b"", b".", b"..") or len(part) > NAME_MAX:
             raise _Bad(f"{what} {path!r}: component {part[:NAME_MAX + 1]!r}")

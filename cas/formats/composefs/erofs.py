@@ -48,7 +48,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cas.errors import BadComposefsTree
+from cas.formats.composefs import native
 from cas.formats.composefs.tree import (
+    CONTENT_MAX,
+    DIGEST_SIZE,
+    NAME_MAX,
+    PAYLOAD_MAX,
+    TYPES,
     XATTR_BUDGET,
     XATTR_NAME_MAX,
     XATTR_VALUE_MAX,
@@ -111,7 +117,15 @@ class _Node:
 
 def write(root: Inode, *, version: int = 0, max_version: int = VERSION_MAX) -> bytes:
     """The composefs image of the tree at ``root`` (as ``mkcomposefs --min-version=version
-    --max-version=max_version``)."""
+    --max-version=max_version``): by the native writer where it is built, which refuses
+    what this module refuses (then this module says why)."""
+    image = native.write(root, version, max_version)
+    return image if image is not None else reference_write(root, version=version,
+                                                           max_version=max_version)
+
+
+def reference_write(root: Inode, *, version: int = 0, max_version: int = VERSION_MAX) -> bytes:
+    """``write`` in pure Python: the twin the native writer is tested against."""
     return _Plan(root, version, max_version).image()
 
 
@@ -144,17 +158,19 @@ class _Plan:
     def _rewrite(self, root: Inode) -> list[_Node]:
         nodes: dict[int, _Node] = {}
 
-        def node_of(inode: Inode) -> _Node:
+        def node_of(inode: Inode, path: bytes) -> _Node:
             node = nodes.get(id(inode))
             if node is None:
-                node = nodes[id(inode)] = _working(inode)
+                node = nodes[id(inode)] = _working(inode, path)
             return node
 
-        top = node_of(root)
+        if root.children is None or not stat.S_ISDIR(root.mode):
+            raise BadComposefsTree(path="/", reason="the root must be a directory")
+        top = node_of(root, b"/")
         stack: list[tuple[bytes, Inode, _Node]] = [(b"/", root, top)]
         while stack:  # parents before children: a whiteout marks an escaped parent
             path, inode, parent = stack.pop()
-            node = node_of(inode)
+            node = node_of(inode, path)
             node.path = path
             _check_xattrs(node)
             _overlay_xattrs(node, parent, path, self.version)
@@ -162,11 +178,17 @@ class _Plan:
                 continue
             node.dirents = [(b".", node, True), (b"..", parent, True)]
             for name, child in inode.children.items():
+                if not 0 < len(name) <= NAME_MAX or name in (b".", b"..") or b"/" in name \
+                        or b"\0" in name:
+                    raise BadComposefsTree(path=path, reason=f"bad name {name[:300]!r}")
                 if isinstance(child, Hardlink):
-                    node.dirents.append((name, node_of(child.inode), True))
+                    if child.inode.children is not None or stat.S_ISDIR(child.inode.mode):
+                        raise BadComposefsTree(path=path, reason="a hard link to a directory")
+                    node.dirents.append((name, node_of(child.inode, child.path), True))
                 else:
-                    node.dirents.append((name, node_of(child), False))
-                    stack.append((path.rstrip(b"/") + b"/" + name, child, node))
+                    child_path = path.rstrip(b"/") + b"/" + name
+                    node.dirents.append((name, node_of(child, child_path), False))
+                    stack.append((child_path, child, node))
         _set_xattr(top, b"trusted.overlay.opaque", b"y", b"/")
         present = {name for name, _, _ in top.dirents}
         label = top.xattrs.get(b"security.selinux")
@@ -178,6 +200,7 @@ class _Plan:
                 if label is not None:
                     _set_xattr(whiteout, b"security.selinux", label, b"/" + name)
                 top.dirents.append((name, whiteout, False))
+        whiteouts = len(top.dirents) - len(present)
         order = [top]
         for ino, node in enumerate(order):  # breadth first; the list grows while walked
             node.ino = ino
@@ -188,6 +211,9 @@ class _Plan:
                 children = [child for _, child, link in node.dirents if not link]
                 node.nlink = 2 + sum(1 for child in children if child.mode & _IFMT == _IFDIR)
                 order += children
+        if len(order) != len(nodes) + whiteouts or len({id(n) for n in order}) != len(order):
+            raise BadComposefsTree(path="/", reason="an inode in two places, or a hard link "
+                                   "to an inode outside the tree")
         return order
 
     # -- 3: shared xattrs --------------------------------------------------------------
@@ -352,13 +378,39 @@ def _has_whiteout(root: Inode) -> bool:
     return False
 
 
-def _working(inode: Inode) -> _Node:
+def _working(inode: Inode, path: bytes) -> _Node:
+    _check_inode(inode, path)
     xattrs = dict(inode.xattrs)
     budget = 12 + sum(7 + len(k) + len(v) for k, v in xattrs.items()) if xattrs else 0
     size = len(inode.payload or b"") if stat.S_ISLNK(inode.mode) else inode.size
     return _Node(inode.mode, inode.uid, inode.gid, inode.nlink, inode.rdev, inode.mtime,
                  inode.mtime_nsec, size, inode.payload, inode.content, inode.digest, xattrs,
                  budget)
+
+
+def _check_inode(inode: Inode, path: bytes) -> None:
+    """The fields a dumpfile could carry, in their ranges (as the dumpfile parser checks)."""
+    kind = stat.S_IFMT(inode.mode)
+    problem = ""
+    if kind not in TYPES or not 0 <= inode.mode <= 0xFFFF:
+        problem = f"mode {inode.mode:o}"
+    elif not all(0 <= v <= 0xFFFFFFFF for v in (inode.uid, inode.gid, inode.nlink, inode.rdev,
+                                                inode.mtime_nsec)):
+        problem = "uid, gid, nlink, rdev or mtime_nsec out of range"
+    elif not -(1 << 63) <= inode.mtime < 1 << 63 or not 0 <= inode.size < 1 << 64:
+        problem = "mtime or size out of range"
+    elif inode.content is not None and (kind != stat.S_IFREG or len(inode.content) != inode.size
+                                        or inode.size > CONTENT_MAX):
+        problem = "inline content that is not a regular file's, not its size, or too long"
+    elif inode.payload is not None and (len(inode.payload) > PAYLOAD_MAX
+                                        or b"\0" in inode.payload):
+        problem = "payload too long or with NUL"
+    elif kind == stat.S_IFLNK and not inode.payload:
+        problem = "a symlink without a target"
+    elif inode.digest is not None and len(inode.digest) != DIGEST_SIZE:
+        problem = "digest of the wrong size"
+    if problem:
+        raise BadComposefsTree(path=path, reason=problem)
 
 
 def _check_xattrs(node: _Node) -> None:
