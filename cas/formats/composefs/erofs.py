@@ -50,16 +50,14 @@ from dataclasses import dataclass, field
 from cas.errors import BadComposefsTree
 from cas.formats.composefs import native
 from cas.formats.composefs.tree import (
-    CONTENT_MAX,
-    DIGEST_SIZE,
     NAME_MAX,
-    PAYLOAD_MAX,
-    TYPES,
     XATTR_BUDGET,
     XATTR_NAME_MAX,
     XATTR_VALUE_MAX,
     Hardlink,
     Inode,
+    inode_problem,
+    xattr_problem,
 )
 
 BLOCK, SLOT = 4096, 32
@@ -172,7 +170,6 @@ class _Plan:
             path, inode, parent = stack.pop()
             node = node_of(inode, path)
             node.path = path
-            _check_xattrs(node)
             _overlay_xattrs(node, parent, path, self.version)
             if inode.children is None:
                 continue
@@ -379,48 +376,15 @@ def _has_whiteout(root: Inode) -> bool:
 
 
 def _working(inode: Inode, path: bytes) -> _Node:
-    _check_inode(inode, path)
+    problem = inode_problem(inode) or xattr_problem(inode.xattrs)
+    if problem:
+        raise BadComposefsTree(path=path, reason=problem)
     xattrs = dict(inode.xattrs)
     budget = 12 + sum(7 + len(k) + len(v) for k, v in xattrs.items()) if xattrs else 0
     size = len(inode.payload or b"") if stat.S_ISLNK(inode.mode) else inode.size
     return _Node(inode.mode, inode.uid, inode.gid, inode.nlink, inode.rdev, inode.mtime,
                  inode.mtime_nsec, size, inode.payload, inode.content, inode.digest, xattrs,
                  budget)
-
-
-def _check_inode(inode: Inode, path: bytes) -> None:
-    """The fields a dumpfile could carry, in their ranges (as the dumpfile parser checks)."""
-    kind = stat.S_IFMT(inode.mode)
-    problem = ""
-    if kind not in TYPES or not 0 <= inode.mode <= 0xFFFF:
-        problem = f"mode {inode.mode:o}"
-    elif not all(0 <= v <= 0xFFFFFFFF for v in (inode.uid, inode.gid, inode.nlink, inode.rdev,
-                                                inode.mtime_nsec)):
-        problem = "uid, gid, nlink, rdev or mtime_nsec out of range"
-    elif not -(1 << 63) <= inode.mtime < 1 << 63 or not 0 <= inode.size < 1 << 64:
-        problem = "mtime or size out of range"
-    elif inode.content is not None and (kind != stat.S_IFREG or len(inode.content) != inode.size
-                                        or inode.size > CONTENT_MAX):
-        problem = "inline content that is not a regular file's, not its size, or too long"
-    elif inode.payload is not None and (len(inode.payload) > PAYLOAD_MAX
-                                        or b"\0" in inode.payload):
-        problem = "payload too long or with NUL"
-    elif kind == stat.S_IFLNK and not inode.payload:
-        problem = "a symlink without a target"
-    elif inode.digest is not None and len(inode.digest) != DIGEST_SIZE:
-        problem = "digest of the wrong size"
-    if problem:
-        raise BadComposefsTree(path=path, reason=problem)
-
-
-def _check_xattrs(node: _Node) -> None:
-    """The tree's own xattrs, within the limits composefs takes them from outside."""
-    for name, value in node.xattrs.items():
-        if not 0 < len(name) <= XATTR_NAME_MAX or b"\0" in name or len(value) > XATTR_VALUE_MAX:
-            raise BadComposefsTree(path=node.path, reason=f"xattr {name[:80]!r}: bad name "
-                                   f"or value over {XATTR_VALUE_MAX} bytes")
-    if node.budget > XATTR_BUDGET:
-        raise BadComposefsTree(path=node.path, reason=f"xattrs over {XATTR_BUDGET} bytes")
 
 
 def _set_xattr(node: _Node, name: bytes, value: bytes, path: bytes) -> None:

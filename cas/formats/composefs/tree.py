@@ -77,3 +77,42 @@ def walk(root: Inode) -> list[tuple[bytes, Inode | Hardlink]]:
             stack.extend((path + b"/" + name, child)
                          for name, child in sorted(node.children.items(), reverse=True))
     return out
+
+
+def inode_problem(inode: Inode) -> str:
+    """What makes ``inode`` unwritable by composefs ("" if nothing): its fields in range,
+    inline content only on a regular file and of its size, a payload without NUL and
+    within PATH_MAX, a symlink with a target."""
+    kind = stat.S_IFMT(inode.mode)
+    if kind not in TYPES or not 0 <= inode.mode <= 0xFFFF:
+        return f"mode {inode.mode:o}"
+    if not all(0 <= v <= 0xFFFFFFFF for v in (inode.uid, inode.gid, inode.nlink, inode.rdev,
+                                              inode.mtime_nsec)):
+        return "uid, gid, nlink, rdev or mtime_nsec out of range"
+    if not -(1 << 63) <= inode.mtime < 1 << 63 or not 0 <= inode.size < 1 << 64:
+        return "mtime or size out of range"
+    if inode.content is not None and (kind != stat.S_IFREG or len(inode.content) != inode.size
+                                      or inode.size > CONTENT_MAX):
+        return f"inline content not of a regular file, not of its size, or over {CONTENT_MAX}"
+    if inode.payload is not None and (len(inode.payload) > PAYLOAD_MAX or b"\0" in inode.payload):
+        return f"payload over {PAYLOAD_MAX} bytes or with NUL"
+    if kind == stat.S_IFLNK and not inode.payload:
+        return "a symlink without a target"
+    if inode.digest is not None and len(inode.digest) != DIGEST_SIZE:
+        return "a digest of the wrong size"
+    return ""
+
+
+def xattr_problem(xattrs: dict[bytes, bytes]) -> str:
+    """What composefs refuses in an inode's xattrs ("" if nothing): names of 1..255 bytes
+    without NUL, values up to 64 KiB, and its budget of space for them."""
+    budget = 12
+    for name, value in xattrs.items():
+        if not 0 < len(name) <= XATTR_NAME_MAX or b"\0" in name:
+            return f"xattr name {name[:80]!r}: empty, with NUL or over {XATTR_NAME_MAX} bytes"
+        if len(value) > XATTR_VALUE_MAX:
+            return f"xattr {name[:80]!r}: value over {XATTR_VALUE_MAX} bytes"
+        budget += 7 + len(name) + len(value)
+    if budget > XATTR_BUDGET:
+        return f"xattrs over composefs's {XATTR_BUDGET} bytes per inode"
+    return ""
