@@ -42,7 +42,7 @@ static void *arena_alloc(struct arena *a, size_t n)
 {
     n = (n + 15) & ~(size_t)15;
     if (!a->head || a->head->size - a->head->used < n) {
-        size_t size = n > (1u << 20) ? n : (1u << 20);
+        size_t size = n > (1u << 16) ? n : (1u << 16);
         struct arena_chunk *c = malloc(sizeof *c + size);
         if (!c)
             return NULL;
@@ -271,9 +271,6 @@ static int read_records(struct arena *a, const uint8_t *spec, size_t len, uint32
             struct bytes kb = { key, le16(kv) }, vb = { value, le16(kv + 2) };
             if (kb.n == 0 || kb.n > 255 || memchr(kb.p, 0, kb.n))
                 return -EINVAL;
-            for (uint32_t j = 0; j < n->n_xattrs; j++)
-                if (cmp_bytes(n->xattrs[j].key, kb) == 0)
-                    return -EINVAL;
             n->budget += 7 + kb.n + vb.n + (n->n_xattrs ? 0 : 12);
             if (grow(a, (void **)&n->xattrs, &n->cap_xattrs, n->n_xattrs, sizeof *n->xattrs))
                 return -ENOMEM;
@@ -738,10 +735,15 @@ int cas_cfs_write(const uint8_t *spec, size_t spec_len, uint32_t count, int vers
         n->ino = q;
         qsort(n->xattrs, n->n_xattrs, sizeof *n->xattrs, cmp_xattr);
         n_items += n->n_xattrs;
-        for (uint32_t i = 0; i < n->n_xattrs; i++)
+        for (uint32_t i = 0; i < n->n_xattrs; i++) {
+            if (i && cmp_bytes(n->xattrs[i].key, n->xattrs[i - 1].key) == 0) {
+                rc = -EINVAL;  /* a name twice in the records */
+                goto done;
+            }
             if (eq_cstr(n->xattrs[i].key, "system.posix_acl_access") ||
                 eq_cstr(n->xattrs[i].key, "system.posix_acl_default"))
                 has_acl = 1;
+        }
         if (n->mtime < min_sec || (n->mtime == min_sec && n->nsec < min_nsec)) {
             min_sec = n->mtime;
             min_nsec = n->nsec;
