@@ -78,7 +78,7 @@ _PREFIXES = ((b"user.", 1), (_ACLS[0], 2), (_ACLS[1], 3), (b"trusted.", 4),
 _FILE_TYPES = {stat.S_IFREG: 1, stat.S_IFDIR: 2, stat.S_IFCHR: 3, stat.S_IFBLK: 4,
                stat.S_IFIFO: 5, stat.S_IFSOCK: 6, stat.S_IFLNK: 7}
 _NULL_CHUNK = b"\xff\xff\xff\xff"
-_IFMT, _IFDIR = stat.S_IFMT(0o170000), stat.S_IFDIR
+_IFMT, _IFDIR = 0o170000, stat.S_IFDIR
 _HIDDEN = frozenset({_ESCAPED + b"whiteouts", b"user.overlay.whiteout",
                      b"user.overlay.whiteouts"})
 
