@@ -21,6 +21,7 @@ hardlink must name an existing non-directory, no duplicate xattr, no trailing bl
 
 from __future__ import annotations
 
+import binascii
 import re
 import stat
 from typing import NoReturn
@@ -42,6 +43,7 @@ MAX_ENTRIES = 2_000_000
 MAX_PATH = 4096
 XATTRS_MAX = 0xFFFF  # bytes of a line after its fixed fields (as mkcomposefs)
 _FIXED = 11
+_IFMT, _IFDIR = 0o170000, stat.S_IFDIR
 _U32, _U64, _I64 = (1 << 32) - 1, (1 << 64) - 1, 1 << 63
 
 _SPECIAL = {ord("\\"): b"\\\\", ord("\n"): b"\\n", ord("\r"): b"\\r", ord("\t"): b"\\t"}
@@ -61,7 +63,6 @@ _LINE = re.compile(rb"([^ ]+) ([0-9]{1,20}) (@?)([0-7]{1,7}) ([0-9]{1,10}) ([0-9
 _DIGITS = re.compile(rb"[0-9]{1,20}")
 _OCTAL = re.compile(rb"[0-7]{1,7}")
 _MTIME = re.compile(rb"(-?[0-9]{1,19})\.([0-9]{1,9})")
-_HEX = re.compile(rb"[0-9a-fA-F]{64}")
 
 
 # -- writing --------------------------------------------------------------------------
@@ -160,28 +161,21 @@ class _Parser:
          nsec_raw, payload_raw, content_raw, digest_raw, xattrs) = match.groups()
         size, mode, mtime = int(size_raw), int(mode_raw, 8), int(sec_raw)
         nlink, uid, gid, rdev = int(nlink_raw), int(uid_raw), int(gid_raw), int(rdev_raw)
+        kind = mode & _IFMT
         if (size > _U64 or max(nlink, uid, gid, rdev) > _U32 or not -_I64 <= mtime < _I64
-                or mode > 0o177777 or stat.S_IFMT(mode) not in TYPES):
+                or mode > 0o177777 or kind not in TYPES):
             _explain(line)
         path = _check_path(_unescape(path_raw, "path"))
-        hardlink = at == b"@"
-        nsec = int(nsec_raw)
-        payload = _field(payload_raw, "payload")
-        content = _field(content_raw, "content")
-        digest = _digest(digest_raw)
+        payload = None if payload_raw == b"-" else _field(payload_raw, "payload")
+        content = None if content_raw == b"-" else _field(content_raw, "content")
+        digest = None if digest_raw == b"-" else _digest(digest_raw)
         parent, name = self._parent(path)
-        if hardlink:
-            if stat.S_ISDIR(mode):
-                raise _Bad("a directory cannot be a hard link")
-            if payload is None:
-                raise _Bad("a hard link needs the path of its target")
-            _check_path(payload, "hard link target")
-            assert parent is not None  # the root is a directory
-            self._add(parent, name, Hardlink(payload, _PLACEHOLDER))
-            self.links.append((parent, name, payload))
+        if at:
+            self._hardlink(parent, name, kind, payload)
             return
-        inode = Inode(mode, uid, gid, nlink, rdev, mtime, nsec, size,
-                      children={} if stat.S_ISDIR(mode) else None)
+        directory = kind == _IFDIR
+        inode = Inode(mode, uid, gid, nlink, rdev, mtime, int(nsec_raw), size,
+                      children={} if directory else None)
         _fill(inode, payload, content, digest)
         if xattrs is not None:  # most lines repeat a few (labels): parse each once
             parsed = self.xattrs.get(xattrs)
@@ -191,13 +185,24 @@ class _Parser:
         if parent is None:
             if self.root is not None:
                 raise _Bad("a second root")
-            if not stat.S_ISDIR(mode):
+            if not directory:
                 raise _Bad("the root must be a directory")
             self.root = inode
         else:
             self._add(parent, name, inode)
-        if stat.S_ISDIR(mode):
+        if directory:
             self.dirs[path] = inode
+
+    def _hardlink(self, parent: Inode | None, name: bytes, kind: int,
+                  target: bytes | None) -> None:
+        if kind == _IFDIR:
+            raise _Bad("a directory cannot be a hard link")
+        if target is None:
+            raise _Bad("a hard link needs the path of its target")
+        _check_path(target, "hard link target")
+        assert parent is not None  # the root is a directory
+        self._add(parent, name, Hardlink(target, _PLACEHOLDER))
+        self.links.append((parent, name, target))
 
     def _parent(self, path: bytes) -> tuple[Inode | None, bytes]:
         if path == b"/":
@@ -249,17 +254,20 @@ def _fill(inode: Inode, payload: bytes | None, content: bytes | None,
           digest: bytes | None) -> None:
     """Set the optional fields: composefs's own rules, and stricter ones where it ignores
     or truncates what a line says."""
-    kind = inode.kind
-    if kind not in (stat.S_IFCHR, stat.S_IFBLK) and inode.rdev:
+    kind = inode.mode & _IFMT
+    if kind != stat.S_IFREG:
+        if content is not None or digest is not None:
+            raise _Bad("only regular files have content or a digest")
+        if inode.rdev and kind not in (stat.S_IFCHR, stat.S_IFBLK):
+            raise _Bad("only devices have an rdev")
+        if payload is not None and kind != stat.S_IFLNK:
+            raise _Bad("only regular files and symlinks have a payload")
+        if kind == stat.S_IFLNK and payload and inode.size != len(payload):
+            raise _Bad(f"symlink size {inode.size}, its target is {len(payload)} bytes")
+        if inode.size and kind not in (stat.S_IFLNK, _IFDIR):
+            raise _Bad("devices, fifos and sockets have no size")
+    elif inode.rdev:
         raise _Bad("only devices have an rdev")
-    if kind != stat.S_IFREG and (content is not None or digest is not None):
-        raise _Bad("only regular files have content or a digest")
-    if kind not in (stat.S_IFREG, stat.S_IFLNK) and payload is not None:
-        raise _Bad("only regular files and symlinks have a payload")
-    if kind == stat.S_IFLNK and payload and inode.size != len(payload):
-        raise _Bad(f"symlink size {inode.size}, its target is {len(payload)} bytes")
-    if kind not in (stat.S_IFREG, stat.S_IFLNK, stat.S_IFDIR) and inode.size:
-        raise _Bad("devices, fifos and sockets have no size")
     inode.payload, inode.content, inode.digest = payload, content, digest
     problem = inode_problem(inode)
     if problem:
@@ -330,9 +338,12 @@ def _mtime(raw: bytes) -> tuple[int, int]:
 def _digest(raw: bytes) -> bytes | None:
     if raw == b"-":
         return None
-    if not _HEX.fullmatch(raw):
-        raise _Bad(f"digest {raw[:80]!r}: expected {DIGEST_SIZE * 2} hex digits")
-    return bytes.fromhex(raw.decode())
+    try:
+        if len(raw) == 2 * DIGEST_SIZE:
+            return binascii.unhexlify(raw)
+    except binascii.Error:
+        pass
+    raise _Bad(f"digest {raw[:80]!r}: expected {DIGEST_SIZE * 2} hex digits")
 
 
 def _xattrs(raw: bytes) -> dict[bytes, bytes]:

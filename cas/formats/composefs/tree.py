@@ -26,6 +26,7 @@ NAME_MAX, PAYLOAD_MAX = 255, 4095
 XATTR_BUDGET = 0xFFFF // 2
 XATTR_NAME_MAX, XATTR_VALUE_MAX = 255, 0xFFFF
 DIGEST_SIZE = 32
+_U32, _U64, _I64 = (1 << 32) - 1, (1 << 64) - 1, 1 << 63
 TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK,
                    stat.S_IFIFO, stat.S_IFSOCK})
 
@@ -83,20 +84,21 @@ def inode_problem(inode: Inode) -> str:
     """What makes ``inode`` unwritable by composefs ("" if nothing): its fields in range,
     inline content only on a regular file and of its size, a payload without NUL and
     within PATH_MAX, a symlink with a target."""
-    kind = stat.S_IFMT(inode.mode)
-    if kind not in TYPES or not 0 <= inode.mode <= 0xFFFF:
-        return f"mode {inode.mode:o}"
-    if not all(0 <= v <= 0xFFFFFFFF for v in (inode.uid, inode.gid, inode.nlink, inode.rdev,
-                                              inode.mtime_nsec)):
+    mode, content, payload = inode.mode, inode.content, inode.payload
+    kind = mode & 0o170000
+    if kind not in TYPES or not 0 <= mode <= 0xFFFF:
+        return f"mode {mode:o}"
+    if not (0 <= inode.uid <= _U32 and 0 <= inode.gid <= _U32 and 0 <= inode.nlink <= _U32
+            and 0 <= inode.rdev <= _U32 and 0 <= inode.mtime_nsec <= _U32):
         return "uid, gid, nlink, rdev or mtime_nsec out of range"
-    if not -(1 << 63) <= inode.mtime < 1 << 63 or not 0 <= inode.size < 1 << 64:
+    if not (-_I64 <= inode.mtime < _I64 and 0 <= inode.size <= _U64):
         return "mtime or size out of range"
-    if inode.content is not None and (kind != stat.S_IFREG or len(inode.content) != inode.size
-                                      or inode.size > CONTENT_MAX):
+    if content is not None and (kind != stat.S_IFREG or len(content) != inode.size
+                                or inode.size > CONTENT_MAX):
         return f"inline content not of a regular file, not of its size, or over {CONTENT_MAX}"
-    if inode.payload is not None and (len(inode.payload) > PAYLOAD_MAX or b"\0" in inode.payload):
+    if payload is not None and (len(payload) > PAYLOAD_MAX or b"\0" in payload):
         return f"payload over {PAYLOAD_MAX} bytes or with NUL"
-    if kind == stat.S_IFLNK and not inode.payload:
+    if kind == stat.S_IFLNK and not payload:
         return "a symlink without a target"
     if inode.digest is not None and len(inode.digest) != DIGEST_SIZE:
         return "a digest of the wrong size"
