@@ -8,7 +8,6 @@ smallest mtime (0 when empty).
 
 from __future__ import annotations
 
-import os
 import stat
 
 from cas.core.image import EntryType, Image
@@ -22,16 +21,23 @@ def tree_of(image: Image) -> Inode:
     """The tree ``mkcomposefs`` would build from a checkout of ``image``."""
     root = directory(0o755, mtime=min((e.mtime for e in image.entries), default=0))
     dirs = {"": root}
+    names: dict[str, bytes] = {}  # xattr names, encoded once
     for entry in image.entries:  # sorted: parents come first
         head, _, name = entry.path.rpartition("/")
-        inode = Inode(_TYPES[entry.type] | entry.mode, entry.uid, entry.gid, mtime=entry.mtime,
-                      size=entry.size, xattrs={os.fsencode(k): v for k, v in entry.xattrs.items()})
+        xattrs = {}
+        for key, value in entry.xattrs.items():
+            encoded = names.get(key)
+            if encoded is None:
+                encoded = names[key] = _fs(key)
+            xattrs[encoded] = value
+        inode = Inode(_TYPES[entry.type] | entry.mode, entry.uid, entry.gid, 1, 0, entry.mtime,
+                      0, entry.size, xattrs=xattrs)
         if entry.type is EntryType.DIR:
             inode.children = {}
             dirs[entry.path] = inode
         elif entry.type is EntryType.SYMLINK:
             assert entry.target is not None
-            inode.payload = os.fsencode(entry.target)
+            inode.payload = _fs(entry.target)
             inode.size = len(inode.payload)
         elif entry.object_id is not None:
             inode.payload = f"{entry.object_id[:2]}/{entry.object_id[2:]}".encode()
@@ -40,5 +46,10 @@ def tree_of(image: Image) -> Inode:
             inode.content = entry.inline or None
         parent = dirs[head].children
         assert parent is not None
-        parent[os.fsencode(name)] = inode
+        parent[_fs(name)] = inode
     return root
+
+
+def _fs(text: str) -> bytes:
+    """A path or name as the filesystem has it (``os.fsencode``, surrogates kept)."""
+    return text.encode("utf-8", "surrogateescape")
