@@ -93,13 +93,22 @@ class BadImage(BadInput):
     """bad metadata image: {reason}"""
 
 
+class BadDumpfile(BadInput):
+    """bad composefs dumpfile (line {line}): {reason}"""
+
+
+class BadComposefsTree(BadInput):
+    """cannot write a composefs image: {path}: {reason}"""
+
+
 class ContentMismatch(BadInput):
     """{what}: content does not match what was declared ({detail}); nothing was stored"""
 
 
 class UnsupportedSource(BadInput):
     """{location}: unsupported location (oci:PATH[:TAG], ollama:[PATH][/model:tag],
-    hf:[CACHE][/org/name[@revision]], docker://REF, a path; tar:PATH for export)"""
+    hf:[CACHE][/org/name[@revision]], docker://REF, a path; tar:PATH, dump:PATH,
+    composefs:PATH for export)"""
 
 
 class DestinationExists(BadInput):

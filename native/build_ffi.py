@@ -31,6 +31,10 @@ int cas_hash_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
 int cas_import_fd(int, int, unsigned, struct cas_digests *, unsigned *,
                   struct cas_progress *);
 int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress *);
+
+#define CAS_CFS_RECORD_HEADER ...
+int cas_cfs_write(const uint8_t *, size_t, uint32_t, int, int, uint8_t **, size_t *);
+void cas_cfs_free(uint8_t *);
 """
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
@@ -45,7 +49,8 @@ def make_builder(root: str = "") -> FFI:
     builder.set_source(
         "cas._native",
         '#include "cas_native.h"',
-        sources=[os.path.join(native, "cas_hash.c"), os.path.join(native, "cas_copy.c")],
+        sources=[os.path.join(native, "cas_hash.c"), os.path.join(native, "cas_copy.c"),
+                 os.path.join(native, "cas_composefs.c")],
         include_dirs=[native],
         depends=[os.path.join(native, "cas_native.h")],
         libraries=["crypto", "pthread"],

@@ -116,6 +116,25 @@ int cas_import_fd(int src_fd, int dst_fd, unsigned allowed,
 int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
                 unsigned *method_used, struct cas_progress *progress);
 
+/* ---- composefs images (cas_composefs.c) ---------------------------------
+ * cas_cfs_write writes the composefs EROFS image of a tree given as `count`
+ * records, byte for byte what mkcomposefs writes (the pure-Python twin and the
+ * format: cas/formats/composefs/erofs.py).  Record i (parents before
+ * children, record 0 the root directory): a CAS_CFS_RECORD_HEADER-byte
+ * little-endian header {u32 parent (0xFFFFFFFF for the root), u32 link (the
+ * record of the inode this name is a hard link to, else 0xFFFFFFFF), u32 mode,
+ * uid, gid, nlink, rdev, mtime_nsec; i64 mtime; u64 size; u16 name_len,
+ * payload_len, content_len (0xFFFF: none), n_xattrs; u8 has_digest; 7 zero
+ * bytes}, then the name, payload, content, 32-byte digest (if any) and
+ * n_xattrs times {u16 name_len, u16 value_len, name, value}.
+ * On success *image is a malloc'd buffer for cas_cfs_free.  -EINVAL for any
+ * input composefs would refuse (the twin says why), -ENOMEM.
+ */
+#define CAS_CFS_RECORD_HEADER 64
+int cas_cfs_write(const uint8_t *spec, size_t spec_len, uint32_t count, int version,
+                  int max_version, uint8_t **image, size_t *image_len);
+void cas_cfs_free(uint8_t *image);
+
 /* ---- internal: shared by cas_hash.c and cas_copy.c, not exported to Python.
  * A pipeline owns the hashing threads of one call. In "EOF" mode they read
  * fd until EOF; in "mark" mode a producer publishes how many bytes of fd are

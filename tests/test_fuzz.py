@@ -15,7 +15,7 @@ import pytest
 
 FUZZ = Path(__file__).parent / "fuzz"
 TARGETS = ["image", "tar", "tar-gzip", "tar-split", "ollama-manifest", "oci-document", "name",
-           "policy", "signature", "docker-ref", "key"]
+           "policy", "signature", "docker-ref", "key", "composefs-dump"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

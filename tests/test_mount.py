@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_erofs import stress_image
+from test_composefs_erofs import stress_image
 from test_tree_checkout import make_tree, same_tree, write_gguf
 
 from cas import Store, errors
 from cas.cli import main
-from cas.formats import erofs
+from cas.formats.composefs import erofs
+from cas.formats.composefs.from_image import tree_of
 from cas.ops import mount as mount_mod
 from cas.ops.artifacts import import_artifacts
 from conftest import need_root, need_tool, rot
@@ -76,7 +77,7 @@ def test_image_is_an_object_named_by_its_digest(store: Store, tmp_path: Path,
     oid = mount_mod.write_image(store, image)
     assert oid == mount_mod.write_image(store, image)
     with store.open_verified(oid) as f:
-        assert f.read() == erofs.write(image)
+        assert f.read() == erofs.write(tree_of(image))
 
 
 def test_corrupt_object_refuses_the_mount(store: Store, tmp_path: Path, mnt: Path) -> None:
@@ -108,7 +109,7 @@ def test_cli_mount_umount_and_double_mount(store: Store, tmp_path: Path, mnt: Pa
 def test_kernel_reads_the_stress_image(tmp_path: Path, mnt: Path) -> None:
     image = stress_image()
     path = tmp_path / "img"
-    path.write_bytes(erofs.write(image))
+    path.write_bytes(erofs.write(tree_of(image)))
     subprocess.run(["mount", "-t", "erofs", "-o", "ro", str(path), str(mnt)], check=True)
     try:
         assert sorted(os.listdir(mnt / "d")) == sorted(

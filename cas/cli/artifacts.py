@@ -69,8 +69,9 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
 @click.pass_obj
 def export(obj: Context, name: str, destination: str, link: str, as_json: bool) -> None:
     """Export artifact NAME to oci:PATH[:TAG], ollama:PATH[/model:tag] (a new model name:
-    a rename), hf:CACHE or tar:PATH (a reproducible tar layer of its tree: sorted, mtime 0,
-    uid/gid 0)."""
+    a rename), hf:CACHE, tar:PATH (a reproducible tar layer of its tree: sorted, mtime 0,
+    uid/gid 0), dump:PATH (its composefs dumpfile, as composefs-info dump prints it) or
+    composefs:PATH (its composefs image, as mkcomposefs writes it)."""
     mode = LinkMode(link)
     with obj.open_store() as store:
         result = artifacts.export_artifact(store, name, destination, link=mode)

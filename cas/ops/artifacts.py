@@ -165,6 +165,16 @@ def export_artifact(store: Store, name: str, destination: str, *,
         _link_unsupported(link, destination)
         size = tarexport.export_tar(store, image, Path(destination[len("tar:"):]))
         return {**result, "size": size}
+    if destination.startswith("dump:"):  # export only: the composefs dumpfile
+        from cas.ops import composefs
+        _link_unsupported(link, destination)
+        size = composefs.export_dump(image, Path(destination[len("dump:"):]))
+        return {**result, "size": size}
+    if destination.startswith("composefs:"):  # export only: the composefs image
+        from cas.ops import composefs
+        _link_unsupported(link, destination)
+        digest = composefs.export_image(image, Path(destination[len("composefs:"):]))
+        return {**result, "fsverity": digest}
     location = parse_location(destination)
     if location.scheme == "ollama":
         from cas.formats import ollama

@@ -1,7 +1,7 @@
 """``cas mount`` / ``cas umount``: serve an artifact's tree from the store through the kernel.
 
 Mounting writes (or finds, since it is deterministic and content-addressed) the
-artifact's EROFS image (``cas.formats.erofs``) as an object, mounts it read-only at a private
+artifact's EROFS image (``formats.composefs``) as an object, mounts it read-only at a private
 directory ``<store>/mounts/<key>/`` (``key`` = the first 32 hex digits of the sha256 of
 the mount point's real path, so ``umount`` finds it again) — file-backed, or through a
 loop device (``mount -o loop``) where the kernel cannot mount files — and then an
@@ -47,7 +47,8 @@ from cas.core.image import Image
 from cas.core.names import NameRecord
 from cas.core.store import Store
 from cas.errors import MountFailed
-from cas.formats import erofs
+from cas.formats.composefs import erofs
+from cas.formats.composefs.from_image import tree_of
 
 MOUNTS = "mounts"
 _UNSAFE = set(",:\\\n")
@@ -78,7 +79,7 @@ def write_image(store: Store, image: Image) -> ObjectId:
     Nothing caches the metadata-image → EROFS mapping: writing is a pure function of a
     small image and the store dedups the bytes, so rebuilding is cheap and never stale.
     """
-    return store.add_bytes(erofs.write(image)).object_id
+    return store.add_bytes(erofs.write(tree_of(image))).object_id
 
 
 def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,

@@ -3,7 +3,7 @@
     python tests/fuzz/fuzz_parsers.py TARGET [libFuzzer flags, e.g. -runs=100000 CORPUS_DIR]
 
 TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name,
-policy, signature, docker-ref, key.
+policy, signature, docker-ref, key, composefs-dump.
 A parser may only ever refuse its input with a ``cas.errors.CasError``; any other
 exception (or a crash) is a finding.  tests/test_fuzz.py runs each target briefly.
 """
@@ -22,6 +22,7 @@ with atheris.instrument_imports():
     from cas.core import image, names
     from cas.core.store import Store
     from cas.formats import oci, ollama, tarlayer
+    from cas.formats.composefs import dumpfile, erofs, native
     from cas.integrity import dockerref, keys, policy, signature
 
 _store: Store | None = None
@@ -55,6 +56,22 @@ def signature_record(data: bytes) -> None:
     signature.parse_payload(signature.Signature.from_record(data).payload)
 
 
+def composefs_dump(data: bytes) -> None:
+    """Parse; whatever parses writes back to text that parses to the same tree; the
+    native writer and its Python twin agree (the same image, or both refuse); the
+    dump composefs-info would print of the image parses too."""
+    tree = dumpfile.parse(data)
+    text = dumpfile.write(tree)
+    assert dumpfile.write(dumpfile.parse(text)) == text
+    try:
+        image: bytes | None = erofs.reference_write(tree)
+    except errors.CasError:
+        image = None
+    assert native.write(tree, 0, 1) == image
+    if image is not None:
+        dumpfile.parse(dumpfile.write(erofs.readback(tree)))
+
+
 TARGETS: dict[str, Callable[[bytes], object]] = {
     "image": image.decode,
     "tar": tar,
@@ -67,6 +84,7 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "signature": signature_record,
     "docker-ref": lambda data: dockerref.parse(data.decode("utf-8", "replace")),
     "key": lambda data: keys.load_private(data, b"", "fuzz"),
+    "composefs-dump": composefs_dump,
 }
 
 
