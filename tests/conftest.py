@@ -18,10 +18,10 @@ from cas import Store
 IS_ROOT = os.geteuid() == 0
 
 
-def need_tool(name: str) -> str:
+def need_tool(name: str, why_missing: str = "CI installs it via .ci/install-deps") -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (CI installs it via .ci/run)")
+        pytest.skip(f"{name} is not installed ({why_missing})")
     return path
 
 

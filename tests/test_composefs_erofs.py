@@ -24,6 +24,10 @@ from cas.formats.composefs.tree import Hardlink, Inode, walk
 from cas.ops.artifacts import import_artifacts
 from conftest import need_root, need_tool
 
+#: mkcomposefs is not packaged in Debian 12: CI checks the golden digests recorded from a
+#: build of composefs ec2573a; a developer with it on PATH also gets live comparisons.
+NO_MKCOMPOSEFS = "not packaged in Debian 12; the golden digests are checked instead"
+
 VERSIONS = {"default": (0, 1), "v0": (0, 0), "v1": (1, 1)}
 
 # sha256 of the image mkcomposefs (composefs ec2573a, built from its public source) writes
@@ -103,7 +107,8 @@ def test_every_feature_tree_is_pinned() -> None:
 
 def mkcomposefs(tmp_path: Path, dump: bytes, *options: str) -> bytes:
     (tmp_path / "dump").write_bytes(dump)
-    subprocess.run([need_tool("mkcomposefs"), *options, "--from-file", str(tmp_path / "dump"),
+    tool = need_tool("mkcomposefs", NO_MKCOMPOSEFS)
+    subprocess.run([tool, *options, "--from-file", str(tmp_path / "dump"),
                     str(tmp_path / "image")], check=True, capture_output=True)
     return (tmp_path / "image").read_bytes()
 
@@ -117,7 +122,7 @@ def composefs_info_dump(path: Path) -> bytes:
 def test_random_trees_match_mkcomposefs_live(tmp_path: Path, seed: int) -> None:
     """Where mkcomposefs is installed: dump -> mkcomposefs and dump -> cas agree, and
     composefs-info reads back exactly what cas says it will."""
-    need_tool("mkcomposefs")
+    need_tool("mkcomposefs", NO_MKCOMPOSEFS)
     tree = random_tree(seed, 400)
     dump = dumpfile.write(tree)
     for low, high in VERSIONS.values():
@@ -131,7 +136,7 @@ def test_random_trees_match_mkcomposefs_live(tmp_path: Path, seed: int) -> None:
 
 @pytest.mark.parametrize("name", GOLDEN)
 def test_feature_trees_match_mkcomposefs_live(tmp_path: Path, name: str) -> None:
-    need_tool("mkcomposefs")
+    need_tool("mkcomposefs", NO_MKCOMPOSEFS)
     assert mkcomposefs(tmp_path, dumpfile.write(TREES[name])) == image_of(name)
     assert composefs_info_dump(tmp_path / "image") == dumpfile.write(
         erofs.readback(TREES[name]))
