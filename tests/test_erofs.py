@@ -13,7 +13,7 @@ from test_tree_checkout import make_tree
 
 from cas import Store
 from cas.core.digest import ObjectId, Sha256
-from cas.core.image import Entry, EntryType, Image, build, file_entry
+from cas.core.image import NS, Entry, EntryType, Image, build, file_entry
 from cas.errors import BadImage
 from cas.formats import erofs
 from cas.ops.artifacts import import_artifacts
@@ -25,9 +25,9 @@ SHA = Sha256("cd" * 32)
 
 def stress_image() -> Image:
     """Multi-block directories, extended inodes, xattrs, long names and targets, 5 GiB."""
-    entries = [Entry("d", EntryType.DIR, 0o1777, uid=70000, gid=5, mtime=10)]
+    entries = [Entry("d", EntryType.DIR, 0o1777, uid=70000, gid=5, mtime_ns=10 * NS)]
     entries += [file_entry(f"d/{i:04d}-" + "n" * (i % 200), size=i % 65, data=b"z" * (i % 65),
-                           mode=0o600 + i % 8, mtime=i) for i in range(600)]
+                           mode=0o600 + i % 8, mtime_ns=i * NS) for i in range(600)]
     entries += [
         file_entry("big", size=5 << 30, object_id=OID, sha256=SHA, mode=0o4755, uid=1 << 20),
         file_entry("x", size=65, object_id=OID, sha256=SHA,
@@ -119,10 +119,11 @@ def test_stress_image_is_valid_and_deterministic(tmp_path: Path) -> None:
 
 
 def test_golden_bytes() -> None:
-    image = build([Entry("a", EntryType.DIR, 0o755, mtime=7),
-                   file_entry("a/f", size=3, data=b"abc", mtime=7),
-                   file_entry("g", size=100, object_id=OID, sha256=SHA, mtime=8),
-                   Entry("s", EntryType.SYMLINK, 0o777, size=1, target="g", mtime=7)],
+    image = build([Entry("", EntryType.DIR, 0o755, mtime_ns=7 * NS),
+                   Entry("a", EntryType.DIR, 0o755, mtime_ns=7 * NS),
+                   file_entry("a/f", size=3, data=b"abc", mtime_ns=7 * NS),
+                   file_entry("g", size=100, object_id=OID, sha256=SHA, mtime_ns=8 * NS),
+                   Entry("s", EntryType.SYMLINK, 0o777, size=1, target="g", mtime_ns=7 * NS)],
                   [], {"type": "tree"})
     assert hashlib.sha256(erofs.write(image)).hexdigest() == GOLDEN
 
@@ -132,7 +133,6 @@ GOLDEN = "2d4ff5c1975840dd96bf4f185a0985ad90d8207955b02e7b10c0cdc59dd7a429"
 
 @pytest.mark.parametrize("name", ["system.foo", "user.", "weird", "user." + "x" * 300])
 def test_unsupported_xattrs_refused(name: str) -> None:
-    image = build([file_entry("f", size=1, data=b"1", xattrs={name: b"v"})], [],
-                  {"type": "tree"})
     with pytest.raises(BadImage):
-        erofs.write(image)
+        erofs.write(build([file_entry("f", size=1, data=b"1", xattrs={name: b"v"})], [],
+                          {"type": "tree"}))

@@ -47,9 +47,9 @@ def test_two_exports_identical_and_unpack_like_checkout(store: Store, tmp_path: 
 def test_golden_digest(store: Store) -> None:
     big = store.add_bytes(b"0123456789" * 10)
     entries = [
-        Entry("d", EntryType.DIR, 0o750, uid=1000, gid=1000, mtime=12345),
+        Entry("d", EntryType.DIR, 0o750, uid=1000, gid=1000, mtime_ns=12345),
         file_entry("d/big", size=100, object_id=big.object_id, sha256=big.sha256, mode=0o600),
-        file_entry("d/small", size=5, data=b"hello", mode=0o755, mtime=99),
+        file_entry("d/small", size=5, data=b"hello", mode=0o755, mtime_ns=99),
         Entry("d/link", EntryType.SYMLINK, 0o777, size=5, target="small"),
         file_entry("x", size=1, data=b"\n", xattrs={"user.k": b"v"}),
     ]

@@ -119,7 +119,7 @@ def test_multiple_files_as_one_artifact(store: Store, tmp_path: Path) -> None:
     a = write_gguf(tmp_path / "a.gguf")
     b = write_random(tmp_path / "b.bin", 1000)
     (record,) = import_artifacts(store, [str(a), str(b)], "pair")
-    assert [e.path for e in store.get_image(record.image).entries] == ["a.gguf", "b.bin"]
+    assert [e.path for e in store.get_image(record.image).entries] == ["", "a.gguf", "b.bin"]
     with pytest.raises(errors.BadInput):
         import_artifacts(store, [str(a), str(a)], "dup")
 

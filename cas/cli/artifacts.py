@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from cas.cli.common import Context, cli, emit, json_option
+from cas.cli.common import Context, cli, emit, json_option, shown
 from cas.ops import artifacts
-from cas.ops.checkout import LinkMode
+from cas.ops.checkout import NOT_RESTORED, LinkMode
 from cas.ops.checkout import checkout as checkout_tree
 
 
@@ -17,14 +17,17 @@ from cas.ops.checkout import checkout as checkout_tree
 @click.option("--name", "-n", help="Name for the artifact (default: from the source).")
 @click.option("--no-keep-compressed", is_flag=True,
               help="Do not keep compressed tar layers (export then cannot be bit-exact).")
+@click.option("--no-xattrs", is_flag=True,
+              help="Leave extended attributes out of a directory or file import.")
 @json_option
 @click.pass_obj
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
-            as_json: bool) -> None:
+            no_xattrs: bool, as_json: bool) -> None:
     """Import an artifact: a directory, files, oci:PATH[:TAG] or ollama:[PATH][/model:tag]."""
     with obj.open_store() as store:
         records = artifacts.import_artifacts(store, list(sources), name,
-                                             keep_compressed=not no_keep_compressed)
+                                             keep_compressed=not no_keep_compressed,
+                                             xattrs=not no_xattrs)
     emit(as_json, [r.to_json() for r in records],
          "\n".join(f"{r.name}  {r.image}" for r in records))
 
@@ -50,20 +53,28 @@ def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check reflinked and hardlinked objects against their digests first "
               "(--no-verify: metadata only; copies are always checked).")
+@click.option("--same-owner/--no-same-owner", default=None,
+              help="Restore the recorded owners (default: when run as root).  Files whose "
+              "owner is not restored lose setuid/setgid bits and capabilities.")
 @json_option
 @click.pass_obj
 def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
-             as_json: bool) -> None:
-    """Materialise artifact NAME's tree at DEST (which must not exist)."""
+             same_owner: bool | None, as_json: bool) -> None:
+    """Materialise artifact NAME's tree at DEST (which must not exist), with its modes,
+    mtimes, xattrs, hard links, FIFOs and devices, and (as root) owners."""
     mode = LinkMode(link)
     with obj.open_store() as store:
         image = store.get_image(store.names.get(name).image)
-        result = checkout_tree(store, image, dest, mode, verify=verify)
-    human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}: " + ", ".join(
-        f"{n} {m}" for m, n in sorted(result.methods.items()))
+        result = checkout_tree(store, image, dest, mode, verify=verify, same_owner=same_owner)
+    lines = [f"checked out {result.files} files ({result.bytes} bytes) to {dest}: " + ", ".join(
+        f"{n} {m}" for m, n in sorted(result.methods.items()))]
+    for kind, count in sorted(result.not_restored.items()):
+        lines.append(f"not restored: {NOT_RESTORED[kind]}: {count} entries "
+                     f"(e.g. {shown(result.examples[kind])})")
     if mode is LinkMode.HARDLINK:
-        human += "\nnote: hardlinked files are the store's read-only objects; never write to them"
-    emit(as_json, result.to_json(), human)
+        lines.append("note: hardlinked files are the store's read-only objects; never write "
+                     "to them")
+    emit(as_json, result.to_json(), "\n".join(lines))
 
 
 @cli.command()
@@ -102,8 +113,12 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
         info = artifacts.inspect(store, name)
     lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]
     for e in info["entries"]:
-        digest = e.get("object", "inline" if e.get("inline") else e.get("target", ""))
-        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {e['path']}  {digest}")
+        detail = (f"=> {e['hardlink']}" if "hardlink" in e else e.get("object") or
+                  ("inline" if e.get("inline") else e.get("target", "")))
+        if "rdev" in e:
+            detail = "{}:{}".format(*e["rdev"])
+        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {shown(e['path']) or '.'}"
+                     f"  {shown(detail)}")
     for b in info["blobs"]:
         lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
     emit(as_json, info, "\n".join(lines))

@@ -52,7 +52,8 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-from cas.core.image import Entry, EntryType, Image
+from cas.core.image import NS, Entry, EntryType, Image
+from cas.core.treepath import to_bytes
 from cas.errors import BadImage
 
 COMPOSEFS_MAGIC, COMPOSEFS_VERSION = 0xD078629A, 1
@@ -66,9 +67,12 @@ ROOT_OFFSET = SUPER_OFFSET + 128
 REDIRECT, METACOPY = "trusted.overlay.redirect", "trusted.overlay.metacopy"
 _PREFIXES = (("user.", 1), ("trusted.", 4), ("security.", 6))
 _ACLS = {"system.posix_acl_access": 2, "system.posix_acl_default": 3}
-_FT = {EntryType.FILE: 1, EntryType.DIR: 2, EntryType.SYMLINK: 7}
+_FT = {EntryType.FILE: 1, EntryType.DIR: 2, EntryType.CHAR: 3, EntryType.BLOCK: 4,
+       EntryType.FIFO: 5, EntryType.SYMLINK: 7}
 _IFMT = {EntryType.FILE: stat.S_IFREG, EntryType.DIR: stat.S_IFDIR,
-         EntryType.SYMLINK: stat.S_IFLNK}
+         EntryType.SYMLINK: stat.S_IFLNK, EntryType.FIFO: stat.S_IFIFO,
+         EntryType.CHAR: stat.S_IFCHR, EntryType.BLOCK: stat.S_IFBLK}
+_U64 = (1 << 64) - 1  # signed seconds are stored as their two's complement
 
 
 @dataclass(eq=False)
@@ -77,7 +81,9 @@ class _Node:
     mode: int
     uid: int
     gid: int
-    mtime: int
+    mtime: int                              # seconds (signed)
+    mtime_nsec: int = 0
+    rdev: int = 0
     size: int = 0
     data: bytes = b""                       # inline-able bytes (files, symlinks)
     xattrs: bytes = b""                     # the encoded ibody (header included)
@@ -106,7 +112,8 @@ def write(image: Image) -> bytes:
     nodes = _nodes(image)
     build_time = min(n.mtime for n in nodes)
     for node in nodes:
-        node.extended = not (node.mtime == build_time and node.uid <= 0xFFFF
+        node.extended = not (node.mtime == build_time and not node.mtime_nsec
+                             and node.uid <= 0xFFFF
                              and node.gid <= 0xFFFF and node.nlink <= 0xFFFF
                              and node.size <= 0xFFFFFFFF)
     cursor = _place_inodes(nodes)
@@ -120,7 +127,7 @@ def write(image: Image) -> bytes:
     struct.pack_into("<II", out, 0, COMPOSEFS_MAGIC, COMPOSEFS_VERSION)
     incompat = INCOMPAT_CHUNKED_FILE if any(n.chunks for n in nodes) else 0
     struct.pack_into("<IIIBBHQQIIII", out, SUPER_OFFSET, EROFS_MAGIC, 0, 0, BLKBITS, 0,
-                     nodes[0].nid, len(nodes), build_time, 0, block, 0, 0)
+                     nodes[0].nid, len(nodes), build_time & _U64, 0, block, 0, 0)
     struct.pack_into("<I", out, SUPER_OFFSET + 80, incompat)
     for index, node in enumerate(nodes):
         _emit(out, node, index, build_time)
@@ -129,15 +136,14 @@ def write(image: Image) -> bytes:
 
 def _nodes(image: Image) -> list[_Node]:
     """The root, then one node per entry in path order, linked to their parents."""
-    mtimes = [e.mtime for e in image.entries] or [0]
-    root = _Node(EntryType.DIR, 0o755, 0, 0, min(mtimes))
+    root = _node(image.root)
     nodes, by_path = [root], {"": root}
-    for entry in image.entries:
+    for entry in image.entries[1:]:
         parent_path, name = entry.path.rpartition("/")[::2]
         parent = by_path[parent_path]
         node = _node(entry)
         node.parent = parent
-        parent.children.append((name.encode(), node))
+        parent.children.append((to_bytes(name), node))
         if node.kind is EntryType.DIR:
             parent.nlink += 1
             by_path[entry.path] = node
@@ -150,11 +156,12 @@ def _nodes(image: Image) -> list[_Node]:
 
 
 def _node(entry: Entry) -> _Node:
-    node = _Node(entry.type, entry.mode, entry.uid, entry.gid, entry.mtime)
+    seconds, nsec = divmod(entry.mtime_ns, NS)
+    node = _Node(entry.type, entry.mode, entry.uid, entry.gid, seconds, nsec, entry.rdev)
     xattrs = {_escape(k): v for k, v in entry.xattrs.items()}
     if entry.type is EntryType.SYMLINK:
         assert entry.target is not None
-        node.data = entry.target.encode()
+        node.data = to_bytes(entry.target)
     elif entry.type is EntryType.FILE and entry.object_id is not None:
         digest = bytes.fromhex(entry.object_id)
         xattrs[REDIRECT] = f"/{entry.object_id[:2]}/{entry.object_id[2:]}".encode()
@@ -179,13 +186,13 @@ def _xattr_body(path: str, xattrs: dict[str, bytes]) -> bytes:
     if not xattrs:
         return b""
     body = bytearray(12)
-    for full in sorted(xattrs, key=str.encode):
+    for full in sorted(xattrs, key=to_bytes):
         value = xattrs[full]
         index, name = _ACLS.get(full, 0), b""
         if not index:
             prefix, index = next(((p, i) for p, i in _PREFIXES if full.startswith(p)),
                                  ("", 0))
-            name = full[len(prefix):].encode()
+            name = to_bytes(full[len(prefix):])
         if not index or (not name and full not in _ACLS):
             raise BadImage(reason=f"entry {path!r}: xattr {full!r} has no EROFS namespace")
         if len(name) > 255 or len(value) > 0xFFFF:
@@ -251,13 +258,16 @@ def _emit(out: bytearray, node: _Node, index: int, build_time: int) -> None:
     icount = (len(node.xattrs) - 12) // 4 + 1 if node.xattrs else 0
     mode = _IFMT[node.kind] | node.mode
     i_u = node.blkaddr
-    if node.layout == CHUNK_BASED:
+    if node.kind in (EntryType.CHAR, EntryType.BLOCK):
+        i_u = node.rdev  # the kernel's new_encode_dev form
+    elif node.layout == CHUNK_BASED:
         i_u = node.chunkbits - BLKBITS
     elif node.layout == FLAT_PLAIN and not _full_blocks(node):
         i_u = 0
     if node.extended:
         struct.pack_into("<HHHHQIIIIQII", out, node.offset, fmt, icount, mode, 0, node.size,
-                         i_u, index, node.uid, node.gid, node.mtime, 0, node.nlink)
+                         i_u, index, node.uid, node.gid, node.mtime & _U64, node.mtime_nsec,
+                         node.nlink)
     else:
         struct.pack_into("<HHHHIIIIHHI", out, node.offset, fmt, icount, mode, node.nlink,
                          node.size, 0, i_u, index, node.uid, node.gid, 0)
