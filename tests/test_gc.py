@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from cas import Store, errors
-from cas.core.image import Image, file_entry
+from cas.core.digest import ObjectId, Sha256
+from cas.core.image import build, file_entry
 from cas.ops import artifacts, gc
 from conftest import object_files, write_random
 
@@ -95,8 +96,8 @@ def test_temp_root_protects_an_in_flight_import(tmp_path: Path,
 
 
 def test_put_image_refuses_an_object_gc_already_removed(store: Store) -> None:
-    image = Image(entries=[file_entry("f", size=100, object_id="ab" * 32, sha256="cd" * 32)],
-                  blobs=[], source={"type": "tree"})
+    image = build([file_entry("f", size=100, object_id=ObjectId("ab" * 32),
+                              sha256=Sha256("cd" * 32))], [], {"type": "tree"})
     with pytest.raises(errors.ObjectNotFound):
         store.put_image(image)
 

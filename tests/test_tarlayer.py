@@ -29,8 +29,8 @@ _TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SY
 
 def make_tar(entries: Iterable[dict[str, Any]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
     """A tar from readable specs: ``{"name", "type"="file", "data", "target", "declared",
-    "mode", "uid", "mtime", "major", "minor", "pax"}``.  ``declared`` writes a header claiming more data than follows,
-    and ends the archive right there (a truncated tar)."""
+    "mode", "uid", "mtime", "major", "minor", "pax"}``.  ``declared`` writes a header
+    claiming more data than follows, and ends the archive right there (a truncated tar)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
         for spec in entries:

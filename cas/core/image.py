@@ -178,12 +178,15 @@ def major_minor(rdev: int) -> tuple[int, int]:
 
 def build(entries: list[Entry], blobs: list[Blob], source: Mapping[str, Any]) -> Image:
     """Sort and validate a tree; missing parent directories (and the root, when there is
-    no entry ``""``) are added as mode 0755, owner 0:0, mtime 0."""
+    no entry ``""``) are added as mode 0755, owner 0:0, mtime 0.  A hard link may name
+    any other name of its inode that is no hard link itself: of each inode's names the
+    first in image order becomes the one holding it."""
     if len(entries) > MAX_ENTRIES:
         raise BadImage(reason=f"more than {MAX_ENTRIES} entries")
     by_path = {e.path: e for e in entries}
     if len(by_path) != len(entries):
         raise BadImage(reason="duplicate paths in the tree")
+    _first_names_hold_inodes(by_path)
     by_path.setdefault("", Entry("", EntryType.DIR, 0o755))
     for path in list(by_path):
         parent = path.rpartition("/")[0]
@@ -204,6 +207,26 @@ def build(entries: list[Entry], blobs: list[Blob], source: Mapping[str, Any]) ->
         _check_media_type(blob.media_type)
     _validate_tree(image.entries)
     return image
+
+
+def _first_names_hold_inodes(by_path: dict[str, Entry]) -> None:
+    names: dict[str, list[str]] = {}  # holder -> every name of its inode
+    for entry in list(by_path.values()):
+        if entry.hardlink is None:
+            continue
+        named = by_path.get(entry.hardlink)
+        if named is None or named.hardlink is not None or named.type is EntryType.DIR:
+            raise BadImage(reason=f"entry {entry.path!r}: hard link to {entry.hardlink!r}, "
+                           "which is no other non-directory entry")
+        names.setdefault(named.path, [named.path]).append(entry.path)
+    for holder, group in names.items():
+        try:
+            first, *others = sorted(group, key=to_bytes)
+        except UnicodeEncodeError:
+            raise BadImage(reason=f"entry {holder!r}: a name is not a file name") from None
+        by_path[first] = dataclasses.replace(by_path[holder], path=first, hardlink=None)
+        for name in others:
+            by_path[name] = hardlink_entry(name, by_path[first])
 
 
 class Budget:

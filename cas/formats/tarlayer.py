@@ -324,16 +324,13 @@ class Tree:
         self._layer = set()
 
     def entries(self) -> list[Entry]:
-        """The merged tree; of each inode's names the first in image order holds it, the
-        others are hard links to that one."""
+        """The merged tree; names of one inode are hard links to one of them."""
         merged = dict(self._entries)
-        groups: dict[int, list[str]] = {}
+        holders: dict[int, str] = {}
         for path, inode in self._inodes.items():
-            groups.setdefault(inode, []).append(path)
-        for paths in groups.values():
-            first, *others = sorted(paths, key=to_bytes)
-            for path in others:
-                merged[path] = hardlink_entry(path, merged[first])
+            holder = holders.setdefault(inode, path)
+            if holder != path:
+                merged[path] = hardlink_entry(path, merged[holder])
         return ([self._root] if self._root else []) + list(merged.values())
 
     def get(self, path: str) -> Entry | None:

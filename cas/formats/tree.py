@@ -205,18 +205,13 @@ class _Walk:
         return len(names) > 1
 
     def _with_hardlinks(self) -> list[Entry]:
-        """Each inode's first name in image order holds it; the others are hard links."""
+        """The later names of each inode, as hard links to the name whose content was
+        read (``build`` then lets the first name in image order hold the inode)."""
         by_path = {e.path: e for e in self.entries}
-        for names in self.inodes.values():
-            if len(names) < 2:
-                continue
-            found = by_path[names[0]]  # the name whose content was read
-            first, *others = sorted(names, key=to_bytes)
-            by_path[first] = replace(found, path=first)
+        for first, *others in self.inodes.values():
             for name in others:
-                by_path[name] = hardlink_entry(name, by_path[first])
-                self.budget.add(by_path[name])
-        return list(by_path.values())
+                self._add(hardlink_entry(name, by_path[first]))
+        return self.entries
 
     def _entry(self, path: str, kind: EntryType, st: os.stat_result,
                attrs: dict[str, bytes]) -> Entry:
