@@ -102,14 +102,16 @@ def _links(nodes: dict[bytes, Node]) -> set[frozenset[bytes]]:
     return {frozenset(g) for g in groups.values() if len(g) > 1}
 
 
-def differences(a: Path, b: Path, *, ignore: Collection[str] = (),
+def differences(a: Path, b: Path, *, ignore: Collection[str] = (), root: bool = True,
                 xattr_filter: Callable[[bytes], bool] = lambda _: True) -> list[str]:
     """Every way tree ``b`` differs from tree ``a`` (empty: the same on every field not
-    in ``ignore``)."""
+    in ``ignore``; ``root=False``: the two roots' own metadata is not compared)."""
     unknown = set(ignore) - set(FIELDS)
     assert not unknown, f"unknown fields {unknown}"
     left = snapshot(a, xattr_filter=xattr_filter)
     right = snapshot(b, xattr_filter=xattr_filter)
+    if not root:
+        del left[b""], right[b""]
     found = [f"only in {a}: {p!r}" for p in sorted(left.keys() - right.keys())]
     found += [f"only in {b}: {p!r}" for p in sorted(right.keys() - left.keys())]
     compared = [f.name for f in fields(Node) if f.name in FIELDS and f.name not in ignore]
@@ -123,7 +125,7 @@ def differences(a: Path, b: Path, *, ignore: Collection[str] = (),
     return found
 
 
-def assert_same_tree(a: Path, b: Path, *, ignore: Collection[str] = (),
+def assert_same_tree(a: Path, b: Path, *, ignore: Collection[str] = (), root: bool = True,
                      xattr_filter: Callable[[bytes], bool] = lambda _: True) -> None:
-    found = differences(a, b, ignore=ignore, xattr_filter=xattr_filter)
+    found = differences(a, b, ignore=ignore, root=root, xattr_filter=xattr_filter)
     assert not found, "trees differ:\n" + "\n".join(found[:50])
