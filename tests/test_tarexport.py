@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_tree_checkout import make_tree, same_tree
+from treecompare import assert_same_tree
 
 from cas import Store, errors
 from cas.core.image import Entry, EntryType, build, file_entry, hardlink_entry, rdev_of
@@ -19,7 +20,6 @@ from cas.formats.tarexport import tar_stream
 from cas.ops.artifacts import export_artifact, import_artifacts
 from cas.ops.checkout import LinkMode, checkout
 from conftest import need_root, need_tool, rot
-from treecompare import assert_same_tree
 
 
 def test_two_exports_identical_and_unpack_like_checkout(store: Store, tmp_path: Path) -> None:
