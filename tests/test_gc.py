@@ -263,3 +263,27 @@ def run_cas(*args: str, store: Path) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "CAS_STORE": str(store)}
     return subprocess.run([sys.executable, "-m", "cas", *args], env=env, capture_output=True,
                           stdin=subprocess.DEVNULL, timeout=120)
+
+
+def test_a_store_holding_a_version_1_image_keeps_working(store: Store, tmp_path: Path) -> None:
+    """Images written before format version 2 stay readable, alive and verifiable."""
+    from cas.core.image import NS, Entry, EntryType, Image, encode
+    from cas.integrity.verify import sweep
+    from cas.ops.checkout import checkout
+    from cas.ops.usage import measure
+    kept = store.add_bytes(b"version 1 data " * 10)
+    root = Entry("", EntryType.DIR, 0o755, mtime_ns=5 * NS)  # what version 1 implies
+    data = encode(Image((root, file_entry("f", size=150, object_id=kept.object_id,
+                                          sha256=kept.sha256, mtime_ns=5 * NS)),
+                        (), {"type": "tree"}, version=1))
+    assert b"\xa7version\x01" in data  # the version-1 encoding (cas before format 2)
+    image_id = store.add_bytes(data).object_id
+    store.names.set("old:v1", image_id, "tree")
+    garbage = store.add_bytes(b"nobody needs this").object_id
+    assert gc.collect(store, grace=0).objects_removed == 1
+    assert {p.name for p in object_files(store.path)} == {image_id[2:], kept.object_id[2:]}
+    assert garbage[2:] not in {p.name for p in object_files(store.path)}
+    assert sweep(store).findings == []
+    checkout(store, store.get_image(image_id), tmp_path / "out")
+    assert (tmp_path / "out" / "f").read_bytes() == b"version 1 data " * 10
+    assert measure(store).artifacts[0].logical_bytes == 150
