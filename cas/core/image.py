@@ -265,17 +265,20 @@ def encoded_size(entry: Entry) -> int:
 
 def encode(image: Image) -> bytes:
     """The canonical bytes of ``image`` in its format version."""
-    if image.version == 1:
-        doc: dict[str, Any] = _v1_doc(image)
-    else:
-        doc = {"version": VERSION, "entries": [_entry_doc(e) for e in image.entries]}
-    doc["blobs"] = [{"sha256": bytes.fromhex(b.sha256), "object": bytes.fromhex(b.object_id),
-                     "size": b.size, "media_type": b.media_type} for b in image.blobs]
-    doc["source"] = image.source
+    entries = _v1_entries(image) if image.version == 1 else [
+        _sorted(_entry_doc(e)) for e in image.entries]
+    doc = {"blobs": [{"media_type": b.media_type, "object": bytes.fromhex(b.object_id),
+                      "sha256": bytes.fromhex(b.sha256), "size": b.size} for b in image.blobs],
+           "entries": entries, "source": _canonical(image.source), "version": image.version}
     try:
-        return msgpack.packb(_canonical(doc), use_bin_type=True)
+        return msgpack.packb(doc, use_bin_type=True)
     except UnicodeEncodeError:
         raise BadImage(reason="a string holds a lone surrogate (not Unicode text)") from None
+
+
+def _sorted(doc: dict[str, Any]) -> dict[str, Any]:
+    """A flat map in canonical key order (msgpack keeps insertion order)."""
+    return {key: doc[key] for key in sorted(doc)}
 
 
 def _entry_doc(e: Entry) -> dict[str, Any]:
@@ -304,7 +307,7 @@ def _entry_doc(e: Entry) -> dict[str, Any]:
     return doc
 
 
-def _v1_doc(image: Image) -> dict[str, Any]:
+def _v1_entries(image: Image) -> list[dict[str, Any]]:
     """An image read from version 1, written back as version 1 (its bytes are its id)."""
     root, entries = image.entries[0], image.entries[1:]
     if root != _v1_root(entries):
@@ -325,9 +328,9 @@ def _v1_doc(image: Image) -> dict[str, Any]:
         if e.target is not None:
             doc["target"] = e.target
         if e.xattrs:
-            doc["xattrs"] = dict(e.xattrs)
-        docs.append(doc)
-    return {"version": 1, "entries": docs}
+            doc["xattrs"] = _sorted(dict(e.xattrs))
+        docs.append(_sorted(doc))
+    return docs
 
 
 def _v1_root(entries: tuple[Entry, ...]) -> Entry:
