@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -301,3 +302,43 @@ def test_inspect_escapes_names_for_people_and_keeps_them_exact_in_json(
     assert "caf\\xe9\\x0afake line" in human and "\nfake line" not in human
     (entry,) = [e for e in json.loads(cas("inspect", "--json", "names"))["entries"] if e["path"]]
     assert os.fsencode(entry["path"]) == b"caf\xe9\nfake line"
+
+
+@pytest.fixture
+def case_insensitive_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a case-insensitive filesystem (tests/casefold_fs.py over FUSE)."""
+    need_root("mounting a FUSE filesystem")
+    pytest.importorskip("mfusepy", reason="mfusepy is in the test extras")
+    backing, mountpoint = tmp_path / "backing", tmp_path / "casefold"
+    backing.mkdir()
+    mountpoint.mkdir()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "casefold_fs.py"),
+                             str(backing), str(mountpoint)], stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if os.path.ismount(mountpoint) or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not os.path.ismount(mountpoint):
+            proc.kill()
+            pytest.skip(f"cannot mount FUSE here: {proc.communicate()[1].decode()[-300:]}")
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True)
+        proc.wait(timeout=30)
+
+
+def test_names_differing_only_in_case_fail_on_a_case_insensitive_destination(
+        store: Store, tmp_path: Path, case_insensitive_dir: Path) -> None:
+    src = tmp_path / "src"
+    (src / "Data").mkdir(parents=True)
+    (src / "Data" / "f").write_text("in the directory")
+    (src / "data").write_text("a file whose name folds onto the directory's")
+    (record,) = import_artifacts(store, [str(src)], "cases")
+    with pytest.raises(errors.NameCollision, match="'data'"):
+        checkout(store, store.get_image(record.image), case_insensitive_dir / "out")
+    assert os.listdir(case_insensitive_dir) == []  # the staging directory is gone too
+    (src / "data").unlink()
+    (record,) = import_artifacts(store, [str(src)], "no-cases")
+    checkout(store, store.get_image(record.image), case_insensitive_dir / "out")
+    assert (case_insensitive_dir / "out" / "DATA" / "F").read_text() == "in the directory"
