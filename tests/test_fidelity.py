@@ -22,7 +22,7 @@ import pytest
 from treecompare import assert_same_tree, differences
 
 from cas import Store, errors
-from cas.core.image import NS, EntryType
+from cas.core.image import NS, EntryType, build, file_entry
 from cas.ops.artifacts import export_artifact, import_artifacts, inspect
 from cas.ops.checkout import checkout, remove_tree
 from conftest import need_root, need_tool, write_random
@@ -342,3 +342,16 @@ def test_names_differing_only_in_case_fail_on_a_case_insensitive_destination(
     (record,) = import_artifacts(store, [str(src)], "no-cases")
     checkout(store, store.get_image(record.image), case_insensitive_dir / "out")
     assert (case_insensitive_dir / "out" / "DATA" / "F").read_text() == "in the directory"
+
+
+def test_an_xattr_the_destination_cannot_keep_is_reported(store: Store, tmp_path: Path) -> None:
+    """ext4 keeps one block of xattrs per inode; a tar layer may carry 64 KiB values."""
+    if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
+                      text=True).stdout.strip() != "ext2/ext3":
+        pytest.skip("needs ext4 (tmp) to show its per-inode xattr limit")
+    image = build([file_entry("f", size=1, data=b"x", xattrs={"user.big": b"v" * 60_000})],
+                  [], {"type": "tree"})
+    store.put_image(image)
+    result = checkout(store, image, tmp_path / "out")
+    assert result.not_restored == {"xattr": 1} and result.examples["xattr"] == "f"
+    assert (tmp_path / "out" / "f").read_bytes() == b"x"

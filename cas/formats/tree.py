@@ -178,6 +178,8 @@ class _Walk:
         except OSError as exc:
             if fd != self.root_fd:
                 os.close(fd)
+            if isinstance(exc, PermissionError):
+                raise SourceUnreadable(path=self.root / path, reason=exc.strerror) from None
             raise SourceChanged(path=self.root / path, what=exc.strerror or "gone") from None
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != identity:

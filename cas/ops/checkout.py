@@ -62,8 +62,10 @@ NOT_RESTORED = {
     "device": "device node (needs root; left out)",
     "object-metadata": "mode, owner, mtime, xattrs (the file is the store's object)",
 }
-# errors meaning "not allowed or not supported here" rather than a failure
-_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL)
+# errors meaning "not allowed or not supported here" rather than a failure (ENOSPC and
+# E2BIG: more xattr bytes than the destination keeps per inode, e.g. ext4's one block)
+_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL,
+            errno.ENOSPC, errno.E2BIG, errno.ERANGE)
 
 
 class LinkMode(enum.Enum):
