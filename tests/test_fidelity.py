@@ -25,7 +25,7 @@ from cas import Store, errors
 from cas.core.image import NS, EntryType, build, file_entry
 from cas.ops.artifacts import export_artifact, import_artifacts, inspect
 from cas.ops.checkout import checkout, remove_tree
-from conftest import need_root, need_tool, write_random
+from conftest import need_root, need_tool, object_files, write_random
 
 OTHER_UID = 1000
 #: security.capability granting cap_net_raw, effective (VFS_CAP_REVISION_2)
@@ -284,6 +284,7 @@ def test_trees_cas_cannot_represent_leave_nothing_behind(store: Store, tmp_path:
         with pytest.raises(errors.BadInput):
             import_artifacts(store, [str(src)], "bad")
     assert list(store.names) == []
+    assert object_files(store.path) == []  # the batch published nothing
     assert os.listdir(store.path / "tmp") == []
 
 
