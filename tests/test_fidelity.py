@@ -356,3 +356,24 @@ def test_an_xattr_the_destination_cannot_keep_is_reported(store: Store, tmp_path
     result = checkout(store, image, tmp_path / "out")
     assert result.not_restored == {"xattr": 1} and result.examples["xattr"] == "f"
     assert (tmp_path / "out" / "f").read_bytes() == b"x"
+
+
+def test_a_setuid_tar_entry_of_uid_1000_is_never_setuid_root(store: Store,
+                                                             tmp_path: Path) -> None:
+    """Issue 10's tar case: uid 1000, mode 4755 in a layer, checked out by root."""
+    need_root("owners")
+    from test_tarlayer import make_tar, unpack_bytes
+
+    from cas.formats.tarlayer import Tree
+    tree = Tree()
+    unpack_bytes(store, make_tar([{"name": "bin/tool", "data": "#" * 100, "uid": 1000,
+                                   "mode": 0o4755}]), tree=tree)
+    image = build(tree.entries(), [], {"type": "oci"})
+    store.put_image(image)
+    checkout(store, image, tmp_path / "owned")
+    owned = (tmp_path / "owned" / "bin" / "tool").stat()
+    assert (owned.st_uid, stat.S_IMODE(owned.st_mode)) == (1000, 0o4755)
+    result = checkout(store, image, tmp_path / "mine", same_owner=False)
+    mine = (tmp_path / "mine" / "bin" / "tool").stat()
+    assert (mine.st_uid, stat.S_IMODE(mine.st_mode)) == (0, 0o755)
+    assert result.not_restored == {"owner": 1, "setid": 1}

@@ -235,6 +235,13 @@ def test_hostile_version_1_images_are_refused(case: str) -> None:
         decode(msgpack.packb(doc, use_bin_type=True))
 
 
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"x": 1}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize("data", [
     b"", b"\xc1", b"\x92\x01", b"\xdd\xff\xff\xff\xff", b"\x91" * 100_000,
     msgpack.packb([1, 2, 3]),
@@ -242,6 +249,7 @@ def test_hostile_version_1_images_are_refused(case: str) -> None:
     _tamper(lambda d: d["entries"][0].update({b"path": "x"})),
     _tamper(lambda d: d["source"].update(nested={b"k": 1})),
     _tamper(lambda d: d["source"].update(nested={"k": 1.5})),
+    _tamper(lambda d: d["source"].update(deep=_nested(1000))),  # was RecursionError
 ])
 def test_garbage_is_refused(data: bytes) -> None:
     with pytest.raises(errors.BadImage):

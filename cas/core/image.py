@@ -64,6 +64,7 @@ INLINE_MAX = 64
 MAX_IMAGE_BYTES = 256 << 20
 MAX_ENTRIES = 2_000_000
 MAX_MEDIA_TYPE = 255
+MAX_NESTING = 32  # of the source record (OCI's is 5 deep)
 MAX_SIZE = (1 << 63) - 1
 MAX_ID = (1 << 32) - 1
 MAX_RDEV = (1 << 32) - 1
@@ -269,7 +270,8 @@ def encode(image: Image) -> bytes:
         _sorted(_entry_doc(e)) for e in image.entries]
     doc = {"blobs": [{"media_type": b.media_type, "object": bytes.fromhex(b.object_id),
                       "sha256": bytes.fromhex(b.sha256), "size": b.size} for b in image.blobs],
-           "entries": entries, "source": _canonical(image.source), "version": image.version}
+           "entries": entries, "source": _canonical(_shallow(image.source)),
+           "version": image.version}
     try:
         return msgpack.packb(doc, use_bin_type=True)
     except UnicodeEncodeError:
@@ -340,6 +342,21 @@ def _v1_root(entries: tuple[Entry, ...]) -> Entry:
 
 
 _V1_TYPES = (EntryType.FILE, EntryType.DIR, EntryType.SYMLINK)
+
+
+def _shallow(source: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``source`` if nested at most ``MAX_NESTING`` deep (checked without recursion: the
+    canonical form below recurses, and a decoded image is untrusted)."""
+    todo: list[tuple[Any, int]] = [(source, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_NESTING:
+            raise BadImage(reason=f"source nested more than {MAX_NESTING} deep")
+        if isinstance(value, Mapping):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            todo.extend((v, depth + 1) for v in value)
+    return source
 
 
 def _canonical(value: Any) -> Any:
