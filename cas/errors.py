@@ -115,6 +115,11 @@ class DestinationExists(BadInput):
     """{path}: already exists; cas never writes into an existing destination"""
 
 
+class NameCollision(BadInput):
+    """{dest}: {path!r} names the same file as another entry on this filesystem (it folds
+    case or normalises names); nothing was checked out"""
+
+
 class LinkUnsupported(CasError):
     """cannot {mode} from the store to the destination: {reason}"""
 

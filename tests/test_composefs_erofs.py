@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 from composefs_trees import feature_trees, random_tree
+from test_fidelity import OTHER_UID, make_full_tree
 from test_tree_checkout import make_tree
 
 from cas import Store
 from cas.core.digest import ObjectId, Sha256
-from cas.core.image import Entry, EntryType, Image, build, file_entry
+from cas.core.image import NS, Entry, EntryType, Image, build, file_entry
 from cas.errors import BadComposefsTree
 from cas.formats.composefs import dumpfile, erofs
 from cas.formats.composefs.from_image import tree_of
 from cas.formats.composefs.tree import Hardlink, Inode, walk
-from cas.ops.artifacts import import_artifacts
+from cas.ops.artifacts import export_artifact, import_artifacts
 from conftest import need_root, need_tool
 
 VERSIONS = {"default": (0, 1), "v0": (0, 0), "v1": (1, 1)}
@@ -236,9 +237,9 @@ def test_kernel_mounts_every_feature_tree(tmp_path: Path, name: str) -> None:
 
 def stress_image() -> Image:
     """Multi-block directories, extended inodes, xattrs, long names and targets, 5 GiB."""
-    entries = [Entry("d", EntryType.DIR, 0o1777, uid=70000, gid=5, mtime=10)]
+    entries = [Entry("d", EntryType.DIR, 0o1777, uid=70000, gid=5, mtime_ns=10 * NS)]
     entries += [file_entry(f"d/{i:04d}-" + "n" * (i % 200), size=i % 65, data=b"z" * (i % 65),
-                           mode=0o600 + i % 8, mtime=i) for i in range(600)]
+                           mode=0o600 + i % 8, mtime_ns=i * NS) for i in range(600)]
     entries += [
         file_entry("big", size=5 << 30, object_id=OID, sha256=SHA, mode=0o4755, uid=1 << 20),
         file_entry("x", size=65, object_id=OID, sha256=SHA,
@@ -262,14 +263,41 @@ def test_stress_image_is_valid(tmp_path: Path) -> None:
 
 
 def test_artifact_image_is_mkcomposefs_of_its_checkout(store: Store, tmp_path: Path) -> None:
-    """An imported tree, normalised to what image v1 records (whole-second mtimes, the
-    root 0755 0:0 at the smallest mtime): mkcomposefs of the directory writes cas's bytes."""
-    src = make_tree(tmp_path / "src")
-    for top, dirs, files in os.walk(src):
-        for name in dirs + files:
-            st = os.lstat(os.path.join(top, name))
-            os.utime(os.path.join(top, name), ns=(st.st_atime_ns, st.st_mtime_ns // 10**9 * 10**9),
-                     follow_symlinks=False)
+    """An imported tree as it is (nanosecond mtimes, the root's own metadata, xattrs):
+    mkcomposefs of the directory writes cas's bytes."""
+    same_image_as_mkcomposefs(store, make_tree(tmp_path / "src"), tmp_path)
+
+
+def test_every_field_image_is_mkcomposefs_of_its_source(store: Store, tmp_path: Path) -> None:
+    """Owners, setuid, devices, FIFOs, whiteouts, pre-1970 and nanosecond mtimes, byte
+    names, xattrs.  Hard links aside: mkcomposefs reading a directory (unlike a
+    dumpfile) gives every name its own inode."""
+    src = make_full_tree(tmp_path / "src", OTHER_UID)
+    for extra_name in ("big-again", "link-again", "dir/pipe2"):
+        (src / extra_name).unlink()
+    same_image_as_mkcomposefs(store, src, tmp_path)
+
+
+def test_hard_links_image_is_mkcomposefs_of_its_dump(store: Store, tmp_path: Path) -> None:
+    """Every field, hard links too: ``cas export dump:`` then ``mkcomposefs --from-file``
+    writes cas's image, so the inode of a file linked as ``a-b/x`` and ``a/y`` sits at
+    ``a/y`` (its first name depth first) though ``a-b/x`` sorts first by path."""
+    src = make_full_tree(tmp_path / "src", OTHER_UID)
+    for name in ("a", "a-b"):
+        (src / name).mkdir()
+    (src / "a-b" / "x").write_bytes(b"linked twice, " * 10)
+    os.link(src / "a-b" / "x", src / "a" / "y")
+    (record,) = import_artifacts(store, [str(src)], "t")
+    image = store.get_image(record.image)
+    assert {e.path: e.hardlink for e in image.entries}["a/y"] == "a-b/x"
+    export_artifact(store, "t", f"dump:{tmp_path / 'dump'}")
+    dump = (tmp_path / "dump").read_bytes()
+    assert b"\n/a-b/x 140 @100644 2 " in dump and b"\n/link-again 9 @120777 2 " in dump
+    assert mkcomposefs(tmp_path, dump) == erofs.write(tree_of(image))
+    assert composefs_info_dump(tmp_path / "image") == dump
+
+
+def same_image_as_mkcomposefs(store: Store, src: Path, tmp_path: Path) -> None:
     (record,) = import_artifacts(store, [str(src)], "t")
     image = store.get_image(record.image)
     data = erofs.write(tree_of(image))
@@ -280,10 +308,6 @@ def test_artifact_image_is_mkcomposefs_of_its_checkout(store: Store, tmp_path: P
             assert f"/{e.object_id[:2]}/{e.object_id[2:]}".encode() in data
     if shutil.which("mkcomposefs") is None or os.getuid() != 0:
         return
-    os.chmod(src, 0o755)
-    os.chown(src, 0, 0)
-    smallest = min(e.mtime for e in image.entries)
-    os.utime(src, (smallest, smallest))
     subprocess.run(["mkcomposefs", str(src), str(tmp_path / "ref")], check=True)
     assert (tmp_path / "ref").read_bytes() == data
 
