@@ -345,6 +345,19 @@ def test_names_differing_only_in_case_fail_on_a_case_insensitive_destination(
     assert (case_insensitive_dir / "out" / "DATA" / "F").read_text() == "in the directory"
 
 
+def test_large_files_differing_only_in_case_are_a_name_collision(
+        store: Store, tmp_path: Path, case_insensitive_dir: Path) -> None:
+    """Files made from objects (reflink, else copy) collide the same way."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_random(src / "Weights", 100_000, seed=1)
+    write_random(src / "weights", 100_000, seed=2)
+    (record,) = import_artifacts(store, [str(src)], "cases")
+    with pytest.raises(errors.NameCollision, match="'weights'"):
+        checkout(store, store.get_image(record.image), case_insensitive_dir / "out")
+    assert os.listdir(case_insensitive_dir) == []
+
+
 def test_an_xattr_the_destination_cannot_keep_is_reported(store: Store, tmp_path: Path) -> None:
     """ext4 keeps one block of xattrs per inode; a tar layer may carry 64 KiB values."""
     if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
