@@ -33,15 +33,16 @@ from cas.ops.checkout import checkout as checkout_tree
 @click.option("--no-keep-compressed", is_flag=True,
               help="Do not keep compressed tar layers (export then cannot be bit-exact).")
 @click.option("--no-xattrs", is_flag=True,
-              help="Leave extended attributes out of a directory or file import.")
+              help="Leave extended attributes out of a directory, file or dumpfile import.")
 @policy_option
 @json_option
 @click.pass_obj
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
             no_xattrs: bool, policy_path: Path | None, as_json: bool) -> None:
     """Import an artifact: a directory, files, oci:PATH[:TAG], ollama:[PATH][/model:tag],
-    hf:[CACHE][/org/name[@revision]] or docker://REF (pulled under the trust policy, as
-    cas pull does).
+    hf:[CACHE][/org/name[@revision]], docker://REF (pulled under the trust policy, as
+    cas pull does) or dump:PATH (a composefs dumpfile, whose objects must be in the
+    store already).
 
     A source of many artifacts (an Ollama store, a Hugging Face cache) is imported one
     artifact at a time: each that fails is reported on stderr and skipped, and the exit

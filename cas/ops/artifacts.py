@@ -53,6 +53,8 @@ def parse_location(text: str) -> Location:
         return Location("hf", cache, repo)
     if sep and scheme == "docker":  # docker://HOST/REPO[:TAG]: a registry (cas.transport.registry)
         return Location("docker", Path(), rest)
+    if sep and scheme == "dump":  # a composefs dumpfile (cas.formats.composefs.to_image)
+        return Location("dump", Path(rest), None)
     if sep and scheme in ("tar", "containers-storage", "dir", "http", "https"):
         raise UnsupportedSource(location=text)
     return Location("tree", Path(text), None)
@@ -135,6 +137,10 @@ def _import(store: Store, location: Location, keep_compressed: bool,
         ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
                                          keep_compressed=keep_compressed, gate=gate)
         return Imported([(registry.default_name(ref), image)])
+    if location.scheme == "dump":
+        from cas.formats.composefs import to_image
+        image = to_image.import_dump(store, location.path, xattrs=xattrs)
+        return Imported([(_default_name(location.path, None), image)])
     from cas.formats import tree
     path = location.path
     image = (tree.import_tree(store, path, xattrs=xattrs) if path.is_dir()
