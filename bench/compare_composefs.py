@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cas.core.digest import ObjectId, Sha256
-from cas.core.image import Entry, EntryType, Image, build, file_entry
+from cas.core.image import NS, Entry, EntryType, Image, build, file_entry
 from cas.formats.composefs import dumpfile, erofs
 from cas.formats.composefs.from_image import tree_of
 
@@ -48,14 +48,14 @@ def distribution_tree(files: int, seed: int = 0) -> Image:
         path = f"{parent}/" * bool(parent) + rng.choice(
             ["lib", "python3", "share", "locale", "README", "x86_64-linux-gnu"]) + \
             f"-{i}" + rng.choice([".so.1", ".py", ".txt", "", ".mo"])
-        attrs = {"mtime": 1_700_000_000 + rng.choice([0, 0, 0, rng.randrange(10**6)]),
-                 "xattrs": label}
+        attrs = {"mtime_ns": (1_700_000_000 + rng.choice([0, 0, 0, rng.randrange(10**6)]))
+                 * NS + rng.choice([0, 0, rng.randrange(NS)]), "xattrs": label}
         kind = rng.random()
         if kind < 0.05:
             entries.append(Entry(path, EntryType.DIR, 0o755, **attrs))  # type: ignore[arg-type]
             dirs.append(path)
         elif kind < 0.12:
-            target = "../lib/" + path.rpartition("/")[2]
+            target = "../" * ("/" in path) + "lib/" + path.rpartition("/")[2]
             entries.append(Entry(path, EntryType.SYMLINK, 0o777, size=len(target),
                                  target=target, **attrs))  # type: ignore[arg-type]
         elif kind < 0.25:

@@ -101,18 +101,28 @@ class BadComposefsTree(BadInput):
     """cannot write a composefs image: {path}: {reason}"""
 
 
+class DumpNotImportable(BadInput):
+    """{source}: {path!r}: {reason}; an artifact cannot keep it (cas mkcomposefs builds
+    the dump's image without a store); nothing was imported"""
+
+
 class ContentMismatch(BadInput):
     """{what}: content does not match what was declared ({detail}); nothing was stored"""
 
 
 class UnsupportedSource(BadInput):
     """{location}: unsupported location (oci:PATH[:TAG], ollama:[PATH][/model:tag],
-    hf:[CACHE][/org/name[@revision]], docker://REF, a path; tar:PATH, dump:PATH,
+    hf:[CACHE][/org/name[@revision]], docker://REF, dump:PATH, a path; tar:PATH and
     composefs:PATH for export)"""
 
 
 class DestinationExists(BadInput):
     """{path}: already exists; cas never writes into an existing destination"""
+
+
+class NameCollision(BadInput):
+    """{dest}: {path!r} names the same file as another entry on this filesystem (it folds
+    case or normalises names); nothing was checked out"""
 
 
 class LinkUnsupported(CasError):
@@ -207,6 +217,12 @@ class NotFound(CasError):
 
 class ObjectNotFound(NotFound):
     """object {object_id} is not in the store"""
+
+
+class ObjectsMissing(NotFound):
+    """{source}: {count} objects the tree needs are not in the store (e.g. {path!r} needs
+    {object_id}); add them first (cas add), or build the image without a store (cas
+    mkcomposefs); nothing was imported"""
 
 
 class NameNotFound(NotFound):

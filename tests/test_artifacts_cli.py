@@ -26,7 +26,7 @@ def test_tree_life_cycle(store_path: Path, tmp_path: Path) -> None:  # noqa: F81
                               store=store_path))
     assert record["name"] == "demo/sample:1"
     info = json.loads(ok("inspect", "--json", "demo/sample:1", store=store_path))
-    assert {e["path"] for e in info["entries"]} == {"params.json", "system.txt",
+    assert {e["path"] for e in info["entries"]} == {"", "params.json", "system.txt",
                                                    "tiny-model.gguf"}
     assert info["size"] == sum(p.stat().st_size for p in SAMPLE.iterdir())
     ok("tag", "demo/sample:1", "demo/sample:latest", store=store_path)

@@ -12,16 +12,26 @@ from pathlib import Path
 
 import pytest
 from composefs_trees import feature_trees, random_tree
+from test_fidelity import OTHER_UID, make_full_tree
 from test_tree_checkout import make_tree
 
 from cas import Store
 from cas.core.digest import ObjectId, Sha256
-from cas.core.image import Entry, EntryType, Image, build, file_entry
+from cas.core.image import (
+    NS,
+    Entry,
+    EntryType,
+    Image,
+    build,
+    file_entry,
+    hardlink_entry,
+    rdev_of,
+)
 from cas.errors import BadComposefsTree
 from cas.formats.composefs import dumpfile, erofs
 from cas.formats.composefs.from_image import tree_of
 from cas.formats.composefs.tree import Hardlink, Inode, walk
-from cas.ops.artifacts import import_artifacts
+from cas.ops.artifacts import export_artifact, import_artifacts
 from conftest import need_root, need_tool
 
 #: mkcomposefs is not packaged in Debian 12: CI checks the golden digests recorded from a
@@ -239,11 +249,46 @@ def test_kernel_mounts_every_feature_tree(tmp_path: Path, name: str) -> None:
         assert tuple(got) == want, path_
 
 
+def test_image_v2_is_the_composefs_tree_field_for_field(tmp_path: Path) -> None:
+    """The root's own metadata, negative and nanosecond mtimes (floor seconds, as the
+    kernel's timespec), devices, a FIFO, a whiteout, a byte name, and a hard link whose
+    inode sits at its first name depth first (``a/y``), not by path (``a-b/x``)."""
+    x = file_entry("a-b/x", size=100, object_id=OID, sha256=SHA, uid=7, mtime_ns=-1_500_000_000)
+    image = build([Entry("", EntryType.DIR, 0o750, uid=1000, gid=1000, mtime_ns=-1,
+                         xattrs={"user.root": b"r"}),
+                   Entry("a", EntryType.DIR, 0o755, mtime_ns=5),
+                   Entry("a-b", EntryType.DIR, 0o755, mtime_ns=5), x, hardlink_entry("a/y", x),
+                   file_entry("caf\udce9", size=2, data=b"hi"),
+                   Entry("loop", EntryType.BLOCK, 0o660, rdev=rdev_of(7, 9)),
+                   Entry("null", EntryType.CHAR, 0o666, rdev=rdev_of(1, 3)),
+                   Entry("pipe", EntryType.FIFO, 0o640),
+                   Entry("s", EntryType.SYMLINK, 0o777, size=1, target="a"),
+                   Entry("wh", EntryType.CHAR, 0)], [], {"type": "tree"})
+    digest = "ab" * 32
+    expected = (b"/ 0 40750 1 1000 1000 0 -1.999999999 - - - user.root=r\n"
+                b"/a 0 40755 1 0 0 0 0.5 - - -\n"
+                b"/a/y 100 100644 2 7 0 0 -2.500000000 ab/" + b"ab" * 31 + b" - " +
+                digest.encode() + b"\n"
+                b"/a-b 0 40755 1 0 0 0 0.5 - - -\n"
+                b"/a-b/x 100 @100644 2 7 0 0 -2.500000000 /a/y - " + digest.encode() + b"\n"
+                b"/caf\\xe9 2 100644 1 0 0 0 0.0 - hi -\n"
+                b"/loop 0 60660 1 0 0 1801 0.0 - - -\n"
+                b"/null 0 20666 1 0 0 259 0.0 - - -\n"
+                b"/pipe 0 10640 1 0 0 0 0.0 - - -\n"
+                b"/s 1 120777 1 0 0 0 0.0 a - -\n"
+                b"/wh 0 20000 1 0 0 0 0.0 - - -\n")
+    assert dumpfile.write(tree_of(image)) == expected
+    data = erofs.write(tree_of(image))
+    assert data == erofs.write(dumpfile.parse(expected))
+    if shutil.which("mkcomposefs") is not None:
+        assert mkcomposefs(tmp_path, expected) == data
+
+
 def stress_image() -> Image:
     """Multi-block directories, extended inodes, xattrs, long names and targets, 5 GiB."""
-    entries = [Entry("d", EntryType.DIR, 0o1777, uid=70000, gid=5, mtime=10)]
+    entries = [Entry("d", EntryType.DIR, 0o1777, uid=70000, gid=5, mtime_ns=10 * NS)]
     entries += [file_entry(f"d/{i:04d}-" + "n" * (i % 200), size=i % 65, data=b"z" * (i % 65),
-                           mode=0o600 + i % 8, mtime=i) for i in range(600)]
+                           mode=0o600 + i % 8, mtime_ns=i * NS) for i in range(600)]
     entries += [
         file_entry("big", size=5 << 30, object_id=OID, sha256=SHA, mode=0o4755, uid=1 << 20),
         file_entry("x", size=65, object_id=OID, sha256=SHA,
@@ -267,14 +312,51 @@ def test_stress_image_is_valid(tmp_path: Path) -> None:
 
 
 def test_artifact_image_is_mkcomposefs_of_its_checkout(store: Store, tmp_path: Path) -> None:
-    """An imported tree, normalised to what image v1 records (whole-second mtimes, the
-    root 0755 0:0 at the smallest mtime): mkcomposefs of the directory writes cas's bytes."""
-    src = make_tree(tmp_path / "src")
-    for top, dirs, files in os.walk(src):
-        for name in dirs + files:
-            st = os.lstat(os.path.join(top, name))
-            os.utime(os.path.join(top, name), ns=(st.st_atime_ns, st.st_mtime_ns // 10**9 * 10**9),
-                     follow_symlinks=False)
+    """An imported tree as it is (nanosecond mtimes, the root's own metadata, xattrs):
+    mkcomposefs of the directory writes cas's bytes."""
+    same_image_as_mkcomposefs(store, make_tree(tmp_path / "src"), tmp_path)
+
+
+def test_every_field_image_is_mkcomposefs_of_its_source(store: Store, tmp_path: Path) -> None:
+    """Owners, setuid, devices, FIFOs, whiteouts, pre-1970 and nanosecond mtimes, byte
+    names, xattrs.  Hard links aside: mkcomposefs reading a directory (unlike a
+    dumpfile) gives every name its own inode."""
+    src = make_full_tree(tmp_path / "src", OTHER_UID)
+    for extra_name in ("big-again", "link-again", "dir/pipe2"):
+        (src / extra_name).unlink()
+    same_image_as_mkcomposefs(store, src, tmp_path)
+
+
+def test_hard_links_image_is_mkcomposefs_of_its_dump(store: Store, tmp_path: Path) -> None:
+    """Every field, hard links too: ``cas export dump:`` then ``mkcomposefs --from-file``
+    writes cas's image, so the inode of a file linked as ``a-b/x`` and ``a/y`` sits at
+    ``a/y`` (its first name depth first) though ``a-b/x`` sorts first by path."""
+    src = full_tree_with_crossed_links(tmp_path / "src")
+    (record,) = import_artifacts(store, [str(src)], "t")
+    image = store.get_image(record.image)
+    assert {e.path: e.hardlink for e in image.entries}["a/y"] == "a-b/x"
+    export_artifact(store, "t", f"dump:{tmp_path / 'dump'}")
+    dump = (tmp_path / "dump").read_bytes()
+    assert b"\n/a-b/x 140 @100644 2 " in dump and b"\n/link-again 9 @120777 2 " in dump
+    if shutil.which("mkcomposefs") is not None:
+        assert mkcomposefs(tmp_path, dump) == erofs.write(tree_of(image))
+        assert composefs_info_dump(tmp_path / "image") == dump
+
+
+def full_tree_with_crossed_links(root: Path) -> Path:
+    """``make_full_tree`` and a file linked as ``a-b/x`` and ``a/y``: the first name by
+    path and the first depth first differ, and so do the image's bytes (``a/z`` comes
+    after the inode only where it sits at ``a/y``; needs root)."""
+    make_full_tree(root, OTHER_UID)
+    for name in ("a", "a-b"):
+        (root / name).mkdir()
+    (root / "a-b" / "x").write_bytes(b"linked twice, " * 10)
+    os.link(root / "a-b" / "x", root / "a" / "y")
+    (root / "a" / "z").write_bytes(b"placed after the inode, if it sits at a/y")
+    return root
+
+
+def same_image_as_mkcomposefs(store: Store, src: Path, tmp_path: Path) -> None:
     (record,) = import_artifacts(store, [str(src)], "t")
     image = store.get_image(record.image)
     data = erofs.write(tree_of(image))
@@ -285,10 +367,6 @@ def test_artifact_image_is_mkcomposefs_of_its_checkout(store: Store, tmp_path: P
             assert f"/{e.object_id[:2]}/{e.object_id[2:]}".encode() in data
     if shutil.which("mkcomposefs") is None or os.getuid() != 0:
         return
-    os.chmod(src, 0o755)
-    os.chown(src, 0, 0)
-    smallest = min(e.mtime for e in image.entries)
-    os.utime(src, (smallest, smallest))
     subprocess.run(["mkcomposefs", str(src), str(tmp_path / "ref")], check=True)
     assert (tmp_path / "ref").read_bytes() == data
 

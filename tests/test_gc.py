@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cas import Store, errors
-from cas.core.image import Image, file_entry
+from cas.core.digest import ObjectId, Sha256
+from cas.core.image import build, file_entry
 from cas.ops import artifacts, gc
 from conftest import object_files, write_random
 
@@ -92,8 +93,8 @@ def test_temp_root_protects_an_in_flight_import(tmp_path: Path,
 
 
 def test_put_image_refuses_an_object_gc_already_removed(store: Store) -> None:
-    image = Image(entries=[file_entry("f", size=100, object_id="ab" * 32, sha256="cd" * 32)],
-                  blobs=[], source={"type": "tree"})
+    image = build([file_entry("f", size=100, object_id=ObjectId("ab" * 32),
+                              sha256=Sha256("cd" * 32))], [], {"type": "tree"})
     with pytest.raises(errors.ObjectNotFound):
         store.put_image(image)
 
@@ -232,3 +233,27 @@ def run_cas(*args: str, store: Path) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "CAS_STORE": str(store)}
     return subprocess.run([sys.executable, "-m", "cas", *args], env=env, capture_output=True,
                           stdin=subprocess.DEVNULL, timeout=120)
+
+
+def test_a_store_holding_a_version_1_image_keeps_working(store: Store, tmp_path: Path) -> None:
+    """Images written before format version 2 stay readable, alive and verifiable."""
+    from cas.core.image import NS, Entry, EntryType, Image, encode
+    from cas.integrity.verify import sweep
+    from cas.ops.checkout import checkout
+    from cas.ops.usage import measure
+    kept = store.add_bytes(b"version 1 data " * 10)
+    root = Entry("", EntryType.DIR, 0o755, mtime_ns=5 * NS)  # what version 1 implies
+    data = encode(Image((root, file_entry("f", size=150, object_id=kept.object_id,
+                                          sha256=kept.sha256, mtime_ns=5 * NS)),
+                        (), {"type": "tree"}, version=1))
+    assert b"\xa7version\x01" in data  # the version-1 encoding (cas before format 2)
+    image_id = store.add_bytes(data).object_id
+    store.names.set("old:v1", image_id, "tree")
+    garbage = store.add_bytes(b"nobody needs this").object_id
+    assert gc.collect(store, grace=0).objects_removed == 1
+    assert {p.name for p in object_files(store.path)} == {image_id[2:], kept.object_id[2:]}
+    assert garbage[2:] not in {p.name for p in object_files(store.path)}
+    assert sweep(store).findings == []
+    checkout(store, store.get_image(image_id), tmp_path / "out")
+    assert (tmp_path / "out" / "f").read_bytes() == b"version 1 data " * 10
+    assert measure(store).artifacts[0].logical_bytes == 150

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_composefs_erofs import stress_image
+from test_composefs_erofs import full_tree_with_crossed_links, stress_image
 from test_tree_checkout import make_tree, same_tree, write_gguf
+from treecompare import assert_same_tree, differences, snapshot
 
 from cas import Store, errors
 from cas.cli import main
@@ -18,6 +20,7 @@ from cas.formats.composefs import erofs
 from cas.formats.composefs.from_image import tree_of
 from cas.ops import mount as mount_mod
 from cas.ops.artifacts import import_artifacts
+from cas.ops.checkout import checkout
 from conftest import need_root, need_tool, rot
 
 
@@ -154,3 +157,50 @@ def test_loop_fallback_and_cleanup_on_failure(store: Store, tmp_path: Path, mnt:
     assert list((store.path / "mounts").iterdir()) == []
     assert not any(str(tmp_path) in line for line in
                    Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+#: What composefs writes for a whiteout (char 0:0), and on its directory: overlayfs's
+#: "xattr whiteout" form, which a mount shows and an overlay stacked on it obeys.
+WHITEOUT_XATTRS = {b"trusted.overlay.whiteout": b"", b"user.overlay.whiteout": b""}
+DIRECTORY_MARKS = {b"trusted.overlay.whiteouts", b"user.overlay.whiteouts",
+                   b"trusted.overlay.opaque", b"user.overlay.opaque"}
+
+
+def test_mount_and_checkout_agree_with_the_source_on_every_field(store: Store,
+                                                                 tmp_path: Path,
+                                                                 mnt: Path) -> None:
+    """Type, mode, owner, mtime to the nanosecond, size, nlink and hard links, rdev,
+    xattrs and bytes — all but a whiteout, which a mount shows as composefs writes it."""
+    src = full_tree_with_crossed_links(tmp_path / "src")
+    (record,) = import_artifacts(store, [str(src)], "full")
+    checkout(store, store.get_image(record.image), tmp_path / "checkout")
+    assert_same_tree(src, tmp_path / "checkout")
+    mount_mod.mount(store, "full", mnt)
+    found = differences(src, mnt, xattr_filter=lambda name: name not in DIRECTORY_MARKS
+                        and name not in WHITEOUT_XATTRS)
+    assert found and all(line.startswith("b'whiteout': ") for line in found), found
+    seen = snapshot(mnt)
+    whiteout = seen[b"whiteout"]
+    assert (whiteout.type, whiteout.mode, whiteout.size, whiteout.rdev, whiteout.xattrs) == (
+        "file", 0, 0, None, WHITEOUT_XATTRS)
+    assert {b"trusted.overlay.whiteouts", b"user.overlay.whiteouts"} <= seen[b""].xattrs.keys()
+
+
+def test_a_whiteout_in_a_mount_hides_what_lies_below_it_in_a_stacked_overlay(
+        store: Store, tmp_path: Path, mnt: Path) -> None:
+    src, below, stacked = tmp_path / "src", tmp_path / "below", tmp_path / "stacked"
+    for path in (src, below, stacked):
+        path.mkdir()
+    os.mknod(src / "gone", stat.S_IFCHR, os.makedev(0, 0))
+    (src / "kept").write_text("from the artifact")
+    (below / "gone").write_text("whited out")
+    (below / "other").write_text("from below")
+    import_artifacts(store, [str(src)], "layer")
+    mount_mod.mount(store, "layer", mnt)
+    assert sorted(os.listdir(mnt)) == ["gone", "kept"]  # a marked file, not hidden here
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"ro,lowerdir={mnt}:{below}", str(stacked)], check=True)
+    try:
+        assert sorted(os.listdir(stacked)) == ["kept", "other"]
+    finally:
+        subprocess.run(["umount", str(stacked)], check=True)

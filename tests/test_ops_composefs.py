@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,16 @@ def test_mkcomposefs_refuses_bad_dumps_and_writes_nothing(
     assert "line 2" in capsys.readouterr().err
     assert main(["mkcomposefs", str(tmp_path / "missing"), str(tmp_path / "image")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
+def test_mkcomposefs_refuses_a_dumpfile_that_is_no_regular_file(tmp_path: Path) -> None:
+    """Given a FIFO, it used to wait forever for a writer."""
+    os.mkfifo(tmp_path / "fifo")
+    done = subprocess.run([sys.executable, "-m", "cas", "mkcomposefs", str(tmp_path / "fifo"),
+                           str(tmp_path / "image")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "not a regular file" in done.stderr
+    assert not (tmp_path / "image").exists()
 
 
 def test_mkcomposefs_versions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

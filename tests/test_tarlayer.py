@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import zlib
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ import pytest
 import zstandard
 
 from cas import Store, errors
-from cas.core.image import Entry, EntryType
+from cas.core.image import MAX_MTIME_NS, NS, Entry, EntryType, build
 from cas.formats.tarlayer import LayerResult, Limits, Tree, decompress, tar_chunks, unpack
 
 _TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
@@ -29,8 +30,8 @@ _TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SY
 
 def make_tar(entries: Iterable[dict[str, Any]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
     """A tar from readable specs: ``{"name", "type"="file", "data", "target", "declared",
-    "mode", "uid", "pax"}``.  ``declared`` writes a header claiming more data than follows,
-    and ends the archive right there (a truncated tar)."""
+    "mode", "uid", "mtime", "major", "minor", "pax"}``.  ``declared`` writes a header
+    claiming more data than follows, and ends the archive right there (a truncated tar)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
         for spec in entries:
@@ -42,7 +43,8 @@ def make_tar(entries: Iterable[dict[str, Any]], fmt: int = tarfile.PAX_FORMAT) -
             info.linkname = spec.get("target", "")
             info.mode = spec.get("mode", 0o755 if info.type == tarfile.DIRTYPE else 0o644)
             info.uid = spec.get("uid", 0)
-            info.mtime = 1_700_000_000
+            info.mtime = spec.get("mtime", 1_700_000_000)
+            info.devmajor, info.devminor = spec.get("major", 0), spec.get("minor", 0)
             info.pax_headers = spec.get("pax", {})
             if "declared" in spec:
                 info.size = spec["declared"]
@@ -178,10 +180,12 @@ def test_a_member_declaring_more_than_the_limit_is_refused_before_reading(
     ([{"name": "h", "type": "hardlink", "target": "../outside"}], errors.BadPath, "'..'"),
     ([{"name": "h", "type": "hardlink", "target": "nothing"}], errors.BadPath, "earlier"),
     ([{"name": "d", "type": "dir"}, {"name": "h", "type": "hardlink", "target": "d"}],
-     errors.BadPath, "earlier regular file"),
-    ([{"name": "dev", "type": "chr"}], errors.BadLayer, "character device"),
-    ([{"name": "dev", "type": "blk"}], errors.BadLayer, "block device"),
-    ([{"name": "p", "type": "fifo"}], errors.BadLayer, "FIFO"),
+     errors.BadPath, "earlier non-directory"),
+    ([{"name": "h", "type": "hardlink", "target": "./"}], errors.BadPath, "the root"),
+    ([{"name": "dev", "type": "chr", "major": 4096}], errors.BadLayer, "out of range"),
+    ([{"name": "dev", "type": "blk", "minor": 1 << 20}], errors.BadLayer, "out of range"),
+    ([{"name": "f", "data": "x", "pax": {"mtime": "1e9"}}], errors.BadLayer, "PAX mtime"),
+    ([{"name": "f", "data": "x", "pax": {"uid": "9" * 5000}}], errors.BadLayer, "PAX uid"),
     ([{"name": "f", "data": "x"}, {"name": "f/g", "data": "y"}], errors.BadPath, "parent"),
     ([{"name": "cut", "declared": 5000, "data": "only this"}], errors.BadLayer, "ends in"),
     ([{"name": "cut", "declared": 10, "data": "short"}], errors.BadLayer, "ends in"),
@@ -281,3 +285,100 @@ def test_a_tar_split_referring_to_a_shorter_object_is_corruption(store: Store) -
                                  {"size": 200})).object_id
     with pytest.raises(errors.CorruptObject):
         b"".join(tar_chunks(store, oid))
+
+
+# -- everything composefs keeps ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
+def test_every_entry_kind_and_field_composefs_keeps(store: Store, fmt: int) -> None:
+    raw = make_tar([
+        {"name": "./", "type": "dir", "mode": 0o700, "uid": 5, "mtime": -2},
+        {"name": "pipe", "type": "fifo", "mode": 0o640},
+        {"name": "null", "type": "chr", "mode": 0o666, "major": 1, "minor": 3},
+        {"name": "whiteout", "type": "chr", "mode": 0},
+        {"name": "loop", "type": "blk", "major": 7, "minor": 300},
+        {"name": "pipe2", "type": "hardlink", "target": "pipe"},
+        {"name": "s", "type": "symlink", "target": "pipe"},
+        {"name": "s2", "type": "hardlink", "target": "s"},
+        {"name": "old", "data": "x", "mtime": -86400},
+        {"name": "caf\udce9", "data": "a name that is not UTF-8"},
+    ], fmt)
+    tree = Tree()
+    result = unpack_bytes(store, raw, tree=tree)
+    assert b"".join(tar_chunks(store, result.split.object_id)) == raw
+    image = build(tree.entries(), [], {"type": "oci"})
+    got = {e.path: e for e in image.entries}
+    assert got[""] == Entry("", EntryType.DIR, 0o700, uid=5, mtime_ns=-2 * NS)
+    assert got["pipe"].type is EntryType.FIFO and got["pipe"].mode == 0o640
+    assert got["null"].type is EntryType.CHAR and got["null"].rdev == os.makedev(1, 3)
+    assert got["whiteout"].rdev == 0 and got["loop"].rdev == os.makedev(7, 300)
+    assert got["pipe2"].hardlink == "pipe" and got["s2"].hardlink == "s"
+    assert got["old"].mtime_ns == -86400 * NS
+    assert got["caf\udce9"].inline == b"a name that is not UTF-8"
+
+
+def test_pax_mtimes_keep_their_nanoseconds(store: Store) -> None:
+    tree = Tree()
+    unpack_bytes(store, make_tar([
+        {"name": "a", "data": "x", "pax": {"mtime": "1700000000.123456789123"}},
+        {"name": "b", "data": "x", "pax": {"mtime": "-1.25"}},
+        {"name": "c", "data": "x", "pax": {"mtime": "9" * 30}},  # clamped to what fits
+    ]), tree=tree)
+    got = by_path(tree)
+    assert got["a"].mtime_ns == 1_700_000_000_123_456_789
+    assert got["b"].mtime_ns == -1_250_000_000
+    assert got["c"].mtime_ns == MAX_MTIME_NS
+
+
+def test_hard_links_part_when_a_later_layer_replaces_a_name(store: Store) -> None:
+    tree = Tree()
+    unpack_bytes(store, make_tar([{"name": "a", "data": "1" * 100},
+                                  {"name": "b", "type": "hardlink", "target": "a"},
+                                  {"name": "c", "type": "hardlink", "target": "a"}]), tree=tree)
+    tree.next_layer()
+    unpack_bytes(store, make_tar([{"name": "a", "data": "2" * 100}]), tree=tree)
+    got = {e.path: e for e in build(tree.entries(), [], {"type": "oci"}).entries}
+    assert got["a"].hardlink is None and got["b"].hardlink is None
+    assert got["c"].hardlink == "b" and got["b"].object_id != got["a"].object_id
+
+
+def test_a_1200_deep_tree_and_a_whiteout_above_it(store: Store) -> None:
+    tree = Tree()
+    unpack_bytes(store, make_tar([{"name": "d/" * 1200 + "f", "data": "deep"}]), tree=tree)
+    assert len(tree.entries()) == 1201
+    tree.next_layer()
+    unpack_bytes(store, make_tar([{"name": ".wh.d", "data": ""}]), tree=tree)
+    assert tree.entries() == []
+
+
+BOMB = """
+import io, sys, tarfile, zlib
+from cas import Store, errors
+from cas.core import image
+from cas.formats.tarlayer import Tree, unpack
+image.MAX_IMAGE_BYTES = 64 << 20  # a quarter of the real bound, for a quicker test
+comp, parts = zlib.compressobj(6, zlib.DEFLATED, 31), []
+for i in range(100):  # 100 entries of ~1 MB of xattrs: a 100 MB image from a small layer
+    info = tarfile.TarInfo(f"f{i}")
+    info.pax_headers = {f"SCHILY.xattr.user.{k}": "v" * 65000 for k in range(15)}
+    parts.append(comp.compress(info.tobuf(tarfile.PAX_FORMAT)))
+parts.append(comp.compress(bytes(1024)) + comp.flush())
+layer = b"".join(parts)
+store = Store.init(sys.argv[1], fsync=False)
+try:
+    unpack(store, io.BytesIO(layer), compression="gzip", limit=1 << 30, tree=Tree(), what="x")
+except errors.BadImage as exc:  # VmHWM: this process's peak (ru_maxrss counts the parent's)
+    peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+    print(len(layer), peak, exc)
+"""
+
+
+def test_xattrs_that_would_exceed_the_image_limit_stop_the_layer_early(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", BOMB, str(tmp_path / "store")],
+                          capture_output=True, text=True, check=True)
+    size, max_rss_kib, message = done.stdout.split(" ", 2)
+    assert int(size) < 2 << 20 and f"more than {64 << 20} bytes" in message
+    # stopped as the tree grew past the bound, not after the whole 100 MB image was built
+    # (with the real 256 MiB bound: ~300 MB peak, where building then refusing took 866 MB)
+    assert int(max_rss_kib) < 192 << 10

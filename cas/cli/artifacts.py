@@ -15,6 +15,7 @@ from cas.cli.common import (
     emit,
     json_option,
     policy_option,
+    shown,
     trust_check,
     trust_options,
 )
@@ -22,6 +23,7 @@ from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
 from cas.core.store import Store
 from cas.ops import artifacts
+from cas.ops.checkout import NOT_RESTORED
 from cas.ops.checkout import checkout as checkout_tree
 
 
@@ -30,14 +32,17 @@ from cas.ops.checkout import checkout as checkout_tree
 @click.option("--name", "-n", help="Name for the artifact (default: from the source).")
 @click.option("--no-keep-compressed", is_flag=True,
               help="Do not keep compressed tar layers (export then cannot be bit-exact).")
+@click.option("--no-xattrs", is_flag=True,
+              help="Leave extended attributes out of a directory, file or dumpfile import.")
 @policy_option
 @json_option
 @click.pass_obj
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
-            policy_path: Path | None, as_json: bool) -> None:
+            no_xattrs: bool, policy_path: Path | None, as_json: bool) -> None:
     """Import an artifact: a directory, files, oci:PATH[:TAG], ollama:[PATH][/model:tag],
-    hf:[CACHE][/org/name[@revision]] or docker://REF (pulled under the trust policy, as
-    cas pull does).
+    hf:[CACHE][/org/name[@revision]], docker://REF (pulled under the trust policy, as
+    cas pull does) or dump:PATH (a composefs dumpfile, whose objects must be in the
+    store already).
 
     A source of many artifacts (an Ollama store, a Hugging Face cache) is imported one
     artifact at a time: each that fails is reported on stderr and skipped, and the exit
@@ -49,7 +54,8 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
         gate = PolicyGate(policy.load(policy_path))
     with obj.open_store() as store, store.write_errors():
         records = artifacts.import_artifacts(store, list(sources), name,
-                                             keep_compressed=not no_keep_compressed, gate=gate)
+                                             keep_compressed=not no_keep_compressed, gate=gate,
+                                             xattrs=not no_xattrs)
     emit(as_json, [r.to_json() for r in records],
          "\n".join(f"{r.name}  {r.image}" for r in records))
     for failure in records.failures:
@@ -90,12 +96,17 @@ def export(obj: Context, name: str, destination: str, link: str, as_json: bool) 
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check reflinked and hardlinked objects against their digests first "
               "(--no-verify: metadata only; copies are always checked).")
+@click.option("--same-owner/--no-same-owner", default=None,
+              help="Restore the recorded owners (default: when run as root).  Files whose "
+              "owner is not restored lose setuid/setgid bits and capabilities.")
 @trust_options
 @json_option
 @click.pass_obj
 def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
-             policy_path: Path | None, require_signature: bool, as_json: bool) -> None:
-    """Materialise artifact NAME's tree at DEST (which must not exist)."""
+             same_owner: bool | None, policy_path: Path | None, require_signature: bool,
+             as_json: bool) -> None:
+    """Materialise artifact NAME's tree at DEST (which must not exist), with its modes,
+    mtimes, xattrs, hard links, FIFOs and devices, and (as root) owners."""
     mode = LinkMode(link)
     check = trust_check(policy_path, require_signature)
     with obj.open_store() as store:
@@ -103,11 +114,14 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
         image = store.get_image(record.image)
         if check is not None:
             check(store, record.name, record.image)
-        result = checkout_tree(store, image, dest, mode, verify=verify)
+        result = checkout_tree(store, image, dest, mode, verify=verify, same_owner=same_owner)
     methods = ", ".join(f"{n} {m}" for m, n in sorted(result.methods.items()))
-    human = f"checked out {result.files} files ({result.bytes} bytes) to {dest}" + (
-        f": {methods}" if methods else "")
-    emit(as_json, result.to_json(), human + _hardlink_note(mode))
+    lines = [f"checked out {result.files} files ({result.bytes} bytes) to {dest}" + (
+        f": {methods}" if methods else "")]
+    for kind, count in sorted(result.not_restored.items()):
+        lines.append(f"not restored: {NOT_RESTORED[kind]}: {count} entries "
+                     f"(e.g. {shown(result.examples[kind])})")
+    emit(as_json, result.to_json(), "\n".join(lines) + _hardlink_note(mode))
 
 
 def _hardlink_note(mode: LinkMode) -> str:
@@ -175,8 +189,12 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
         info["signatures"] = signing.describe(store, store.get_image(ObjectId(info["image"])))
     lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]
     for e in info["entries"]:
-        digest = e.get("object", "inline" if e.get("inline") else e.get("target", ""))
-        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {e['path']}  {digest}")
+        detail = (f"=> {e['hardlink']}" if "hardlink" in e else e.get("object") or
+                  ("inline" if e.get("inline") else e.get("target", "")))
+        if "rdev" in e:
+            detail = "{}:{}".format(*e["rdev"])
+        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {shown(e['path']) or '.'}"
+                     f"  {shown(detail)}")
     for b in info["blobs"]:
         lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
     for s in info["signatures"]:  # untrusted claims (only a policy's keys verify them): repr

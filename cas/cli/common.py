@@ -49,6 +49,27 @@ def json_option(fn: F) -> F:
                         help="Print machine-readable JSON.")(fn)
 
 
+def shown(text: str) -> str:
+    """Untrusted text (a path, a name) for human output, on one line and unambiguous:
+    a backslash, control and other unprintable characters, and bytes that are not UTF-8
+    (fs-encoded as U+DC80..U+DCFF) become ``\\\\``, ``\\xHH`` or ``\\uHHHH``.
+    ``--json`` carries the text exactly instead."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char == "\\":
+            out.append("\\\\")
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
 def emit(as_json: bool, value: Any, human: str) -> None:
     """Print ``value`` as JSON, or the human text (nothing at all when it is empty)."""
     if as_json:

@@ -66,7 +66,7 @@ def umount_cmd(obj: Context, mountpoint: Path, as_json: bool) -> None:
 def mkcomposefs_cmd(dumpfile: Path, image: Path, min_version: int, max_version: int,
                     as_json: bool) -> None:
     """Write the composefs image of DUMPFILE (composefs-dump(5)) at IMAGE, byte for byte
-    as "mkcomposefs --from-file"; needs no store.  Prints the image's fs-verity digest."""
+    as mkcomposefs --from-file does; needs no store.  Prints the image's fs-verity digest."""
     from cas.ops import composefs
     digest = composefs.mkcomposefs(dumpfile, image, version=min_version,
                                    max_version=max(min_version, max_version))

@@ -31,8 +31,10 @@ from cas.errors import LinkUnsupported
 
 #: ``fill(fd)`` puts the bytes into the new, empty file ``fd``.
 Fill = Callable[[int], object]
+#: A name in a directory: text (fs-encoded) or the raw bytes of a tree entry.
+Name = str | bytes
 #: ``write_new(dir_fd, name, fill)`` creates ``name`` (absent until then) and fills it.
-WriteNew = Callable[[int, str, Fill], None]
+WriteNew = Callable[[int, Name, Fill], None]
 
 
 class LinkMode(enum.Enum):
@@ -42,7 +44,7 @@ class LinkMode(enum.Enum):
     COPY = "copy"
 
 
-def write_new(dir_fd: int, name: str, fill: Fill, finish: Fill | None = None) -> None:
+def write_new(dir_fd: int, name: Name, fill: Fill, finish: Fill | None = None) -> None:
     """Create ``name`` with ``O_EXCL|O_NOFOLLOW`` (0600 until ``finish`` sets more), fill
     it, then ``finish(fd)``; a failed fill leaves no file behind."""
     fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -60,17 +62,20 @@ def write_new(dir_fd: int, name: str, fill: Fill, finish: Fill | None = None) ->
         os.close(fd)
 
 
-def place_object(store: Store, oid: ObjectId, size: int, dir_fd: int, name: str,
+def place_object(store: Store, oid: ObjectId, size: int, dir_fd: int, name: Name,
                  mode: LinkMode, *, verify: bool = True,
                  create: WriteNew = write_new) -> str:
     """Make ``name`` in ``dir_fd`` (which must not exist) hold object ``oid``; returns how:
     ``"reflink"``, ``"hardlink"`` or ``"copy"``.  ``create`` makes and fills the file
-    (checkout passes one that also applies the entry's metadata)."""
+    (checkout passes one that also applies the entry's metadata).  An existing ``name``
+    raises ``FileExistsError`` (the caller's collision), never ``LinkUnsupported``."""
     if mode is LinkMode.HARDLINK:
         if verify:
             store.open_verified(oid).close()  # never hand out a corrupt inode
         try:
             store.link_object(oid, dir_fd, name)
+        except FileExistsError:
+            raise
         except OSError as exc:
             raise LinkUnsupported(mode="hardlink", reason=exc.strerror) from exc
         return "hardlink"
@@ -79,6 +84,8 @@ def place_object(store: Store, oid: ObjectId, size: int, dir_fd: int, name: str,
             try:
                 create(dir_fd, name, lambda fd: _clone(store, obj.fileno(), fd, oid, verify))
                 return "reflink"
+            except FileExistsError:
+                raise
             except OSError as exc:
                 if mode is LinkMode.REFLINK or exc.errno not in hashing.REFLINK_UNSUPPORTED:
                     raise LinkUnsupported(mode="reflink", reason=exc.strerror) from exc

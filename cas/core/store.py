@@ -533,15 +533,19 @@ class Store:
     def put_image(self, image: Image) -> ObjectId:
         """Store a metadata image (canonical bytes, so equal trees share one object).
 
+        Its bytes are first decoded by the same strict decoder every reader uses, so an
+        image no reader would accept is refused here, before any name can point at it.
         The objects it needs become temp roots and are checked to exist under the store
         lock: one a concurrent GC removed before that is reported, never named.
         """
+        data = images.encode(image)
+        images.decode(data)
         needed = image.object_ids()
         with _store_errors(self.path), self.publishing(needed):
             missing = self._first_missing(needed)
         if missing is not None:
             raise errors.ObjectNotFound(object_id=missing)
-        return self.add_bytes(images.encode(image)).object_id
+        return self.add_bytes(data).object_id
 
     def _first_missing(self, ids: set[ObjectId]) -> ObjectId | None:
         """The first of ``ids`` that is not a stored regular file: one open per shard and
@@ -695,7 +699,7 @@ class Store:
         """A new fd for directory ``name`` below the store root (the caller closes it)."""
         return fsio.open_dir(name, self._root_fd, create=create)
 
-    def link_object(self, oid: ObjectId, dir_fd: int, name: str) -> None:
+    def link_object(self, oid: ObjectId, dir_fd: int, name: str | bytes) -> None:
         """Hard-link an object to ``name`` in ``dir_fd`` (read-only sharing of its inode)."""
         shard_name, rest = shard(object_id(oid))
         shard_fd = self._open_shard(self._objects_fd, shard_name)

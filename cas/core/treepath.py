@@ -2,8 +2,14 @@
 
 A tree path is relative, POSIX, normalised (``a/b/c``): no empty, ``.`` or ``..``
 component, no NUL, no leading or trailing slash, components of at most 255 bytes and the
-whole at most 4096 bytes of UTF-8.  Whatever passes can be joined below a destination
-directory without ever naming anything outside it.
+whole at most 4096 bytes.  Whatever passes can be joined below a destination directory
+without ever naming anything outside it.
+
+Names are bytes on Linux and need not be UTF-8.  cas carries them as *fs-encoded* text:
+the bytes decoded as UTF-8 with ``surrogateescape`` (each byte that is not part of valid
+UTF-8 becomes the lone surrogate U+DC80 + byte), which is what ``os.fsdecode`` gives on a
+UTF-8 system.  ``to_bytes``/``from_bytes`` convert exactly, whatever the locale; a text
+that is not the canonical form of some bytes is refused, so one name has one spelling.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ def check_path(path: str, *, what: str = "path") -> str:
         raise BadPath(what=what, path=path, reason="empty")
     if "\0" in path:
         raise BadPath(what=what, path=path, reason="contains NUL")
-    encoded = _utf8(path, what)
+    encoded = fs_bytes(path, what)
     if len(encoded) > MAX_PATH:
         raise BadPath(what=what, path=path, reason=f"longer than {MAX_PATH} bytes")
     if path.startswith("/"):
@@ -30,7 +36,7 @@ def check_path(path: str, *, what: str = "path") -> str:
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise BadPath(what=what, path=path, reason=f"component {part!r}")
-        if len(part.encode()) > MAX_COMPONENT:
+        if len(to_bytes(part)) > MAX_COMPONENT:
             raise BadPath(what=what, path=path, reason=f"component over {MAX_COMPONENT} bytes")
     return path
 
@@ -50,7 +56,7 @@ def check_symlink_target(link: str, target: str) -> str:
     """
     if not isinstance(target, str) or not target or "\0" in target:
         raise BadPath(what="symlink target", path=target, reason="empty or contains NUL")
-    if len(_utf8(target, "symlink target")) > MAX_PATH:
+    if len(fs_bytes(target, "symlink target")) > MAX_PATH:
         raise BadPath(what="symlink target", path=target, reason="too long")
     if not target.startswith("/") and _climbs_out(link, target):
         raise BadPath(what="symlink target", path=f"{link} -> {target}",
@@ -83,8 +89,25 @@ def case_collisions(paths: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _utf8(text: str, what: str) -> bytes:
+def to_bytes(text: str) -> bytes:
+    """The raw bytes an fs-encoded name, path or symlink target stands for."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def from_bytes(raw: bytes) -> str:
+    """Raw name bytes as fs-encoded text (exact: ``to_bytes(from_bytes(b)) == b``)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def fs_bytes(text: str, what: str) -> bytes:
+    """``to_bytes(text)`` if ``text`` is the canonical spelling of some bytes, else
+    ``BadPath``."""
     try:
-        return text.encode("utf-8")
+        raw = to_bytes(text)
     except UnicodeEncodeError:
-        raise BadPath(what=what, path=text, reason="not valid UTF-8") from None
+        raise BadPath(what=what, path=text, reason="holds a surrogate that stands for no "
+                      "byte (not a file name)") from None
+    if from_bytes(raw) != text:
+        raise BadPath(what=what, path=text, reason="escaped bytes that form valid UTF-8 "
+                      "(not the canonical spelling of a file name)")
+    return raw

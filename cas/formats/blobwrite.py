@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from cas.core import fsio
 from cas.core.digest import ObjectId
-from cas.core.linkmode import Fill, LinkMode, place_object, write_new
+from cas.core.linkmode import Fill, LinkMode, Name, place_object, write_new
 from cas.core.store import Store
 
 BLOB_MODE = 0o644  # what Ollama and huggingface_hub give the blobs they write
@@ -54,7 +54,7 @@ def write_blob(store: Store, dir_fd: int, name: str, content: Content, size: int
         if store.fsync:
             os.fsync(fd)
 
-    def create(dir_fd: int, temp: str, fill: Fill) -> None:
+    def create(dir_fd: int, temp: Name, fill: Fill) -> None:
         write_new(dir_fd, temp, fill, finish)
 
     temp = fsio.temp_name(".cas-tmp")

@@ -43,7 +43,7 @@ from typing import Any, Self
 from cas.core import fsio, hashing, strictjson
 from cas.core.digest import ObjectId, Sha256, is_hex64
 from cas.core.hashing import Digests
-from cas.core.image import INLINE_MAX, MAX_SIZE, Blob, Image, build, file_entry
+from cas.core.image import INLINE_MAX, MAX_MEDIA_TYPE, MAX_SIZE, Blob, Image, build, file_entry
 from cas.core.store import AddResult, Expected, Store
 from cas.core.treepath import case_collisions, check_name
 from cas.errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch
@@ -133,6 +133,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(value, dict):
         raise BadLayout(path=where, reason="a descriptor must be a JSON object")
     media_type = _get(value, "mediaType", str, where)
+    if len(media_type) > MAX_MEDIA_TYPE:
+        raise BadLayout(path=where, reason=f"mediaType longer than {MAX_MEDIA_TYPE} characters")
     sha = parse_digest(_get(value, "digest", str, where), where)
     size = _get(value, "size", int, where)
     if not 0 <= size <= MAX_SIZE:

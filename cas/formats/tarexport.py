@@ -3,13 +3,16 @@
 The same tree gives the same bytes on any machine, architecture or Python version,
 because every header byte is written here (``tarfile`` is not used):
 
-- entries in the image's order (sorted by UTF-8 path bytes; parents before children),
-  names relative, without ``./``; directories end in ``/``; no entry for the root;
-- mtime 0, uid 0, gid 0, no user or group names, devmajor/devminor empty: the layer
-  depends on the tree's *data* only, never on who imported it where or when (the image
-  records the importer's numeric ids and mtimes, which differ between hosts for the same
-  files);
+- entries in the image's order (sorted by path bytes; parents before children), names
+  relative (the image's bytes, UTF-8 or not), without ``./``; directories end in ``/``;
+  no entry for the root;
+- mtime 0, uid 0, gid 0, no user or group names: the layer depends on the tree's *data*
+  only, never on who imported it where or when (the image records the importer's
+  numeric ids and mtimes, which differ between hosts for the same files);
 - modes as recorded (the permission bits, setuid/setgid/sticky included), symlinks 0777;
+- FIFOs (``6``) and character/block devices (``3``/``4``, devmajor/devminor set; empty
+  for every other type), as tar has always carried them; a hard link (``1``) for each
+  later name of an inode, naming its first (which the archive has already written);
 - ustar headers (``ustar\\0`` ``00``); a PAX extended header (``x``, named
   ``PaxHeaders/<index>``) only when a path or link target does not fit ustar, a size is
   8 GiB or more, or the entry has xattrs (``SCHILY.xattr.<name>``); PAX records sorted
@@ -31,14 +34,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cas.core import fsio
-from cas.core.image import Entry, EntryType, Image
+from cas.core.image import DEVICES, Entry, EntryType, Image, major_minor
 from cas.core.store import Store
+from cas.core.treepath import to_bytes
 from cas.errors import CorruptObject, DestinationExists
 
 BLOCK = 512
 RECORD = 20 * BLOCK
 USTAR_SIZE_MAX = 8 ** 11 - 1
-_TYPES = {EntryType.FILE: b"0", EntryType.SYMLINK: b"2", EntryType.DIR: b"5"}
+_TYPES = {EntryType.FILE: b"0", EntryType.SYMLINK: b"2", EntryType.DIR: b"5",
+          EntryType.CHAR: b"3", EntryType.BLOCK: b"4", EntryType.FIFO: b"6"}
+HARDLINK = b"1"
 
 
 def export_tar(store: Store, image: Image, dest: Path) -> int:
@@ -68,7 +74,7 @@ def export_tar(store: Store, image: Image, dest: Path) -> int:
 def tar_stream(store: Store, image: Image) -> Iterator[bytes]:
     """The layer's bytes, in pieces."""
     written = 0
-    for index, entry in enumerate(image.entries):
+    for index, entry in enumerate(image.entries[1:]):  # not the root
         for chunk in _member(store, entry, index):
             written += len(chunk)
             yield chunk
@@ -78,28 +84,31 @@ def tar_stream(store: Store, image: Image) -> Iterator[bytes]:
 
 
 def _member(store: Store, entry: Entry, index: int) -> Iterator[bytes]:
-    name = entry.path + ("/" if entry.type is EntryType.DIR else "")
-    target = entry.target or ""
-    size = entry.size if entry.type is EntryType.FILE else 0
-    pax: dict[str, bytes] = {}
-    split = _split_name(name.encode())
+    name = to_bytes(entry.path) + (b"/" if entry.type is EntryType.DIR else b"")
+    kind = _TYPES[entry.type] if entry.hardlink is None else HARDLINK
+    link = to_bytes(entry.target or "" if entry.hardlink is None else entry.hardlink)
+    size = entry.size if kind == b"0" else 0
+    pax: dict[bytes, bytes] = {}
+    split = _split_name(name)
     if split is None:
-        pax["path"] = name.encode()
-    if len(target.encode()) > 100:
-        pax["linkpath"] = target.encode()
+        pax[b"path"] = name
+    if len(link) > 100:
+        pax[b"linkpath"] = link
     if size > USTAR_SIZE_MAX:
-        pax["size"] = str(size).encode()
-    for key, value in entry.xattrs.items():
-        pax[f"SCHILY.xattr.{key}"] = value
+        pax[b"size"] = str(size).encode()
+    if entry.hardlink is None:
+        for key, value in entry.xattrs.items():
+            pax[b"SCHILY.xattr." + to_bytes(key)] = value
     if pax:
         records = b"".join(_pax_record(k, pax[k]) for k in sorted(pax))
         yield _header(f"PaxHeaders/{index}".encode(), b"", b"x", 0o644, len(records), b"")
         yield records + bytes(-len(records) % BLOCK)
-    prefix, short = split or (b"", name.encode()[-100:])
+    prefix, short = split or (b"", name[-100:])
     mode = 0o777 if entry.type is EntryType.SYMLINK else entry.mode
-    ustar_size = 0 if "size" in pax else size
-    yield _header(short, prefix, _TYPES[entry.type], mode, ustar_size, target.encode()[:100])
-    if entry.type is EntryType.FILE:
+    ustar_size = 0 if b"size" in pax else size
+    device = major_minor(entry.rdev) if entry.type in DEVICES else None
+    yield _header(short, prefix, kind, mode, ustar_size, link[:100], device)
+    if kind == b"0":
         yield from _content(store, entry)
         yield bytes(-size % BLOCK)
 
@@ -134,8 +143,8 @@ def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
-def _pax_record(key: str, value: bytes) -> bytes:
-    body = b" " + key.encode() + b"=" + value + b"\n"
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
     length = len(body) + 1
     while len(str(length).encode()) + len(body) != length:
         length += 1
@@ -147,7 +156,7 @@ def _octal(value: int, width: int) -> bytes:
 
 
 def _header(name: bytes, prefix: bytes, kind: bytes, mode: int, size: int,
-            link: bytes) -> bytes:
+            link: bytes, device: tuple[int, int] | None = None) -> bytes:
     block = bytearray(BLOCK)
     block[0:len(name)] = name
     block[100:108] = _octal(mode, 8)
@@ -159,6 +168,9 @@ def _header(name: bytes, prefix: bytes, kind: bytes, mode: int, size: int,
     block[156:157] = kind
     block[157:157 + len(link)] = link
     block[257:265] = b"ustar\x0000"
+    if device is not None:
+        block[329:337] = _octal(device[0], 8)
+        block[337:345] = _octal(device[1], 8)
     block[345:345 + len(prefix)] = prefix
     block[148:156] = b"%06o\0 " % sum(block)
     return bytes(block)

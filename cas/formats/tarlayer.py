@@ -24,12 +24,20 @@ the footer's size, and nothing may follow the footer.
 Whiteouts (OCI image-spec, layer.md) are applied as layers are merged into a ``Tree``:
 ``.wh.<name>`` hides ``<name>`` and ``.wh..wh..opq`` hides every sibling, in both cases
 only what *lower* layers put there; entries of the same layer are never hidden.
+
+Entries keep what composefs keeps: names as bytes (not necessarily UTF-8), mtimes to the
+nanosecond (PAX) and before 1970 (PAX, or GNU base-256), FIFOs, character and block
+devices (a 0:0 character device is an overlayfs whiteout, kept as such), hard links (to
+an earlier non-directory of the merged tree: the names share one inode until a later
+layer replaces one of them), and the root directory's own metadata (a ``./`` entry).
+The tree's size is checked against the image's bounds as it grows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -40,9 +48,23 @@ import msgpack
 import zstandard
 
 from cas.core.digest import ObjectId, Sha256
-from cas.core.image import INLINE_MAX, MAX_ID, MAX_SIZE, XATTR_MAX, Entry, EntryType, file_entry
+from cas.core.image import (
+    INLINE_MAX,
+    MAX_ID,
+    MAX_MTIME_NS,
+    MAX_SIZE,
+    MIN_MTIME_NS,
+    NS,
+    XATTR_MAX,
+    Budget,
+    Entry,
+    EntryType,
+    file_entry,
+    hardlink_entry,
+    rdev_of,
+)
 from cas.core.store import AddResult, Expected, Store
-from cas.core.treepath import check_path, check_symlink_target
+from cas.core.treepath import check_path, check_symlink_target, from_bytes, to_bytes
 from cas.errors import BadImage, BadLayer, BadPath, CorruptObject
 
 __all__ = ["COMPRESSION", "MEMBER_MEDIA_TYPE", "SPLIT_MEDIA_TYPE", "LayerResult", "Limits",
@@ -71,8 +93,10 @@ TRAILER_MAX = 1 << 20   # most bytes accepted after the end-of-archive marker
 _SPOOL = 8 << 20        # tar-splits up to this size are built in memory
 _ZERO_BLOCK = bytes(BLOCK)
 _FILE_TYPES = (b"0", b"\0", b"7")
-_UNSUPPORTED = {b"3": "character device", b"4": "block device", b"6": "FIFO",
-                b"S": "GNU sparse file", b"V": "volume label", b"M": "multi-volume"}
+_SPECIAL = {b"3": EntryType.CHAR, b"4": EntryType.BLOCK, b"6": EntryType.FIFO}
+_UNSUPPORTED = {b"S": "GNU sparse file", b"V": "volume label", b"M": "multi-volume"}
+_PAX_MTIME = re.compile(rb"(-?)([0-9]{1,30})(?:\.([0-9]*))?")
+MAX_MAJOR, MAX_MINOR = (1 << 12) - 1, (1 << 20) - 1  # what Linux can make
 WHITEOUT, OPAQUE, AUFS_META = ".wh.", ".wh..wh..opq", ".wh..wh."
 
 
@@ -292,15 +316,42 @@ class Tree:
         self._entries: dict[str, Entry] = {}
         self._children: dict[str, set[str]] = {"": set()}
         self._layer: set[str] = set()  # paths the current layer put or changed
+        self._inodes: dict[str, int] = {}  # hard-linked paths -> their inode's number
+        self._root: Entry | None = None
+        self.budget = Budget()
 
     def next_layer(self) -> None:
         self._layer = set()
 
     def entries(self) -> list[Entry]:
-        return list(self._entries.values())
+        """The merged tree; names of one inode are hard links to one of them."""
+        merged = dict(self._entries)
+        holders: dict[int, str] = {}
+        for path, inode in self._inodes.items():
+            holder = holders.setdefault(inode, path)
+            if holder != path:
+                merged[path] = hardlink_entry(path, merged[holder])
+        return ([self._root] if self._root else []) + list(merged.values())
 
     def get(self, path: str) -> Entry | None:
         return self._entries.get(path)
+
+    def set_root(self, entry: Entry) -> None:
+        """The root directory's own metadata (the last layer's ``./`` entry wins)."""
+        if self._root is not None:
+            self.budget.remove(self._root)
+        self.budget.add(entry)
+        self._root = entry
+
+    def link(self, path: str, target: str) -> None:
+        """``path`` becomes another name of the non-directory ``target``."""
+        entry = self._entries.get(target)
+        if entry is None or entry.type is EntryType.DIR:
+            raise BadPath(what="hardlink", path=f"{path} -> {target}",
+                          reason="the target is not an earlier non-directory in the tree")
+        inode = self._inodes.setdefault(target, len(self._inodes))
+        self.add(dataclasses.replace(entry, path=path))
+        self._inodes[path] = inode
 
     def add(self, entry: Entry) -> None:
         """Put an entry; a directory over a directory keeps the children, all else replaces."""
@@ -318,6 +369,10 @@ class Tree:
             self._remove(child, lower_only=True)
 
     def _put(self, entry: Entry) -> None:
+        old = self._entries.get(entry.path)
+        if old is not None:
+            self.budget.remove(old)
+        self.budget.add(entry)
         self._entries[entry.path] = entry
         self._children[entry.path.rpartition("/")[0]].add(entry.path)
         if entry.type is EntryType.DIR:
@@ -325,26 +380,35 @@ class Tree:
         self._layer.add(entry.path)
 
     def _make_parents(self, path: str) -> None:
-        parts = path.split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            parent = "/".join(parts[:depth])
-            existing = self._entries.get(parent)
-            if existing is None:
-                self._put(Entry(parent, EntryType.DIR, 0o755))
-            elif existing.type is not EntryType.DIR:
-                raise BadPath(what="tar entry", path=path,
-                              reason=f"its parent {parent!r} is a {existing.type.value}")
+        """Missing parent directories (mode 0755); the nearest existing one must be a
+        directory (then so are all above it)."""
+        missing, parent = [], path.rpartition("/")[0]
+        while parent and parent not in self._entries:
+            missing.append(parent)
+            parent = parent.rpartition("/")[0]
+        existing = self._entries.get(parent)
+        if existing is not None and existing.type is not EntryType.DIR:
+            raise BadPath(what="tar entry", path=path,
+                          reason=f"its parent {parent!r} is a {existing.type.value}")
+        for directory in reversed(missing):
+            self._put(Entry(directory, EntryType.DIR, 0o755))
 
     def _remove(self, path: str, *, lower_only: bool) -> None:
-        """Remove ``path`` and what is below it (``lower_only``: only lower layers' part)."""
-        for child in list(self._children.get(path, ())):
-            self._remove(child, lower_only=lower_only)
-        if path not in self._entries or (lower_only and (path in self._layer
-                                                         or self._children.get(path))):
-            return
-        del self._entries[path]
-        self._children.pop(path, None)
-        self._children[path.rpartition("/")[0]].discard(path)
+        """Remove ``path`` and what is below it (``lower_only``: only lower layers' part),
+        children before parents, without recursion (trees may be thousands deep)."""
+        order, todo = [], [path]
+        while todo:
+            current = todo.pop()
+            order.append(current)
+            todo.extend(self._children.get(current, ()))
+        for current in reversed(order):  # every descendant before its ancestors
+            if current not in self._entries or (lower_only and (
+                    current in self._layer or self._children.get(current))):
+                continue
+            self.budget.remove(self._entries.pop(current))
+            self._children.pop(current, None)
+            self._children[current.rpartition("/")[0]].discard(current)
+            self._inodes.pop(current, None)
 
 
 # -- tar parsing ----------------------------------------------------------------------------
@@ -358,9 +422,10 @@ class _Header:
     mode: int
     uid: int
     gid: int
-    mtime: int
+    mtime_ns: int
     linkname: str
     xattrs: dict[str, bytes]
+    rdev: int
 
 
 def unpack(store: Store, raw: Reader, *, compression: str, limit: int, tree: Tree,
@@ -433,28 +498,36 @@ class _Unpacker:
         path = _tree_path(h.name, "tar entry")
         if h.type not in _FILE_TYPES and h.size:
             raise self.bad(f"{h.name}: a {h.type!r} entry carrying {h.size} bytes of data")
+        attrs: dict[str, Any] = {"mode": h.mode & 0o7777, "uid": h.uid, "gid": h.gid,
+                                 "mtime_ns": h.mtime_ns, "xattrs": h.xattrs}
         if path is None:
             if h.type != b"5":
                 raise self.bad(f"{h.name!r}: only a directory may name the root")
+            self.tree.set_root(Entry("", EntryType.DIR, **attrs))
             return
         base = path.rpartition("/")[2]
         if base.startswith(WHITEOUT):
             self._whiteout(path, h)
             return
-        attrs: dict[str, Any] = {"mode": h.mode & 0o7777, "uid": h.uid, "gid": h.gid,
-                                 "mtime": h.mtime, "xattrs": h.xattrs}
         if h.type in _FILE_TYPES:
             self.tree.add(self._file(path, h, attrs))
         elif h.type == b"5":
             self.tree.add(Entry(path, EntryType.DIR, **attrs))
         elif h.type == b"2":
             check_symlink_target(path, h.linkname)
-            self.tree.add(Entry(path, EntryType.SYMLINK, target=h.linkname, **attrs))
+            self.tree.add(Entry(path, EntryType.SYMLINK, size=len(to_bytes(h.linkname)),
+                                target=h.linkname, **attrs))
+        elif h.type in _SPECIAL:
+            self.tree.add(Entry(path, _SPECIAL[h.type], rdev=h.rdev, **attrs))
         elif h.type == b"1":
-            self.tree.add(self._hardlink(path, h.linkname))
+            target = _tree_path(h.linkname, "hardlink target")
+            if target is None:
+                raise BadPath(what="hardlink", path=f"{path} -> {h.linkname}",
+                              reason="the target is the root")
+            self.tree.link(path, target)
         else:
-            kind = _UNSUPPORTED.get(h.type, f"type {h.type!r}")
-            raise self.bad(f"{h.name}: {kind} entries are not supported")
+            what = _UNSUPPORTED.get(h.type, f"type {h.type!r}")
+            raise self.bad(f"{h.name}: {what} entries are not supported")
 
     def _whiteout(self, path: str, h: _Header) -> None:
         parent, _, base = path.rpartition("/")
@@ -486,14 +559,6 @@ class _Unpacker:
         self.split.raw(self.src.read_exact(_pad(h.size), "padding"))
         return entry
 
-    def _hardlink(self, path: str, linkname: str) -> Entry:
-        target = _tree_path(linkname, "hardlink target")
-        entry = None if target is None else self.tree.get(target)
-        if entry is None or entry.type is not EntryType.FILE:
-            raise BadPath(what="hardlink", path=f"{path} -> {linkname}",
-                          reason="the target is not an earlier regular file in the tree")
-        return dataclasses.replace(entry, path=path)
-
 
 def _pad(size: int) -> int:
     return -size % BLOCK
@@ -515,11 +580,12 @@ def _header(block: bytes, pax: dict[str, bytes], what: str) -> _Header:
         name = prefix + b"/" + name
     fields = {"size": _number(block[124:136], "size", what),
               "uid": _number(block[108:116], "uid", what),
-              "gid": _number(block[116:124], "gid", what),
-              "mtime": _number(block[136:148], "mtime", what)}
+              "gid": _number(block[116:124], "gid", what)}
     for key in fields:
         if key in pax:
             fields[key] = _pax_number(pax[key], key, what)
+    mtime_ns = (_pax_mtime(pax["mtime"], what) if "mtime" in pax
+                else _number(block[136:148], "mtime", what, signed=True) * NS)
     if fields["uid"] > MAX_ID or fields["gid"] > MAX_ID:
         raise BadLayer(digest=what, reason=f"uid/gid over {MAX_ID}")
     xattrs = {key[len("SCHILY.xattr."):]: value for key, value in pax.items()
@@ -528,11 +594,20 @@ def _header(block: bytes, pax: dict[str, bytes], what: str) -> _Header:
         raise BadLayer(digest=what, reason=f"an xattr value over {XATTR_MAX} bytes")
     if any(key.startswith("GNU.sparse.") for key in pax):
         raise BadLayer(digest=what, reason="GNU sparse files are not supported")
-    return _Header(name=_text(pax.get("path", name), "name", what), type=block[156:157],
+    kind = block[156:157]
+    rdev = 0
+    if kind in (b"3", b"4"):
+        major = _number(block[329:337], "devmajor", what)
+        minor = _number(block[337:345], "devminor", what)
+        if major > MAX_MAJOR or minor > MAX_MINOR:
+            raise BadLayer(digest=what, reason=f"device {major}:{minor} out of range")
+        rdev = rdev_of(major, minor)
+    return _Header(name=from_bytes(pax.get("path", name)), type=kind,
                    size=fields["size"], mode=_number(block[100:108], "mode", what),
-                   uid=fields["uid"], gid=fields["gid"], mtime=min(fields["mtime"], MAX_SIZE),
-                   linkname=_text(pax.get("linkpath", _cstr(block[157:257])), "link", what),
-                   xattrs=xattrs)
+                   uid=fields["uid"], gid=fields["gid"],
+                   mtime_ns=min(max(mtime_ns, MIN_MTIME_NS), MAX_MTIME_NS),
+                   linkname=from_bytes(pax.get("linkpath", _cstr(block[157:257]))),
+                   xattrs=xattrs, rdev=rdev)
 
 
 def _checksum_ok(block: bytes, what: str) -> bool:
@@ -547,18 +622,14 @@ def _cstr(field: bytes) -> bytes:
     return field.split(b"\0", 1)[0]
 
 
-def _text(raw: bytes, what: str, layer: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadLayer(digest=layer, reason=f"a tar {what} that is not UTF-8: {raw!r}") from None
-
-
-def _number(field: bytes, what: str, layer: str) -> int:
-    """An octal (NUL/space terminated) or base-256 (GNU, high bit set) header number."""
+def _number(field: bytes, what: str, layer: str, *, signed: bool = False) -> int:
+    """An octal (NUL/space terminated) or base-256 (GNU, high bit set; negative numbers
+    in two's complement, only where ``signed``) header number."""
     if field[:1] and field[0] & 0x80:
         if field[0] & 0x40:
-            raise BadLayer(digest=layer, reason=f"negative tar {what}")
+            if not signed:
+                raise BadLayer(digest=layer, reason=f"negative tar {what}")
+            return int.from_bytes(field, "big", signed=True)
         return int.from_bytes(bytes([field[0] & 0x3F]) + field[1:], "big")
     text = field.split(b"\0", 1)[0].strip(b" ")
     try:
@@ -568,10 +639,19 @@ def _number(field: bytes, what: str, layer: str) -> int:
 
 
 def _pax_number(value: bytes, key: str, layer: str) -> int:
-    whole = value.split(b".", 1)[0] if key == "mtime" else value  # mtime may have a fraction
-    if not whole.isdigit():
-        raise BadLayer(digest=layer, reason=f"bad PAX {key} {value!r}")
-    return int(whole)
+    if not value.isdigit() or len(value) > 20:
+        raise BadLayer(digest=layer, reason=f"bad PAX {key} {value[:40]!r}")
+    return int(value)
+
+
+def _pax_mtime(value: bytes, layer: str) -> int:
+    """``[-]seconds[.fraction]`` in nanoseconds (digits past the ninth are dropped)."""
+    match = _PAX_MTIME.fullmatch(value)
+    if match is None:
+        raise BadLayer(digest=layer, reason=f"bad PAX mtime {value[:40]!r}")
+    sign, whole, fraction = match.groups()
+    ns = int(whole) * NS + int((fraction or b"")[:9].ljust(9, b"0"))
+    return -ns if sign else ns
 
 
 def _pax(data: bytes, layer: str) -> dict[str, bytes]:
@@ -585,6 +665,6 @@ def _pax(data: bytes, layer: str) -> dict[str, bytes]:
         key, sep, value = data[space + 1:end - 1].partition(b"=")
         if end <= space + 1 or end > len(data) or data[end - 1] != 0x0A or not sep:
             raise BadLayer(digest=layer, reason=f"malformed PAX record at offset {pos}")
-        records[_text(key, "PAX key", layer)] = value
+        records[from_bytes(key)] = value
         pos = end
     return records

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cas.core import names as names_mod
+from cas.core.image import DEVICES, Entry, major_minor
 from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
 from cas.core.store import Store
@@ -52,6 +53,8 @@ def parse_location(text: str) -> Location:
         return Location("hf", cache, repo)
     if sep and scheme == "docker":  # docker://HOST/REPO[:TAG]: a registry (cas.transport.registry)
         return Location("docker", Path(), rest)
+    if sep and scheme == "dump":  # a composefs dumpfile (cas.formats.composefs.to_image)
+        return Location("dump", Path(rest), None)
     if sep and scheme in ("tar", "containers-storage", "dir", "http", "https"):
         raise UnsupportedSource(location=text)
     return Location("tree", Path(text), None)
@@ -76,31 +79,34 @@ class ImportResult(list[NameRecord]):
 
 
 def import_artifacts(store: Store, sources: list[str], name: str | None = None, *,
-                     keep_compressed: bool = True, gate: Gate | None = None) -> ImportResult:
+                     keep_compressed: bool = True, gate: Gate | None = None,
+                     xattrs: bool = True) -> ImportResult:
     """Import ``sources`` and name the result(s); returns the names written.
 
     One source may hold several artifacts (an Ollama store, a Hugging Face cache); several
     sources must be plain files, imported side by side as one artifact.  ``gate`` judges a
-    registry source (``docker://``) as ``cas pull`` does.
+    registry source (``docker://``) as ``cas pull`` does.  ``xattrs=False`` leaves the
+    extended attributes of directories and files out.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
     with store.temp_root():  # GC keeps what this import stored until its names exist
-        return _import_and_name(store, sources, name, keep_compressed, gate)
+        return _import_and_name(store, sources, name, keep_compressed, gate, xattrs)
 
 
 def _import_and_name(store: Store, sources: list[str], name: str | None,
-                     keep_compressed: bool, gate: Gate | None) -> ImportResult:
+                     keep_compressed: bool, gate: Gate | None, xattrs: bool) -> ImportResult:
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
         scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed,
-                                                        gate)
+                                                        gate, xattrs)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
         from cas.formats import tree
         paths = [loc.path for loc in locations]
-        scheme, imported = "tree", Imported([(name, tree.import_files(store, paths))])
+        scheme, imported = "tree", Imported([(name, tree.import_files(store, paths,
+                                                                      xattrs=xattrs))])
     count = len(imported.artifacts)
     if name is not None and (count > 1 or (not count and not imported.failures)):
         raise BadInput(message=f"{sources[0]} holds {count} artifacts; --name needs one")
@@ -114,7 +120,7 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
 
 
 def _import(store: Store, location: Location, keep_compressed: bool,
-            gate: Gate | None) -> Imported:
+            gate: Gate | None, xattrs: bool) -> Imported:
     if location.scheme == "oci":
         from cas.formats import oci
         image = oci.import_layout(store, location.path, location.ref,
@@ -131,9 +137,14 @@ def _import(store: Store, location: Location, keep_compressed: bool,
         ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
                                          keep_compressed=keep_compressed, gate=gate)
         return Imported([(registry.default_name(ref), image)])
+    if location.scheme == "dump":
+        from cas.formats.composefs import to_image
+        image = to_image.import_dump(store, location.path, xattrs=xattrs)
+        return Imported([(_default_name(location.path, None), image)])
     from cas.formats import tree
     path = location.path
-    image = tree.import_tree(store, path) if path.is_dir() else tree.import_files(store, [path])
+    image = (tree.import_tree(store, path, xattrs=xattrs) if path.is_dir()
+             else tree.import_files(store, [path], xattrs=xattrs))
     return Imported([(_default_name(path, None), image)])
 
 
@@ -220,9 +231,13 @@ def inspect(store: Store, name: str) -> dict[str, Any]:
             "source": _jsonable(image.source)}
 
 
-def _entry_json(entry: Any) -> dict[str, Any]:
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    """An entry for ``--json``.  Paths, targets and xattr names are fs-encoded text: a
+    byte that is not part of valid UTF-8 is the lone surrogate U+DC80 + byte (JSON
+    ``\\udcXX``; Python's ``os.fsencode`` gives the bytes back exactly)."""
     doc: dict[str, Any] = {"path": entry.path, "type": entry.type.value,
-                           "mode": f"{entry.mode:04o}", "size": entry.size}
+                           "mode": f"{entry.mode:04o}", "size": entry.size, "uid": entry.uid,
+                           "gid": entry.gid, "mtime_ns": entry.mtime_ns}
     if entry.object_id:
         doc["object"] = entry.object_id
     if entry.sha256:
@@ -231,6 +246,12 @@ def _entry_json(entry: Any) -> dict[str, Any]:
         doc["inline"] = True
     if entry.target is not None:
         doc["target"] = entry.target
+    if entry.type in DEVICES:
+        doc["rdev"] = list(major_minor(entry.rdev))
+    if entry.xattrs:
+        doc["xattrs"] = {name: value.hex() for name, value in sorted(entry.xattrs.items())}
+    if entry.hardlink is not None:
+        doc["hardlink"] = entry.hardlink
     return doc
 
 

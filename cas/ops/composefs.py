@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cas.core import fsio, hashing
 from cas.core.image import Image
-from cas.errors import DestinationExists, SourceMissing, SourceUnreadable
+from cas.errors import DestinationExists
 from cas.formats.composefs import dumpfile, erofs
 from cas.formats.composefs.from_image import tree_of
 
@@ -39,20 +39,9 @@ def export_image(image: Image, dest: Path) -> str:
 def mkcomposefs(source: Path, dest: Path, *, version: int = 0,
                 max_version: int = erofs.VERSION_MAX) -> str:
     """The image of dumpfile ``source`` at ``dest``; returns its fs-verity digest."""
-    data = erofs.write(dumpfile.parse(_read(source)), version=version,
-                       max_version=max_version)
+    data = erofs.write(dumpfile.load(source), version=version, max_version=max_version)
     _create(dest, data)
     return hashing.hash_bytes(data).verity.hex()
-
-
-def _read(source: Path) -> bytes:
-    try:
-        with open(source, "rb") as f:
-            return f.read(dumpfile.MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise SourceMissing(path=source) from None
-    except OSError as exc:
-        raise SourceUnreadable(path=source, reason=exc.strerror) from None
 
 
 def _create(dest: Path, data: bytes) -> None:

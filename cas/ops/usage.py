@@ -73,7 +73,8 @@ def measure(store: Store, *, reflinks: bool = False) -> UsageReport:
     images: dict[str, str] = {}
     for record in store.names:
         image = store.get_image(record.image)
-        refs = [e.object_id for e in image.entries if e.object_id is not None]
+        refs = [e.object_id for e in image.entries  # each inode once
+                if e.object_id is not None and e.hardlink is None]
         refs += [b.object_id for b in image.blobs]
         logical[record.name] = sum(sizes.get(oid, 0) for oid in refs)
         images[record.name] = record.image

@@ -22,11 +22,14 @@ hardlink must name an existing non-directory, no duplicate xattr, no trailing bl
 from __future__ import annotations
 
 import binascii
+import os
 import re
 import stat
+from pathlib import Path
 from typing import NoReturn
 
-from cas.errors import BadDumpfile
+from cas.core.sourcefile import open_source
+from cas.errors import BadDumpfile, SourceUnreadable
 from cas.formats.composefs.tree import (
     DIGEST_SIZE,
     NAME_MAX,
@@ -101,6 +104,17 @@ def _optional(value: bytes | None) -> bytes:
 
 
 # -- parsing --------------------------------------------------------------------------
+
+
+def load(path: Path) -> Inode:
+    """The tree of the dumpfile at ``path`` (a regular file, read whole, bounded)."""
+    fd, _ = open_source(path, None)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_BYTES + 1)
+        except OSError as exc:
+            raise SourceUnreadable(path=path, reason=exc.strerror) from None
+    return parse(data)
 
 
 def parse(data: bytes) -> Inode:
