@@ -14,10 +14,43 @@ Exit codes: 0 success, 1 a failed operation, 2 bad usage or bad input,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 #: ``cas verify``/``cas repair``: the run completed and problems remain (not an error).
 PROBLEMS_FOUND = 6
+#: Longest a field may be in a message (``--json`` carries the whole value in its field).
+FIELD_MAX = 1000
+#: Most items a message lists (``listing``).
+LIST_MAX = 10
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value: object, limit: int | None = FIELD_MAX) -> str:
+    """``value`` as safe one-line text for a terminal: line breaks, control characters,
+    terminal escapes and every other non-printable character (bidi overrides, lone
+    surrogates) escaped backslash-style; cut after ``limit`` characters, saying how many
+    were left out.  Every untrusted string shown to a human goes through here."""
+    text = str(value) if limit is None else _cut(str(value), limit)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else (
+        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
+
+def listing(items: Iterable[object], limit: int = LIST_MAX) -> str:
+    """``a, b, c`` — at most ``limit`` items, then how many more there are."""
+    shown = list(items)
+    text = ", ".join(str(i) for i in shown[:limit])
+    return text + (f", ... ({len(shown) - limit} more)" if len(shown) > limit else "")
 
 
 class CasError(Exception):
@@ -30,16 +63,29 @@ class CasError(Exception):
         super().__init__(self.message())
 
     def message(self) -> str:
+        """The template filled in; a field longer than ``FIELD_MAX`` is cut (``to_json``
+        keeps it whole)."""
         # the docstring's first paragraph, its lines joined: long templates may wrap
         paragraph = (type(self).__doc__ or "").strip().split("\n\n")[0]
         template = " ".join(line.strip() for line in paragraph.splitlines())
-        return template.format(**self.fields)
+        return template.format(**{k: _bounded(v) for k, v in self.fields.items()})
 
     def to_json(self) -> dict[str, Any]:
-        """A machine-readable form: kebab-case kind, message and fields."""
+        """A machine-readable form: kebab-case kind, message and fields (exact)."""
         kind = _kebab(type(self).__name__)
         fields = {k: str(v) for k, v in self.fields.items()}
         return {"error": kind, "message": self.message(), **fields}
+
+
+def _bounded(value: Any) -> Any:
+    text = str(value)
+    return value if len(text) <= FIELD_MAX else _cut(text, FIELD_MAX)
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _kebab(name: str) -> str:
@@ -94,6 +140,10 @@ class UnsupportedSource(BadInput):
 
 class DestinationExists(BadInput):
     """{path}: already exists; cas never writes into an existing destination"""
+
+
+class DestinationUnsafe(BadInput):
+    """{path}: unsafe destination: {reason}"""
 
 
 class LinkUnsupported(CasError):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cas.cli.common import Context, cli, emit, json_option
+from cas.errors import printable
 from cas.ops import artifacts
 from cas.ops.checkout import LinkMode
 from cas.ops.checkout import checkout as checkout_tree
@@ -88,8 +89,8 @@ def ls(obj: Context, as_json: bool) -> None:
         records = list(store.names)
         damaged = damaged_artifacts(store)
     emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in records],
-         "\n".join(f"{r.name}\t{r.kind}\t{r.image}" + ("\tDAMAGED" if r.name in damaged
-                                                         else "") for r in records))
+         "\n".join(f"{r.name}\t{printable(r.kind)}\t{r.image}"
+                   + ("\tDAMAGED" if r.name in damaged else "") for r in records))
 
 
 @cli.command()
@@ -100,12 +101,14 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
     """Show artifact NAME: its tree with sizes and digests, and its blobs."""
     with obj.open_store() as store:
         info = artifacts.inspect(store, name)
-    lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]
+    lines = [f"{info['name']}  image {info['image']}  ({printable(info['kind'])}, "
+             f"{info['size']} bytes)"]
     for e in info["entries"]:
         digest = e.get("object", "inline" if e.get("inline") else e.get("target", ""))
-        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {e['path']}  {digest}")
+        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {printable(e['path'])}  "
+                     f"{printable(digest)}")
     for b in info["blobs"]:
-        lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
+        lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {printable(b['media_type'])}")
     emit(as_json, info, "\n".join(lines))
 
 

@@ -6,6 +6,7 @@ import click
 
 from cas.cli.common import Context, cli, emit, json_option, registry_options, registry_settings
 from cas.cli.progress import run_with_progress
+from cas.errors import printable
 
 
 @cli.command()
@@ -61,5 +62,6 @@ def referrers(obj: Context, ref: str, insecure: bool, username: str | None,
     from cas.transport import registry
     found = registry.referrers(ref, registry_settings(insecure, username, password,
                                                       password_stdin))
-    emit(as_json, found, "\n".join(f"{d['digest']}  {d.get('artifactType', d['mediaType'])}"
-                                   for d in found))
+    emit(as_json, found, "\n".join(
+        f"{printable(d['digest'])}  {printable(d.get('artifactType', d['mediaType']))}"
+        for d in found))

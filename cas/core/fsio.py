@@ -126,6 +126,15 @@ def read_small(dir_fd: int, name: str, limit: int) -> bytes:
         os.close(fd)
 
 
+def exists(dir_fd: int, name: str) -> bool:
+    """Is there anything (a dangling symlink too) at ``name``?"""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def file_kind(mode: int) -> str:
     """A word for a file type, for error messages."""
     for test, word in ((stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"),

@@ -38,6 +38,7 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _HOST_RE = re.compile(_HOST)
 _TAG_RE = re.compile(_TAG)
+_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def normalize(text: str) -> str:
@@ -148,4 +149,10 @@ def _parse(raw: bytes, file_name: str) -> NameRecord:
         raise StoreCorrupt(path=f"names/{file_name}", reason=f"unreadable name: {exc}") from None
     if not is_hex64(record.image) or _file_name(record.name) != file_name:
         raise StoreCorrupt(path=f"names/{file_name}", reason="name file does not match its name")
+    try:  # the text is shown to people: it must be a name as cas writes them
+        canonical = normalize(record.name) == record.name and _KIND.fullmatch(record.kind)
+    except BadName:
+        canonical = False
+    if not canonical:
+        raise StoreCorrupt(path=f"names/{file_name}", reason="not a canonical name or kind")
     return record

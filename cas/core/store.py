@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cas import errors
-from cas.core import fsio, fsverity, hashing, meta, sourcefile
+from cas.core import fsio, fsverity, hashing, meta, sourcefile, userpath
 from cas.core import image as images
 from cas.core import lock as locks
 from cas.core.digest import ObjectId, Sha256, is_hex64, object_id, sha256_digest, shard
@@ -206,12 +206,14 @@ class Store:
     def open(cls, path: str | os.PathLike[str]) -> Store:
         """Open an existing store, refusing anything that is not one this cas can read."""
         path = Path(path)
-        try:
-            root_fd = fsio.open_dir(str(path))
+        try:  # the root is the user's choice: symlinks followed only if root's or theirs
+            root_fd = userpath.source_dir(path)
         except FileNotFoundError:
             raise errors.StoreNotFound(path=path) from None
         except NotADirectoryError:
             raise errors.NotAStore(path=path, reason="not a directory") from None
+        except errors.SourceUnreadable as exc:
+            raise errors.NotAStore(path=path, reason=exc.fields["reason"]) from None
         try:
             return cls(path, root_fd, meta.read(path, root_fd))
         except OSError as exc:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cas import errors
-from cas.core import fsio, hashing, strictjson
+from cas.core import fsio, hashing, strictjson, userpath
 from cas.core.digest import ObjectId, Sha256, is_hex64, oci_form, sha256_digest
 from cas.core.hashing import Digests
 from cas.core.image import (
@@ -328,9 +328,10 @@ def _open_file(dir_fd: int, name: str, path: Path) -> int | None:
 
 
 def _open_root(root: Path) -> int:
-    """The store root itself is the user's choice, so a symlink there is followed."""
+    """The store root is the user's choice: a symlink there is followed if root or the
+    user owns it (``cas.core.userpath``); none is followed below it."""
     try:
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return userpath.source_dir(root)
     except FileNotFoundError:
         raise NotAnOllamaStore(path=root, reason="no such directory") from None
     except NotADirectoryError:
@@ -487,10 +488,9 @@ def export_model(store: Store, image: Image, root: Path) -> None:
     data = _read_object(store, image.blob(manifest_sha).object_id, manifest_sha)
     manifest = parse_manifest(data, f"stored manifest sha256:{manifest_sha}")
     contents = _contents(image)
-    with contextlib.suppress(FileExistsError):  # a non-directory is refused just below
-        root.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        root_fd = stack.enter_context(_fd(_open_root(root)))
+        # made if missing; never reached or entered through a symlink (cas.core.userpath)
+        root_fd = stack.enter_context(_fd(userpath.destination_dir(root, create=True)))
         blobs_fd = stack.enter_context(_fd(_open_dir(
             root_fd, "blobs", root / "blobs", errors.SourceMissing(path=root), create=True)))
         for desc in {d.sha256: d for d in (manifest.config, *manifest.layers)}.values():

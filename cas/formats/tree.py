@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from cas.core import fsio
+from cas.core import fsio, userpath
 from cas.core.image import INLINE_MAX, Entry, EntryType, Image, build, file_entry
 from cas.core.store import Batch, Store
 from cas.core.treepath import case_collisions, check_name, check_path, check_symlink_target
@@ -28,7 +28,7 @@ WORKERS = 2
 def import_tree(store: Store, root: Path) -> Image:
     """An image of the directory ``root`` (its contents, not the directory itself)."""
     try:
-        root_fd = fsio.open_dir(str(root))
+        root_fd = userpath.source_dir(root)
     except FileNotFoundError:
         raise SourceMissing(path=root) from None
     except NotADirectoryError:
@@ -49,14 +49,16 @@ def import_files(store: Store, paths: list[Path]) -> Image:
     entries = []
     with store.batch() as batch:
         for path, name in zip(paths, names, strict=True):
+            dir_fd, base = userpath.source_parent(path)  # only trusted symlinks followed
             try:
-                resolved = path.resolve(strict=True)
+                st = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise NotARegularFile(path=path, kind=fsio.file_kind(st.st_mode))
+                entries.append(_file(store, batch, dir_fd, base, name, st))
             except FileNotFoundError:
                 raise SourceMissing(path=path) from None
-            st = os.stat(resolved)
-            if not stat.S_ISREG(st.st_mode):
-                raise NotARegularFile(path=path, kind=fsio.file_kind(st.st_mode))
-            entries.append(_file(store, batch, None, str(resolved), name, st))
+            finally:
+                os.close(dir_fd)
     return build(entries, [], {"type": "tree"})
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas.core import fsio
+from cas.core import fsio, userpath
+from cas.errors import printable
 
 #: Every kind of finding, as reported (JSON ``kind``, metrics label).
 KINDS = (
@@ -44,7 +45,8 @@ class Finding:
     def line(self) -> str:
         what = self.object or self.path or ""
         used = f" (used by {', '.join(self.artifacts)})" if self.artifacts else ""
-        return f"{self.kind}: {what}{used}{': ' + self.detail if self.detail else ''}"
+        detail = f": {printable(self.detail)}" if self.detail else ""
+        return f"{self.kind}: {printable(what)}{used}{detail}"
 
 
 @dataclass
@@ -136,10 +138,9 @@ class Report:
 
 def write_metrics(path: Path, report: Report) -> None:
     """Replace ``path`` atomically (a scraper never reads half a file)."""
-    parent = path.parent if str(path.parent) else Path(".")
-    dir_fd = fsio.open_dir(str(parent))
+    dir_fd, name = userpath.destination_parent(path)
     try:
-        fsio.replace_file(dir_fd, path.name, report.metrics().encode(), tmp_dir_fd=dir_fd,
+        fsio.replace_file(dir_fd, name, report.metrics().encode(), tmp_dir_fd=dir_fd,
                           fsync=False)
     finally:
         os.close(dir_fd)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cas.core import fsio, fsverity, hashing
+from cas.core import fsio, fsverity, hashing, userpath
 from cas.core.hashing import CopyMethod
 from cas.core.image import Entry, EntryType, Image
 from cas.core.store import Store
@@ -61,11 +61,15 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
     the kernel has no fs-verity.  ``verify=False`` makes those modes metadata-only.
     Copies are always checked: they are hashed as they land.
     """
-    if os.path.lexists(dest):
-        raise DestinationExists(path=dest)
-    parent_fd = fsio.open_dir(str(dest.parent))
-    staging = fsio.temp_name(f".{dest.name}.cas-checkout")
-    os.mkdir(staging, 0o700, dir_fd=parent_fd)
+    parent_fd, name = userpath.destination_parent(dest)
+    try:
+        if fsio.exists(parent_fd, name):
+            raise DestinationExists(path=dest)
+        staging = fsio.temp_name(f".{name}.cas-checkout")
+        os.mkdir(staging, 0o700, dir_fd=parent_fd)
+    except BaseException:
+        os.close(parent_fd)
+        raise
     result = CheckoutResult(dest)
     try:
         root_fd = fsio.open_dir(staging, parent_fd)
@@ -75,7 +79,7 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
         finally:
             os.close(root_fd)
         try:
-            fsio.rename_noreplace(parent_fd, staging, parent_fd, dest.name)
+            fsio.rename_noreplace(parent_fd, staging, parent_fd, name)
         except FileExistsError:
             raise DestinationExists(path=dest) from None
     except BaseException:

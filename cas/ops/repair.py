@@ -9,10 +9,14 @@ is an operation rather than part of the integrity layer.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cas import errors
+from cas.core import fsio, userpath
 from cas.core.store import AddResult, Expected, Store
 from cas.integrity.quarantine import DamageMark, clear, intact, marks, quarantine
 from cas.ops.artifacts import parse_location
@@ -40,23 +44,35 @@ class RepairReport:
     def human(self) -> str:
         lines = [f"repaired {o}" for o in self.repaired]
         lines += [f"not found in {self.source}: {o}" for o in self.not_found]
-        lines += [f"failed: {f['object']}: {f['reason']}" for f in self.failed]
+        lines += [f"failed: {f['object']}: {errors.printable(f['reason'])}" for f in self.failed]
         lines.append(f"{len(self.repaired)} repaired, {len(self.already_intact)} already "
                      f"intact, {len(self.not_found)} not found, {len(self.failed)} failed")
         return "\n".join(lines)
 
 
 class _Source:
-    """Where repair looks for an object: another store, an OCI layout, an Ollama store."""
+    """Where repair looks for an object: another store, an OCI layout, an Ollama store.
+
+    A layout's ``blobs`` directory is reached as an import reaches it: the root under
+    ``cas.core.userpath``'s source rule, nothing below it through a symlink."""
 
     def __init__(self, text: str) -> None:
         location = parse_location(text)
         self.scheme, self.path = location.scheme, location.path
-        self.store = None if self.scheme in ("oci", "ollama") else Store.open(self.path)
+        self.store: Store | None = None
+        self._blobs = -1
+        if self.scheme == "oci":
+            self._blobs = _open_blobs(self.path, ("blobs", "sha256"))
+        elif self.scheme == "ollama":
+            self._blobs = _open_blobs(self.path, ("blobs",))
+        else:
+            self.store = Store.open(self.path)
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self._blobs >= 0:
+            os.close(self._blobs)
 
     def fetch(self, into: Store, m: DamageMark) -> AddResult | None:
         expect = Expected(what=f"{self.path}: object {m.object}", sha256=m.sha256, size=m.size)
@@ -66,14 +82,36 @@ class _Source:
                     return into.add_stream(f, expect=expect)
             except errors.ObjectNotFound:
                 return None
-        if m.sha256 is None:
+        if m.sha256 is None or self._blobs < 0:
             return None  # layouts are addressed by sha256 only
-        blob = (self.path / "blobs" / "sha256" / m.sha256 if self.scheme == "oci"
-                else self.path / "blobs" / f"sha256-{m.sha256}")
+        name = m.sha256 if self.scheme == "oci" else f"sha256-{m.sha256}"
         try:
-            return into.add_path(blob, expect=expect)
+            return into.add_path(name, dir_fd=self._blobs, expect=expect)
         except errors.SourceMissing:
             return None
+
+
+def _open_blobs(root: Path, parts: tuple[str, ...]) -> int:
+    """The blobs directory, or -1 if there is none (then every object is not found)."""
+    try:
+        fd = userpath.source_dir(root)
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:
+        raise errors.SourceUnreadable(path=root, reason=exc.strerror) from None
+    for part in parts:
+        try:
+            child = fsio.open_dir(part, fd)
+        except FileNotFoundError:
+            return -1
+        except OSError as exc:
+            reason = ("a symlink (cas follows none inside a layout)" if exc.errno == errno.ELOOP
+                      else exc.strerror)
+            raise errors.SourceUnreadable(path=root / part, reason=reason) from None
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def repair(store: Store, source: str) -> RepairReport:
