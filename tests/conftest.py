@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import random
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import cas.core.store
 from cas import Store
 
 IS_ROOT = os.geteuid() == 0
+OTHER_USER = "cas-other"
 
 
 def need_tool(name: str) -> str:
@@ -100,3 +104,43 @@ def rot(store: Store, oid: str, data: bytes = b"\xff", offset: int = 0) -> Path:
 def object_files(store_path: Path) -> list[Path]:
     """Every file under objects/ (well-named or not)."""
     return sorted(p for p in (store_path / "objects").rglob("*") if not p.is_dir())
+
+
+# -- a second local user (the other party of every "another user may" finding) -------------
+
+
+@pytest.fixture(scope="session")
+def other_user() -> tuple[int, int]:
+    """(uid, gid) of a second local account, made with ``useradd`` if missing (root only)."""
+    need_root("acting as a second local user")
+    try:
+        entry = pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run([need_tool("useradd"), "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", OTHER_USER], check=True, capture_output=True)
+        entry = pwd.getpwnam(OTHER_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def run_as(user: tuple[int, int], argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ``user`` (``setpriv``: real and effective ids, no other groups)."""
+    uid, gid = user
+    return subprocess.run([need_tool("setpriv"), f"--reuid={uid}", f"--regid={gid}",
+                           "--clear-groups", *argv], capture_output=True, text=True,
+                          check=False, **kw)  # type: ignore[call-overload]
+
+
+def cas_as(user: tuple[int, int], *args: str) -> subprocess.CompletedProcess[str]:
+    """The cas CLI of this worktree, run as ``user``."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return run_as(user, [sys.executable, "-m", "cas", *args], cwd="/",
+                  env={**os.environ, "PYTHONPATH": root})
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temp directory other users can reach (pytest's own tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="cas-shared-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -9,8 +9,8 @@ is an operation rather than part of the integrity layer.
 
 from __future__ import annotations
 
-import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,15 +99,17 @@ def _open_blobs(root: Path, parts: tuple[str, ...]) -> int:
         return -1
     except OSError as exc:
         raise errors.SourceUnreadable(path=root, reason=exc.strerror) from None
+    where = root
     for part in parts:
+        where = where / part
         try:
             child = fsio.open_dir(part, fd)
         except FileNotFoundError:
             return -1
         except OSError as exc:
-            reason = ("a symlink (cas follows none inside a layout)" if exc.errno == errno.ELOOP
-                      else exc.strerror)
-            raise errors.SourceUnreadable(path=root / part, reason=reason) from None
+            linked = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+            reason = "a symlink (cas follows none inside a layout)" if linked else exc.strerror
+            raise errors.SourceUnreadable(path=where, reason=reason) from None
         finally:
             os.close(fd)
         fd = child
