@@ -122,7 +122,8 @@ def other_user() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def run_as(user: tuple[int, int], argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+def run_as(user: tuple[int, int], argv: list[str],
+           **kw: object) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as ``user`` (``setpriv``: real and effective ids, no other groups)."""
     uid, gid = user
     return subprocess.run([need_tool("setpriv"), f"--reuid={uid}", f"--regid={gid}",
