@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_erofs import stress_image
+from test_oci import LayoutBuilder
+from test_tarlayer import make_tar
 from test_tree_checkout import make_tree, same_tree, write_gguf
 
 from cas import Store, errors
@@ -17,7 +22,9 @@ from cas.cli import main
 from cas.formats import erofs
 from cas.ops import mount as mount_mod
 from cas.ops.artifacts import import_artifacts
-from conftest import need_root, need_tool, rot
+from conftest import need_root, need_tool, other_user, rot, run_as, shared_tmp
+
+__all__ = ["other_user", "shared_tmp"]  # fixtures
 
 
 def mounted(path: Path) -> bool:
@@ -131,7 +138,7 @@ def test_loop_fallback_and_cleanup_on_failure(store: Store, tmp_path: Path, mnt:
     real_run = mount_mod._run
 
     def no_file_backed(argv: list[str], target: Path, fd: int | None = None) -> None:
-        if argv[:5] == ["mount", "-t", "erofs", "-o", "ro"]:
+        if argv[:4] == ["mount", "-t", "erofs", "-o"] and "loop" not in argv[4]:
             raise errors.MountFailed(path=target, reason="simulated: no file-backed EROFS")
         real_run(argv, target, fd)
 
@@ -153,3 +160,93 @@ def test_loop_fallback_and_cleanup_on_failure(store: Store, tmp_path: Path, mnt:
     assert list((store.path / "mounts").iterdir()) == []
     assert not any(str(tmp_path) in line for line in
                    Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+# -- nosuid,nodev: an untrusted image's privileges never take effect -------------------------
+
+CAP_DAC_READ_SEARCH = 2
+
+
+def capability(cap: int) -> bytes:
+    """A ``security.capability`` value (VFS_CAP_REVISION_2, effective) permitting ``cap``."""
+    return struct.pack("<IIIII", 0x02000001, 1 << cap, 0, 0, 0)
+
+
+def hostile_image(store: Store, tmp_path: Path) -> None:
+    """A tar layer with a setuid-root ``cat`` and a ``cat`` carrying CAP_DAC_READ_SEARCH."""
+    cat = Path(shutil.which("cat") or "/bin/cat").read_bytes()
+    layer = make_tar([
+        {"name": "bin", "type": "dir"},
+        {"name": "bin/suidcat", "data": cat, "mode": 0o4755},
+        {"name": "bin/capcat", "data": cat, "mode": 0o755,
+         "pax": {"SCHILY.xattr.security.capability": capability(CAP_DAC_READ_SEARCH).decode()}},
+    ])
+    builder = LayoutBuilder(tmp_path / "hostile")
+    builder.image([(layer, "+gzip")], tag="v1")
+    import_artifacts(store, [f"oci:{builder.root}:v1"], "hostile")
+
+
+def _options(path: Path) -> set[str]:
+    fields = mount_mod._mountinfo(Path(os.path.realpath(path)))
+    assert fields is not None
+    return set(fields[5].decode().split(","))
+
+
+def test_setuid_and_capabilities_have_no_effect_by_default(
+        store: Store, tmp_path: Path, shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    need_tool("setpriv")
+    hostile_image(store, tmp_path)
+    secret = shared_tmp / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    mnt = shared_tmp / "mnt"
+    mnt.mkdir()
+    try:
+        result = mount_mod.mount(store, "hostile", mnt)
+        assert not result.suid_dev and result.to_json()["suid_dev"] is False
+        private = mount_mod._private_dir(store, Path(os.path.realpath(mnt)))
+        for point in (mnt, private):
+            assert {"nosuid", "nodev"} <= _options(point)
+        assert os.stat(mnt / "bin" / "suidcat").st_mode & 0o4000  # the bit is shown...
+        assert os.getxattr(mnt / "bin" / "capcat", "security.capability") == \
+            capability(CAP_DAC_READ_SEARCH)
+        for binary in ("suidcat", "capcat"):  # ...and has no effect
+            done = run_as(other_user, [str(mnt / "bin" / binary), str(secret)])
+            assert done.returncode != 0 and "Permission denied" in done.stderr, done
+        mount_mod.umount(store, mnt)
+        # the same image mounted as a system tree: the test can tell the difference
+        assert mount_mod.mount(store, "hostile", mnt, allow_suid_dev=True).suid_dev
+        assert "nosuid" not in _options(mnt)
+        for binary in ("suidcat", "capcat"):
+            done = run_as(other_user, [str(mnt / "bin" / binary), str(secret)])
+            assert (done.returncode, done.stdout) == (0, "root only\n"), done
+    finally:
+        if mounted(mnt):
+            mount_mod.umount(store, mnt)
+
+
+def test_umount_with_a_relative_store_path(store: Store, tmp_path: Path, mnt: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    artifact(store, tmp_path)
+    monkeypatch.chdir(store.path.parent)
+    relative = ["--store", store.path.name]
+    assert main([*relative, "mount", "team/model:v1", str(mnt)]) == 0
+    assert main([*relative, "umount", str(mnt)]) == 0
+    assert not any(str(tmp_path) in line for line in
+                   Path("/proc/self/mountinfo").read_text().splitlines())
+    assert main([*relative, "mount", "team/model:v1", "mnt"]) == 0  # relative both ways
+    assert main([*relative, "umount", "mnt"]) == 0
+    assert list((store.path / "mounts").iterdir()) == []
+
+
+def test_json_says_whether_a_loop_device_was_used(store: Store, tmp_path: Path, mnt: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    artifact(store, tmp_path)
+    assert main(["--store", str(store.path), "mount", "team/model:v1", str(mnt), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    private = mount_mod._private_dir(store, Path(os.path.realpath(mnt)))
+    source = mount_mod._mount_source(private) or b""
+    assert reported["loop_device"] is source.startswith(b"/dev/loop")
+    assert reported["suid_dev"] is False
+    assert main(["--store", str(store.path), "umount", str(mnt)]) == 0

@@ -14,13 +14,18 @@ from cas.cli.common import Context, cli, emit, json_option
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Without kernel fs-verity, rehash the artifact's objects before mounting.")
+@click.option("--allow-suid-dev", is_flag=True,
+              help="Honour setuid/setgid bits, file capabilities and device nodes (images "
+              "meant to run as system trees; the default mounts nosuid,nodev).")
 @json_option
 @click.pass_obj
-def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, as_json: bool) -> None:
+def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, allow_suid_dev: bool,
+              as_json: bool) -> None:
     """Mount artifact NAME read-only at MOUNTPOINT (EROFS image + overlayfs; root only)."""
     from cas.ops import mount as mount_mod
     with obj.open_store() as store:
-        result = mount_mod.mount(store, name, mountpoint, verify=verify)
+        result = mount_mod.mount(store, name, mountpoint, verify=verify,
+                                 allow_suid_dev=allow_suid_dev)
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
     if result.verification == "userspace":

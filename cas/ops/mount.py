@@ -53,6 +53,10 @@ WARNING = ("objects were verified in userspace at mount time only: later changes
            "objects in the store are not detected while mounted (no kernel fs-verity)")
 
 
+#: Both mounts ignore setuid/setgid bits, file capabilities and device nodes unless told.
+NOSUID = "nosuid,nodev"
+
+
 @dataclass
 class MountResult:
     mountpoint: Path
@@ -60,14 +64,15 @@ class MountResult:
     image: ObjectId
     verification: str  # "kernel" | "userspace" | "none"
     objects: int
-    loop: bool
+    loop: bool         # what the kernel shows as the EROFS mount's source (/dev/loopN)
+    suid_dev: bool     # setuid bits, capabilities and devices honoured (--allow-suid-dev)
     seconds: float
 
     def to_json(self) -> dict[str, object]:
         return {"mountpoint": str(self.mountpoint), "artifact": self.artifact,
                 "erofs_image": self.image, "verification": self.verification,
                 "objects": self.objects, "loop_device": self.loop,
-                "seconds": round(self.seconds, 3)}
+                "suid_dev": self.suid_dev, "seconds": round(self.seconds, 3)}
 
 
 def write_image(store: Store, image: Image) -> ObjectId:
@@ -79,7 +84,11 @@ def write_image(store: Store, image: Image) -> ObjectId:
     return store.add_bytes(erofs.write(image)).object_id
 
 
-def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True) -> MountResult:
+def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
+          allow_suid_dev: bool = False) -> MountResult:
+    """Mount artifact ``name`` read-only at ``mountpoint``.  Both mounts are ``nosuid,
+    nodev`` unless ``allow_suid_dev`` (for images meant to run as system trees): an
+    untrusted image's setuid-root file or ``security.capability`` xattr has no effect."""
     start = time.monotonic()
     target = _mountpoint(mountpoint)
     record = store.names.get(name)
@@ -87,28 +96,31 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True) -> 
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     mode = _verify(store, [image_id, *needed]) if verify else "none"
+    objects = _store_root(store) / "objects"
     private = _private_dir(store, target)
-    _check_option_path(store.path / "objects")
+    _check_option_path(objects)
     _check_option_path(private)
     try:
         os.mkdir(private, 0o700)
     except FileExistsError:
         raise MountFailed(path=target, reason=f"{private} exists: already mounted? "
                           "(cas umount it first)") from None
+    flags = "ro" if allow_suid_dev else f"ro,{NOSUID}"
     try:
         # mount(8) gets the very file checked here (as /proc/self/fd/N), never a path
         with store.open_verified(image_id) if verify else store.open_object(image_id) as f:
-            loop = _mount_image(f.fileno(), private, target)
-        options = (f"ro,metacopy=on,redirect_dir=on,lowerdir={private}::"
-                   f"{store.path / 'objects'}" + (",verity=require" if mode == "kernel" else ""))
+            _mount_image(f.fileno(), private, target, flags)
+        options = (f"{flags},metacopy=on,redirect_dir=on,lowerdir={private}::{objects}"
+                   + (",verity=require" if mode == "kernel" else ""))
         _run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)], target)
     except BaseException:
         if _is_mountpoint(private):
             _run(["umount", str(private)], target)
         os.rmdir(private)
         raise
+    loop = (_mount_source(private) or b"").startswith(b"/dev/loop")
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
-                       time.monotonic() - start)
+                       allow_suid_dev, time.monotonic() - start)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:
@@ -121,20 +133,22 @@ def umount(store: Store, mountpoint: Path) -> Path:
         _run(["umount", str(target)], target)
     if _is_mountpoint(private):
         _run(["umount", str(private)], target)
-    os.rmdir(private)
+    try:
+        os.rmdir(private)
+    except OSError as exc:
+        raise MountFailed(path=target, reason=f"{private}: {exc.strerror}") from None
     return target
 
 
-def _mount_image(fd: int, private: Path, target: Path) -> bool:
+def _mount_image(fd: int, private: Path, target: Path, flags: str) -> None:
     """Mount the EROFS image open at ``fd``: file-backed, else through a loop device
-    (``-o loop``: util-linux sets one up and frees it at umount).  True if looped."""
+    (``-o loop``: util-linux sets one up and frees it at umount).  mount(8) may set up a
+    loop device by itself for a file, so ``mount`` reads what was used from the kernel."""
     source = f"/proc/self/fd/{fd}"
     try:
-        _run(["mount", "-t", "erofs", "-o", "ro", source, str(private)], target, fd)
-        return False
+        _run(["mount", "-t", "erofs", "-o", flags, source, str(private)], target, fd)
     except MountFailed:
-        _run(["mount", "-t", "erofs", "-o", "ro,loop", source, str(private)], target, fd)
-        return True
+        _run(["mount", "-t", "erofs", "-o", f"{flags},loop", source, str(private)], target, fd)
 
 
 def _verify(store: Store, ids: list[ObjectId]) -> str:
@@ -159,13 +173,20 @@ def _mountpoint(path: Path) -> Path:
     return target
 
 
+def _store_root(store: Store) -> Path:
+    """The absolute path of the directory the store has open, as the kernel names it (as
+    /proc/self/mountinfo does): a relative ``--store`` works for umount too."""
+    return Path(os.readlink(f"/proc/self/fd/{store.root_fd}"))
+
+
 def _private_dir(store: Store, target: Path) -> Path:
     key = hashlib.sha256(os.fsencode(target)).hexdigest()[:32]
-    root = store.path / MOUNTS
-    root.mkdir(mode=0o700, exist_ok=True)
-    if root.is_symlink() or not root.is_dir():
-        raise MountFailed(path=root, reason="not a directory (a symlink is never followed)")
-    return root / key
+    try:
+        os.close(store.open_dir(MOUNTS, create=True))  # a directory, never through a symlink
+    except OSError as exc:
+        raise MountFailed(path=_store_root(store) / MOUNTS,
+                          reason=f"{exc.strerror} (a symlink is never followed)") from None
+    return _store_root(store) / MOUNTS / key
 
 
 def _check_option_path(path: Path) -> None:
@@ -175,14 +196,28 @@ def _check_option_path(path: Path) -> None:
 
 
 def _is_mountpoint(path: Path) -> bool:
-    """Is ``path`` a mount point (per /proc/self/mountinfo, octal escapes decoded)?"""
-    wanted = os.fsencode(path)
+    return _mountinfo(path) is not None
+
+
+def _mount_source(path: Path) -> bytes | None:
+    """What the last mount at ``path`` mounted (``/dev/loop0``, a file, ``overlay``)."""
+    fields = _mountinfo(path)
+    if fields is None or b"-" not in fields[6:]:
+        return None
+    rest = fields[fields.index(b"-", 6) + 1:]
+    return _unescape(rest[1]) if len(rest) > 1 else None
+
+
+def _mountinfo(path: Path) -> list[bytes] | None:
+    """The fields of the last /proc/self/mountinfo line for mount point ``path`` (octal
+    escapes decoded), or None if nothing is mounted there."""
+    wanted, found = os.fsencode(path), None
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            fields = line.split(b" ")
+            fields = line.rstrip(b"\n").split(b" ")
             if len(fields) > 4 and _unescape(fields[4]) == wanted:
-                return True
-    return False
+                found = fields
+    return found
 
 
 def _unescape(field: bytes) -> bytes:
