@@ -207,6 +207,16 @@ class StoreCorrupt(StoreUnusable):
     """{path}: store damaged: {reason}"""
 
 
+class ForeignEntry(StoreCorrupt):
+    """{path}: store damaged: a {kind} where cas keeps {expected} (cas never made it;
+    remove it)"""
+
+
+class StoreNotOwned(StoreUnusable):
+    """{path}: owned by uid {owner}; a store's directory must belong to the user who
+    creates it"""
+
+
 # -- not found (exit 4) -------------------------------------------------------------------
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cas.cli.common import Context, cli, emit, json_option
-from cas.errors import printable
+from cas.cli.common import Context, cli, emit, json_option, warn
+from cas.errors import CasError, printable
 from cas.ops import artifacts
 from cas.ops.checkout import LinkMode
 from cas.ops.checkout import checkout as checkout_tree
@@ -86,8 +86,15 @@ def ls(obj: Context, as_json: bool) -> None:
     """List the named artifacts (DAMAGED: an object it needs is corrupt or missing)."""
     from cas.integrity.quarantine import damaged_artifacts
     with obj.open_store() as store:
-        records = list(store.names)
-        damaged = damaged_artifacts(store)
+        records, skipped = store.names.scan()  # a damaged name file is skipped and said
+        broken: list[CasError] = list(skipped)
+        try:
+            damaged = damaged_artifacts(store)
+        except CasError as exc:  # state/damaged is unusable: list the names anyway
+            damaged = {}
+            broken.append(exc)
+    for problem in broken:
+        warn(as_json, problem)
     emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in records],
          "\n".join(f"{r.name}\t{printable(r.kind)}\t{r.image}"
                    + ("\tDAMAGED" if r.name in damaged else "") for r in records))

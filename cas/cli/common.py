@@ -45,6 +45,12 @@ def emit(as_json: bool, value: Any, human: str) -> None:
     click.echo(json.dumps(value, sort_keys=True) if as_json else human)
 
 
+def warn(as_json: bool, error: errors.CasError) -> None:
+    """A problem that did not stop the command: one line on stderr (JSON with --json)."""
+    click.echo(json.dumps({"warning": error.to_json()}, sort_keys=True) if as_json
+               else f"cas: warning: {errors.printable(error.message())}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "-s", envvar=STORE_ENV, metavar="PATH",
               help=f"The store to use (default: ${STORE_ENV}).")

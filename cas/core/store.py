@@ -58,6 +58,8 @@ HINT_MIN = 64 << 20
 SMALL_FILE = 1 << 20
 #: A file whose ctime is this old is "settled": a write during its import moves ctime.
 SETTLE_NS = 2_000_000_000
+#: A new store's directory: readable by its owner only, or shared with one group (setgid).
+PRIVATE_MODE, SHARED_MODE = 0o700, 0o2770
 
 _STORE_ERRNO: dict[int, type[errors.StoreUnusable]] = {
     errno.ENOSPC: errors.StoreFull,
@@ -157,6 +159,9 @@ class Store:
         self.path = path
         self.meta = settings  # the parsed meta.json
         self.fsync: bool = bool(settings.get("fsync", True))
+        #: the mode of every directory the store makes: its root's (0700 private, 2770
+        #: shared with a group; never writable by others, never sticky)
+        self.dir_mode = stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o2775
         self._root_fd = root_fd
         self._objects_fd = fsio.open_dir(OBJECTS, root_fd)
         self._tmp_fd = fsio.open_dir(TMP, root_fd)
@@ -176,21 +181,32 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True) -> Store:
-        """Create a new store at ``path`` (a missing or empty directory) and open it."""
+    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True,
+             group: int | None = None) -> Store:
+        """Create a new store at ``path`` (missing, or an empty directory of this user)
+        and open it.
+
+        Private by default (0700): an object is readable by no one else, whatever its
+        source's mode was.  With ``group`` the store is shared with that group: every
+        directory is 2770 (setgid, so all in it belongs to the group; its members read and
+        write, nobody else may enter) — see "Threat model" in docs/design.md.
+        """
         path = Path(path)
+        mode = PRIVATE_MODE if group is None else SHARED_MODE
         with _store_errors(path):
             try:
-                path.mkdir(mode=0o755)
+                path.mkdir(mode=0o700)
             except FileExistsError:
                 if not path.is_dir() or any(path.iterdir()):
                     raise errors.StoreExists(path=path) from None
             except FileNotFoundError:
                 raise errors.StoreNotFound(path=path.parent) from None
-            root_fd = fsio.open_dir(str(path))
+            root_fd = userpath.source_dir(path)
             try:
+                _claim_root(path, root_fd, mode, group)
                 for name in (OBJECTS, "index", INDEX_SHA256, INDEX_STAT, NAMES, TMP):
-                    os.mkdir(name, 0o755, dir_fd=root_fd)
+                    os.close(fsio.open_dir(name, root_fd, create=True, mode=mode))
+                os.close(locks.open_lock(root_fd, path))
                 tmp_fd = fsio.open_dir(TMP, root_fd)
                 try:
                     # meta.json comes last: its presence is what makes the directory a store
@@ -436,7 +452,7 @@ class Store:
     def publishing(self, ids: Iterable[str]) -> Iterator[None]:
         """The writer's critical section: with the store lock shared (no GC sweeping),
         record ``ids`` in this store's temp root, then let the caller make them visible."""
-        with locks.shared(self._root_fd):
+        with locks.shared(self._root_fd, self.path):
             self._protect(ids)
             yield
 
@@ -446,7 +462,7 @@ class Store:
             if not ids or not self._temp_scopes:
                 return  # outside ``temp_root`` only the grace period protects
             if self._temp_root is None:
-                self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd)
+                self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd, self.dir_mode)
             self._temp_root.add(ids)
 
     @contextlib.contextmanager
@@ -684,18 +700,20 @@ class Store:
                 continue
         return sorted(found)
 
-    def open_dir(self, name: str, *, create: bool = False) -> int:
-        """A new fd for directory ``name`` below the store root (the caller closes it)."""
-        return fsio.open_dir(name, self._root_fd, create=create)
-
-    def link_object(self, oid: ObjectId, dir_fd: int, name: str) -> None:
-        """Hard-link an object to ``name`` in ``dir_fd`` (read-only sharing of its inode)."""
-        shard_name, rest = shard(object_id(oid))
-        shard_fd = self._open_shard(self._objects_fd, shard_name)
+    def open_dir(self, name: str, *, create: bool = False, parent_fd: int | None = None,
+                 where: str | None = None) -> int:
+        """A new fd for directory ``name`` below the store root (or ``parent_fd``, a store
+        directory); made with ``dir_mode`` if ``create``; the caller closes it.  Anything
+        but a directory there (a symlink is never followed) is ``ForeignEntry``."""
+        parent = self._root_fd if parent_fd is None else parent_fd
         try:
-            os.link(rest, name, src_dir_fd=shard_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        finally:
-            os.close(shard_fd)
+            return fsio.open_dir(name, parent, create=create, mode=self.dir_mode)
+        except (NotADirectoryError, OSError) as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            kind = fsio.file_kind(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+            raise errors.ForeignEntry(path=self.path / (where or name), kind=kind,
+                                      expected="a directory") from None
 
     def _open_object_fd(self, oid: ObjectId) -> int:
         shard_name, rest = shard(object_id(oid))
@@ -719,13 +737,8 @@ class Store:
 
     def _open_shard(self, parent_fd: int, name: str, *, create: bool = False) -> int:
         """Open a fan-out directory; anything but a real directory there is damage."""
-        try:
-            return fsio.open_dir(name, parent_fd, create=create)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            raise errors.StoreCorrupt(path=self.path,
-                                      reason=f"{name}: not a directory ({exc.strerror})") from exc
+        area = OBJECTS if parent_fd == self._objects_fd else INDEX_SHA256
+        return self.open_dir(name, create=create, parent_fd=parent_fd, where=f"{area}/{name}")
 
     def iter_objects(self) -> Iterator[ObjectId]:
         """Every well-named object file, shard by shard (strays are ``verify``'s business)."""
@@ -756,8 +769,23 @@ class Store:
                 count += 1
         return {"path": str(self.path), "format": self.meta["format"],
                 "version": self.meta["version"], "digest": self.meta["digest"],
-                "fsync": self.fsync, "objects": count, "bytes": size,
+                "fsync": self.fsync, "dir_mode": f"{self.dir_mode:04o}",
+                "group": os.fstat(self._root_fd).st_gid, "objects": count, "bytes": size,
                 "backend": hashing.backend_name()}
+
+
+def _claim_root(path: Path, root_fd: int, mode: int, group: int | None) -> None:
+    """Give a new store's root its owner check, group and mode (0700 or 2770)."""
+    owner = os.fstat(root_fd).st_uid
+    if owner != os.geteuid():
+        raise errors.StoreNotOwned(path=path, owner=owner)
+    if group is not None:
+        try:
+            os.fchown(root_fd, -1, group)
+        except PermissionError:
+            raise errors.BadInput(message=f"{path}: cannot give the store to group {group}: "
+                                  "you are not a member") from None
+    os.fchmod(root_fd, mode)
 
 
 def _same_inode(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:

@@ -24,6 +24,7 @@ KINDS = (
     "bad-name",          # an unreadable name file
     "dangling-name",     # a name whose metadata image is not in the store
     "bad-index-entry",   # index/sha256 entry that is not a link to the object it names
+    "foreign-entry",     # a symlink, FIFO, directory... where cas keeps its own files
 )
 #: Kinds that make an artifact damaged (its bytes cannot all be served).
 DAMAGING = frozenset({"corrupt-object", "missing-object", "wrong-size", "bad-image",

@@ -9,7 +9,8 @@ a write.  Link modes:
 - ``reflink``: FICLONE from the object — instant and space-free on XFS/btrfs; the file is
   an independent, writable copy-on-write file.
 - ``hardlink``: the file *is* the store's object (read-only 0444, shared inode; its mode
-  in the tree is not applied) — zero cost, but must never be written to.
+  in the tree is not applied, so a file others may not read is refused) — zero cost, but
+  must never be written to.
 - ``copy``: the bytes are copied and hashed as they land; a mismatch with the object id
   fails the checkout (the store's copy is corrupt).
 - ``auto``: reflink where the filesystem allows, else copy.
@@ -140,12 +141,17 @@ def _file(store: Store, entry: Entry, dir_fd: int, name: str, mode: LinkMode,
         return "inline"
     assert entry.object_id is not None
     if mode is LinkMode.HARDLINK:
-        if verify:
-            store.open_verified(entry.object_id).close()  # never hand out a corrupt inode
-        try:
-            store.link_object(entry.object_id, dir_fd, name)
-        except OSError as exc:
-            raise LinkUnsupported(mode="hardlink", reason=exc.strerror) from exc
+        if 0o444 & ~entry.mode:  # the shared inode is 0444: it must not widen who reads it
+            raise LinkUnsupported(mode="hardlink", reason=f"{entry.path!r} is mode "
+                                  f"{entry.mode:04o}, and the store's objects are readable by "
+                                  "all (use --link reflink or copy)")
+        # the inode linked is the regular file opened (and verified) here, never a symlink
+        with store.open_verified(entry.object_id) if verify else \
+                store.open_object(entry.object_id) as obj:
+            try:
+                fsio.link_fd(obj.fileno(), dir_fd, name)
+            except OSError as exc:
+                raise LinkUnsupported(mode="hardlink", reason=exc.strerror) from exc
         return "hardlink"
     with store.open_object(entry.object_id) as obj:
         if mode in (LinkMode.AUTO, LinkMode.REFLINK):

@@ -127,11 +127,11 @@ def repair(store: Store, source: str) -> RepairReport:
                 clear(store, m.object)
                 report.already_intact.append(m.object)
                 continue
-            if state is False:  # a corrupt copy would be kept by add's dedup: move it away
-                moved = quarantine(store, m.object, None, m.sha256)
-                if moved:
-                    report.quarantined.append(moved)
-            try:
+            try:  # one object that cannot be repaired never stops the others
+                if state is False:  # add's dedup would keep a corrupt copy: move it away
+                    moved = quarantine(store, m.object, None, m.sha256)
+                    if moved:
+                        report.quarantined.append(moved)
                 result = src.fetch(store, m)
             except errors.CasError as exc:
                 report.failed.append({"object": m.object, "reason": exc.message()})
