@@ -596,11 +596,15 @@ class Store:
         return object_id(text)
 
     def lookup_sha256(self, sha: Sha256) -> ObjectId | None:
-        """The object whose plain SHA-256 is ``sha``, or None.
+        """The object whose plain SHA-256 is ``sha``, or None: an answer is always proven.
 
-        The entry is the object's own inode; its ``user.cas.object`` xattr names it (where
-        the filesystem has no user xattrs, the entry is hashed instead), and the answer
-        counts only if ``objects/`` holds that very inode under that name.
+        The entry is the object's own inode, and ``objects/`` must hold that very inode
+        under the id it is found to have.  Its id and sha256 come from the xattrs cas set
+        when it published the bytes only where no one but root or this user could have
+        set them (``_identity``); otherwise the entry is hashed.  So another local user who
+        hard-links an entry to another object, or forges xattrs on an object of theirs,
+        never makes a lookup (``cas cat sha256:``, a pull's "already stored") answer with
+        other bytes.
         """
         shard_name, rest = shard(sha)
         try:
@@ -608,22 +612,18 @@ class Store:
         except FileNotFoundError:
             return None
         try:
-            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+            fd = fsio.open_regular(rest, shard_fd)
         except OSError:
             return None
         finally:
             os.close(shard_fd)
         try:
             entry = os.fstat(fd)
-            try:
-                name = os.getxattr(fd, OBJECT_XATTR)
-            except OSError:
-                name = hashing.hash_fd(fd, sha256=False).verity
+            oid, actual = _identity(fd, entry)
         finally:
             os.close(fd)
-        if len(name) != 32:
+        if actual != sha:
             return None
-        oid = ObjectId(name.hex())
         try:
             fd = self._open_object_fd(oid)
         except errors.CasError:
@@ -722,18 +722,14 @@ class Store:
         except FileNotFoundError:
             raise errors.ObjectNotFound(object_id=oid) from None
         try:
-            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+            return fsio.open_regular(rest, shard_fd)
         except FileNotFoundError:
             raise errors.ObjectNotFound(object_id=oid) from None
-        except OSError as exc:
+        except OSError as exc:  # a symlink, FIFO, directory... planted as the object
             raise errors.StoreCorrupt(path=self.path,
                                       reason=f"object {oid}: {exc.strerror}") from exc
         finally:
             os.close(shard_fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise errors.StoreCorrupt(path=self.path, reason=f"object {oid}: not a file")
-        return fd
 
     def _open_shard(self, parent_fd: int, name: str, *, create: bool = False) -> int:
         """Open a fan-out directory; anything but a real directory there is damage."""
@@ -772,6 +768,25 @@ class Store:
                 "fsync": self.fsync, "dir_mode": f"{self.dir_mode:04o}",
                 "group": os.fstat(self._root_fd).st_gid, "objects": count, "bytes": size,
                 "backend": hashing.backend_name()}
+
+
+def _identity(fd: int, st: os.stat_result) -> tuple[ObjectId, Sha256]:
+    """What an object file's bytes are: (object id, sha256).
+
+    Read from the xattrs ``_publish`` set only if the file belongs to root or to this user
+    and has no write bit — then nobody else can have set them (``user.*`` xattrs need
+    write access to the inode); anyone else's object is hashed, both digests in one pass.
+    """
+    if st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o222:
+        try:
+            oid, sha = os.getxattr(fd, OBJECT_XATTR), os.getxattr(fd, SHA256_XATTR)
+        except OSError:
+            pass  # no user xattrs here (or none set): hash
+        else:
+            if len(oid) == len(sha) == 32:
+                return ObjectId(oid.hex()), Sha256(sha.hex())
+    digests = hashing.hash_fd(fd)
+    return ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
 
 
 def _claim_root(path: Path, root_fd: int, mode: int, group: int | None) -> None:
