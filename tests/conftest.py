@@ -8,7 +8,6 @@ import pwd
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,11 +130,20 @@ def run_as(user: tuple[int, int], argv: list[str],
                           check=False, **kw)  # type: ignore[call-overload]
 
 
-def cas_as(user: tuple[int, int], *args: str) -> subprocess.CompletedProcess[str]:
-    """The cas CLI of this worktree, run as ``user``."""
-    root = str(Path(__file__).resolve().parent.parent)
-    return run_as(user, [sys.executable, "-m", "cas", *args], cwd="/",
-                  env={**os.environ, "PYTHONPATH": root})
+@contextlib.contextmanager
+def acting_as(user: tuple[int, int]) -> Iterator[None]:
+    """Run the block in this process with ``user``'s effective ids (root's saved ids bring
+    them back after); cas's own code then meets the permissions that user would."""
+    groups = os.getgroups()
+    os.setgroups([])
+    os.setegid(user[1])
+    os.seteuid(user[0])
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(groups)
 
 
 @pytest.fixture

@@ -250,3 +250,27 @@ def test_json_says_whether_a_loop_device_was_used(store: Store, tmp_path: Path, 
     assert reported["loop_device"] is source.startswith(b"/dev/loop")
     assert reported["suid_dev"] is False
     assert main(["--store", str(store.path), "umount", str(mnt)]) == 0
+
+
+def test_a_private_store_mounts_with_the_recorded_modes(
+        store: Store, tmp_path: Path, shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    """The store is 0700, yet the mount shows each file as the image records it: readable
+    by others where its mode says so, not where it does not."""
+    need_tool("setpriv")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "public").write_bytes(b"p" * 5000)
+    (src / "private").write_bytes(b"s" * 5000)
+    (src / "private").chmod(0o600)
+    import_artifacts(store, [str(src)], "modes")
+    assert (store.path.stat().st_mode & 0o777) == 0o700
+    mnt = shared_tmp / "mnt"
+    mnt.mkdir()
+    mount_mod.mount(store, "modes", mnt)
+    try:
+        done = run_as(other_user, ["cat", str(mnt / "public")])
+        assert (done.returncode, done.stdout) == (0, "p" * 5000), done
+        done = run_as(other_user, ["cat", str(mnt / "private")])
+        assert done.returncode != 0 and "Permission denied" in done.stderr
+    finally:
+        mount_mod.umount(store, mnt)
