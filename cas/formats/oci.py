@@ -44,7 +44,7 @@ from cas.core import fsio, hashing, strictjson, userpath
 from cas.core.digest import ObjectId, Sha256, is_hex64
 from cas.core.hashing import Digests
 from cas.core.image import INLINE_MAX, MAX_SIZE, Blob, Image, build, file_entry
-from cas.core.store import AddResult, Expected, Store
+from cas.core.store import AddResult, Batch, Expected, Store
 from cas.core.treepath import case_collisions, check_name
 from cas.errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch, listing
 from cas.formats import tarlayer
@@ -488,28 +488,33 @@ class _Importer:
         return desc.blob_record()
 
     def _tar_layer(self, desc: Descriptor, diff_id: Sha256 | None) -> dict[str, Any]:
+        """Unpack a tar layer; its members and tar-split are published (one batch) only
+        once the layer's digest and diff_id are proven."""
         compression = COMPRESSION[desc.media_type]
 
-        def unpack_from(raw: Reader) -> LayerResult:
+        def unpack_from(raw: Reader, batch: Batch) -> LayerResult:
             return tarlayer.unpack(self.store, raw, compression=compression, tree=self.tree,
-                                   limit=self.limits.total(desc.size), what=desc.digest)
+                                   limit=self.limits.total(desc.size), what=desc.digest,
+                                   batch=batch)
 
-        if compression != "none" and self.keep_compressed:
-            kept = self.layout.add_blob(self.store, desc, "layer")
-            self._keep(kept, desc.media_type)
-            with self.store.open_object(kept.object_id) as f:
-                result = unpack_from(f)  # the stored copy: already verified
-        else:
-            with self.layout.open_blob(desc, "layer") as raw:
-                try:
-                    result = unpack_from(raw)
-                except CasError:
-                    raw.finish()  # damaged bytes explain a failure better than its symptom
-                    raise
-                raw.finish()
-        if diff_id is not None and result.diff_id != diff_id:
-            raise ContentMismatch(what=f"layer {desc.digest}", detail=f"uncompressed "
-                                  f"sha256:{result.diff_id}, config diff_id sha256:{diff_id}")
+        with self.store.batch() as batch:
+            if compression != "none" and self.keep_compressed:
+                kept = self.layout.add_blob(self.store, desc, "layer")
+                self._keep(kept, desc.media_type)
+                with self.store.open_object(kept.object_id) as f:
+                    result = unpack_from(f, batch)  # the stored copy: already verified
+            else:
+                with self.layout.open_blob(desc, "layer") as raw:
+                    try:
+                        result = unpack_from(raw, batch)
+                    except CasError:
+                        raw.finish()  # damaged bytes explain a failure better than its symptom
+                        raise
+                    raw.finish()
+            if diff_id is not None and result.diff_id != diff_id:
+                raise ContentMismatch(what=f"layer {desc.digest}", detail=f"uncompressed "
+                                      f"sha256:{result.diff_id}, config diff_id "
+                                      f"sha256:{diff_id}")
         self._keep(result.split, tarlayer.SPLIT_MEDIA_TYPE)
         self.members.extend(result.members)
         return {**desc.blob_record(), "diff_id": result.diff_id,

@@ -440,11 +440,14 @@ class _Importer:
         return path
 
 
-def import_models(store: Store, root: Path, model: str | None) -> list[tuple[str, Image]]:
+def import_models(store: Store, root: Path, model: str | None,
+                  check_names: Callable[[list[str]], object] | None = None
+                  ) -> list[tuple[str, Image]]:
     """Import one model (``model``, as ``parse_model`` reads it) or every model of the
     Ollama store at ``root``; returns (cas name, image) pairs, nothing on any error.
 
     The images are not stored nor named here; the objects they need are, in one batch.
+    ``check_names`` sees the cas names first: what it refuses stores nothing.
     """
     wanted = None if model is None else parse_model(model)
     with _fd(_open_root(root)) as root_fd:
@@ -455,6 +458,8 @@ def import_models(store: Store, root: Path, model: str | None) -> list[tuple[str
         else:
             refs = [wanted]
         _check_clashes(refs)
+        if check_names is not None:
+            check_names([ref.cas_name for ref in refs])
         if not refs:
             return []
         with store.batch() as batch:

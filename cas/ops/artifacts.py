@@ -68,17 +68,18 @@ def import_artifacts(store: Store, sources: list[str], name: str | None = None, 
 
 def _import_and_name(store: Store, sources: list[str], name: str | None,
                      keep_compressed: bool) -> list[NameRecord]:
+    """Every name is decided (and refused, if it must be) before the first object is
+    stored: a refusal never leaves objects behind."""
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
-        scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed)
+        scheme = locations[0].scheme
+        imported = _import(store, locations[0], name, keep_compressed)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
         from cas.formats import tree
         paths = [loc.path for loc in locations]
         scheme, imported = "tree", [(name, tree.import_files(store, paths))]
-    if name is not None and len(imported) != 1:
-        raise BadInput(message=f"{sources[0]} holds {len(imported)} artifacts; --name needs one")
     records = []
     for default_name, image in imported:
         image_id = store.put_image(image)
@@ -86,24 +87,31 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
     return records
 
 
-def _import(store: Store, location: Location, keep_compressed: bool) -> list[tuple[str, Image]]:
-    if location.scheme == "oci":
-        from cas.formats import oci
-        image = oci.import_layout(store, location.path, location.ref,
-                                  keep_compressed=keep_compressed)
-        return [(_default_name(location.path, location.ref), image)]
+def _import(store: Store, location: Location, name: str | None,
+            keep_compressed: bool) -> list[tuple[str, Image]]:
     if location.scheme == "ollama":
         from cas.formats import ollama
-        return ollama.import_models(store, location.path, location.ref)
+
+        def one_name(defaults: list[str]) -> None:
+            if name is not None and len(defaults) != 1:
+                raise BadInput(message=f"{location.path} holds {len(defaults)} artifacts; "
+                               "--name needs one")
+        return ollama.import_models(store, location.path, location.ref, one_name)
     if location.scheme == "docker":
         from cas.transport import registry
-        ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
-                                         keep_compressed=keep_compressed)
-        return [(registry.default_name(ref), image)]
+        named = name or registry.default_name(registry.parse_reference(location.ref or ""))
+        _, image = registry.pull_image(store, location.ref or "", registry.Options(),
+                                       keep_compressed=keep_compressed)
+        return [(named, image)]
+    named = name or _default_name(location.path, location.ref)
+    if location.scheme == "oci":
+        from cas.formats import oci
+        return [(named, oci.import_layout(store, location.path, location.ref,
+                                          keep_compressed=keep_compressed))]
     from cas.formats import tree
     path = location.path
     image = tree.import_tree(store, path) if path.is_dir() else tree.import_files(store, [path])
-    return [(_default_name(path, None), image)]
+    return [(named, image)]
 
 
 def _default_name(path: Path, tag: str | None) -> str:
@@ -147,6 +155,13 @@ def export_artifact(store: Store, name: str, destination: str) -> dict[str, Any]
     else:
         raise UnsupportedSource(location=destination)
     return {"name": record.name, "destination": destination}
+
+
+def remove(store: Store, names: list[str]) -> list[NameRecord]:
+    """Remove several names, all or nothing: every one is checked (valid, present) before
+    the first is removed.  Their bytes go at the next GC."""
+    wanted = {store.names.get(n).name: None for n in names}  # raises before any change
+    return [store.names.remove(n) for n in wanted]
 
 
 def inspect(store: Store, name: str) -> dict[str, Any]:

@@ -554,12 +554,12 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
 def pull(store: Store, text: str, name: str | None, options: Options,
          progress: Progress | None = None) -> NameRecord:
     """Pull and name: the name is written last, when every object is stored."""
-    if name is not None:
-        name = names.normalize(name)  # refuse a bad name before any download
+    # refuse a bad name, given or derived, before any download
+    name = names.normalize(name) if name is not None else default_name(parse_reference(text))
     with store.temp_root():
-        ref, image = pull_image(store, text, options, progress)
+        _, image = pull_image(store, text, options, progress)
         image_id = store.put_image(image)
-        return store.names.set(name or default_name(ref), image_id, "docker")
+        return store.names.set(name, image_id, "docker")
 
 
 def default_name(ref: Reference) -> str:
