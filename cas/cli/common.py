@@ -80,19 +80,28 @@ def parse_size(text: str) -> int:
 
 
 def registry_options(fn: F) -> F:
-    """``--insecure``, ``--username``, ``--password``/``--password-stdin`` for registries."""
+    """How to reach a registry: ``--insecure[-host]``, credentials, time and rate bounds;
+    the command takes them as ``**connection`` for ``registry_settings``."""
     for option in reversed([
             click.option("--insecure", is_flag=True,
                          help="Allow plain HTTP and unverified TLS (local test registries)."),
+            click.option("--insecure-host", "insecure_hosts", multiple=True, metavar="HOST",
+                         help="Also allow plain HTTP to HOST[:PORT] (e.g. a token server)."),
             click.option("--username", "-u", help="Registry user (else the auth files)."),
             click.option("--password", "-p", help="Registry password (prefer --password-stdin)."),
-            click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")]):
+            click.option("--password-stdin", is_flag=True, help="Read the password from stdin."),
+            click.option("--blob-timeout", default="6h", show_default=True, metavar="DURATION",
+                         help="Give up on a blob not transferred within this long."),
+            click.option("--min-rate", default="16K", show_default=True, metavar="SIZE",
+                         help="Resume (then give up on) a blob slower than this per second.")]):
         fn = option(fn)
     return fn
 
 
-def registry_settings(insecure: bool, username: str | None, password: str | None,
-                      password_stdin: bool, platform: str | None = None) -> Any:
+def registry_settings(*, insecure: bool, insecure_hosts: tuple[str, ...], username: str | None,
+                      password: str | None, password_stdin: bool, blob_timeout: str,
+                      min_rate: str, platform: str | None = None) -> Any:
+    from cas.ops.gc import parse_duration
     from cas.transport.auth import Credentials
     from cas.transport.registry import Options
     if password_stdin:
@@ -100,4 +109,6 @@ def registry_settings(insecure: bool, username: str | None, password: str | None
     if (username is None) != (password is None):
         raise click.UsageError("give both --username and a password, or neither")
     credentials = Credentials(username, password) if username and password is not None else None
-    return Options(insecure=insecure, credentials=credentials, platform=platform)
+    return Options(insecure=insecure, credentials=credentials, platform=platform,
+                   insecure_hosts=frozenset(h.lower() for h in insecure_hosts),
+                   blob_timeout=parse_duration(blob_timeout), min_rate=parse_size(min_rate))

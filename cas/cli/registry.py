@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from cas.cli.common import Context, cli, emit, json_option, registry_options, registry_settings
@@ -16,12 +18,11 @@ from cas.errors import printable
 @registry_options
 @json_option
 @click.pass_obj
-def pull(obj: Context, ref: str, name: str | None, platform: str | None, insecure: bool,
-         username: str | None, password: str | None, password_stdin: bool,
-         as_json: bool) -> None:
+def pull(obj: Context, /, ref: str, name: str | None, platform: str | None, as_json: bool,
+         **connection: Any) -> None:
     """Pull REF ([docker://]HOST[:PORT]/REPO[:TAG|@sha256:...]) from a registry and name it."""
     from cas.transport import registry
-    options = registry_settings(insecure, username, password, password_stdin, platform)
+    options = registry_settings(platform=platform, **connection)
     with obj.open_store() as store:
         record = run_with_progress("pull", None, lambda progress: registry.pull(
             store, ref, name, options, progress))
@@ -36,12 +37,11 @@ def pull(obj: Context, ref: str, name: str | None, platform: str | None, insecur
 @registry_options
 @json_option
 @click.pass_obj
-def push(obj: Context, name: str, ref: str, mount_from: str | None, insecure: bool,
-         username: str | None, password: str | None, password_stdin: bool,
-         as_json: bool) -> None:
+def push(obj: Context, /, name: str, ref: str, mount_from: str | None, as_json: bool,
+         **connection: Any) -> None:
     """Push artifact NAME to REF (same manifest, same digests as it was imported with)."""
     from cas.transport import registry
-    options = registry_settings(insecure, username, password, password_stdin)
+    options = registry_settings(**connection)
     with obj.open_store() as store:
         record = store.names.get(name)
         digest = registry.push_image(store, store.get_image(record.image), ref, options,
@@ -56,12 +56,10 @@ def push(obj: Context, name: str, ref: str, mount_from: str | None, insecure: bo
 @registry_options
 @json_option
 @click.pass_obj
-def referrers(obj: Context, ref: str, insecure: bool, username: str | None,
-              password: str | None, password_stdin: bool, as_json: bool) -> None:
+def referrers(obj: Context, /, ref: str, as_json: bool, **connection: Any) -> None:
     """List the artifacts that refer to REF's manifest (referrers API or tag fallback)."""
     from cas.transport import registry
-    found = registry.referrers(ref, registry_settings(insecure, username, password,
-                                                      password_stdin))
+    found = registry.referrers(ref, registry_settings(**connection))
     emit(as_json, found, "\n".join(
         f"{printable(d['digest'])}  {printable(d.get('artifactType', d['mediaType']))}"
         for d in found))
