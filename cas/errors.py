@@ -142,8 +142,8 @@ class DestinationExists(BadInput):
     """{path}: already exists; cas never writes into an existing destination"""
 
 
-class DestinationUnsafe(BadInput):
-    """{path}: unsafe destination: {reason}"""
+class BadDestination(BadInput):
+    """{path}: cannot write there: {reason}"""
 
 
 class LinkUnsupported(CasError):

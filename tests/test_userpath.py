@@ -45,7 +45,7 @@ WRITERS: dict[str, Writer] = {
     "oci": lambda s, d: artifacts.export_artifact(s, "art", f"oci:{d}"),
     "ollama": lambda s, d: artifacts.export_artifact(s, "model", f"ollama:{d}"),
 }
-REFUSED = (errors.DestinationUnsafe, errors.DestinationExists)
+REFUSED = (errors.BadDestination, errors.DestinationExists)
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -63,9 +63,9 @@ def test_a_symlinked_parent_is_refused(named: Store, tmp_path: Path, writer: str
     target = tmp_path / "target"
     target.mkdir()
     (tmp_path / "via").symlink_to(target)
-    with pytest.raises(errors.DestinationUnsafe, match="never writes through a symlink"):
+    with pytest.raises(errors.BadDestination, match="never writes through a symlink"):
         WRITERS[writer](named, tmp_path / "via" / "deeper" / "dest")
-    with pytest.raises(errors.DestinationUnsafe, match="real path is " + str(target)):
+    with pytest.raises(errors.BadDestination, match="real path is " + str(target)):
         WRITERS[writer](named, tmp_path / "via" / "dest")
     assert os.listdir(target) == []
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cas.core import fsio
-from cas.errors import DestinationUnsafe, SourceUnreadable
+from cas.errors import BadDestination, SourceUnreadable
 
 #: Decides whether to follow a symlink, given its own ``lstat``.
 Follow = Callable[[os.stat_result], bool]
@@ -140,7 +140,7 @@ def destination_parent(path: Path) -> tuple[int, str]:
         raise _unsafe(path, exc) from None
     if name in (".", ".."):
         os.close(fd)
-        raise DestinationUnsafe(path=path, reason="names no new entry")
+        raise BadDestination(path=path, reason="names no new entry")
     return fd, name
 
 
@@ -153,13 +153,13 @@ def destination_dir(path: Path, *, create: bool = False) -> int:
         raise _unsafe(path, exc) from None
 
 
-def _unsafe(path: Path, exc: OSError) -> DestinationUnsafe:
+def _unsafe(path: Path, exc: OSError) -> BadDestination:
     if isinstance(exc, SymlinkRefused):
         reason = (f"{exc.strerror}; cas never writes through a symlink (the real path is "
                   f"{os.path.realpath(path)})")
     else:
         reason = exc.strerror or str(exc)
-    return DestinationUnsafe(path=path, reason=reason)
+    return BadDestination(path=path, reason=reason)
 
 
 def source_parent(path: Path) -> tuple[int, str]:

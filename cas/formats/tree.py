@@ -20,7 +20,7 @@ from cas.core import fsio, userpath
 from cas.core.image import INLINE_MAX, Entry, EntryType, Image, build, file_entry
 from cas.core.store import Batch, Store
 from cas.core.treepath import case_collisions, check_name, check_path, check_symlink_target
-from cas.errors import BadPath, NotARegularFile, SourceChanged, SourceMissing
+from cas.errors import BadPath, NotARegularFile, SourceChanged, SourceMissing, SourceUnreadable
 
 WORKERS = 2
 
@@ -109,7 +109,10 @@ def _file(store: Store, batch: Batch, dir_fd: int | None, name: str, path: str,
 
 def _read_small_file(dir_fd: int | None, name: str, st: os.stat_result) -> bytes:
     """The bytes of a file to inline; it must still be the size it was when listed."""
-    fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as exc:
+        raise SourceUnreadable(path=name, reason=exc.strerror) from None
     try:
         data = os.read(fd, INLINE_MAX + 1)
     finally:

@@ -31,7 +31,7 @@ from cas.core import fsio, fsverity, hashing, userpath
 from cas.core.hashing import CopyMethod
 from cas.core.image import Entry, EntryType, Image
 from cas.core.store import Store
-from cas.errors import DestinationExists, LinkUnsupported
+from cas.errors import BadDestination, DestinationExists, LinkUnsupported
 
 
 class LinkMode(enum.Enum):
@@ -67,7 +67,11 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
         if fsio.exists(parent_fd, name):
             raise DestinationExists(path=dest)
         staging = fsio.temp_name(f".{name}.cas-checkout")
-        os.mkdir(staging, 0o700, dir_fd=parent_fd)
+        try:
+            os.mkdir(staging, 0o700, dir_fd=parent_fd)
+        except OSError as exc:
+            raise BadDestination(path=dest, reason=f"cannot create it: {exc.strerror}") \
+                from None
     except BaseException:
         os.close(parent_fd)
         raise
