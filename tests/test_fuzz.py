@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 FUZZ = Path(__file__).parent / "fuzz"
-TARGETS = ["image", "tar", "tar-gzip", "tar-split", "ollama-manifest", "oci-document", "name"]
+TARGETS = ["image", "tar", "tar-gzip", "tar-split", "ollama-manifest", "oci-document", "name",
+           "name-file", "sweep-state", "damage-mark", "challenge", "reference", "printable"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -163,7 +163,8 @@ def marks(store: Store) -> list[DamageMark]:
 
 
 def clear(store: Store, oid: ObjectId) -> None:
-    with _damaged_dir(store) as fd, contextlib.suppress(FileNotFoundError):
+    # a directory planted there is no mark (verify reports it as a foreign-entry)
+    with _damaged_dir(store) as fd, contextlib.suppress(FileNotFoundError, IsADirectoryError):
         os.unlink(f"{oid}.json", dir_fd=fd)
 
 

@@ -2,9 +2,10 @@
 
     python tests/fuzz/fuzz_parsers.py TARGET [libFuzzer flags, e.g. -runs=100000 CORPUS_DIR]
 
-TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name.
-A parser may only ever refuse its input with a ``cas.errors.CasError``; any other
-exception (or a crash) is a finding.  tests/test_fuzz.py runs each target briefly.
+TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name,
+name-file, sweep-state, damage-mark, challenge, reference, printable.  A parser may only
+ever refuse its input with a ``cas.errors.CasError``; any other exception (or a crash) is
+a finding.  tests/test_fuzz.py runs each target briefly.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import atheris
 
 with atheris.instrument_imports():
     from cas import errors
-    from cas.core import image, names
+    from cas.core import image, names, strictjson
     from cas.core.store import Store
     from cas.formats import oci, ollama, tarlayer
+    from cas.integrity import quarantine, verify_state
+    from cas.transport import auth, registry
 
 _store: Store | None = None
 
@@ -48,6 +51,22 @@ def oci_document(data: bytes) -> None:
     oci._descriptors(doc, "layers", "fuzz")
 
 
+def state_file(parse: Callable[[dict[str, object]], object]) -> Callable[[bytes], None]:
+    """A file in state/ (tampered, torn): refused only with what the loaders catch."""
+    def target(data: bytes) -> None:
+        try:
+            parse(strictjson.load_object(data))
+        except verify_state.UNREADABLE as exc:
+            raise errors.BadInput(message=str(exc)) from None
+    return target
+
+
+def printable(data: bytes) -> None:
+    text = errors.printable(data.decode("utf-8", "surrogateescape"), 100)
+    if not text.isprintable() or len(text) > 1100:
+        raise AssertionError(f"not one short printable line: {text!r}")
+
+
 TARGETS: dict[str, Callable[[bytes], object]] = {
     "image": image.decode,
     "tar": tar,
@@ -56,6 +75,12 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "ollama-manifest": lambda data: ollama.parse_manifest(data, "fuzz"),
     "oci-document": oci_document,
     "name": lambda data: names.normalize(data.decode("utf-8", "replace")),
+    "name-file": lambda data: names._parse(data, "0" * 64),
+    "sweep-state": state_file(verify_state.SweepState.from_json),
+    "damage-mark": state_file(quarantine.DamageMark.from_json),
+    "challenge": lambda data: auth.parse_challenge(data.decode("utf-8", "replace")),
+    "reference": lambda data: registry.parse_reference(data.decode("utf-8", "replace")),
+    "printable": printable,
 }
 
 
