@@ -566,6 +566,19 @@ def test_plain_http_needs_insecure(store: Store) -> None:
         registry.pull(store, "http://127.0.0.1:1/a:v1", None, registry.Options())
 
 
+def behind_token(fake: FakeRegistry, challenge: str, token: str) -> None:
+    """Every route of ``fake`` answers 401 with ``challenge`` unless sent the token."""
+    def guarded(route: Route) -> Route:
+        def check(h: http.server.BaseHTTPRequestHandler) -> None:
+            if h.headers.get("Authorization") != f"Bearer {token}":
+                send(h, 401, b"{}", {"WWW-Authenticate": challenge})
+            else:
+                route(h)
+        return check
+
+    fake.routes = {path: guarded(route) for path, route in fake.routes.items()}
+
+
 def test_bearer_token_flow(fake: FakeRegistry, store: Store) -> None:
     """401 + ``WWW-Authenticate: Bearer`` → token endpoint (with basic credentials and the
     repository scope) → every later request carries the token."""
@@ -578,15 +591,7 @@ def test_bearer_token_flow(fake: FakeRegistry, store: Store) -> None:
         token_requests.append((h.path, h.headers.get("Authorization")))
         send(h, 200, b'{"token": "tok-123"}', {"Content-Type": "application/json"})
 
-    def guarded(route: Route) -> Route:
-        def check(h: http.server.BaseHTTPRequestHandler) -> None:
-            if h.headers.get("Authorization") != "Bearer tok-123":
-                send(h, 401, b"{}", {"WWW-Authenticate": challenge})
-            else:
-                route(h)
-        return check
-
-    fake.routes = {path: guarded(route) for path, route in fake.routes.items()}
+    behind_token(fake, challenge, "tok-123")
     fake.routes["/token"] = token
     options = registry.Options(insecure=True, backoff=0.0,
                                credentials=Credentials("bob", "tok-pw"))
@@ -724,15 +729,7 @@ def test_credentials_go_to_another_origin_only_over_https(fake: FakeRegistry,
         token_server.routes["/token"] = token
         challenge = f'Bearer realm="http://{token_server.host}/token",service="fake"'
 
-        def guarded(route: Route) -> Route:
-            def check(h: http.server.BaseHTTPRequestHandler) -> None:
-                if h.headers.get("Authorization") != "Bearer tok-9":
-                    send(h, 401, b"{}", {"WWW-Authenticate": challenge})
-                else:
-                    route(h)
-            return check
-
-        fake.routes = {path: guarded(route) for path, route in fake.routes.items()}
+        behind_token(fake, challenge, "tok-9")
         creds = Credentials("bob", "hunter2-pw")
         options = registry.Options(insecure=True, backoff=0.0, credentials=creds)
         with pytest.raises(errors.RegistryError, match="plain HTTP on another origin"):
