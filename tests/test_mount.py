@@ -137,10 +137,10 @@ def test_loop_fallback_and_cleanup_on_failure(store: Store, tmp_path: Path, mnt:
     src = artifact(store, tmp_path)
     real_run = mount_mod._run
 
-    def no_file_backed(argv: list[str], target: Path, fd: int | None = None) -> None:
-        if argv[:4] == ["mount", "-t", "erofs", "-o"] and "loop" not in argv[4]:
+    def no_file_backed(argv: list[str], target: Path, fds: tuple[int, ...] = ()) -> None:
+        if "erofs" in argv and "loop" not in argv[5]:
             raise errors.MountFailed(path=target, reason="simulated: no file-backed EROFS")
-        real_run(argv, target, fd)
+        real_run(argv, target, fds)
 
     monkeypatch.setattr(mount_mod, "_run", no_file_backed)
     result = mount_mod.mount(store, "team/model:v1", mnt, verify=False)
@@ -149,10 +149,10 @@ def test_loop_fallback_and_cleanup_on_failure(store: Store, tmp_path: Path, mnt:
     mount_mod.umount(store, mnt)
     assert not mounted(mnt)
 
-    def no_overlay(argv: list[str], target: Path, fd: int | None = None) -> None:
+    def no_overlay(argv: list[str], target: Path, fds: tuple[int, ...] = ()) -> None:
         if "overlay" in argv:
             raise errors.MountFailed(path=target, reason="simulated overlay failure")
-        real_run(argv, target, fd)
+        real_run(argv, target, fds)
 
     monkeypatch.setattr(mount_mod, "_run", no_overlay)
     with pytest.raises(errors.MountFailed, match="simulated"):
@@ -274,3 +274,14 @@ def test_a_private_store_mounts_with_the_recorded_modes(
         assert done.returncode != 0 and "Permission denied" in done.stderr
     finally:
         mount_mod.umount(store, mnt)
+
+
+def test_a_symlinked_mounts_directory_is_never_followed(store: Store, tmp_path: Path,
+                                                       mnt: Path) -> None:
+    artifact(store, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (store.path / "mounts").symlink_to(elsewhere)
+    with pytest.raises(errors.ForeignEntry, match="mounts: store damaged: a symlink"):
+        mount_mod.mount(store, "team/model:v1", mnt)
+    assert os.listdir(elsewhere) == [] and not mounted(mnt)

@@ -100,9 +100,12 @@ def test_a_shared_store_is_read_and_written_by_its_group_only(
     assert _modes(path) == {"2770"}  # shard directories too, whatever the umask
     theirs = write_random(shared_tmp / "theirs", 80_000, seed=2)
     os.chown(theirs, uid, gid)
+    again = shared_tmp / "again"  # bytes root added: their copy replaces root's inode
+    again.write_bytes((tmp_path / "mine").read_bytes())
     with acting_as(other_user):  # a member of the group: reads and writes
         for args in (["add", str(theirs)], ["import", str(theirs), "--name", "their/model"],
-                     ["tag", "their/model", "their/again"], ["cat", mine.object_id]):
+                     ["tag", "their/model", "their/again"], ["cat", mine.object_id],
+                     ["add", str(again)]):
             assert main(["-s", str(path), *args]) == 0, args
     with Store.open(path) as store:  # and root reads, verifies and collects their work
         assert store.names.get("their/model").kind == "tree"

@@ -816,14 +816,19 @@ def _hint_key(st: os.stat_result) -> str:
 
 def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
     """Dedup check: a regular file of the right size is there; refresh its mtime so a GC
-    grace period covers this writer too.  Anything else there counts as missing."""
+    grace period covers this writer too.  Anything else there counts as missing — and so
+    does another user's object in a shared store, whose mtime only its owner may set: the
+    caller's own, just hashed copy then takes its place (same bytes, a fresh mtime)."""
     try:
         existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(existing.st_mode) or existing.st_size != size:
         return False
-    os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+    try:
+        os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+    except PermissionError:
+        return False
     return True
 
 

@@ -119,12 +119,7 @@ def open_dir(path: str | os.PathLike[str], *, follow: Follow = never,
     """Open ``path`` itself as a directory under ``walk``'s rules (made if ``create``)."""
     parent, name = walk(path, follow=follow, follow_last=True, create=create)
     try:
-        if create:
-            try:
-                os.mkdir(name, 0o755, dir_fd=parent)
-            except FileExistsError:
-                pass
-        return fsio.open_dir(name, parent)
+        return fsio.open_dir(name, parent, create=create)
     finally:
         os.close(parent)
 
@@ -137,7 +132,7 @@ def destination_parent(path: Path) -> tuple[int, str]:
     try:
         fd, name = walk(path)
     except OSError as exc:
-        raise _unsafe(path, exc) from None
+        raise _bad_destination(path, exc) from None
     if name in (".", ".."):
         os.close(fd)
         raise BadDestination(path=path, reason="names no new entry")
@@ -150,10 +145,10 @@ def destination_dir(path: Path, *, create: bool = False) -> int:
     try:
         return open_dir(path, create=create)
     except OSError as exc:
-        raise _unsafe(path, exc) from None
+        raise _bad_destination(path, exc) from None
 
 
-def _unsafe(path: Path, exc: OSError) -> BadDestination:
+def _bad_destination(path: Path, exc: OSError) -> BadDestination:
     if isinstance(exc, SymlinkRefused):
         reason = (f"{exc.strerror}; cas never writes through a symlink (the real path is "
                   f"{os.path.realpath(path)})")

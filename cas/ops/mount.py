@@ -10,6 +10,10 @@ overlayfs at the mount point::
     mount -t overlay overlay -o ro,metacopy=on,redirect_dir=on,
           lowerdir=<store>/mounts/<key>::<store>/objects[,verity=require]
 
+(both given to mount(8) as ``/proc/self/fd/N`` of directories cas opened, so nobody who
+can write the store can redirect them), ``nosuid,nodev`` on both mounts unless
+``allow_suid_dev``.
+
 The objects directory is a data-only lower layer: large files' bytes come from the
 object their ``trusted.overlay.redirect`` names.
 
@@ -33,14 +37,16 @@ removes objects the overlay still redirects to (reads then fail).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas.core import fsverity
+from cas.core import fsio, fsverity
 from cas.core.digest import ObjectId
 from cas.core.image import Image
 from cas.core.store import Store
@@ -96,31 +102,46 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     mode = _verify(store, [image_id, *needed]) if verify else "none"
-    objects = _store_root(store) / "objects"
     private = _private_dir(store, target)
-    _check_option_path(objects)
-    _check_option_path(private)
-    try:
-        os.mkdir(private, 0o700)
-    except FileExistsError:
-        raise MountFailed(path=target, reason=f"{private} exists: already mounted? "
-                          "(cas umount it first)") from None
     flags = "ro" if allow_suid_dev else f"ro,{NOSUID}"
+    # every store path handed to mount(8) is a descriptor opened here (/proc/self/fd/N):
+    # one who may write the store (a shared store's group) cannot redirect a mount
+    mounts_fd = store.open_dir(MOUNTS)
     try:
-        # mount(8) gets the very file checked here (as /proc/self/fd/N), never a path
-        with store.open_verified(image_id) if verify else store.open_object(image_id) as f:
-            _mount_image(f.fileno(), private, target, flags)
-        options = (f"{flags},metacopy=on,redirect_dir=on,lowerdir={private}::{objects}"
-                   + (",verity=require" if mode == "kernel" else ""))
-        _run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)], target)
-    except BaseException:
-        if _is_mountpoint(private):
-            _run(["umount", str(private)], target)
-        os.rmdir(private)
-        raise
+        try:
+            os.mkdir(private.name, 0o700, dir_fd=mounts_fd)
+        except FileExistsError:
+            raise MountFailed(path=target, reason=f"{private} exists: already mounted? "
+                              "(cas umount it first)") from None
+        try:
+            with store.open_verified(image_id) if verify else \
+                    store.open_object(image_id) as f, \
+                    _closing(fsio.open_dir(private.name, mounts_fd)) as below:
+                _mount_image(f.fileno(), below, target, flags)
+            with _closing(fsio.open_dir(private.name, mounts_fd)) as erofs_root:
+                options = (f"{flags},metacopy=on,redirect_dir=on,lowerdir=/proc/self/fd/"
+                           f"{erofs_root}::/proc/self/fd/{store.objects_fd}"
+                           + (",verity=require" if mode == "kernel" else ""))
+                _run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
+                     target, (erofs_root, store.objects_fd))
+        except BaseException:
+            if _is_mountpoint(private):
+                _run(["umount", str(private)], target)
+            os.rmdir(private.name, dir_fd=mounts_fd)
+            raise
+    finally:
+        os.close(mounts_fd)
     loop = (_mount_source(private) or b"").startswith(b"/dev/loop")
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
                        allow_suid_dev, time.monotonic() - start)
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:
@@ -140,15 +161,18 @@ def umount(store: Store, mountpoint: Path) -> Path:
     return target
 
 
-def _mount_image(fd: int, private: Path, target: Path, flags: str) -> None:
-    """Mount the EROFS image open at ``fd``: file-backed, else through a loop device
-    (``-o loop``: util-linux sets one up and frees it at umount).  mount(8) may set up a
-    loop device by itself for a file, so ``mount`` reads what was used from the kernel."""
-    source = f"/proc/self/fd/{fd}"
+def _mount_image(fd: int, dir_fd: int, target: Path, flags: str) -> None:
+    """Mount the EROFS image open at ``fd`` on the directory open at ``dir_fd``:
+    file-backed, else through a loop device (``-o loop``: util-linux sets one up and frees
+    it at umount).  mount(8) may set up a loop device by itself for a file, so ``mount``
+    reads what was used from the kernel."""
+    argv = ["mount", "--no-canonicalize", "-t", "erofs", "-o", flags, f"/proc/self/fd/{fd}",
+            f"/proc/self/fd/{dir_fd}"]
     try:
-        _run(["mount", "-t", "erofs", "-o", flags, source, str(private)], target, fd)
+        _run(argv, target, (fd, dir_fd))
     except MountFailed:
-        _run(["mount", "-t", "erofs", "-o", f"{flags},loop", source, str(private)], target, fd)
+        argv[5] = f"{flags},loop"
+        _run(argv, target, (fd, dir_fd))
 
 
 def _verify(store: Store, ids: list[ObjectId]) -> str:
@@ -180,12 +204,10 @@ def _store_root(store: Store) -> Path:
 
 
 def _private_dir(store: Store, target: Path) -> Path:
+    """``<store>/mounts/<key>`` for ``target`` (``mounts/`` made if missing: a directory,
+    never a symlink — else ``ForeignEntry``)."""
     key = hashlib.sha256(os.fsencode(target)).hexdigest()[:32]
-    try:
-        os.close(store.open_dir(MOUNTS, create=True))  # a directory, never through a symlink
-    except OSError as exc:
-        raise MountFailed(path=_store_root(store) / MOUNTS,
-                          reason=f"{exc.strerror} (a symlink is never followed)") from None
+    os.close(store.open_dir(MOUNTS, create=True))
     return _store_root(store) / MOUNTS / key
 
 
@@ -232,10 +254,10 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
-def _run(argv: list[str], target: Path, fd: int | None = None) -> None:
+def _run(argv: list[str], target: Path, fds: tuple[int, ...] = ()) -> None:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              pass_fds=() if fd is None else (fd,))
+                              pass_fds=fds)
     except OSError as exc:
         raise MountFailed(path=target, reason=f"{argv[0]}: {exc.strerror}") from None
     if done.returncode != 0:
