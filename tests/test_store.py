@@ -102,6 +102,7 @@ def test_a_shared_store_is_read_and_written_by_its_group_only(
     os.chown(theirs, uid, gid)
     again = shared_tmp / "again"  # bytes root added: their copy replaces root's inode
     again.write_bytes((tmp_path / "mine").read_bytes())
+    os.chown(again, uid, gid)
     with acting_as(other_user):  # a member of the group: reads and writes
         for args in (["add", str(theirs)], ["import", str(theirs), "--name", "their/model"],
                      ["tag", "their/model", "their/again"], ["cat", mine.object_id],

@@ -212,9 +212,13 @@ OWN_ENTRIES = {"lock": "file", "gc.lock": "file", "roots": "dir", "roots/*": "fi
 
 def _check_store_entries(store: Store, report: Report) -> None:
     """Anything but what cas makes in its own places (a symlink, FIFO, directory...) is
-    a ``foreign-entry``: every reader skips such entries, and this says they are there."""
+    a ``foreign-entry``: every reader skips such entries, and this says they are there.
+    Below a directory that is not one, nothing is looked at (no symlink is followed)."""
+    dirs = {""}  # the store root, then every own directory found to be a directory
     for path, kind in OWN_ENTRIES.items():
         parent, _, name = path.rpartition("/")
+        if parent not in dirs:
+            continue
         names = _listing(store, parent) if name == "*" else [name]
         for entry in names:
             full = f"{parent}/{entry}" if parent else entry
@@ -226,13 +230,15 @@ def _check_store_entries(store: Store, report: Report) -> None:
             if fsio.file_kind(mode) != wanted:
                 report.findings.append(Finding("foreign-entry", path=full, detail=(
                     f"a {fsio.file_kind(mode)} where cas keeps a {wanted}")))
+            elif kind == "dir":
+                dirs.add(full)
 
 
 def _listing(store: Store, directory: str) -> list[str]:
     try:
-        fd = store.open_dir(directory)
+        fd = store.open_dir(directory)  # a directory just found to be one
     except (OSError, errors.CasError):
-        return []  # missing or foreign itself: reported as such
+        return []  # replaced meanwhile: the next sweep looks again
     try:
         return sorted(os.listdir(fd))
     finally:
