@@ -53,7 +53,7 @@ class DamageMark:
         if (not is_hex64(doc["object"]) or (sha is not None and not is_hex64(sha))
                 or (size is not None and (type(size) is not int or size < 0))
                 or isinstance(when, bool) or not isinstance(when, (int, float))
-                or not math.isfinite(when)):
+                or not math.isfinite(when) or not isinstance(doc["artifacts"], list)):
             raise ValueError("not a damage mark cas wrote")
         return cls(ObjectId(doc["object"]), str(doc["kind"]),
                    tuple(normalize(str(a)) for a in doc["artifacts"]),
