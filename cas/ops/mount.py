@@ -37,12 +37,10 @@ removes objects the overlay still redirects to (reads then fail).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,16 +112,22 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
             raise MountFailed(path=target, reason=f"{private} exists: already mounted? "
                               "(cas umount it first)") from None
         try:
-            with store.open_verified(image_id) if verify else \
-                    store.open_object(image_id) as f, \
-                    _closing(fsio.open_dir(private.name, mounts_fd)) as below:
-                _mount_image(f.fileno(), below, target, flags)
-            with _closing(fsio.open_dir(private.name, mounts_fd)) as erofs_root:
+            below = fsio.open_dir(private.name, mounts_fd)
+            try:
+                with store.open_verified(image_id) if verify else \
+                        store.open_object(image_id) as f:
+                    _mount_image(f.fileno(), below, target, flags)
+            finally:
+                os.close(below)
+            erofs_root = fsio.open_dir(private.name, mounts_fd)  # now the image's root
+            try:
                 options = (f"{flags},metacopy=on,redirect_dir=on,lowerdir=/proc/self/fd/"
                            f"{erofs_root}::/proc/self/fd/{store.objects_fd}"
                            + (",verity=require" if mode == "kernel" else ""))
                 _run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
                      target, (erofs_root, store.objects_fd))
+            finally:
+                os.close(erofs_root)  # no descriptor may keep the EROFS mount busy
         except BaseException:
             if _is_mountpoint(private):
                 _run(["umount", str(private)], target)
@@ -134,14 +138,6 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
     loop = (_mount_source(private) or b"").startswith(b"/dev/loop")
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
                        allow_suid_dev, time.monotonic() - start)
-
-
-@contextlib.contextmanager
-def _closing(fd: int) -> Iterator[int]:
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:
