@@ -17,12 +17,49 @@ failed (each reported; the others were imported and named).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 #: ``cas verify``/``cas repair``: the run completed and problems remain (not an error).
 PROBLEMS_FOUND = 6
 #: ``cas import``: some artifacts of the source were imported, others failed (a result).
 SOME_FAILED = 9
+#: Longest a field may be in a message (``--json`` carries the whole value in its field).
+FIELD_MAX = 1000
+#: Most items a message lists (``listing``).
+LIST_MAX = 10
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable(value: object, limit: int | None = FIELD_MAX) -> str:
+    """``value`` as safe, unambiguous one-line text for a terminal: line breaks, control
+    characters, terminal escapes and every other non-printable character (bidi
+    overrides, lone surrogates) escaped backslash-style, a backslash doubled, bytes that
+    are not UTF-8 (fs-encoded as U+DC80..U+DCFF) shown as ``\\xHH``; cut after ``limit``
+    characters, saying how many were left out.  Every untrusted string shown to a human
+    goes through here; ``--json`` carries the text exactly instead."""
+    text = str(value) if limit is None else _cut(str(value), limit)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the raw byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else (
+        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
+
+def listing(items: Iterable[object], limit: int = LIST_MAX) -> str:
+    """``a, b, c`` — at most ``limit`` items, then how many more there are."""
+    shown = list(items)
+    text = ", ".join(str(i) for i in shown[:limit])
+    return text + (f", ... ({len(shown) - limit} more)" if len(shown) > limit else "")
 
 
 class CasError(Exception):
@@ -35,16 +72,29 @@ class CasError(Exception):
         super().__init__(self.message())
 
     def message(self) -> str:
+        """The template filled in; a field longer than ``FIELD_MAX`` is cut (``to_json``
+        keeps it whole)."""
         # the docstring's first paragraph, its lines joined: long templates may wrap
         paragraph = (type(self).__doc__ or "").strip().split("\n\n")[0]
         template = " ".join(line.strip() for line in paragraph.splitlines())
-        return template.format(**self.fields)
+        return template.format(**{k: _bounded(v) for k, v in self.fields.items()})
 
     def to_json(self) -> dict[str, Any]:
-        """A machine-readable form: kebab-case kind, message and fields."""
+        """A machine-readable form: kebab-case kind, message and fields (exact)."""
         kind = _kebab(type(self).__name__)
         fields = {k: str(v) for k, v in self.fields.items()}
         return {"error": kind, "message": self.message(), **fields}
+
+
+def _bounded(value: Any) -> Any:
+    text = str(value)
+    return value if len(text) <= FIELD_MAX else _cut(text, FIELD_MAX)
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _kebab(name: str) -> str:
@@ -123,6 +173,14 @@ class DestinationExists(BadInput):
 class NameCollision(BadInput):
     """{dest}: {path!r} names the same file as another entry on this filesystem (it folds
     case or normalises names); nothing was checked out"""
+
+
+class BadDestination(BadInput):
+    """{path}: cannot write there: {reason}"""
+
+
+class NotOneArtifact(BadInput):
+    """{source} holds {count} artifacts; --name needs one"""
 
 
 class LinkUnsupported(CasError):
@@ -204,6 +262,16 @@ class StoreFull(StoreUnusable):
 
 class StoreCorrupt(StoreUnusable):
     """{path}: store damaged: {reason}"""
+
+
+class ForeignEntry(StoreCorrupt):
+    """{path}: store damaged: a {kind} where cas keeps {expected} (cas never made it;
+    remove it)"""
+
+
+class StoreNotOwned(StoreUnusable):
+    """{path}: owned by uid {owner}; a store's directory must belong to the user who
+    creates it"""
 
 
 # -- not found (exit 4) -------------------------------------------------------------------

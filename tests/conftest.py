@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import random
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import cas.core.store
 from cas import Store
 
 IS_ROOT = os.geteuid() == 0
+OTHER_USER = "cas-other"
 
 
 def need_tool(name: str, why_missing: str = "CI installs it via .ci/install-deps") -> str:
@@ -112,3 +115,53 @@ def read_textfile(path: Path) -> dict[Sample, float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(path.read_text())
             for s in family.samples}
+
+
+# -- a second local user (the other party of every "another user may" finding) -------------
+
+
+@pytest.fixture(scope="session")
+def other_user() -> tuple[int, int]:
+    """(uid, gid) of a second local account, made with ``useradd`` if missing (root only)."""
+    need_root("acting as a second local user")
+    try:
+        entry = pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run([need_tool("useradd"), "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", OTHER_USER], check=True, capture_output=True)
+        entry = pwd.getpwnam(OTHER_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def run_as(user: tuple[int, int], argv: list[str],
+           **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ``user`` (``setpriv``: real and effective ids, no other groups)."""
+    uid, gid = user
+    return subprocess.run([need_tool("setpriv"), f"--reuid={uid}", f"--regid={gid}",
+                           "--clear-groups", *argv], capture_output=True, text=True,
+                          check=False, **kw)  # type: ignore[call-overload]
+
+
+@contextlib.contextmanager
+def acting_as(user: tuple[int, int]) -> Iterator[None]:
+    """Run the block in this process with ``user``'s effective ids (root's saved ids bring
+    them back after); cas's own code then meets the permissions that user would."""
+    groups = os.getgroups()
+    os.setgroups([])
+    os.setegid(user[1])
+    os.seteuid(user[0])
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(groups)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temp directory other users can reach (pytest's own tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="cas-shared-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -122,3 +122,38 @@ def test_export_renames_and_links(store_path: Path, tmp_path: Path) -> None:  # 
     wrong = cas("export", "--link", "hardlink", "registry.ollama.ai/library/tiny:q4",
                 f"oci:{tmp_path / 'layout'}", store=store_path)
     assert wrong.returncode == 2 and b"--link applies to" in wrong.stderr
+
+
+# -- refusals come before the first object is stored --------------------------------------
+
+
+def objects(store: Path) -> list[Path]:
+    return [p for p in (store / "objects").rglob("*") if p.is_file()]
+
+
+def test_a_refused_name_stores_nothing(store_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    ollama = OllamaStore(tmp_path / "ollama")
+    for model in ("one", "two"):
+        ollama.model(model, [("model", model.encode() * 2000)])
+    refused = cas("import", f"ollama:{ollama.root}", "--name", "both", store=store_path)
+    assert refused.returncode == 2 and b"holds 2 artifacts; --name needs one" in refused.stderr
+    odd = tmp_path / "Not A Name"  # no name can be derived from it
+    odd.mkdir()
+    (odd / "weights.bin").write_bytes(b"w" * 5000)
+    LayoutBuilder(tmp_path / "Layout Dir").manifest([])
+    for source in (str(odd), f"oci:{tmp_path / 'Layout Dir'}:v1"):
+        refused = cas("import", source, store=store_path)
+        assert refused.returncode == 2 and b"cannot derive a name" in refused.stderr
+    assert objects(store_path) == [] and json.loads(ok("ls", "--json", store=store_path)) == []
+    ok("import", str(odd), "--name", "named/anyway", store=store_path)  # a name helps
+
+
+def test_rm_is_all_or_nothing(store_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    ok("import", SAMPLE, "--name", "good", store=store_path)
+    for bad, code in (("Bad/Name", 2), ("missing", 4)):
+        refused = cas("rm", "good", bad, store=store_path)
+        assert refused.returncode == code
+        assert [r["name"] for r in json.loads(ok("ls", "--json", store=store_path))] == [
+            "good:latest"]
+    ok("rm", "good", "good:latest", store=store_path)  # one name twice: removed once
+    assert json.loads(ok("ls", "--json", store=store_path)) == []

@@ -6,14 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,35 +23,22 @@ from cas import Store, errors
 from cas.core.image import NS, EntryType, build, file_entry
 from cas.ops.artifacts import export_artifact, import_artifacts, inspect
 from cas.ops.checkout import checkout, remove_tree
-from conftest import need_root, need_tool, object_files, write_random
+from conftest import (
+    acting_as,
+    need_root,
+    need_tool,
+    object_files,
+    other_user,
+    shared_tmp,
+    write_random,
+)
+
+__all__ = ["other_user", "shared_tmp"]  # fixtures
 
 OTHER_UID = 1000
 #: security.capability granting cap_net_raw, effective (VFS_CAP_REVISION_2)
 CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 BEFORE_1970 = -10 * 365 * 86400 * NS + 123_456_789
-
-
-@pytest.fixture(scope="session")
-def other_uid() -> int:
-    """A real second user (uid 1000), made if this machine has none."""
-    need_root("a second user")
-    try:
-        pwd.getpwuid(OTHER_UID)
-    except KeyError:
-        subprocess.run([need_tool("useradd"), "-u", str(OTHER_UID), "-M", "-N", "-s",
-                        "/usr/sbin/nologin", "cas-test-other"], check=True)
-    return OTHER_UID
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A temp dir other users can traverse (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="cas-fidelity-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_full_tree(root: Path, other: int) -> Path:
@@ -115,28 +100,12 @@ def set_mtimes(root: Path) -> None:
     os.utime(root, ns=(1_650_000_000_987_654_321,) * 2)
 
 
-@contextlib.contextmanager
-def as_user(uid: int) -> Iterator[None]:
-    """Run as ``uid`` (effective ids only: root's saved id brings root back after)."""
-    groups = os.getgroups()
-    os.setgroups([])
-    os.setegid(uid)
-    os.seteuid(uid)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-        os.setgroups(groups)
-
-
-def test_a_checkout_as_root_is_the_source_on_every_field(store: Store, tmp_path: Path,
-                                                         other_uid: int) -> None:
-    src = make_full_tree(tmp_path / "src", other_uid)
+def test_a_checkout_as_root_is_the_source_on_every_field(store: Store, tmp_path: Path) -> None:
+    src = make_full_tree(tmp_path / "src", OTHER_UID)
     (record,) = import_artifacts(store, [str(src)], "full")
     image = store.get_image(record.image)
     by_path = {e.path: e for e in image.entries}
-    assert by_path[""].uid == other_uid and by_path[""].mode == 0o750
+    assert by_path[""].uid == OTHER_UID and by_path[""].mode == 0o750
     assert by_path["dir/small"].mtime_ns == BEFORE_1970
     assert by_path["null"].type is EntryType.CHAR and by_path["null"].rdev == os.makedev(1, 3)
     assert by_path["whiteout"].type is EntryType.CHAR and by_path["whiteout"].rdev == 0
@@ -149,14 +118,16 @@ def test_a_checkout_as_root_is_the_source_on_every_field(store: Store, tmp_path:
 
 
 def test_a_checkout_as_another_user_restores_what_it_can_and_says_what_not(
-        store: Store, shared_tmp: Path, other_uid: int) -> None:
+        store: Store, shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    other_uid = other_user[0]  # the user's files in the tree: uid and gid other_uid
     src = make_full_tree(shared_tmp / "src", other_uid)
-    with Store.init(shared_tmp / "store") as shared:
+    # a store shared with that group: a private one (the default) is root's alone
+    with Store.init(shared_tmp / "store", group=other_uid) as shared:
         (record,) = import_artifacts(shared, [str(src)], "full")
         image = shared.get_image(record.image)
         (shared_tmp / "work").mkdir()
         os.chown(shared_tmp / "work", other_uid, other_uid)
-        with as_user(other_uid):
+        with acting_as((other_uid, other_uid)):
             result = checkout(shared, image, shared_tmp / "work" / "out")
     out = shared_tmp / "work" / "out"
     assert not result.owners
@@ -176,8 +147,9 @@ def test_a_checkout_as_another_user_restores_what_it_can_and_says_what_not(
                                     "b'dir/suid-root': mode 3565 != 493"])
 
 
-def test_a_setuid_file_of_another_user_is_never_setuid_root(store: Store, shared_tmp: Path,
-                                                            other_uid: int) -> None:
+def test_a_setuid_file_of_another_user_is_never_setuid_root(
+        store: Store, shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    other_uid = other_user[0]
     src = shared_tmp / "src"
     src.mkdir(mode=0o755)
     shutil.copy(need_tool("id"), src / "id")
@@ -300,7 +272,7 @@ def test_inspect_escapes_names_for_people_and_keeps_them_exact_in_json(
                               capture_output=True, text=True, check=True).stdout
 
     human = cas("inspect", "names")
-    assert "caf\\xe9\\x0afake line" in human and "\nfake line" not in human
+    assert "caf\\xe9\\nfake line" in human and "\nfake line" not in human
     (entry,) = [e for e in json.loads(cas("inspect", "--json", "names"))["entries"] if e["path"]]
     assert os.fsencode(entry["path"]) == b"caf\xe9\nfake line"
 

@@ -15,7 +15,8 @@ import pytest
 
 FUZZ = Path(__file__).parent / "fuzz"
 TARGETS = ["image", "tar", "tar-gzip", "tar-split", "ollama-manifest", "oci-document", "name",
-           "policy", "signature", "docker-ref", "key", "composefs-dump"]
+           "policy", "signature", "docker-ref", "key", "composefs-dump", "name-file",
+           "sweep-state", "damage-mark", "challenge", "reference", "printable"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

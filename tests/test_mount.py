@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import stat
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_composefs_erofs import full_tree_with_crossed_links, stress_image
+from test_oci import LayoutBuilder
+from test_tarlayer import make_tar
 from test_tree_checkout import make_tree, same_tree, write_gguf
 from treecompare import assert_same_tree, differences, snapshot
 
@@ -21,7 +26,9 @@ from cas.formats.composefs.from_image import tree_of
 from cas.ops import mount as mount_mod
 from cas.ops.artifacts import import_artifacts
 from cas.ops.checkout import checkout
-from conftest import need_root, need_tool, rot
+from conftest import need_root, need_tool, other_user, rot, run_as, shared_tmp
+
+__all__ = ["other_user", "shared_tmp"]  # fixtures
 
 
 def mounted(path: Path) -> bool:
@@ -134,10 +141,10 @@ def test_loop_fallback_and_cleanup_on_failure(store: Store, tmp_path: Path, mnt:
     src = artifact(store, tmp_path)
     real_run = mount_mod._run
 
-    def no_file_backed(argv: list[str], target: Path, fd: int | None = None) -> None:
-        if argv[:5] == ["mount", "-t", "erofs", "-o", "ro"]:
+    def no_file_backed(argv: list[str], target: Path, fds: tuple[int, ...] = ()) -> None:
+        if "erofs" in argv and "loop" not in argv[5]:
             raise errors.MountFailed(path=target, reason="simulated: no file-backed EROFS")
-        real_run(argv, target, fd)
+        real_run(argv, target, fds)
 
     monkeypatch.setattr(mount_mod, "_run", no_file_backed)
     result = mount_mod.mount(store, "team/model:v1", mnt, verify=False)
@@ -146,10 +153,10 @@ def test_loop_fallback_and_cleanup_on_failure(store: Store, tmp_path: Path, mnt:
     mount_mod.umount(store, mnt)
     assert not mounted(mnt)
 
-    def no_overlay(argv: list[str], target: Path, fd: int | None = None) -> None:
+    def no_overlay(argv: list[str], target: Path, fds: tuple[int, ...] = ()) -> None:
         if "overlay" in argv:
             raise errors.MountFailed(path=target, reason="simulated overlay failure")
-        real_run(argv, target, fd)
+        real_run(argv, target, fds)
 
     monkeypatch.setattr(mount_mod, "_run", no_overlay)
     with pytest.raises(errors.MountFailed, match="simulated"):
@@ -204,3 +211,128 @@ def test_a_whiteout_in_a_mount_hides_what_lies_below_it_in_a_stacked_overlay(
         assert sorted(os.listdir(stacked)) == ["kept", "other"]
     finally:
         subprocess.run(["umount", str(stacked)], check=True)
+
+
+# -- nosuid,nodev: an untrusted image's privileges never take effect -------------------------
+
+CAP_DAC_READ_SEARCH = 2
+
+
+def capability(cap: int) -> bytes:
+    """A ``security.capability`` value (VFS_CAP_REVISION_2, effective) permitting ``cap``."""
+    return struct.pack("<IIIII", 0x02000001, 1 << cap, 0, 0, 0)
+
+
+def hostile_image(store: Store, tmp_path: Path) -> None:
+    """A tar layer with a setuid-root ``cat`` and a ``cat`` carrying CAP_DAC_READ_SEARCH."""
+    cat = Path(shutil.which("cat") or "/bin/cat").read_bytes()
+    layer = make_tar([
+        {"name": "bin", "type": "dir"},
+        {"name": "bin/suidcat", "data": cat, "mode": 0o4755},
+        {"name": "bin/capcat", "data": cat, "mode": 0o755,
+         "pax": {"SCHILY.xattr.security.capability": capability(CAP_DAC_READ_SEARCH).decode()}},
+    ])
+    builder = LayoutBuilder(tmp_path / "hostile")
+    builder.image([(layer, "+gzip")], tag="v1")
+    import_artifacts(store, [f"oci:{builder.root}:v1"], "hostile")
+
+
+def _options(path: Path) -> set[str]:
+    fields = mount_mod._mountinfo(Path(os.path.realpath(path)))
+    assert fields is not None
+    return set(fields[5].decode().split(","))
+
+
+def test_setuid_and_capabilities_have_no_effect_by_default(
+        store: Store, tmp_path: Path, shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    need_tool("setpriv")
+    hostile_image(store, tmp_path)
+    secret = shared_tmp / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    mnt = shared_tmp / "mnt"
+    mnt.mkdir()
+    try:
+        result = mount_mod.mount(store, "hostile", mnt)
+        assert not result.suid_dev and result.to_json()["suid_dev"] is False
+        private = mount_mod._private_dir(store, Path(os.path.realpath(mnt)))
+        for point in (mnt, private):
+            assert {"nosuid", "nodev"} <= _options(point)
+        assert os.stat(mnt / "bin" / "suidcat").st_mode & 0o4000  # the bit is shown...
+        assert os.getxattr(mnt / "bin" / "capcat", "security.capability") == \
+            capability(CAP_DAC_READ_SEARCH)
+        for binary in ("suidcat", "capcat"):  # ...and has no effect
+            done = run_as(other_user, [str(mnt / "bin" / binary), str(secret)])
+            assert done.returncode != 0 and "Permission denied" in done.stderr, done
+        mount_mod.umount(store, mnt)
+        # the same image mounted as a system tree: the test can tell the difference
+        assert mount_mod.mount(store, "hostile", mnt, allow_suid_dev=True).suid_dev
+        assert "nosuid" not in _options(mnt)
+        for binary in ("suidcat", "capcat"):
+            done = run_as(other_user, [str(mnt / "bin" / binary), str(secret)])
+            assert (done.returncode, done.stdout) == (0, "root only\n"), done
+    finally:
+        if mounted(mnt):
+            mount_mod.umount(store, mnt)
+
+
+def test_umount_with_a_relative_store_path(store: Store, tmp_path: Path, mnt: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    artifact(store, tmp_path)
+    monkeypatch.chdir(store.path.parent)
+    relative = ["--store", store.path.name]
+    assert main([*relative, "mount", "team/model:v1", str(mnt)]) == 0
+    assert main([*relative, "umount", str(mnt)]) == 0
+    assert not any(str(tmp_path) in line for line in
+                   Path("/proc/self/mountinfo").read_text().splitlines())
+    assert main([*relative, "mount", "team/model:v1", "mnt"]) == 0  # relative both ways
+    assert main([*relative, "umount", "mnt"]) == 0
+    assert list((store.path / "mounts").iterdir()) == []
+
+
+def test_json_says_whether_a_loop_device_was_used(store: Store, tmp_path: Path, mnt: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    artifact(store, tmp_path)
+    assert main(["--store", str(store.path), "mount", "team/model:v1", str(mnt), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    private = mount_mod._private_dir(store, Path(os.path.realpath(mnt)))
+    source = mount_mod._mount_source(private) or b""
+    assert reported["loop_device"] is source.startswith(b"/dev/loop")
+    assert reported["suid_dev"] is False
+    assert main(["--store", str(store.path), "umount", str(mnt)]) == 0
+
+
+def test_a_private_store_mounts_with_the_recorded_modes(
+        store: Store, tmp_path: Path, shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    """The store is 0700, yet the mount shows each file as the image records it: readable
+    by others where its mode says so, not where it does not."""
+    need_tool("setpriv")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "public").write_bytes(b"p" * 5000)
+    (src / "private").write_bytes(b"s" * 5000)
+    (src / "private").chmod(0o600)
+    import_artifacts(store, [str(src)], "modes")
+    assert (store.path.stat().st_mode & 0o777) == 0o700
+    mnt = shared_tmp / "mnt"
+    mnt.mkdir()
+    mount_mod.mount(store, "modes", mnt)
+    try:
+        done = run_as(other_user, ["cat", str(mnt / "public")])
+        assert (done.returncode, done.stdout) == (0, "p" * 5000), done
+        done = run_as(other_user, ["cat", str(mnt / "private")])
+        assert done.returncode != 0 and "Permission denied" in done.stderr
+    finally:
+        mount_mod.umount(store, mnt)
+
+
+def test_a_symlinked_mounts_directory_is_never_followed(store: Store, tmp_path: Path,
+                                                       mnt: Path) -> None:
+    artifact(store, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (store.path / "mounts").symlink_to(elsewhere)
+    with pytest.raises(errors.ForeignEntry, match="mounts: store damaged: a symlink"):
+        mount_mod.mount(store, "team/model:v1", mnt)
+    assert os.listdir(elsewhere) == [] and not mounted(mnt)

@@ -22,7 +22,8 @@ from test_tarlayer import gzip_bytes, make_tar
 
 from cas import Store, errors
 from cas.core import hashing
-from cas.core.image import EntryType, Image
+from cas.core.digest import Sha256
+from cas.core.image import INLINE_MAX, EntryType, Image
 from cas.formats.oci import DEFAULT_LIMITS, export_layout, import_layout
 from cas.formats.tarlayer import MEMBER_MEDIA_TYPE, SPLIT_MEDIA_TYPE, Limits
 from cas.ops.checkout import checkout
@@ -530,3 +531,7 @@ def test_bad_input_is_refused_and_leaves_nothing_wrong(store: Store, tmp_path: P
     with pytest.raises(getattr(errors, case["error"]), match=re.escape(case["match"])):
         import_layout(store, layout, "v1", limits=limits)
     assert_store_clean(store)
+    for entry in case.get("tar", []):  # no member of the refused layer was published
+        data = entry.get("data", "").encode()
+        if len(data) > INLINE_MAX:
+            assert store.lookup_sha256(Sha256(sha256(data))) is None, entry["name"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -564,6 +566,19 @@ def test_plain_http_needs_insecure(store: Store) -> None:
         registry.pull(store, "http://127.0.0.1:1/a:v1", None, registry.Options())
 
 
+def behind_token(fake: FakeRegistry, challenge: str, token: str) -> None:
+    """Every route of ``fake`` answers 401 with ``challenge`` unless sent the token."""
+    def guarded(route: Route) -> Route:
+        def check(h: http.server.BaseHTTPRequestHandler) -> None:
+            if h.headers.get("Authorization") != f"Bearer {token}":
+                send(h, 401, b"{}", {"WWW-Authenticate": challenge})
+            else:
+                route(h)
+        return check
+
+    fake.routes = {path: guarded(route) for path, route in fake.routes.items()}
+
+
 def test_bearer_token_flow(fake: FakeRegistry, store: Store) -> None:
     """401 + ``WWW-Authenticate: Bearer`` → token endpoint (with basic credentials and the
     repository scope) → every later request carries the token."""
@@ -576,15 +591,7 @@ def test_bearer_token_flow(fake: FakeRegistry, store: Store) -> None:
         token_requests.append((h.path, h.headers.get("Authorization")))
         send(h, 200, b'{"token": "tok-123"}', {"Content-Type": "application/json"})
 
-    def guarded(route: Route) -> Route:
-        def check(h: http.server.BaseHTTPRequestHandler) -> None:
-            if h.headers.get("Authorization") != "Bearer tok-123":
-                send(h, 401, b"{}", {"WWW-Authenticate": challenge})
-            else:
-                route(h)
-        return check
-
-    fake.routes = {path: guarded(route) for path, route in fake.routes.items()}
+    behind_token(fake, challenge, "tok-123")
     fake.routes["/token"] = token
     options = registry.Options(insecure=True, backoff=0.0,
                                credentials=Credentials("bob", "tok-pw"))
@@ -594,3 +601,181 @@ def test_bearer_token_flow(fake: FakeRegistry, store: Store) -> None:
     path, authorization = token_requests[0]
     assert "scope=repository%3Abad%2Fart%3Apull" in path and "service=fake" in path
     assert authorization == Credentials("bob", "tok-pw").basic()
+
+
+# -- what a hostile server sends is bounded ---------------------------------------------------
+
+
+SENT_CAP = 96 << 20  # what a flood route sends at most (so old code ends, too)
+
+
+def flood(status: int, headers: dict[str, str], sent: list[int]) -> Route:
+    """An endless body (up to SENT_CAP): ``sent`` counts what the client let through."""
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(status)
+        for key, value in {"Content-Length": str(SENT_CAP), **headers}.items():
+            h.send_header(key, value)
+        h.end_headers()
+        chunk = b"{" + b" " * (64 << 10)
+        try:
+            while sent[0] < SENT_CAP:
+                h.wfile.write(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass  # the client hung up: what it wanted
+        h.close_connection = True
+    return route
+
+
+def test_error_token_and_referrers_bodies_are_capped(fake: FakeRegistry, store: Store) -> None:
+    ref = fake.artifact({"f.bin": b"x" * 100})
+    sent = [0]
+    fake.routes["/v2/bad/art/manifests/v1"] = flood(400, {}, sent)
+    with pytest.raises(errors.RegistryError, match="HTTP 400"):
+        registry.pull(store, ref, None, FAST)
+    assert sent[0] < 16 << 20, sent  # not read whole: about the 64 KiB cap
+    sent[0] = 0
+    challenge = f'Bearer realm="http://{fake.host}/token",service="fake"'
+    fake.routes["/v2/bad/art/manifests/v1"] = lambda h: send(
+        h, 401, b"{}", {"WWW-Authenticate": challenge})
+    fake.routes["/token"] = flood(200, {"Content-Type": "application/json"}, sent)
+    with pytest.raises(errors.RegistryError, match="token is over the 1048576-byte limit"):
+        registry.pull(store, ref, None, FAST)
+    assert sent[0] < 16 << 20, sent
+    sent[0] = 0
+    fake.routes.pop("/token")
+    fake.artifact({"f.bin": b"x" * 100})
+    fake.routes[f"/v2/bad/art/referrers/sha256:{'1' * 64}"] = flood(
+        200, {"Content-Type": "application/vnd.oci.image.index.v1+json"}, sent)
+    with pytest.raises(errors.RegistryError, match="referrers index is over"):
+        registry.referrers(f"{fake.host}/bad/art@sha256:{'1' * 64}", FAST)
+    assert sent[0] < 16 << 20, sent
+    assert_nothing_named(store)
+
+
+def drip(prefix: bytes, pause: float) -> Route:
+    """Send ``prefix`` (a status line and maybe headers), then one byte every ``pause``."""
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.close_connection = True
+        try:
+            h.wfile.write(prefix)
+            while True:
+                h.wfile.write(b"x")
+                h.wfile.flush()
+                time.sleep(pause)
+        except OSError:
+            pass
+    return route
+
+
+def test_a_dripping_server_meets_deadlines_and_the_minimum_rate(
+        fake: FakeRegistry, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(4096)
+    ref = fake.artifact({"f.bin": data})
+    blob_path = f"/v2/bad/art/blobs/sha256:{sha256(data)}"
+    body = (f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    fake.routes[blob_path] = drip(body, 0.05)  # ~20 bytes/s: under any minimum
+    monkeypatch.setattr(registry, "RATE_WINDOW", 0.5)
+    slow = registry.Options(insecure=True, retries=1, backoff=0.0, min_rate=1000)
+    with pytest.raises(errors.RegistryError, match="slower than 1000 bytes/s"):
+        registry.pull(store, ref, None, slow)
+    endless = registry.Options(insecure=True, retries=1, backoff=0.0, min_rate=0,
+                               blob_timeout=1.5)
+    with pytest.raises(errors.RegistryError, match=r"not received within 1\.5s"):
+        registry.pull(store, ref, None, endless)
+    fake.routes[blob_path] = drip(b"HTTP/1.1 200 OK\r\nX-Slow: ", 0.05)  # dripping headers
+    short = registry.Options(insecure=True, retries=1, backoff=0.0, timeout=1.5)
+    with pytest.raises(errors.RegistryError, match="no answer in the time allowed"):
+        registry.pull(store, ref, None, short)
+    assert_nothing_named(store)
+
+
+def test_redirect_loops_and_bad_encodings_are_registry_errors(fake: FakeRegistry,
+                                                              store: Store) -> None:
+    ref = fake.artifact({"f.bin": b"y" * 100})
+    good = fake.routes["/v2/bad/art/manifests/v1"]
+    fake.routes["/v2/bad/art/manifests/v1"] = lambda h: send(
+        h, 302, b"", {"Location": "/v2/bad/art/manifests/v1"})
+    with pytest.raises(errors.RegistryError, match="TooManyRedirects"):
+        registry.pull(store, ref, None, FAST)
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in ~64 KiB
+    for encoding, body, match in (("gzip", b"not gzip at all", "bad gzip body"),
+                                  ("br", b"{}", "unsupported Content-Encoding 'br'"),
+                                  ("gzip", bomb, "over the 4194304-byte limit")):
+        fake.routes["/v2/bad/art/manifests/v1"] = lambda h, e=encoding, b=body: send(
+            h, 200, b, {"Content-Type": MANIFEST, "Content-Encoding": e})
+        with pytest.raises(errors.RegistryError, match=re.escape(match)):
+            registry.pull(store, ref, None, FAST)
+    fake.routes["/v2/bad/art/manifests/v1"] = good
+    zipped = gzip.compress(b"y" * 100)
+    fake.routes[f"/v2/bad/art/blobs/sha256:{sha256(b'y' * 100)}"] = lambda h: send(
+        h, 200, zipped, {"Content-Encoding": "gzip"})
+    with pytest.raises(errors.RegistryError, match="blobs must come as they are"):
+        registry.pull(store, ref, None, FAST)
+    assert_nothing_named(store)
+
+
+def test_credentials_go_to_another_origin_only_over_https(fake: FakeRegistry,
+                                                          store: Store) -> None:
+    ref = fake.artifact({"f.bin": b"z" * 100})
+    token_server = FakeRegistry()  # another port: another origin
+    try:
+        seen: list[str | None] = []
+
+        def token(h: http.server.BaseHTTPRequestHandler) -> None:
+            seen.append(h.headers.get("Authorization"))
+            send(h, 200, b'{"token": "tok-9"}', {"Content-Type": "application/json"})
+
+        token_server.routes["/token"] = token
+        challenge = f'Bearer realm="http://{token_server.host}/token",service="fake"'
+
+        behind_token(fake, challenge, "tok-9")
+        creds = Credentials("bob", "hunter2-pw")
+        options = registry.Options(insecure=True, backoff=0.0, credentials=creds)
+        with pytest.raises(errors.RegistryError, match="plain HTTP on another origin"):
+            registry.pull(store, ref, None, options)
+        assert seen == [] and token_server.hits == []  # not even asked
+        trusted = registry.Options(insecure=True, backoff=0.0, credentials=creds,
+                                   insecure_hosts=frozenset({token_server.host}))
+        record = registry.pull(store, ref, None, trusted)
+        assert tree_files(store, record.name) == {"f.bin": b"z" * 100}
+        assert seen == [creds.basic()]
+    finally:
+        token_server.close()
+
+
+@pytest.mark.parametrize("realm", ["https://" + "a" * 8000 + "/token", "https://[::zz]/t",
+                                   "ftp://127.0.0.1/token", ""],
+                         ids=["8k-host", "bad-ipv6", "ftp", "empty"])
+def test_absurd_token_realms_are_registry_errors(fake: FakeRegistry, store: Store,
+                                                 realm: str) -> None:
+    ref = fake.artifact({"f.bin": b"w" * 100})
+    fake.routes["/v2/bad/art/manifests/v1"] = lambda h: send(
+        h, 401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}"'})
+    with pytest.raises(errors.RegistryError, match="realm"):
+        registry.pull(store, ref, None, FAST)
+
+
+def test_an_underivable_name_is_refused_before_any_download(fake: FakeRegistry,
+                                                            store: Store) -> None:
+    long_repo = "/".join(["x" * 60] * 4)  # a valid repository, too long for a cas name
+    fake.routes[f"/v2/{long_repo}/manifests/v1"] = fake.routes["/v2/"]
+    with pytest.raises(errors.BadName):
+        registry.pull(store, f"{fake.host}/{long_repo}:v1", None, FAST)
+    assert fake.hits == []
+
+
+def test_cli_errors_from_a_hostile_server_are_one_escaped_line(
+        fake: FakeRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store_path = tmp_path / "store"
+    assert main(["init", str(store_path)]) == 0
+    ref = fake.artifact({"f.bin": b"v" * 100})
+    message = "bad\n\x1b[31mcas: error: forged line\x1b[0m"
+    fake.routes["/v2/bad/art/manifests/v1"] = lambda h: send(h, 400, json.dumps(
+        {"errors": [{"code": "DENIED", "message": message}]}).encode())
+    capsys.readouterr()
+    assert main(["-s", str(store_path), "pull", "--insecure", ref]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\\x1b[31m" in err
+    assert main(["-s", str(store_path), "pull", "--insecure", ref, "--json"]) == 1
+    assert message in json.loads(capsys.readouterr().err)["reason"]  # exact in JSON

@@ -14,9 +14,20 @@ import pytest
 
 import cas.core.store
 from cas import Store, errors
+from cas.cli import main
 from cas.core import hashing
 from cas.core.digest import ObjectId, Sha256
-from conftest import fsverity_digest, object_files, write_random
+from conftest import (
+    acting_as,
+    fsverity_digest,
+    object_files,
+    other_user,
+    run_as,
+    shared_tmp,
+    write_random,
+)
+
+__all__ = ["other_user", "shared_tmp"]  # fixtures
 
 
 def test_init_lays_out_a_versioned_store(tmp_path: Path) -> None:
@@ -34,6 +45,78 @@ def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(errors.StoreExists):
         Store.init(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+# -- who may read and write a store ------------------------------------------------------
+
+
+def _modes(root: Path) -> set[str]:
+    """The mode of every directory of a store (its root included)."""
+    return {f"{stat.S_IMODE(p.stat().st_mode):04o}" for p in [root, *root.rglob("*")]
+            if p.is_dir()}
+
+
+@pytest.fixture
+def umask_077() -> Any:
+    old = os.umask(0o077)  # the modes below are cas's choice, not the umask's
+    yield
+    os.umask(old)
+
+
+def test_a_new_store_is_private(shared_tmp: Path, other_user: tuple[int, int],
+                                umask_077: None) -> None:
+    os.umask(0)
+    secret = write_random(shared_tmp / "secret", 5000)
+    secret.chmod(0o600)
+    with Store.init(shared_tmp / "store") as store:
+        added = store.add_path(secret)
+        assert store.summary()["dir_mode"] == "0700"
+    assert _modes(shared_tmp / "store") == {"0700"}
+    obj = shared_tmp / "store" / "objects" / added.object_id[:2] / added.object_id[2:]
+    assert stat.S_IMODE(obj.stat().st_mode) == 0o444
+    done = run_as(other_user, ["cat", str(obj)])
+    assert done.returncode != 0 and "Permission denied" in done.stderr
+
+
+def test_init_refuses_another_users_directory(shared_tmp: Path,
+                                              other_user: tuple[int, int]) -> None:
+    (shared_tmp / "theirs").mkdir()
+    os.chown(shared_tmp / "theirs", *other_user)
+    with pytest.raises(errors.StoreNotOwned):
+        Store.init(shared_tmp / "theirs")
+    assert os.listdir(shared_tmp / "theirs") == []
+
+
+def test_a_shared_store_is_read_and_written_by_its_group_only(
+        shared_tmp: Path, tmp_path: Path, other_user: tuple[int, int],
+        umask_077: None) -> None:
+    uid, gid = other_user
+    path = shared_tmp / "shared"
+    assert main(["init", str(path), "--shared", str(gid), "--no-fsync"]) == 0
+    assert (path.stat().st_gid, _modes(path)) == (gid, {"2770"})
+    with Store.open(path) as store:
+        mine = store.add_path(write_random(tmp_path / "mine", 70_000, seed=1))
+    assert _modes(path) == {"2770"}  # shard directories too, whatever the umask
+    theirs = write_random(shared_tmp / "theirs", 80_000, seed=2)
+    os.chown(theirs, uid, gid)
+    again = shared_tmp / "again"  # bytes root added: their copy replaces root's inode
+    again.write_bytes((tmp_path / "mine").read_bytes())
+    os.chown(again, uid, gid)
+    with acting_as(other_user):  # a member of the group: reads and writes
+        for args in (["add", str(theirs)], ["import", str(theirs), "--name", "their/model"],
+                     ["tag", "their/model", "their/again"], ["cat", mine.object_id],
+                     ["add", str(again)]):
+            assert main(["-s", str(path), *args]) == 0, args
+    with Store.open(path) as store:  # and root reads, verifies and collects their work
+        assert store.names.get("their/model").kind == "tree"
+        assert store.lookup_sha256(Sha256(hashlib.sha256(theirs.read_bytes()).hexdigest()))
+    assert main(["-s", str(path), "verify"]) == 0
+    assert main(["-s", str(path), "gc", "--grace", "0"]) == 0
+    with acting_as(other_user):
+        assert main(["-s", str(path), "verify"]) == 0
+        assert main(["-s", str(path), "gc", "--grace", "0"]) == 0
+    nobody = run_as((65534, 65534), ["ls", str(path)])  # nobody else may enter
+    assert nobody.returncode != 0 and "Permission denied" in nobody.stderr
 
 
 def test_added_object_is_named_by_its_fsverity_digest(store: Store, tmp_path: Path) -> None:

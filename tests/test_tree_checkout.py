@@ -161,3 +161,17 @@ def test_reflink_checkout_verifies_unless_told_not_to(loopfs: LoopFs) -> None:
         assert not (mnt / "out").exists()
         checkout(store, image, mnt / "fast", verify=False)  # metadata only: not read
         assert (mnt / "fast" / "w.bin").stat().st_size == 1 << 20
+
+
+def test_hardlink_checkout_never_widens_who_may_read(store: Store, tmp_path: Path) -> None:
+    """The store's objects are 0444: sharing one for a 0600 file would let all read it."""
+    (tmp_path / "src").mkdir()
+    write_random(tmp_path / "src" / "secret.bin", 5000).chmod(0o600)
+    [record] = import_artifacts(store, [str(tmp_path / "src")], "secret")
+    image = store.get_image(record.image)
+    with pytest.raises(errors.LinkUnsupported, match="mode 0600"):
+        checkout(store, image, tmp_path / "out", LinkMode.HARDLINK)
+    assert not (tmp_path / "out").exists()
+    result = checkout(store, image, tmp_path / "out", LinkMode.COPY)
+    assert result.files == 1 and stat.S_IMODE((tmp_path / "out" / "secret.bin").stat().st_mode) \
+        == 0o600

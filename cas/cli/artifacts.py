@@ -15,13 +15,12 @@ from cas.cli.common import (
     emit,
     json_option,
     policy_option,
-    shown,
     trust_check,
     trust_options,
+    warn,
 )
 from cas.core.linkmode import LinkMode
-from cas.core.names import NameRecord
-from cas.core.store import Store
+from cas.errors import CasError, printable
 from cas.ops import artifacts
 from cas.ops.checkout import NOT_RESTORED
 from cas.ops.checkout import checkout as checkout_tree
@@ -60,7 +59,7 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
          "\n".join(f"{r.name}  {r.image}" for r in records))
     for failure in records.failures:
         click.echo(json.dumps(failure.to_json(), sort_keys=True) if as_json
-                   else f"cas: error: {failure}", err=True)
+                   else f"cas: error: {printable(failure)}", err=True)
     if records.failures:
         raise click.exceptions.Exit(errors.SOME_FAILED)
 
@@ -120,7 +119,7 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
         f": {methods}" if methods else "")]
     for kind, count in sorted(result.not_restored.items()):
         lines.append(f"not restored: {NOT_RESTORED[kind]}: {count} entries "
-                     f"(e.g. {shown(result.examples[kind])})")
+                     f"(e.g. {printable(result.examples[kind])})")
     emit(as_json, result.to_json(), "\n".join(lines) + _hardlink_note(mode))
 
 
@@ -152,27 +151,19 @@ def ls(obj: Context, as_json: bool) -> None:
     reports it as bad-name)."""
     from cas.integrity.quarantine import damaged_artifacts
     with obj.open_store() as store:
-        records, unreadable = _read_names(store)
-        damaged = damaged_artifacts(store)
-    for problem in unreadable:
-        click.echo(json.dumps({"warning": "bad-name", **problem}, sort_keys=True) if as_json
-                   else f"cas: warning: {problem['message']}", err=True)
-    emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in records],
-         "\n".join(f"{r.name}\t{r.kind}\t{r.image}" + ("\tDAMAGED" if r.name in damaged
-                                                         else "") for r in records))
-
-
-def _read_names(store: Store) -> tuple[list[NameRecord], list[dict[str, str]]]:
-    """Every readable name (sorted) and a report of each name file that is not."""
-    records, unreadable = [], []
-    for file_name in store.names.files():
+        records, bad_names = store.names.scan()  # a damaged name file is skipped and said
         try:
-            records.append(store.names.load(file_name))
-        except FileNotFoundError:
-            continue  # removed concurrently
-        except errors.StoreCorrupt as exc:
-            unreadable.append({"path": f"names/{file_name}", "message": exc.message()})
-    return sorted(records, key=lambda r: r.name), unreadable
+            damaged = damaged_artifacts(store)
+            unusable = None
+        except CasError as exc:  # state/damaged is unusable: list the names anyway
+            damaged, unusable = {}, exc
+    for problem in bad_names:
+        warn(as_json, problem, "bad-name")
+    if unusable is not None:
+        warn(as_json, unusable)
+    emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in records],
+         "\n".join(f"{r.name}\t{printable(r.kind)}\t{r.image}"
+                   + ("\tDAMAGED" if r.name in damaged else "") for r in records))
 
 
 @cli.command()
@@ -187,20 +178,21 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
     with obj.open_store() as store:
         info = artifacts.inspect(store, name)
         info["signatures"] = signing.describe(store, store.get_image(ObjectId(info["image"])))
-    lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]
+    lines = [f"{info['name']}  image {info['image']}  ({printable(info['kind'])}, "
+             f"{info['size']} bytes)"]
     for e in info["entries"]:
         detail = (f"=> {e['hardlink']}" if "hardlink" in e else e.get("object") or
                   ("inline" if e.get("inline") else e.get("target", "")))
         if "rdev" in e:
             detail = "{}:{}".format(*e["rdev"])
-        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  {shown(e['path']) or '.'}"
-                     f"  {shown(detail)}")
+        lines.append(f"  {e['type']:<7} {e['mode']} {e['size']:>12}  "
+                     f"{printable(e['path']) or '.'}  {printable(detail)}")
     for b in info["blobs"]:
-        lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {b['media_type']}")
-    for s in info["signatures"]:  # untrusted claims (only a policy's keys verify them): repr
-        lines.append(f"  signature  {s['error']}" if "error" in s else
-                     f"  signature  for {s['identity']!r}  {s['manifest']!r}  by "
-                     f"{s['creator']!r}  (unverified claim; {s['digest']})")
+        lines.append(f"  blob    {b['size']:>17}  {b['sha256']}  {printable(b['media_type'])}")
+    for s in info["signatures"]:  # untrusted claims (only a policy's keys verify them)
+        lines.append(f"  signature  {printable(s['error'])}" if "error" in s else
+                     f"  signature  for {printable(s['identity'])}  {printable(s['manifest'])}"
+                     f"  by {printable(s['creator'])}  (unverified claim; {s['digest']})")
     emit(as_json, info, "\n".join(lines))
 
 
@@ -211,5 +203,5 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
 def rm(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Remove artifact names (their bytes go at the next GC)."""
     with obj.open_store() as store, store.write_errors():
-        removed = [store.names.remove(n) for n in names]
+        removed = artifacts.remove(store, list(names))
     emit(as_json, [r.to_json() for r in removed], "\n".join(f"removed {r.name}" for r in removed))

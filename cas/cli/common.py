@@ -49,27 +49,6 @@ def json_option(fn: F) -> F:
                         help="Print machine-readable JSON.")(fn)
 
 
-def shown(text: str) -> str:
-    """Untrusted text (a path, a name) for human output, on one line and unambiguous:
-    a backslash, control and other unprintable characters, and bytes that are not UTF-8
-    (fs-encoded as U+DC80..U+DCFF) become ``\\\\``, ``\\xHH`` or ``\\uHHHH``.
-    ``--json`` carries the text exactly instead."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for char in text:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char == "\\":
-            out.append("\\\\")
-        elif char.isprintable():
-            out.append(char)
-        else:
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
-
-
 def emit(as_json: bool, value: Any, human: str) -> None:
     """Print ``value`` as JSON, or the human text (nothing at all when it is empty)."""
     if as_json:
@@ -87,10 +66,21 @@ def complete_names(ctx: click.Context, _param: click.Parameter,
         return []
     try:
         with Store.open(path) as store:
-            return [CompletionItem(r.name) for r in store.names
+            return [CompletionItem(r.name) for r in store.names.scan()[0]
                     if r.name.startswith(incomplete)]
     except (errors.CasError, OSError):
         return []
+
+
+def warn(as_json: bool, error: errors.CasError, kind: str | None = None) -> None:
+    """A problem that did not stop the command: one line on stderr.  With ``--json`` an
+    object: ``warning`` is ``kind`` (as ``cas verify`` names that finding) or else the
+    error's own kind, then the error's message and fields, exact."""
+    payload = error.to_json()
+    payload["warning"] = kind or payload["error"]
+    del payload["error"]
+    click.echo(json.dumps(payload, sort_keys=True) if as_json
+               else f"cas: warning: {errors.printable(error.message())}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,19 +114,28 @@ def parse_size(text: str) -> int:
 
 
 def registry_options(fn: F) -> F:
-    """``--insecure``, ``--username``, ``--password``/``--password-stdin`` for registries."""
+    """How to reach a registry: ``--insecure[-host]``, credentials, time and rate bounds;
+    the command takes them as ``**connection`` for ``registry_settings``."""
     for option in reversed([
             click.option("--insecure", is_flag=True,
                          help="Allow plain HTTP and unverified TLS (local test registries)."),
+            click.option("--insecure-host", "insecure_hosts", multiple=True, metavar="HOST",
+                         help="Also allow plain HTTP to HOST[:PORT] (e.g. a token server)."),
             click.option("--username", "-u", help="Registry user (else the auth files)."),
             click.option("--password", "-p", help="Registry password (prefer --password-stdin)."),
-            click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")]):
+            click.option("--password-stdin", is_flag=True, help="Read the password from stdin."),
+            click.option("--blob-timeout", default="6h", show_default=True, metavar="DURATION",
+                         help="Give up on a blob not transferred within this long."),
+            click.option("--min-rate", default="16K", show_default=True, metavar="SIZE",
+                         help="Resume (then give up on) a blob slower than this per second.")]):
         fn = option(fn)
     return fn
 
 
-def registry_settings(insecure: bool, username: str | None, password: str | None,
-                      password_stdin: bool, platform: str | None = None) -> Any:
+def registry_settings(*, insecure: bool, insecure_hosts: tuple[str, ...], username: str | None,
+                      password: str | None, password_stdin: bool, blob_timeout: str,
+                      min_rate: str, platform: str | None = None) -> Any:
+    from cas.ops.gc import parse_duration
     from cas.transport.auth import Credentials
     from cas.transport.registry import Options
     if password_stdin:
@@ -144,7 +143,9 @@ def registry_settings(insecure: bool, username: str | None, password: str | None
     if (username is None) != (password is None):
         raise click.UsageError("give both --username and a password, or neither")
     credentials = Credentials(username, password) if username and password is not None else None
-    return Options(insecure=insecure, credentials=credentials, platform=platform)
+    return Options(insecure=insecure, credentials=credentials, platform=platform,
+                   insecure_hosts=frozenset(h.lower() for h in insecure_hosts),
+                   blob_timeout=parse_duration(blob_timeout), min_rate=parse_size(min_rate))
 
 
 POLICY_HELP = ("Trust policy, containers-policy.json(5) (default: ~/.config/containers/"

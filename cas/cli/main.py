@@ -30,6 +30,9 @@ from cas.cli import (  # noqa: F401 (register the commands)
 )
 from cas.cli.common import COMPLETE_VAR, Context, cli
 
+#: Longest error line shown to a human (``--json`` carries every field whole).
+MESSAGE_MAX = 4000
+
 
 def _report(error: BaseException, as_json: bool, debug: bool) -> int:
     if debug:
@@ -39,9 +42,12 @@ def _report(error: BaseException, as_json: bool, debug: bool) -> int:
     elif isinstance(error, OSError):
         message = f"{error.filename}: {error.strerror}" if error.filename else str(error)
         payload, code = {"error": "os-error", "message": message}, 1
-    else:
-        payload, code = {"error": "internal-error", "message": repr(error)}, 1
-    line = json.dumps(payload, sort_keys=True) if as_json else f"cas: error: {payload['message']}"
+    else:  # a bug: every expected failure is a CasError
+        payload = {"error": "internal-error", "message": f"internal error ({type(error).__name__}"
+                   f": {error}); run with --debug for the traceback and report it"}
+        code = 1
+    line = (json.dumps(payload, sort_keys=True) if as_json
+            else f"cas: error: {errors.printable(payload['message'], MESSAGE_MAX)}")
     click.echo(line, err=True)
     return code
 

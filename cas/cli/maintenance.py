@@ -41,10 +41,13 @@ def gc(obj: Context, grace: str, wait: str, max_duration: str | None, dry_run: b
     if metrics_file is not None:
         from cas.ops.gc_metrics import write_gc_metrics
         write_gc_metrics(metrics_file, report, started)
+    skipped = [f"skipped {errors.printable(entry)}" for entry in report.skipped]
     if quiet and not as_json:
+        if skipped:  # damage to look at, even from cron
+            click.echo("\n".join(skipped))
         return
     verb = "would remove" if dry_run else "removed"
-    lines = [f"{oid}" for oid in report.removed]
+    lines = [f"{oid}" for oid in report.removed] + skipped
     lines.append(f"{verb} {report.objects_removed} objects ({report.bytes_removed} bytes), "
                  f"{report.index_removed} index entries, {report.temp_files_removed} temp files "
                  f"in {report.seconds:.2f}s; kept {report.reachable} reachable, "

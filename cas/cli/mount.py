@@ -22,10 +22,13 @@ from cas.cli.common import (
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Without kernel fs-verity, rehash the artifact's objects before mounting.")
+@click.option("--allow-suid-dev", is_flag=True,
+              help="Honour setuid/setgid bits, file capabilities and device nodes (images "
+              "meant to run as system trees; the default mounts nosuid,nodev).")
 @trust_options
 @json_option
 @click.pass_obj
-def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool,
+def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, allow_suid_dev: bool,
               policy_path: Path | None, require_signature: bool, as_json: bool) -> None:
     """Mount artifact NAME read-only at MOUNTPOINT (EROFS image + overlayfs; root only)."""
     from cas.ops import mount as mount_mod
@@ -33,7 +36,8 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool,
     with obj.open_store() as store:
         admit = None if check is None else (
             lambda record, _image: check(store, record.name, record.image))
-        result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit)
+        result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit,
+                                 allow_suid_dev=allow_suid_dev)
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
     if result.verification == "userspace":

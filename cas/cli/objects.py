@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from cas import errors
 from cas.cli.common import Context, cli, emit, json_option
 from cas.cli.progress import run_with_progress
 from cas.core.hashing import Progress
@@ -20,12 +21,24 @@ from cas.core.store import AddResult, Store
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--no-fsync", is_flag=True,
               help="Do not fsync objects before publishing them (faster, not crash-durable).")
+@click.option("--shared", "group", metavar="GROUP",
+              help="Share the store with GROUP (name or gid): its members read and write "
+              "it, nobody else enters (default: private to you, mode 0700).")
 @json_option
 @click.pass_obj
-def init(obj: Context, path: Path, no_fsync: bool, as_json: bool) -> None:
+def init(obj: Context, path: Path, no_fsync: bool, group: str | None, as_json: bool) -> None:
     """Create a new store at PATH."""
-    with Store.init(path, fsync=not no_fsync) as store:
+    gid = None if group is None else _group_id(group)
+    with Store.init(path, fsync=not no_fsync, group=gid) as store:
         emit(as_json, store.summary(), f"initialised cas store at {store.path}")
+
+
+def _group_id(text: str) -> int:
+    import grp
+    try:
+        return int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise errors.BadInput(message=f"no such group '{text}'") from None
 
 
 UNNAMED_NOTE = ("note: no name keeps these objects: cas gc removes them after its grace period "

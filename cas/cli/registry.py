@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,6 +18,7 @@ from cas.cli.common import (
     registry_settings,
 )
 from cas.cli.progress import run_with_progress
+from cas.errors import printable
 
 
 @cli.command()
@@ -27,16 +29,15 @@ from cas.cli.progress import run_with_progress
 @registry_options
 @json_option
 @click.pass_obj
-def pull(obj: Context, ref: str, name: str | None, platform: str | None,
-         policy_path: Path | None, insecure: bool, username: str | None,
-         password: str | None, password_stdin: bool, as_json: bool) -> None:
+def pull(obj: Context, /, ref: str, name: str | None, platform: str | None,
+         policy_path: Path | None, as_json: bool, **connection: Any) -> None:
     """Pull REF ([docker://]HOST[:PORT]/REPO[:TAG|@sha256:...]) from a registry and name it.
 
     The trust policy judges the manifest and its sigstore signatures before anything is
     stored; a refused artifact exits 10 and is not named.  Signatures are kept."""
     from cas.integrity import policy
     from cas.transport import registry, sigstore
-    options = registry_settings(insecure, username, password, password_stdin, platform)
+    options = registry_settings(platform=platform, **connection)
     gate = sigstore.PolicyGate(policy.load(policy_path))
     with obj.open_store() as store, store.write_errors():
         record = run_with_progress("pull", None, lambda progress: registry.pull(
@@ -44,7 +45,8 @@ def pull(obj: Context, ref: str, name: str | None, platform: str | None,
     assert gate.verdict is not None
     trust = {**gate.verdict.to_json(), "signatures": len(gate.signatures)}
     emit(as_json, {**record.to_json(), "trust": trust},
-         f"{record.name}  {record.image}\ntrust: {gate.verdict.scope}: {gate.verdict.reason}")
+         f"{record.name}  {record.image}\ntrust: {gate.verdict.scope}: "
+         f"{printable(gate.verdict.reason)}")
 
 
 @cli.command()
@@ -55,14 +57,13 @@ def pull(obj: Context, ref: str, name: str | None, platform: str | None,
 @registry_options
 @json_option
 @click.pass_obj
-def push(obj: Context, name: str, ref: str, mount_from: str | None, insecure: bool,
-         username: str | None, password: str | None, password_stdin: bool,
-         as_json: bool) -> None:
+def push(obj: Context, /, name: str, ref: str, mount_from: str | None, as_json: bool,
+         **connection: Any) -> None:
     """Push artifact NAME to REF (same manifest, same digests as it was imported with),
     then its stored signatures (the sha256-<hex>.sig attachment, as skopeo writes it)."""
     from cas.ops import signing
     from cas.transport import registry
-    options = registry_settings(insecure, username, password, password_stdin)
+    options = registry_settings(**connection)
     with obj.open_store() as store:
         record = store.names.get(name)
         image = store.get_image(record.image)
@@ -80,11 +81,10 @@ def push(obj: Context, name: str, ref: str, mount_from: str | None, insecure: bo
 @registry_options
 @json_option
 @click.pass_obj
-def referrers(obj: Context, ref: str, insecure: bool, username: str | None,
-              password: str | None, password_stdin: bool, as_json: bool) -> None:
+def referrers(obj: Context, /, ref: str, as_json: bool, **connection: Any) -> None:
     """List the artifacts that refer to REF's manifest (referrers API or tag fallback)."""
     from cas.transport import registry
-    found = registry.referrers(ref, registry_settings(insecure, username, password,
-                                                      password_stdin))
-    emit(as_json, found, "\n".join(f"{d['digest']}  {d.get('artifactType', d['mediaType'])}"
-                                   for d in found))
+    found = registry.referrers(ref, registry_settings(**connection))
+    emit(as_json, found, "\n".join(
+        f"{printable(d['digest'])}  {printable(d.get('artifactType', d['mediaType']))}"
+        for d in found))

@@ -21,19 +21,54 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def open_dir(name: str, dir_fd: int | None = None, *, create: bool = False) -> int:
+def open_dir(name: str, dir_fd: int | None = None, *, create: bool = False,
+             mode: int | None = None) -> int:
     """Open directory ``name`` (relative to ``dir_fd``) without following a symlink.
 
-    With ``create`` a missing directory is made (a concurrent creator is fine).
+    With ``create`` a missing directory is made (a concurrent creator is fine): 0755 less
+    the umask, or exactly ``mode`` (a store's own directories, see ``Store.dir_mode``).
     """
     try:
         return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         if not create:
             raise
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o755, dir_fd=dir_fd)
-    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        os.mkdir(name, 0o755 if mode is None else 0o700, dir_fd=dir_fd)
+        made = True
+    except FileExistsError:
+        made = False
+    fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    if made and mode is not None:
+        os.fchmod(fd, mode)  # not subject to the umask (setgid kept for shared stores)
+    return fd
+
+
+class WrongType(OSError):
+    """A path cas reads or locks is not a regular file (a symlink, FIFO, directory...)."""
+
+    def __init__(self, name: str, mode: int) -> None:
+        self.kind = file_kind(mode)
+        super().__init__(errno.ELOOP if stat.S_ISLNK(mode) else errno.EINVAL,
+                         f"a {self.kind}, not a regular file", name)
+
+
+def open_regular(name: str, dir_fd: int, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """Open a regular file below ``dir_fd``: never through a symlink, never blocking on a
+    FIFO, never anything but a regular file (``WrongType`` says what is there instead)."""
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENOTDIR):
+            raise
+        raise WrongType(name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+                        ) from None
+    st_mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(st_mode):
+        os.close(fd)
+        raise WrongType(name, st_mode)
+    return fd
 
 
 def temp_name(prefix: str) -> str:
@@ -127,18 +162,32 @@ def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> No
         raise OSError(err, os.strerror(err), dst)
 
 
+def link_fd(fd: int, dir_fd: int, name: str | bytes) -> None:
+    """Hard-link the very inode open at ``fd`` as ``name`` (``linkat`` through
+    ``/proc/self/fd``: never whatever has since appeared at the path it was opened by)."""
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
 def read_small(dir_fd: int, name: str, limit: int) -> bytes:
-    """Read a small regular file without following symlinks; refuse files over ``limit``."""
-    fd = os.open(name, READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    """Read a small regular file without following symlinks (``WrongType`` for anything
+    else); refuse files over ``limit``."""
+    fd = open_regular(name, dir_fd)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, f"{name} is not a regular file")
         if st.st_size > limit:
             raise OSError(errno.EFBIG, f"{name} is larger than {limit} bytes")
         return os.read(fd, limit + 1)[:limit]
     finally:
         os.close(fd)
+
+
+def exists(dir_fd: int, name: str) -> bool:
+    """Is there anything (a dangling symlink too) at ``name``?"""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def file_kind(mode: int) -> str:

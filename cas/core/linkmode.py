@@ -23,7 +23,7 @@ import enum
 import os
 from collections.abc import Callable
 
-from cas.core import fsverity, hashing
+from cas.core import fsio, fsverity, hashing
 from cas.core.digest import ObjectId
 from cas.core.hashing import CopyMethod
 from cas.core.store import Store
@@ -70,14 +70,15 @@ def place_object(store: Store, oid: ObjectId, size: int, dir_fd: int, name: Name
     (checkout passes one that also applies the entry's metadata).  An existing ``name``
     raises ``FileExistsError`` (the caller's collision), never ``LinkUnsupported``."""
     if mode is LinkMode.HARDLINK:
-        if verify:
-            store.open_verified(oid).close()  # never hand out a corrupt inode
-        try:
-            store.link_object(oid, dir_fd, name)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            raise LinkUnsupported(mode="hardlink", reason=exc.strerror) from exc
+        # the inode linked is the regular file opened (and verified) here, never whatever
+        # a store writer may have put at its path since (a symlink, another object)
+        with store.open_verified(oid) if verify else store.open_object(oid) as obj:
+            try:
+                fsio.link_fd(obj.fileno(), dir_fd, name)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                raise LinkUnsupported(mode="hardlink", reason=exc.strerror) from exc
         return "hardlink"
     with store.open_object(oid) as obj:
         if mode in (LinkMode.AUTO, LinkMode.REFLINK):

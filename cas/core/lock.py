@@ -21,9 +21,12 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from cas.core import fsio
 from cas.core.digest import ObjectId, is_hex64
+from cas.errors import ForeignEntry
 
 LOCK_NAME = "lock"
 ROOTS = "roots"
@@ -31,10 +34,23 @@ ROOT_PREFIX = "tmp-"
 _POLL_MAX = 0.05
 
 
-def open_lock(root_fd: int) -> int:
+def open_lock(root_fd: int, store_path: Path) -> int:
     """Open (creating if needed) the store lock file; the caller closes the fd."""
-    return os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                   dir_fd=root_fd)
+    return open_lock_file(root_fd, LOCK_NAME, store_path / LOCK_NAME)
+
+
+def open_lock_file(dir_fd: int, name: str, where: Path) -> int:
+    """Open (creating if needed) a lock file to flock: read-only, so every user of a shared
+    store can open it, and readable by them even if our umask says otherwise; a symlink,
+    FIFO or directory planted there is ``ForeignEntry``, never followed or waited on."""
+    try:
+        fd = fsio.open_regular(name, dir_fd, os.O_RDONLY | os.O_CREAT, 0o644)
+    except fsio.WrongType as exc:
+        raise ForeignEntry(path=where, kind=exc.kind, expected="a lock file") from None
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o444 != 0o444:
+        os.fchmod(fd, 0o644)
+    return fd
 
 
 def try_flock(fd: int, operation: int, wait: float) -> bool:
@@ -58,12 +74,12 @@ def try_flock(fd: int, operation: int, wait: float) -> bool:
 
 
 @contextlib.contextmanager
-def shared(root_fd: int) -> Iterator[None]:
+def shared(root_fd: int, store_path: Path) -> Iterator[None]:
     """Hold the store lock shared (a writer's publish step).  Blocks while a GC sweeps.
 
     Each holder opens its own file description, so threads never release each other.
     """
-    fd = open_lock(root_fd)
+    fd = open_lock(root_fd, store_path)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield
@@ -74,14 +90,15 @@ def shared(root_fd: int) -> Iterator[None]:
 class TempRoot:
     """One writer's temporary GC root: a locked, append-only list of object ids."""
 
-    def __init__(self, root_fd: int, tmp_fd: int) -> None:
+    def __init__(self, root_fd: int, tmp_fd: int, dir_mode: int) -> None:
         self._lock = threading.Lock()
-        roots_fd = fsio.open_dir(ROOTS, root_fd, create=True)
+        roots_fd = fsio.open_dir(ROOTS, root_fd, create=True, mode=dir_mode)
         try:
             name = fsio.temp_name("root")
             self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                                | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=tmp_fd)
             try:
+                os.fchmod(self._fd, 0o644)  # a GC run by another user must read it
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
                 self.name = ROOT_PREFIX + name.removeprefix("root-")
                 os.rename(name, self.name, src_dir_fd=tmp_fd, dst_dir_fd=roots_fd)
@@ -114,40 +131,56 @@ class TempRoot:
         os.close(self._fd)
 
 
-def read_roots(root_fd: int, *, remove_dead: bool = True) -> tuple[set[ObjectId], int, int]:
+@dataclass
+class Roots:
+    """What ``read_roots`` found: the ids live roots protect, and what else was there."""
+
+    ids: set[ObjectId] = field(default_factory=set)
+    live: int = 0
+    dead: int = 0                                          # removed (or, dry, would be)
+    foreign: list[str] = field(default_factory=list)       # "roots/x: a fifo, ..."
+
+
+def read_roots(root_fd: int, *, remove_dead: bool = True) -> Roots:
     """Collect the ids of live temp roots and delete dead ones (call under GC's lock).
 
-    Returns (ids, live roots, dead roots removed).
+    Entries cas never makes (a symlink, FIFO or directory planted in ``roots/``) are
+    opened without following or blocking on them, skipped and reported.
     """
+    found = Roots()
     try:
         roots_fd = fsio.open_dir(ROOTS, root_fd)
     except FileNotFoundError:
-        return set(), 0, 0
-    ids: set[ObjectId] = set()
-    live = dead = 0
+        return found
+    except OSError as exc:
+        found.foreign.append(f"{ROOTS}: {exc.strerror}")
+        return found
     try:
         with os.scandir(roots_fd) as entries:
             names = [e.name for e in entries if e.name.startswith(ROOT_PREFIX)]
         for name in names:
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=roots_fd)
+                fd = fsio.open_regular(name, roots_fd)
             except FileNotFoundError:
                 continue  # its writer finished
+            except OSError as exc:
+                found.foreign.append(f"{ROOTS}/{name}: {exc.strerror}")
+                continue
             try:
                 if try_flock(fd, fcntl.LOCK_EX, 0):
                     if remove_dead:  # writer gone: not a root
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(name, dir_fd=roots_fd)
-                    dead += 1
+                    found.dead += 1
                     continue
-                live += 1
+                found.live += 1
                 with os.fdopen(os.dup(fd), "rb") as f:
                     for line in f.read().split(b"\n"):
                         text = line.decode("ascii", "replace")
                         if is_hex64(text):
-                            ids.add(ObjectId(text))
+                            found.ids.add(ObjectId(text))
             finally:
                 os.close(fd)
     finally:
         os.close(roots_fd)
-    return ids, live, dead
+    return found

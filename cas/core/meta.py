@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cas import errors
-from cas.core import fsio
+from cas.core import fsio, strictjson
 
 FORMAT_NAME = "cas-store"
 FORMAT_VERSION = 1
@@ -43,10 +43,10 @@ def read(path: Path, root_fd: int) -> dict[str, Any]:
     except OSError as exc:
         raise errors.NotAStore(path=path, reason=f"{META_NAME}: {exc.strerror}") from exc
     try:
-        meta = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = strictjson.load_object(raw)
+    except ValueError as exc:
         raise errors.NotAStore(path=path, reason=f"{META_NAME} is not JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+    if meta.get("format") != FORMAT_NAME:
         raise errors.NotAStore(path=path, reason=f"{META_NAME} does not describe a cas store")
     version = meta.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -57,6 +57,10 @@ def read(path: Path, root_fd: int) -> dict[str, Any]:
         raise errors.UnsupportedFormat(path=path, found=f"digest {meta.get('digest')!r}",
                                        supported=DIGEST_ALGORITHM)
     features = meta.get("features", {})
+    if not isinstance(features, dict) or not all(
+            isinstance(flags, list) and all(isinstance(f, str) for f in flags)
+            for flags in features.values()) or not isinstance(meta.get("fsync", True), bool):
+        raise errors.NotAStore(path=path, reason=f"{META_NAME}: malformed features or fsync")
     unknown = set(features.get("incompat", [])) - KNOWN_FEATURES["incompat"]
     if unknown:
         raise errors.UnsupportedFormat(path=path, found=f"features {sorted(unknown)}",

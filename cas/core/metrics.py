@@ -5,7 +5,8 @@ renders them (names, label escaping, ``# HELP``/``# TYPE``, and every value as t
 shortest float that reads back exactly: a timestamp keeps its milliseconds, a byte count
 all its digits up to 2**53).  The file is written with cas's one publish helper: a
 private ``O_EXCL`` temp file beside it, then ``rename`` — a scraper never reads half a
-file, and a symlink planted at a temp name is never followed.
+file, a symlink planted at a temp name is never followed, and none is followed on the way
+to the file either (a destination, ``cas.core.userpath``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from cas.core import fsio
+from cas.core import fsio, userpath
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +61,10 @@ def render(gauges: Iterable[Gauge]) -> bytes:
 def write_textfile(path: str | os.PathLike[str], gauges: Iterable[Gauge]) -> None:
     """Replace ``path`` atomically with the rendered gauges (mode 0644, readable by the
     exporter).  The temp file is a dot file: the collector reads only ``*.prom``."""
-    path = Path(path)
     data = render(gauges)
-    # the directory is the caller's to choose (it may be a symlink); the file is not
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # a destination: no symlink anywhere on the way (cas.core.userpath)
+    dir_fd, name = userpath.destination_parent(Path(path))
     try:
-        fsio.replace_file(dir_fd, path.name, data, tmp_dir_fd=dir_fd, fsync=False)
+        fsio.replace_file(dir_fd, name, data, tmp_dir_fd=dir_fd, fsync=False)
     finally:
         os.close(dir_fd)

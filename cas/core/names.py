@@ -14,9 +14,9 @@ every object that image needs are stored: a name never refers to a half import.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -24,11 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cas.core import fsio
+from cas.core import fsio, strictjson
 from cas.core.digest import ObjectId, is_hex64
-from cas.errors import BadName, NameNotFound, StoreCorrupt
+from cas.errors import BadName, ForeignEntry, NameNotFound, StoreCorrupt
 
 MAX_NAME = 255
+NAMES_DIR = "names"
 RECORD_LIMIT = 64 * 1024
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -38,6 +39,7 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _HOST_RE = re.compile(_HOST)
 _TAG_RE = re.compile(_TAG)
+_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def normalize(text: str) -> str:
@@ -99,10 +101,9 @@ class Names:
     def get(self, name: str) -> NameRecord:
         canonical = normalize(name)
         try:
-            raw = fsio.read_small(self._fd, _file_name(canonical), RECORD_LIMIT)
+            record = self.load(_file_name(canonical))
         except FileNotFoundError:
             raise NameNotFound(name=canonical) from None
-        record = _parse(raw, _file_name(canonical))
         if record.name != canonical:
             raise StoreCorrupt(path="names", reason=f"name file for {canonical!r} says "
                                f"{record.name!r}")
@@ -124,28 +125,54 @@ class Names:
             return sorted(e.name for e in entries if is_hex64(e.name))
 
     def load(self, file_name: str) -> NameRecord:
-        """Read one name file (from ``files``); ``StoreCorrupt`` if it is damaged."""
-        return _parse(fsio.read_small(self._fd, file_name, RECORD_LIMIT), file_name)
+        """Read one name file (from ``files``): ``FileNotFoundError`` if it is gone,
+        ``ForeignEntry`` if it is not a regular file (a symlink is never followed, a FIFO
+        never waited on), ``StoreCorrupt`` if it does not parse."""
+        where = f"{NAMES_DIR}/{file_name}"
+        try:
+            raw = fsio.read_small(self._fd, file_name, RECORD_LIMIT)
+        except fsio.WrongType as exc:
+            raise ForeignEntry(path=where, kind=exc.kind, expected="name files") from None
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StoreCorrupt(path=where, reason=exc.strerror or str(exc)) from None
+        return _parse(raw, file_name)
+
+    def scan(self) -> tuple[list[NameRecord], list[StoreCorrupt]]:
+        """Every readable name (sorted), and the damage found in place of the others."""
+        records, damaged = [], []
+        for file_name in self.files():
+            try:
+                records.append(self.load(file_name))
+            except FileNotFoundError:
+                continue  # removed concurrently
+            except StoreCorrupt as exc:
+                damaged.append(exc)
+        return sorted(records, key=lambda r: r.name), damaged
 
     def __iter__(self) -> Iterator[NameRecord]:
-        """Every name, sorted; a damaged name file is reported, not skipped."""
-        with os.scandir(self._fd) as entries:
-            files = sorted(e.name for e in entries if is_hex64(e.name))
-        records = []
-        for file_name in files:
-            with contextlib.suppress(FileNotFoundError):  # removed concurrently
-                records.append(_parse(fsio.read_small(self._fd, file_name, RECORD_LIMIT),
-                                      file_name))
-        return iter(sorted(records, key=lambda r: r.name))
+        """Every name, sorted; a damaged name file raises (``scan`` skips and lists them)."""
+        records, damaged = self.scan()
+        if damaged:
+            raise damaged[0]
+        return iter(records)
 
 
 def _parse(raw: bytes, file_name: str) -> NameRecord:
     try:
-        doc = json.loads(raw)
+        doc = strictjson.load_object(raw)
         record = NameRecord(str(doc["name"]), ObjectId(str(doc["image"])), str(doc["kind"]),
                             float(doc["created"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreCorrupt(path=f"names/{file_name}", reason=f"unreadable name: {exc}") from None
     if not is_hex64(record.image) or _file_name(record.name) != file_name:
         raise StoreCorrupt(path=f"names/{file_name}", reason="name file does not match its name")
+    try:  # the text is shown to people: it must be a name as cas writes them
+        canonical = (normalize(record.name) == record.name and _KIND.fullmatch(record.kind)
+                     and math.isfinite(record.created))
+    except BadName:
+        canonical = False
+    if not canonical:
+        raise StoreCorrupt(path=f"names/{file_name}", reason="not a canonical name or kind")
     return record

@@ -7,14 +7,32 @@ import stat
 from pathlib import Path
 
 from cas import errors
-from cas.core import fsio
+from cas.core import fsio, userpath
 
 
 def open_source(path: Path, dir_fd: int | None) -> tuple[int, os.stat_result]:
-    """Open a file to import; it must be a regular file (FIFOs never block the open)."""
-    nofollow = os.O_NOFOLLOW if dir_fd is not None else 0
+    """Open a file to import; it must be a regular file (FIFOs never block the open).
+
+    Relative to ``dir_fd`` the last component must not be a symlink; a path of the
+    user's own is walked by ``cas.core.userpath`` (symlinks followed only if root or the
+    user owns them)."""
+    if dir_fd is not None:
+        return _open(path, str(path), dir_fd)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | nofollow, dir_fd=dir_fd)
+        parent, name = userpath.source_parent(path)
+    except FileNotFoundError:
+        raise errors.SourceMissing(path=path) from None
+    except NotADirectoryError as exc:
+        raise errors.SourceUnreadable(path=path, reason=exc.strerror) from None
+    try:
+        return _open(path, name, parent)
+    finally:
+        os.close(parent)
+
+
+def _open(path: Path, name: str, dir_fd: int) -> tuple[int, os.stat_result]:
+    try:
+        fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError:
         raise errors.SourceMissing(path=path) from None
     except OSError as exc:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cas import errors
-from cas.core import fsio, fsverity, hashing, meta, sourcefile
+from cas.core import fsio, fsverity, hashing, meta, sourcefile, userpath
 from cas.core import image as images
 from cas.core import lock as locks
 from cas.core.digest import ObjectId, Sha256, is_hex64, object_id, sha256_digest, shard
@@ -58,6 +58,8 @@ HINT_MIN = 64 << 20
 SMALL_FILE = 1 << 20
 #: A file whose ctime is this old is "settled": a write during its import moves ctime.
 SETTLE_NS = 2_000_000_000
+#: A new store's directory: readable by its owner only, or shared with one group (setgid).
+PRIVATE_MODE, SHARED_MODE = 0o700, 0o2770
 
 _STORE_ERRNO: dict[int, type[errors.StoreUnusable]] = {
     errno.ENOSPC: errors.StoreFull,
@@ -157,6 +159,9 @@ class Store:
         self.path = path
         self.meta = settings  # the parsed meta.json
         self.fsync: bool = bool(settings.get("fsync", True))
+        #: the mode of every directory the store makes: its root's (0700 private, 2770
+        #: shared with a group; never writable by others, never sticky)
+        self.dir_mode = stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o2775
         self._root_fd = root_fd
         self._objects_fd = fsio.open_dir(OBJECTS, root_fd)
         self._tmp_fd = fsio.open_dir(TMP, root_fd)
@@ -176,21 +181,32 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True) -> Store:
-        """Create a new store at ``path`` (a missing or empty directory) and open it."""
+    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True,
+             group: int | None = None) -> Store:
+        """Create a new store at ``path`` (missing, or an empty directory of this user)
+        and open it.
+
+        Private by default (0700): an object is readable by no one else, whatever its
+        source's mode was.  With ``group`` the store is shared with that group: every
+        directory is 2770 (setgid, so all in it belongs to the group; its members read and
+        write, nobody else may enter) — see "Threat model" in docs/design.md.
+        """
         path = Path(path)
+        mode = PRIVATE_MODE if group is None else SHARED_MODE
         with _store_errors(path):
             try:
-                path.mkdir(mode=0o755)
+                path.mkdir(mode=0o700)
             except FileExistsError:
                 if not path.is_dir() or any(path.iterdir()):
                     raise errors.StoreExists(path=path) from None
             except FileNotFoundError:
                 raise errors.StoreNotFound(path=path.parent) from None
-            root_fd = fsio.open_dir(str(path))
+            root_fd = userpath.source_dir(path)
             try:
+                _claim_root(path, root_fd, mode, group)
                 for name in (OBJECTS, "index", INDEX_SHA256, INDEX_STAT, NAMES, TMP):
-                    os.mkdir(name, 0o755, dir_fd=root_fd)
+                    os.close(fsio.open_dir(name, root_fd, create=True, mode=mode))
+                os.close(locks.open_lock(root_fd, path))
                 tmp_fd = fsio.open_dir(TMP, root_fd)
                 try:
                     # meta.json comes last: its presence is what makes the directory a store
@@ -206,12 +222,14 @@ class Store:
     def open(cls, path: str | os.PathLike[str]) -> Store:
         """Open an existing store, refusing anything that is not one this cas can read."""
         path = Path(path)
-        try:
-            root_fd = fsio.open_dir(str(path))
+        try:  # the root is the user's choice: symlinks followed only if root's or theirs
+            root_fd = userpath.source_dir(path)
         except FileNotFoundError:
             raise errors.StoreNotFound(path=path) from None
         except NotADirectoryError:
             raise errors.NotAStore(path=path, reason="not a directory") from None
+        except errors.SourceUnreadable as exc:
+            raise errors.NotAStore(path=path, reason=exc.fields["reason"]) from None
         try:
             return cls(path, root_fd, meta.read(path, root_fd))
         except OSError as exc:
@@ -443,7 +461,7 @@ class Store:
     def publishing(self, ids: Iterable[str]) -> Iterator[None]:
         """The writer's critical section: with the store lock shared (no GC sweeping),
         record ``ids`` in this store's temp root, then let the caller make them visible."""
-        with locks.shared(self._root_fd):
+        with locks.shared(self._root_fd, self.path):
             self._protect(ids)
             yield
 
@@ -453,7 +471,7 @@ class Store:
             if not ids or not self._temp_scopes:
                 return  # outside ``temp_root`` only the grace period protects
             if self._temp_root is None:
-                self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd)
+                self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd, self.dir_mode)
             self._temp_root.add(ids)
 
     @contextlib.contextmanager
@@ -591,11 +609,15 @@ class Store:
         return object_id(text)
 
     def lookup_sha256(self, sha: Sha256) -> ObjectId | None:
-        """The object whose plain SHA-256 is ``sha``, or None.
+        """The object whose plain SHA-256 is ``sha``, or None: an answer is always proven.
 
-        The entry is the object's own inode; its ``user.cas.object`` xattr names it (where
-        the filesystem has no user xattrs, the entry is hashed instead), and the answer
-        counts only if ``objects/`` holds that very inode under that name.
+        The entry is the object's own inode, and ``objects/`` must hold that very inode
+        under the id it is found to have.  Its id and sha256 come from the xattrs cas set
+        when it published the bytes only where no one but root or this user could have
+        set them (``_identity``); otherwise the entry is hashed.  So another local user who
+        hard-links an entry to another object, or forges xattrs on an object of theirs,
+        never makes a lookup (``cas cat sha256:``, a pull's "already stored") answer with
+        other bytes.
         """
         shard_name, rest = shard(sha)
         try:
@@ -603,22 +625,18 @@ class Store:
         except FileNotFoundError:
             return None
         try:
-            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+            fd = fsio.open_regular(rest, shard_fd)
         except OSError:
             return None
         finally:
             os.close(shard_fd)
         try:
             entry = os.fstat(fd)
-            try:
-                name = os.getxattr(fd, OBJECT_XATTR)
-            except OSError:
-                name = hashing.hash_fd(fd, sha256=False).verity
+            oid, actual = _identity(fd, entry)
         finally:
             os.close(fd)
-        if len(name) != 32:
+        if actual != sha:
             return None
-        oid = ObjectId(name.hex())
         try:
             fd = self._open_object_fd(oid)
         except errors.CasError:
@@ -695,18 +713,20 @@ class Store:
                 continue
         return sorted(found)
 
-    def open_dir(self, name: str, *, create: bool = False) -> int:
-        """A new fd for directory ``name`` below the store root (the caller closes it)."""
-        return fsio.open_dir(name, self._root_fd, create=create)
-
-    def link_object(self, oid: ObjectId, dir_fd: int, name: str | bytes) -> None:
-        """Hard-link an object to ``name`` in ``dir_fd`` (read-only sharing of its inode)."""
-        shard_name, rest = shard(object_id(oid))
-        shard_fd = self._open_shard(self._objects_fd, shard_name)
+    def open_dir(self, name: str, *, create: bool = False, parent_fd: int | None = None,
+                 where: str | None = None) -> int:
+        """A new fd for directory ``name`` below the store root (or ``parent_fd``, a store
+        directory); made with ``dir_mode`` if ``create``; the caller closes it.  Anything
+        but a directory there (a symlink is never followed) is ``ForeignEntry``."""
+        parent = self._root_fd if parent_fd is None else parent_fd
         try:
-            os.link(rest, name, src_dir_fd=shard_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        finally:
-            os.close(shard_fd)
+            return fsio.open_dir(name, parent, create=create, mode=self.dir_mode)
+        except (NotADirectoryError, OSError) as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            kind = fsio.file_kind(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+            raise errors.ForeignEntry(path=self.path / (where or name), kind=kind,
+                                      expected="a directory") from None
 
     def _open_object_fd(self, oid: ObjectId) -> int:
         shard_name, rest = shard(object_id(oid))
@@ -715,28 +735,19 @@ class Store:
         except FileNotFoundError:
             raise errors.ObjectNotFound(object_id=oid) from None
         try:
-            fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+            return fsio.open_regular(rest, shard_fd)
         except FileNotFoundError:
             raise errors.ObjectNotFound(object_id=oid) from None
-        except OSError as exc:
+        except OSError as exc:  # a symlink, FIFO, directory... planted as the object
             raise errors.StoreCorrupt(path=self.path,
                                       reason=f"object {oid}: {exc.strerror}") from exc
         finally:
             os.close(shard_fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise errors.StoreCorrupt(path=self.path, reason=f"object {oid}: not a file")
-        return fd
 
     def _open_shard(self, parent_fd: int, name: str, *, create: bool = False) -> int:
         """Open a fan-out directory; anything but a real directory there is damage."""
-        try:
-            return fsio.open_dir(name, parent_fd, create=create)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            raise errors.StoreCorrupt(path=self.path,
-                                      reason=f"{name}: not a directory ({exc.strerror})") from exc
+        area = OBJECTS if parent_fd == self._objects_fd else INDEX_SHA256
+        return self.open_dir(name, create=create, parent_fd=parent_fd, where=f"{area}/{name}")
 
     def iter_objects(self) -> Iterator[ObjectId]:
         """Every well-named object file, shard by shard (strays are ``verify``'s business)."""
@@ -767,8 +778,42 @@ class Store:
                 count += 1
         return {"path": str(self.path), "format": self.meta["format"],
                 "version": self.meta["version"], "digest": self.meta["digest"],
-                "fsync": self.fsync, "objects": count, "bytes": size,
+                "fsync": self.fsync, "dir_mode": f"{self.dir_mode:04o}",
+                "group": os.fstat(self._root_fd).st_gid, "objects": count, "bytes": size,
                 "backend": hashing.backend_name()}
+
+
+def _identity(fd: int, st: os.stat_result) -> tuple[ObjectId, Sha256]:
+    """What an object file's bytes are: (object id, sha256).
+
+    Read from the xattrs ``_publish`` set only if the file belongs to root or to this user
+    and has no write bit — then nobody else can have set them (``user.*`` xattrs need
+    write access to the inode); anyone else's object is hashed, both digests in one pass.
+    """
+    if st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o222:
+        try:
+            oid, sha = os.getxattr(fd, OBJECT_XATTR), os.getxattr(fd, SHA256_XATTR)
+        except OSError:
+            pass  # no user xattrs here (or none set): hash
+        else:
+            if len(oid) == len(sha) == 32:
+                return ObjectId(oid.hex()), Sha256(sha.hex())
+    digests = hashing.hash_fd(fd)
+    return ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
+
+
+def _claim_root(path: Path, root_fd: int, mode: int, group: int | None) -> None:
+    """Give a new store's root its owner check, group and mode (0700 or 2770)."""
+    owner = os.fstat(root_fd).st_uid
+    if owner != os.geteuid():
+        raise errors.StoreNotOwned(path=path, owner=owner)
+    if group is not None:
+        try:
+            os.fchown(root_fd, -1, group)
+        except PermissionError:
+            raise errors.BadInput(message=f"{path}: cannot give the store to group {group}: "
+                                  "you are not a member") from None
+    os.fchmod(root_fd, mode)
 
 
 def _same_inode(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:
@@ -784,14 +829,19 @@ def _hint_key(st: os.stat_result) -> str:
 
 def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
     """Dedup check: a regular file of the right size is there; refresh its mtime so a GC
-    grace period covers this writer too.  Anything else there counts as missing."""
+    grace period covers this writer too.  Anything else there counts as missing — and so
+    does another user's object in a shared store, whose mtime only its owner may set: the
+    caller's own, just hashed copy then takes its place (same bytes, a fresh mtime)."""
     try:
         existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(existing.st_mode) or existing.st_size != size:
         return False
-    os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+    try:
+        os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
+    except PermissionError:
+        return False
     return True
 
 

@@ -1,6 +1,7 @@
 """Stores cas reads and writes but does not own: Ollama's, a Hugging Face cache.
 
-Their roots are the user's choice; everything below a root is untrusted.  So every path
+Their roots are the user's choice (followed through symlinks only root or the user own,
+``cas.core.userpath``); everything below a root is untrusted.  So every path
 below it is opened one component at a time from a directory descriptor with
 ``O_NOFOLLOW``, and a symlink or a wrong file type where a directory or file should be is
 named in the error — never followed.
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cas import errors
-from cas.core import fsio
+from cas.core import fsio, userpath
 
 
 class UnsafeLink(errors.BadInput):
@@ -28,10 +29,11 @@ class UnexpectedEntry(errors.BadInput):
 
 
 def open_root(root: Path, not_a_store: type[errors.CasError]) -> int:
-    """The root directory of such a store: the user named it, so a symlink there is
-    followed.  ``not_a_store(path=, reason=)`` is raised when it is no directory."""
+    """The root directory of such a store, to read: the user named it, so a symlink on
+    the way is followed if root or the user owns it (``cas.core.userpath``, never another
+    user's).  ``not_a_store(path=, reason=)`` is raised when it is no directory."""
     try:
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return userpath.source_dir(root)
     except FileNotFoundError:
         raise not_a_store(path=root, reason="no such directory") from None
     except NotADirectoryError:

@@ -67,7 +67,7 @@ from cas.formats.foreign import (
     open_root,
     refusal,
 )
-from cas.formats.results import Failure, Imported
+from cas.formats.results import Failure, Imported, require_one
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space", "kernels": "kernel"}
 HOST = "hf.co"
@@ -216,10 +216,13 @@ def check_revision(revision: str) -> str:
 # -- import ------------------------------------------------------------------------------------
 
 
-def import_cache(store: Store, cache: Path, ref: str | None) -> Imported:
+def import_cache(store: Store, cache: Path, ref: str | None, *,
+                 one: bool = False) -> Imported:
     """Import the snapshots of one revision (``org/name@revision``: errors raised), of a
     repository (``org/name``) or of the whole cache (``None``) — each snapshot on its own,
-    a failure recorded next to the (cas name, image) pairs of the others."""
+    a failure recorded next to the (cas name, image) pairs of the others.  With ``one``
+    there must be exactly one snapshot: checked before the batch's objects are published,
+    so a refusal stores nothing."""
     repo_text, at, revision = (ref or "").rpartition("@") if "@" in (ref or "") else (
         ref or "", "", "")
     wanted = check_revision(revision) if at else None
@@ -239,6 +242,8 @@ def import_cache(store: Store, cache: Path, ref: str | None) -> Imported:
                     if ref is not None:
                         raise
                     result.failures.append(Failure(str(cache / repo.folder), exc))
+            if one:
+                require_one(cache, len(result.artifacts), bool(result.failures))
     return result
 
 

@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from cas.core import fsio, hashing, strictjson
+from cas.core import fsio, hashing, strictjson, userpath
 from cas.core.digest import ObjectId, Sha256, is_hex64
 from cas.core.hashing import Digests
 from cas.core.image import INLINE_MAX, MAX_MEDIA_TYPE, MAX_SIZE, Blob, Image, build, file_entry
-from cas.core.store import AddResult, Expected, Store
+from cas.core.store import AddResult, Batch, Expected, Store
 from cas.core.treepath import case_collisions, check_name
-from cas.errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch
+from cas.errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch, listing
 from cas.formats import tarlayer
 from cas.formats.tarlayer import COMPRESSION, LayerResult, Limits, Reader, Tree
 
@@ -196,10 +196,7 @@ class _LayoutDir:
 
     def __init__(self, path: Path, *, create: bool) -> None:
         self.path = path
-        try:
-            self._root = fsio.open_dir(str(path))
-        except OSError as exc:
-            raise BadLayout(path=path, reason=f"cannot open: {exc.strerror}") from None
+        self._root = self._open_root(path)
         self._blobs = -1
         try:
             self._prepare()
@@ -214,6 +211,12 @@ class _LayoutDir:
         except BaseException:
             self.close()
             raise
+
+    def _open_root(self, path: Path) -> int:
+        try:
+            return userpath.source_dir(path)
+        except OSError as exc:
+            raise BadLayout(path=path, reason=f"cannot open: {exc.strerror}") from None
 
     def _prepare(self) -> None:
         self._check_marker()
@@ -374,14 +377,14 @@ def _select(layout: _Layout, tag: str | None) -> Descriptor:
     """The manifest named by ``tag`` (or the only one), through nested indexes."""
     entries = layout.index()
     tags = sorted({d.annotations[REF_NAME] for d in entries if REF_NAME in d.annotations})
-    listing = f"tags: {', '.join(tags) or 'none'}; {len(entries)} entries"
+    known = f"tags: {listing(tags) or 'none'}; {len(entries)} entries"
     matches = [d for d in entries if tag is None or d.annotations.get(REF_NAME) == tag]
     if not matches or len({d.sha256 for d in matches}) > 1:
         reason = ("the index is empty" if not entries and tag is None else
                   f"no manifest tagged {tag!r}" if not matches else
                   "it holds several manifests: choose one by tag" if tag is None else
                   f"tag {tag!r} names several manifests")
-        raise BadLayout(path=layout.path, reason=f"{reason} ({listing})")
+        raise BadLayout(path=layout.path, reason=f"{reason} ({known})")
     desc = matches[0]
     for _ in range(MAX_NESTING):
         if desc.media_type in MANIFEST_TYPES:
@@ -487,28 +490,33 @@ class _Importer:
         return desc.blob_record()
 
     def _tar_layer(self, desc: Descriptor, diff_id: Sha256 | None) -> dict[str, Any]:
+        """Unpack a tar layer; its members and tar-split are published (one batch) only
+        once the layer's digest and diff_id are proven."""
         compression = COMPRESSION[desc.media_type]
 
-        def unpack_from(raw: Reader) -> LayerResult:
+        def unpack_from(raw: Reader, batch: Batch) -> LayerResult:
             return tarlayer.unpack(self.store, raw, compression=compression, tree=self.tree,
-                                   limit=self.limits.total(desc.size), what=desc.digest)
+                                   limit=self.limits.total(desc.size), what=desc.digest,
+                                   batch=batch)
 
-        if compression != "none" and self.keep_compressed:
-            kept = self.layout.add_blob(self.store, desc, "layer")
-            self._keep(kept, desc.media_type)
-            with self.store.open_object(kept.object_id) as f:
-                result = unpack_from(f)  # the stored copy: already verified
-        else:
-            with self.layout.open_blob(desc, "layer") as raw:
-                try:
-                    result = unpack_from(raw)
-                except CasError:
-                    raw.finish()  # damaged bytes explain a failure better than its symptom
-                    raise
-                raw.finish()
-        if diff_id is not None and result.diff_id != diff_id:
-            raise ContentMismatch(what=f"layer {desc.digest}", detail=f"uncompressed "
-                                  f"sha256:{result.diff_id}, config diff_id sha256:{diff_id}")
+        with self.store.batch() as batch:
+            if compression != "none" and self.keep_compressed:
+                kept = self.layout.add_blob(self.store, desc, "layer")
+                self._keep(kept, desc.media_type)
+                with self.store.open_object(kept.object_id) as f:
+                    result = unpack_from(f, batch)  # the stored copy: already verified
+            else:
+                with self.layout.open_blob(desc, "layer") as raw:
+                    try:
+                        result = unpack_from(raw, batch)
+                    except CasError:
+                        raw.finish()  # damaged bytes explain a failure better than its symptom
+                        raise
+                    raw.finish()
+            if diff_id is not None and result.diff_id != diff_id:
+                raise ContentMismatch(what=f"layer {desc.digest}", detail=f"uncompressed "
+                                      f"sha256:{result.diff_id}, config diff_id "
+                                      f"sha256:{diff_id}")
         self._keep(result.split, tarlayer.SPLIT_MEDIA_TYPE)
         self.members.extend(result.members)
         return {**desc.blob_record(), "diff_id": result.diff_id,
@@ -538,14 +546,7 @@ def export_layout(store: Store, image: Image, layout: Path, tag: str | None) -> 
     descriptor, plan = _plan(image)
     if tag is not None:
         descriptor["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
-    path = Path(layout)
-    try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise BadLayout(path=path, reason=f"cannot create: {exc.strerror}") from None
-    with _LayoutWriter(path, fsync=store.fsync) as writer:
+    with _LayoutWriter(Path(layout), fsync=store.fsync) as writer:
         for blob in plan:
             writer.write_blob(blob, _filler(store, blob))
         writer.add_to_index(descriptor)
@@ -647,6 +648,10 @@ class _LayoutWriter(_LayoutDir):
         self._fsync = fsync
         self._index: dict[str, Any] = {}
         super().__init__(path, create=True)
+
+    def _open_root(self, path: Path) -> int:
+        """The destination directory (made if missing): no symlink on the way to it."""
+        return userpath.destination_dir(path, create=True)
 
     def _prepare(self) -> None:
         """Read index.json; an empty directory becomes a layout (its marker first, so an

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cas import errors
-from cas.core import fsio, hashing, strictjson
+from cas.core import fsio, hashing, strictjson, userpath
 from cas.core.digest import ObjectId, Sha256, is_hex64, oci_form, sha256_digest
 from cas.core.image import (
     INLINE_MAX,
@@ -83,7 +83,7 @@ from cas.formats.ollama_names import (
     parse_model,
     parse_ref,
 )
-from cas.formats.results import Failure, Imported
+from cas.formats.results import Failure, Imported, require_one
 
 __all__ = ["BadManifest", "BlobMissing", "ModelNotFound", "ModelRef",
            "NotAnOllamaStore", "UnexpectedEntry", "UnsafeLink", "default_root", "export_model",
@@ -388,14 +388,16 @@ class _Importer:
         return path
 
 
-def import_models(store: Store, root: Path, model: str | None) -> Imported:
+def import_models(store: Store, root: Path, model: str | None, *,
+                  one: bool = False) -> Imported:
     """Import one model (``model``, as ``parse_model`` reads it, found ignoring case) or
     every model of the Ollama store at ``root``.
 
     One model: any error is raised.  Every model: each is imported on its own, and a
     model that fails (or whose cas name another model already has) is a ``Failure`` in
     the result, next to the (cas name, image) pairs of the others.  The images are not
-    stored nor named here; the objects they need are, in one batch.
+    stored nor named here; the objects they need are, in one batch.  With ``one`` the
+    store must hold exactly one model, which is checked before anything is stored.
     """
     with closing(open_root(root, NotAnOllamaStore)) as root_fd:
         if model is not None:
@@ -405,6 +407,8 @@ def import_models(store: Store, root: Path, model: str | None) -> Imported:
             with closing(open_dir(root_fd, "manifests", root / "manifests", missing)) as fd:
                 refs, failures = _list_models(fd, root / "manifests")
             result = Imported(failures=failures)
+        if one:
+            require_one(root, len(refs), bool(result.failures))
         if not refs:
             return result
         with store.batch() as batch:
@@ -453,10 +457,9 @@ def export_model(store: Store, image: Image, root: Path, model: str | None = Non
     manifest = parse_manifest(data, f"stored manifest sha256:{manifest_sha}")
     contents = _contents(image)
     written = Written()
-    with contextlib.suppress(FileExistsError):  # a non-directory is refused just below
-        root.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        root_fd = stack.enter_context(closing(open_root(root, NotAnOllamaStore)))
+        # made if missing; never reached or entered through a symlink (cas.core.userpath)
+        root_fd = stack.enter_context(closing(userpath.destination_dir(root, create=True)))
         blobs_fd = stack.enter_context(closing(open_dir(
             root_fd, "blobs", root / "blobs", errors.SourceMissing(path=root), create=True)))
         for desc in {d.sha256: d for d in (manifest.config, *manifest.layers)}.values():

@@ -10,10 +10,11 @@ artifacts are never lost with it; the CLI prints each failure and exits with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cas.core.image import Image
-from cas.errors import CasError
+from cas.errors import CasError, NotOneArtifact
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +37,10 @@ class Imported:
 
     artifacts: list[tuple[str, Image]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+
+
+def require_one(source: Path, count: int, failed: bool) -> None:
+    """``--name``: the source must hold one artifact (or only ones that failed, which are
+    reported as such).  Called before the import's objects are published."""
+    if count > 1 or (count == 0 and not failed):
+        raise NotOneArtifact(source=source, count=count)

@@ -23,7 +23,8 @@ because every header byte is written here (``tarfile`` is not used):
 
 File bytes come from verified objects (``Store.open_verified``) or the image's inline
 data.  The file is written to a private temp file in PATH's directory and renamed into
-place without replacing anything (a symlink at PATH is never written through).
+place without replacing anything; no symlink on the way to PATH is followed
+(``cas.core.userpath``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from cas.core import fsio
+from cas.core import fsio, userpath
 from cas.core.image import DEVICES, Entry, EntryType, Image, major_minor
 from cas.core.store import Store
 from cas.core.treepath import to_bytes
@@ -49,9 +50,11 @@ HARDLINK = b"1"
 
 def export_tar(store: Store, image: Image, dest: Path) -> int:
     """Write the tree's tar layer at ``dest`` (which must not exist); returns its size."""
-    parent_fd = fsio.open_dir(str(dest.parent) if str(dest.parent) else ".")
+    parent_fd, name = userpath.destination_parent(dest)
     try:
-        with fsio.temp_file(parent_fd, f".{dest.name}.cas-tar") as temp:
+        if fsio.exists(parent_fd, name):  # checked again when it is renamed into place
+            raise DestinationExists(path=dest)
+        with fsio.temp_file(parent_fd, f".{name}.cas-tar") as temp:
             with os.fdopen(os.dup(temp.fd), "wb", buffering=1 << 20) as out:
                 size = 0
                 for chunk in tar_stream(store, image):
@@ -61,7 +64,7 @@ def export_tar(store: Store, image: Image, dest: Path) -> int:
                 os.fsync(out.fileno())
             os.fchmod(temp.fd, 0o644)
             try:
-                fsio.rename_noreplace(parent_fd, temp.name, parent_fd, dest.name)
+                fsio.rename_noreplace(parent_fd, temp.name, parent_fd, name)
             except FileExistsError:
                 raise DestinationExists(path=dest) from None
             temp.keep = True

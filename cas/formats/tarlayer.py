@@ -63,7 +63,7 @@ from cas.core.image import (
     hardlink_entry,
     rdev_of,
 )
-from cas.core.store import AddResult, Expected, Store
+from cas.core.store import AddResult, Batch, Expected, Store
 from cas.core.treepath import check_path, check_symlink_target, from_bytes, to_bytes
 from cas.errors import BadImage, BadLayer, BadPath, CorruptObject
 
@@ -429,23 +429,27 @@ class _Header:
 
 
 def unpack(store: Store, raw: Reader, *, compression: str, limit: int, tree: Tree,
-           what: str) -> LayerResult:
-    """Unpack one tar layer into ``tree``, its files into ``store``; store its tar-split."""
+           what: str, batch: Batch | None = None) -> LayerResult:
+    """Unpack one tar layer into ``tree``, its files into ``store``; store its tar-split.
+
+    With ``batch`` nothing is published until the caller's batch ends — which it does
+    only once the layer's digest is proven (``cas.formats.oci``), so a layer that turns
+    out not to be what its manifest says leaves no member behind."""
     src = _Input(decompress(raw, compression, what), limit, what)
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as out:
-        unpacker = _Unpacker(store, src, tree, what, _SplitWriter(out))
+        unpacker = _Unpacker(store, src, tree, what, _SplitWriter(out), batch)
         unpacker.run()
         unpacker.split.finish(src.total)
-        split = store.add_stream(out)
+        split = store.add_stream(out, batch=batch)
     return LayerResult(Sha256(src.sha256.hexdigest()), src.total, split,
                        tuple(unpacker.members))
 
 
 class _Unpacker:
     def __init__(self, store: Store, src: _Input, tree: Tree, what: str,
-                 split: _SplitWriter) -> None:
+                 split: _SplitWriter, batch: Batch | None) -> None:
         self.store, self.src, self.tree, self.what = store, src, tree, what
-        self.split = split
+        self.split, self.batch = split, batch
         self.members: list[AddResult] = []
 
     def bad(self, reason: str) -> BadLayer:
@@ -551,7 +555,7 @@ class _Unpacker:
         else:
             added = self.store.add_stream(
                 cast(IO[bytes], _Member(self.src, h.size, h.name)),
-                expect=Expected(f"{self.what}: {h.name}", size=h.size))
+                expect=Expected(f"{self.what}: {h.name}", size=h.size), batch=self.batch)
             self.split.ref(h.size, added.object_id)
             self.members.append(added)
             entry = file_entry(path, size=h.size, object_id=added.object_id,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cas.core import fsio
+from cas.core import fsio, userpath
 from cas.core.image import (
     INLINE_MAX,
     MAX_RDEV,
@@ -53,7 +53,7 @@ def import_tree(store: Store, root: Path, *, xattrs: bool = True) -> Image:
     """An image of the directory ``root``: its contents, and its own metadata as the root
     entry.  ``xattrs=False`` leaves extended attributes out."""
     try:
-        root_fd = fsio.open_dir(str(root))
+        root_fd = userpath.source_dir(root)
     except FileNotFoundError:
         raise SourceMissing(path=root) from None
     except NotADirectoryError:
@@ -75,15 +75,22 @@ def import_files(store: Store, paths: list[Path], *, xattrs: bool = True) -> Ima
     entries = []
     with store.batch() as batch:
         for path, name in zip(paths, names, strict=True):
-            try:
-                resolved = path.resolve(strict=True)
+            try:  # only trusted symlinks followed
+                dir_fd, base = userpath.source_parent(path)
             except FileNotFoundError:
                 raise SourceMissing(path=path) from None
-            st = os.stat(resolved)
-            if not stat.S_ISREG(st.st_mode):
-                raise NotARegularFile(path=path, kind=fsio.file_kind(st.st_mode))
-            attrs = _read_xattrs(os.fsencode(resolved), path) if xattrs else {}
-            entries.append(_file(store, batch, None, str(resolved), name, st, attrs))
+            except NotADirectoryError as exc:
+                raise SourceUnreadable(path=path, reason=exc.strerror) from None
+            try:
+                st = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise NotARegularFile(path=path, kind=fsio.file_kind(st.st_mode))
+                attrs = _xattrs_at(dir_fd, base, path) if xattrs else {}
+                entries.append(_file(store, batch, dir_fd, base, name, st, attrs))
+            except FileNotFoundError:
+                raise SourceMissing(path=path) from None
+            finally:
+                os.close(dir_fd)
     return build(entries, [], {"type": "tree"})
 
 
@@ -228,14 +235,16 @@ class _Walk:
         return replace(self._entry(path, kind, st, attrs), rdev=rdev)
 
     def _xattrs_of(self, dir_fd: int, name: str, path: str) -> dict[str, bytes]:
-        if not self.xattrs:
-            return {}
-        # the entry itself, never what a symlink points to, found through the held fd
-        return _read_xattrs(b"/proc/self/fd/%d/%s" % (dir_fd, os.fsencode(name)),
-                            self.root / path)
+        return _xattrs_at(dir_fd, name, self.root / path) if self.xattrs else {}
 
     def _xattrs_of_fd(self, fd: int) -> dict[str, bytes]:
         return _read_xattrs(fd, self.root) if self.xattrs else {}
+
+
+def _xattrs_at(dir_fd: int, name: str, shown: Path) -> dict[str, bytes]:
+    """The xattrs of entry ``name`` itself, never what a symlink points to, found through
+    the held directory descriptor."""
+    return _read_xattrs(b"/proc/self/fd/%d/%s" % (dir_fd, os.fsencode(name)), shown)
 
 
 def _read_xattrs(target: bytes | int, shown: Path) -> dict[str, bytes]:
@@ -259,7 +268,7 @@ def _read_xattrs(target: bytes | int, shown: Path) -> dict[str, bytes]:
     return found
 
 
-def _file(store: Store, batch: Batch, dir_fd: int | None, name: str, path: str,
+def _file(store: Store, batch: Batch, dir_fd: int, name: str, path: str,
           st: os.stat_result, attrs: dict[str, bytes]) -> Entry:
     meta: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
                                "gid": st.st_gid, "mtime_ns": st.st_mtime_ns, "xattrs": attrs}
@@ -271,9 +280,12 @@ def _file(store: Store, batch: Batch, dir_fd: int | None, name: str, path: str,
                       **meta)
 
 
-def _read_small_file(dir_fd: int | None, name: str, st: os.stat_result) -> bytes:
+def _read_small_file(dir_fd: int, name: str, st: os.stat_result) -> bytes:
     """The bytes of a file to inline; it must still be the size it was when listed."""
-    fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as exc:
+        raise SourceUnreadable(path=name, reason=exc.strerror) from None
     try:
         data = os.read(fd, INLINE_MAX + 1)
     finally:

@@ -57,8 +57,11 @@ def default_path() -> Path | None:
     (containers/image's order)."""
     user = Path(os.path.expanduser("~")) / USER_POLICY
     for candidate in (user, SYSTEM_POLICY):
-        if candidate.exists():
-            return candidate
+        try:
+            candidate.stat()
+        except OSError:  # as containers/image: what cannot be stat'ed is not there (a
+            continue     # $HOME this user may not enter: sudo, cron, a test's seteuid)
+        return candidate
     return None
 
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from cas import errors
-from cas.core import fsio
+from cas.core import fsio, strictjson
 from cas.core.digest import ObjectId, Sha256, is_hex64, shard
+from cas.core.names import normalize
 from cas.core.store import Store
+from cas.integrity.verify_state import UNREADABLE
 
 QUARANTINE, DAMAGED = "quarantine", "damaged"
 MARK_LIMIT = 1 << 20
@@ -44,12 +47,19 @@ class DamageMark:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DamageMark:
-        return cls(ObjectId(str(doc["object"])), str(doc["kind"]),
-                   tuple(str(a) for a in doc["artifacts"]),
-                   None if doc.get("sha256") is None else Sha256(str(doc["sha256"])),
-                   None if doc.get("size") is None else int(doc["size"]),
+        """Parse and check a mark (``ValueError`` etc. for one cas did not write: repair
+        acts on its ids, ``cas ls`` shows its names)."""
+        sha, size, when = doc.get("sha256"), doc.get("size"), doc["time"]
+        if (not is_hex64(doc["object"]) or (sha is not None and not is_hex64(sha))
+                or (size is not None and (type(size) is not int or size < 0))
+                or isinstance(when, bool) or not isinstance(when, (int, float))
+                or not math.isfinite(when) or not isinstance(doc["artifacts"], list)):
+            raise ValueError("not a damage mark cas wrote")
+        return cls(ObjectId(doc["object"]), str(doc["kind"]),
+                   tuple(normalize(str(a)) for a in doc["artifacts"]),
+                   None if sha is None else Sha256(sha), size,
                    None if doc.get("quarantined") is None else str(doc["quarantined"]),
-                   float(doc["time"]))
+                   float(when))
 
 
 def quarantine(store: Store, oid: ObjectId, inode: tuple[int, int] | None,
@@ -60,7 +70,8 @@ def quarantine(store: Store, oid: ObjectId, inode: tuple[int, int] | None,
     objects_fd = store.open_dir("objects")
     q_fd = store.open_dir(QUARANTINE, create=True)
     try:
-        shard_fd = fsio.open_dir(shard_name, objects_fd)
+        shard_fd = store.open_dir(shard_name, parent_fd=objects_fd,
+                                  where=f"objects/{shard_name}")
         try:
             st = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
             if inode is not None and (st.st_dev, st.st_ino) != inode:
@@ -110,7 +121,8 @@ def _damaged_dir(store: Store, *, create: bool = True) -> Any:
     readers never write: a full or read-only store still lists its marks)."""
     state_fd = store.open_dir("state", create=create)
     try:
-        fd = fsio.open_dir(DAMAGED, state_fd, create=create)
+        fd = store.open_dir(DAMAGED, create=create, parent_fd=state_fd,
+                            where=f"state/{DAMAGED}")
     finally:
         os.close(state_fd)
     try:
@@ -137,7 +149,8 @@ def mark(store: Store, new: DamageMark) -> None:
 
 
 def marks(store: Store) -> list[DamageMark]:
-    """Every damage mark (an unreadable mark file is skipped: it can only be re-found)."""
+    """Every damage mark.  An unreadable mark file (torn, tampered, or not a regular file:
+    never followed or waited on) is skipped: the next sweep finds the damage again."""
     found = []
     try:
         with _damaged_dir(store, create=False) as fd:
@@ -145,16 +158,20 @@ def marks(store: Store) -> list[DamageMark]:
                 files = sorted(e.name for e in entries
                                if e.name.endswith(".json") and is_hex64(e.name[:-5]))
             for name in files:
-                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    found.append(DamageMark.from_json(json.loads(
-                        fsio.read_small(fd, name, MARK_LIMIT))))
+                with contextlib.suppress(*UNREADABLE, errors.BadName):
+                    mark = DamageMark.from_json(strictjson.load_object(
+                        fsio.read_small(fd, name, MARK_LIMIT)))
+                    if mark.object == name[:-5]:
+                        found.append(mark)
     except FileNotFoundError:
         pass  # no sweep has marked anything yet
     return found
 
 
 def clear(store: Store, oid: ObjectId) -> None:
-    with contextlib.suppress(FileNotFoundError), _damaged_dir(store, create=False) as fd:
+    # a directory planted there is no mark (verify reports it as a foreign-entry)
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError), \
+            _damaged_dir(store, create=False) as fd:
         os.unlink(f"{oid}.json", dir_fd=fd)
 
 
@@ -168,11 +185,12 @@ def damaged_artifacts(store: Store) -> dict[str, list[ObjectId]]:
 
 
 def intact(store: Store, oid: ObjectId) -> bool | None:
-    """True if present and intact, False if present and corrupt, None if absent."""
+    """True if present and intact, False if present and corrupt (or not a regular file: a
+    symlink planted there is damage too), None if absent."""
     try:
         store.open_verified(oid).close()
     except errors.ObjectNotFound:
         return None
-    except errors.CorruptObject:
+    except (errors.CorruptObject, errors.StoreCorrupt):
         return False
     return True

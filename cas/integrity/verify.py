@@ -86,6 +86,7 @@ def sweep(store: Store, *, full: bool = True, limits: Limits = Limits(), wait: f
         t0 = clock()
         report = Report("full" if full else "structural", time.time())
         refs = _check_names(store, report)
+        _check_store_entries(store, report)
         listed = _check_objects_dir(store, report)
         report.objects_total = len(listed)
         _check_refs(store, refs, report)
@@ -141,6 +142,10 @@ def _check_names(store: Store, report: Report) -> dict[ObjectId, Ref]:
         except errors.BadImage as exc:
             report.findings.append(Finding("bad-image", image_id, artifacts=tuple(users),
                                            detail=exc.message()))
+            continue
+        except errors.StoreCorrupt as exc:  # not a regular file (a symlink planted there)
+            report.findings.append(Finding("missing-object", image_id, artifacts=tuple(users),
+                                           detail=f"metadata image: {exc.message()}"))
             continue
         for entry in image.files():
             if entry.object_id is not None:
@@ -198,6 +203,51 @@ def _size_problem(store: Store, oid: ObjectId, size: int) -> tuple[str, str] | N
     if info.size != size:
         return "wrong-size", f"size {info.size}, image records {size}"
     return None
+
+
+# -- the store's own files -------------------------------------------------------------
+
+#: What cas keeps where (besides objects/, index/ and names/, checked on their own):
+#: path → "file" or "dir"; for a "dir/*" every entry of that directory is a file.
+OWN_ENTRIES = {"lock": "file", "gc.lock": "file", "roots": "dir", "roots/*": "file",
+               "state": "dir", "state/verify.json": "file", "state/verify.lock": "file",
+               "state/damaged": "dir", "state/damaged/*": "file", "quarantine": "dir",
+               "mounts": "dir", "tmp": "dir"}
+
+
+def _check_store_entries(store: Store, report: Report) -> None:
+    """Anything but what cas makes in its own places (a symlink, FIFO, directory...) is
+    a ``foreign-entry``: every reader skips such entries, and this says they are there.
+    Below a directory that is not one, nothing is looked at (no symlink is followed)."""
+    dirs = {""}  # the store root, then every own directory found to be a directory
+    for path, kind in OWN_ENTRIES.items():
+        parent, _, name = path.rpartition("/")
+        if parent not in dirs:
+            continue
+        names = _listing(store, parent) if name == "*" else [name]
+        for entry in names:
+            full = f"{parent}/{entry}" if parent else entry
+            try:
+                mode = os.stat(full, dir_fd=store.root_fd, follow_symlinks=False).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            wanted = "directory" if kind == "dir" else "regular file"
+            if fsio.file_kind(mode) != wanted:
+                report.findings.append(Finding("foreign-entry", path=full, detail=(
+                    f"a {fsio.file_kind(mode)} where cas keeps a {wanted}")))
+            elif kind == "dir":
+                dirs.add(full)
+
+
+def _listing(store: Store, directory: str) -> list[str]:
+    try:
+        fd = store.open_dir(directory)  # a directory just found to be one
+    except (OSError, errors.CasError):
+        return []  # replaced meanwhile: the next sweep looks again
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
 
 
 # -- objects/ and index/ ---------------------------------------------------------------
@@ -440,13 +490,19 @@ def _act(store: Store, report: Report, refs: dict[ObjectId, Ref],
         oid = ObjectId(finding.object)
         ref = refs.get(oid, Ref())
         moved = None
-        if finding.kind == "corrupt-object":
-            moved = quarantine.quarantine(store, oid, inodes.get(oid), ref.sha256)
-            if moved:
-                report.quarantined.append(moved)
-        quarantine.mark(store, quarantine.DamageMark(
-            oid, finding.kind, finding.artifacts, ref.sha256, ref.size, moved, time.time()))
+        with contextlib.suppress(errors.ForeignEntry):  # reported as a foreign-entry
+            if finding.kind == "corrupt-object":
+                moved = quarantine.quarantine(store, oid, inodes.get(oid), ref.sha256)
+                if moved:
+                    report.quarantined.append(moved)
+            quarantine.mark(store, quarantine.DamageMark(
+                oid, finding.kind, finding.artifacts, ref.sha256, ref.size, moved,
+                time.time()))
     damaged_now = {f.object for f in report.findings if f.kind in DAMAGING}
-    for stale in quarantine.marks(store):  # restored meanwhile (e.g. re-imported): unmark
+    try:
+        stale_marks = quarantine.marks(store)
+    except errors.ForeignEntry:
+        return  # state/damaged is not a directory: reported as a foreign-entry
+    for stale in stale_marks:  # restored meanwhile (e.g. re-imported): unmark
         if stale.object not in damaged_now and quarantine.intact(store, stale.object):
             quarantine.clear(store, stale.object)

@@ -10,6 +10,7 @@ from typing import Any
 
 from cas.core import metrics
 from cas.core.metrics import Gauge
+from cas.errors import printable
 
 #: Every kind of finding, as reported (JSON ``kind``, metrics label).
 KINDS = (
@@ -25,6 +26,7 @@ KINDS = (
     "bad-index-entry",   # index/sha256 entry that is not a link to the object it names
     "signature-rejected",  # the trust policy refuses a name by its stored signatures now
     "damaged-signature",   # a stored signature record that is unreadable or not its digest
+    "foreign-entry",     # a symlink, FIFO, directory... where cas keeps its own files
 )
 #: Kinds that make an artifact damaged (its bytes cannot all be served).
 DAMAGING = frozenset({"corrupt-object", "missing-object", "wrong-size", "bad-image",
@@ -46,7 +48,8 @@ class Finding:
     def line(self) -> str:
         what = self.object or self.path or ""
         used = f" (used by {', '.join(self.artifacts)})" if self.artifacts else ""
-        return f"{self.kind}: {what}{used}{': ' + self.detail if self.detail else ''}"
+        detail = f": {printable(self.detail)}" if self.detail else ""
+        return f"{self.kind}: {printable(what)}{used}{detail}"
 
 
 @dataclass

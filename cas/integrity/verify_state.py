@@ -26,13 +26,15 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cas.core import fsio
-from cas.core.lock import try_flock
+from cas.core import fsio, strictjson
+from cas.core.digest import is_hex64
+from cas.core.lock import open_lock_file, try_flock
 from cas.core.store import Store
 from cas.errors import SweepBusy
 
@@ -60,9 +62,18 @@ class Cycle:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Cycle:
-        return cls(int(doc["number"]), float(doc["started"]), str(doc["cursor"]),
-                   [(str(oid), float(t)) for oid, t in doc["runs"]],
-                   None if doc.get("finished") is None else float(doc["finished"]))
+        """Parse and check a saved cycle (``ValueError`` etc. if it is not one cas wrote:
+        ``--since`` trusts its ranges, so they must be sorted ids with real times)."""
+        runs = [(_id(oid), _time(t)) for oid, t in doc["runs"]]
+        cursor = "" if doc["cursor"] == "" else _id(doc["cursor"])
+        if [oid for oid, _ in runs] != sorted({oid for oid, _ in runs}) or (
+                runs and runs[-1][0] != cursor):
+            raise ValueError("runs are not ascending up to the cursor")
+        number = doc["number"]
+        if type(number) is not int or number < 1:
+            raise ValueError(f"cycle number {number!r}")
+        return cls(number, _time(doc["started"]), cursor, runs,
+                   None if doc.get("finished") is None else _time(doc["finished"]))
 
     def checked_at(self, oid: str, mtime: float) -> float | None:
         """When ``oid`` was last checked in this cycle (a lower bound), or None."""
@@ -107,26 +118,45 @@ class SweepState:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SweepState:
+        if doc.get("version") != VERSION:
+            raise ValueError("unknown version")
         previous = doc.get("previous")
         coverage = doc.get("last_full_coverage")
         return cls(Cycle.from_json(doc["cycle"]),
                    None if previous is None else Cycle.from_json(previous),
-                   None if coverage is None else float(coverage))
+                   None if coverage is None else _time(coverage))
+
+
+def _id(value: object) -> str:
+    if not isinstance(value, str) or not is_hex64(value):
+        raise ValueError(f"not an object id: {value!r}")
+    return value
+
+
+def _time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value):
+        raise ValueError(f"not a time: {value!r}")
+    return float(value)
+
+
+#: Everything a torn, foreign or tampered state file can raise while it is read.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+              OverflowError)
 
 
 def load(store: Store, now: float) -> SweepState:
-    """The saved state; a missing or unreadable one starts cycle 1 (costs a re-check only).
+    """The saved state; a missing, torn, foreign (a symlink or FIFO is never followed or
+    waited on) or tampered one starts cycle 1 — it costs a re-check, never a crash.
     Reading creates nothing (a full or read-only store can still be swept)."""
     try:
         fd = store.open_dir(STATE_DIR)
     except FileNotFoundError:
         return SweepState(Cycle(1, now))
     try:
-        doc = json.loads(fsio.read_small(fd, STATE_FILE, STATE_LIMIT))
-        if doc.get("version") != VERSION:
-            raise ValueError("unknown version")
-        return SweepState.from_json(doc)
-    except (OSError, ValueError, KeyError, TypeError):
+        return SweepState.from_json(strictjson.load_object(
+            fsio.read_small(fd, STATE_FILE, STATE_LIMIT)))
+    except UNREADABLE:
         return SweepState(Cycle(1, now))
     finally:
         os.close(fd)
@@ -156,26 +186,20 @@ def save(store: Store, state: SweepState) -> bool:
 
 
 def _open_lock(store: Store) -> int | None:
-    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    """``state/verify.lock``, made if missing (``open_lock_file``: never followed, never
+    waited on); None where it is missing and the store cannot take a write."""
     try:
         dir_fd = store.open_dir(STATE_DIR, create=True)
     except OSError as exc:
         if exc.errno not in CANNOT_WRITE:
             raise
-        try:
-            dir_fd = store.open_dir(STATE_DIR)
-        except FileNotFoundError:
-            return None
+        return None  # no state/, and none can be made
     try:
-        try:
-            return os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | flags, 0o644, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno not in CANNOT_WRITE:
-                raise
-        try:
-            return os.open(LOCK_FILE, os.O_RDONLY | flags, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
+        return open_lock_file(dir_fd, LOCK_FILE, store.path / STATE_DIR / LOCK_FILE)
+    except OSError as exc:
+        if exc.errno not in CANNOT_WRITE:
+            raise
+        return None
     finally:
         os.close(dir_fd)
 

@@ -96,10 +96,12 @@ def import_artifacts(store: Store, sources: list[str], name: str | None = None, 
 
 def _import_and_name(store: Store, sources: list[str], name: str | None,
                      keep_compressed: bool, gate: Gate | None, xattrs: bool) -> ImportResult:
+    """Every name is decided (and refused, if it must be) before the first object is
+    published: a refusal never leaves objects behind."""
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
-        scheme, imported = locations[0].scheme, _import(store, locations[0], keep_compressed,
-                                                        gate, xattrs)
+        scheme = locations[0].scheme
+        imported = _import(store, locations[0], name, keep_compressed, gate, xattrs)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
@@ -107,9 +109,6 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
         paths = [loc.path for loc in locations]
         scheme, imported = "tree", Imported([(name, tree.import_files(store, paths,
                                                                       xattrs=xattrs))])
-    count = len(imported.artifacts)
-    if name is not None and (count > 1 or (not count and not imported.failures)):
-        raise BadInput(message=f"{sources[0]} holds {count} artifacts; --name needs one")
     records = ImportResult(failures=imported.failures)
     for default_name, image in imported.artifacts:
         image_id = store.put_image(image)
@@ -119,33 +118,33 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
     return records
 
 
-def _import(store: Store, location: Location, keep_compressed: bool,
+def _import(store: Store, location: Location, name: str | None, keep_compressed: bool,
             gate: Gate | None, xattrs: bool) -> Imported:
-    if location.scheme == "oci":
-        from cas.formats import oci
-        image = oci.import_layout(store, location.path, location.ref,
-                                  keep_compressed=keep_compressed)
-        return Imported([(_default_name(location.path, location.ref), image)])
     if location.scheme == "ollama":
         from cas.formats import ollama
-        return ollama.import_models(store, location.path, location.ref)
+        return ollama.import_models(store, location.path, location.ref, one=name is not None)
     if location.scheme == "hf":
         from cas.formats import hf
-        return hf.import_cache(store, location.path, location.ref)
+        return hf.import_cache(store, location.path, location.ref, one=name is not None)
     if location.scheme == "docker":
         from cas.transport import registry
-        ref, image = registry.pull_image(store, location.ref or "", registry.Options(),
-                                         keep_compressed=keep_compressed, gate=gate)
-        return Imported([(registry.default_name(ref), image)])
+        named = name or registry.default_name(registry.parse_reference(location.ref or ""))
+        _, image = registry.pull_image(store, location.ref or "", registry.Options(),
+                                       keep_compressed=keep_compressed, gate=gate)
+        return Imported([(named, image)])
+    named = name or _default_name(location.path, location.ref)
+    if location.scheme == "oci":
+        from cas.formats import oci
+        return Imported([(named, oci.import_layout(store, location.path, location.ref,
+                                                   keep_compressed=keep_compressed))])
     if location.scheme == "dump":
         from cas.formats.composefs import to_image
-        image = to_image.import_dump(store, location.path, xattrs=xattrs)
-        return Imported([(_default_name(location.path, None), image)])
+        return Imported([(named, to_image.import_dump(store, location.path, xattrs=xattrs))])
     from cas.formats import tree
     path = location.path
     image = (tree.import_tree(store, path, xattrs=xattrs) if path.is_dir()
              else tree.import_files(store, [path], xattrs=xattrs))
-    return Imported([(_default_name(path, None), image)])
+    return Imported([(named, image)])
 
 
 def _default_name(path: Path, tag: str | None) -> str:
@@ -218,6 +217,13 @@ def _link_unsupported(link: LinkMode, destination: str) -> None:
     if link is not LinkMode.AUTO:
         raise BadInput(message=f"{destination}: --link applies to ollama: and hf: "
                        "destinations")
+
+
+def remove(store: Store, names: list[str]) -> list[NameRecord]:
+    """Remove several names, all or nothing: every one is checked (valid, present) before
+    the first is removed.  Their bytes go at the next GC."""
+    wanted = {store.names.get(n).name: None for n in names}  # raises before any change
+    return [store.names.remove(n) for n in wanted]
 
 
 def inspect(store: Store, name: str) -> dict[str, Any]:

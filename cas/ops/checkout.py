@@ -6,7 +6,8 @@ existing DEST is never touched.  Everything is created relative to directory
 descriptors with ``O_NOFOLLOW``/``O_EXCL``, so a symlink in the tree can never redirect
 a write.  Files are made from objects as ``cas.core.linkmode`` says (reflink, hardlink,
 verified copy, auto); a hardlinked file *is* the store's object, so its mode, owner,
-mtime and xattrs in the tree are not applied.
+mtime and xattrs in the tree are not applied — and a file the tree does not let everyone
+read is refused, since the object's inode is 0444.
 
 **Metadata.**  Every entry gets its recorded mode, mtime to the nanosecond and xattrs,
 and — by default when running as root, as GNU tar does — its recorded owner; directories
@@ -36,12 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cas.core import fsio
+from cas.core import fsio, userpath
 from cas.core.image import Entry, EntryType, Image
 from cas.core.linkmode import Fill, LinkMode, Name, place_object, write_new
 from cas.core.store import Store
 from cas.core.treepath import to_bytes
-from cas.errors import DestinationExists, NameCollision
+from cas.errors import BadDestination, DestinationExists, LinkUnsupported, NameCollision
 
 CAPABILITY = "security.capability"
 SETID = stat.S_ISUID | stat.S_ISGID
@@ -91,13 +92,21 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
     Copies are always checked: they are hashed as they land.  ``same_owner`` restores
     recorded owners (default: when running as root).
     """
-    if os.path.lexists(dest):
-        raise DestinationExists(path=dest)
     owners = os.geteuid() == 0 if same_owner is None else same_owner
+    parent_fd, name = userpath.destination_parent(dest)
+    try:
+        if fsio.exists(parent_fd, name):
+            raise DestinationExists(path=dest)
+        staging = fsio.temp_name(f".{name}.cas-checkout")
+        try:
+            os.mkdir(staging, 0o700, dir_fd=parent_fd)
+        except OSError as exc:
+            raise BadDestination(path=dest, reason=f"cannot create it: {exc.strerror}") \
+                from None
+    except BaseException:
+        os.close(parent_fd)
+        raise
     result = CheckoutResult(dest, owners=owners)
-    parent_fd = fsio.open_dir(str(dest.parent))
-    staging = fsio.temp_name(f".{dest.name}.cas-checkout")
-    os.mkdir(staging, 0o700, dir_fd=parent_fd)
     try:
         root_fd = fsio.open_dir(staging, parent_fd)
         try:
@@ -105,7 +114,7 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
         finally:
             os.close(root_fd)
         try:
-            fsio.rename_noreplace(parent_fd, staging, parent_fd, dest.name)
+            fsio.rename_noreplace(parent_fd, staging, parent_fd, name)
         except FileExistsError:
             raise DestinationExists(path=dest) from None
     except BaseException:
@@ -233,6 +242,11 @@ class _Builder:
             create(dir_fd, name, lambda fd: fsio.write_all(fd, entry.inline or b""))
         else:
             assert entry.object_id is not None
+            if self.mode is LinkMode.HARDLINK and 0o444 & ~entry.mode:
+                # the shared inode is 0444: it must not widen who may read the file
+                raise LinkUnsupported(mode="hardlink", reason=f"{entry.path!r} is mode "
+                                      f"{entry.mode:04o} and a store object is readable by "
+                                      "all (use --link reflink or copy)")
             method = place_object(self.store, entry.object_id, entry.size, dir_fd, name,
                                   self.mode, verify=self.verify, create=create)
             if method == "hardlink":

@@ -69,6 +69,7 @@ class GcReport:
     complete: bool = True
     seconds: float = 0.0
     removed: list[str] = field(default_factory=list)  # the plan, listed on dry runs only
+    skipped: list[str] = field(default_factory=list)  # entries cas never made, left alone
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -103,13 +104,12 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
 @contextlib.contextmanager
 def _locked(store: Store, root_fd: int, wait: float, dry_run: bool) -> Iterator[None]:
     """``gc.lock`` then the store lock: exclusive to delete, shared for a dry run."""
-    gc_fd = os.open(GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                    dir_fd=root_fd)
+    gc_fd = locks.open_lock_file(root_fd, GC_LOCK, store.path / GC_LOCK)
     store_fd = -1
     try:
         if not locks.try_flock(gc_fd, fcntl.LOCK_EX, wait):
             raise errors.GcBusy(path=store.path / GC_LOCK)
-        store_fd = locks.open_lock(root_fd)
+        store_fd = locks.open_lock(root_fd, store.path)
         mode = fcntl.LOCK_SH if dry_run else fcntl.LOCK_EX
         if not locks.try_flock(store_fd, mode, max(wait, WRITERS_WAIT)):
             raise errors.GcBusy(path=store.path / locks.LOCK_NAME)
@@ -127,12 +127,21 @@ def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[Obj
     so an import is seen in one or the other (read the other way round, a name written
     after the names were listed by a writer whose root then ended would be missed).  A
     name whose image cannot be read stops the run: its objects are unknown, so nothing
-    may be judged garbage.
+    may be judged garbage.  Entries cas never makes (symlinks, FIFOs, directories in
+    ``names/`` or ``roots/``) hold no root: they are skipped and reported.
     """
-    reachable, live, dead = locks.read_roots(store.root_fd, remove_dead=remove_dead_roots)
-    report.live_roots, report.dead_roots_removed = live, dead
+    roots = locks.read_roots(store.root_fd, remove_dead=remove_dead_roots)
+    report.live_roots, report.dead_roots_removed = roots.live, roots.dead
+    report.skipped += roots.foreign
+    reachable = roots.ids
+    records, damaged = store.names.scan()
+    for exc in damaged:
+        if not isinstance(exc, errors.ForeignEntry):  # a name file: its objects unknown
+            raise errors.StoreCorrupt(path=store.path / exc.fields["path"], reason=exc.fields[
+                "reason"] + "; gc refuses to run: the objects of that name are unknown")
+        report.skipped.append(exc.message())
     images: set[ObjectId] = set()
-    for record in store.names:
+    for record in records:
         report.names += 1
         if record.image in images:
             continue

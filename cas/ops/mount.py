@@ -10,6 +10,10 @@ overlayfs at the mount point::
     mount -t overlay overlay -o ro,metacopy=on,redirect_dir=on,
           lowerdir=<store>/mounts/<key>::<store>/objects[,verity=require]
 
+(both given to mount(8) as ``/proc/self/fd/N`` of directories cas opened, so nobody who
+can write the store can redirect them), ``nosuid,nodev`` on both mounts unless
+``allow_suid_dev``.
+
 The objects directory is a data-only lower layer: large files' bytes come from the
 object their ``trusted.overlay.redirect`` names.
 
@@ -41,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas.core import fsverity
+from cas.core import fsio, fsverity
 from cas.core.digest import ObjectId
 from cas.core.image import Image
 from cas.core.names import NameRecord
@@ -56,6 +60,10 @@ WARNING = ("objects were verified in userspace at mount time only: later changes
            "objects in the store are not detected while mounted (no kernel fs-verity)")
 
 
+#: Both mounts ignore setuid/setgid bits, file capabilities and device nodes unless told.
+NOSUID = "nosuid,nodev"
+
+
 @dataclass
 class MountResult:
     mountpoint: Path
@@ -63,14 +71,15 @@ class MountResult:
     image: ObjectId
     verification: str  # "kernel" | "userspace" | "none"
     objects: int
-    loop: bool
+    loop: bool         # what the kernel shows as the EROFS mount's source (/dev/loopN)
+    suid_dev: bool     # setuid bits, capabilities and devices honoured (--allow-suid-dev)
     seconds: float
 
     def to_json(self) -> dict[str, object]:
         return {"mountpoint": str(self.mountpoint), "artifact": self.artifact,
                 "erofs_image": self.image, "verification": self.verification,
                 "objects": self.objects, "loop_device": self.loop,
-                "seconds": round(self.seconds, 3)}
+                "suid_dev": self.suid_dev, "seconds": round(self.seconds, 3)}
 
 
 def write_image(store: Store, image: Image) -> ObjectId:
@@ -83,8 +92,12 @@ def write_image(store: Store, image: Image) -> ObjectId:
 
 
 def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
-          admit: Callable[[NameRecord, Image], object] | None = None) -> MountResult:
-    """``admit`` may refuse the artifact (its trust policy) before anything is mounted."""
+          admit: Callable[[NameRecord, Image], object] | None = None,
+          allow_suid_dev: bool = False) -> MountResult:
+    """Mount artifact ``name`` read-only at ``mountpoint``.  ``admit`` may refuse the
+    artifact (its trust policy) before anything is mounted.  Both mounts are ``nosuid,
+    nodev`` unless ``allow_suid_dev`` (for images meant to run as system trees): an
+    untrusted image's setuid-root file or ``security.capability`` xattr has no effect."""
     start = time.monotonic()
     target = _mountpoint(mountpoint)
     record = store.names.get(name)
@@ -95,27 +108,43 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     mode = _verify(store, [image_id, *needed]) if verify else "none"
     private = _private_dir(store, target)
-    _check_option_path(store.path / "objects")
-    _check_option_path(private)
+    flags = "ro" if allow_suid_dev else f"ro,{NOSUID}"
+    # every store path handed to mount(8) is a descriptor opened here (/proc/self/fd/N):
+    # one who may write the store (a shared store's group) cannot redirect a mount
+    mounts_fd = store.open_dir(MOUNTS)
     try:
-        os.mkdir(private, 0o700)
-    except FileExistsError:
-        raise MountFailed(path=target, reason=f"{private} exists: already mounted? "
-                          "(cas umount it first)") from None
-    try:
-        # mount(8) gets the very file checked here (as /proc/self/fd/N), never a path
-        with store.open_verified(image_id) if verify else store.open_object(image_id) as f:
-            loop = _mount_image(f.fileno(), private, target)
-        options = (f"ro,metacopy=on,redirect_dir=on,lowerdir={private}::"
-                   f"{store.path / 'objects'}" + (",verity=require" if mode == "kernel" else ""))
-        _run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)], target)
-    except BaseException:
-        if _is_mountpoint(private):
-            _run(["umount", str(private)], target)
-        os.rmdir(private)
-        raise
+        try:
+            os.mkdir(private.name, 0o700, dir_fd=mounts_fd)
+        except FileExistsError:
+            raise MountFailed(path=target, reason=f"{private} exists: already mounted? "
+                              "(cas umount it first)") from None
+        try:
+            below = fsio.open_dir(private.name, mounts_fd)
+            try:
+                with store.open_verified(image_id) if verify else \
+                        store.open_object(image_id) as f:
+                    _mount_image(f.fileno(), below, target, flags)
+            finally:
+                os.close(below)
+            erofs_root = fsio.open_dir(private.name, mounts_fd)  # now the image's root
+            try:
+                options = (f"{flags},metacopy=on,redirect_dir=on,lowerdir=/proc/self/fd/"
+                           f"{erofs_root}::/proc/self/fd/{store.objects_fd}"
+                           + (",verity=require" if mode == "kernel" else ""))
+                _run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
+                     target, (erofs_root, store.objects_fd))
+            finally:
+                os.close(erofs_root)  # no descriptor may keep the EROFS mount busy
+        except BaseException:
+            if _is_mountpoint(private):
+                _run(["umount", str(private)], target)
+            os.rmdir(private.name, dir_fd=mounts_fd)
+            raise
+    finally:
+        os.close(mounts_fd)
+    loop = (_mount_source(private) or b"").startswith(b"/dev/loop")
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
-                       time.monotonic() - start)
+                       allow_suid_dev, time.monotonic() - start)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:
@@ -128,20 +157,25 @@ def umount(store: Store, mountpoint: Path) -> Path:
         _run(["umount", str(target)], target)
     if _is_mountpoint(private):
         _run(["umount", str(private)], target)
-    os.rmdir(private)
+    try:
+        os.rmdir(private)
+    except OSError as exc:
+        raise MountFailed(path=target, reason=f"{private}: {exc.strerror}") from None
     return target
 
 
-def _mount_image(fd: int, private: Path, target: Path) -> bool:
-    """Mount the EROFS image open at ``fd``: file-backed, else through a loop device
-    (``-o loop``: util-linux sets one up and frees it at umount).  True if looped."""
-    source = f"/proc/self/fd/{fd}"
+def _mount_image(fd: int, dir_fd: int, target: Path, flags: str) -> None:
+    """Mount the EROFS image open at ``fd`` on the directory open at ``dir_fd``:
+    file-backed, else through a loop device (``-o loop``: util-linux sets one up and frees
+    it at umount).  mount(8) may set up a loop device by itself for a file, so ``mount``
+    reads what was used from the kernel."""
+    argv = ["mount", "--no-canonicalize", "-t", "erofs", "-o", flags, f"/proc/self/fd/{fd}",
+            f"/proc/self/fd/{dir_fd}"]
     try:
-        _run(["mount", "-t", "erofs", "-o", "ro", source, str(private)], target, fd)
-        return False
+        _run(argv, target, (fd, dir_fd))
     except MountFailed:
-        _run(["mount", "-t", "erofs", "-o", "ro,loop", source, str(private)], target, fd)
-        return True
+        argv[5] = f"{flags},loop"
+        _run(argv, target, (fd, dir_fd))
 
 
 def _verify(store: Store, ids: list[ObjectId]) -> str:
@@ -166,13 +200,18 @@ def _mountpoint(path: Path) -> Path:
     return target
 
 
+def _store_root(store: Store) -> Path:
+    """The absolute path of the directory the store has open, as the kernel names it (as
+    /proc/self/mountinfo does): a relative ``--store`` works for umount too."""
+    return Path(os.readlink(f"/proc/self/fd/{store.root_fd}"))
+
+
 def _private_dir(store: Store, target: Path) -> Path:
+    """``<store>/mounts/<key>`` for ``target`` (``mounts/`` made if missing: a directory,
+    never a symlink — else ``ForeignEntry``)."""
     key = hashlib.sha256(os.fsencode(target)).hexdigest()[:32]
-    root = store.path / MOUNTS
-    root.mkdir(mode=0o700, exist_ok=True)
-    if root.is_symlink() or not root.is_dir():
-        raise MountFailed(path=root, reason="not a directory (a symlink is never followed)")
-    return root / key
+    os.close(store.open_dir(MOUNTS, create=True))
+    return _store_root(store) / MOUNTS / key
 
 
 def _check_option_path(path: Path) -> None:
@@ -182,14 +221,28 @@ def _check_option_path(path: Path) -> None:
 
 
 def _is_mountpoint(path: Path) -> bool:
-    """Is ``path`` a mount point (per /proc/self/mountinfo, octal escapes decoded)?"""
-    wanted = os.fsencode(path)
+    return _mountinfo(path) is not None
+
+
+def _mount_source(path: Path) -> bytes | None:
+    """What the last mount at ``path`` mounted (``/dev/loop0``, a file, ``overlay``)."""
+    fields = _mountinfo(path)
+    if fields is None or b"-" not in fields[6:]:
+        return None
+    rest = fields[fields.index(b"-", 6) + 1:]
+    return _unescape(rest[1]) if len(rest) > 1 else None
+
+
+def _mountinfo(path: Path) -> list[bytes] | None:
+    """The fields of the last /proc/self/mountinfo line for mount point ``path`` (octal
+    escapes decoded), or None if nothing is mounted there."""
+    wanted, found = os.fsencode(path), None
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            fields = line.split(b" ")
+            fields = line.rstrip(b"\n").split(b" ")
             if len(fields) > 4 and _unescape(fields[4]) == wanted:
-                return True
-    return False
+                found = fields
+    return found
 
 
 def _unescape(field: bytes) -> bytes:
@@ -204,10 +257,10 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
-def _run(argv: list[str], target: Path, fd: int | None = None) -> None:
+def _run(argv: list[str], target: Path, fds: tuple[int, ...] = ()) -> None:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              pass_fds=() if fd is None else (fd,))
+                              pass_fds=fds)
     except OSError as exc:
         raise MountFailed(path=target, reason=f"{argv[0]}: {exc.strerror}") from None
     if done.returncode != 0:

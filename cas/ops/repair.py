@@ -20,10 +20,11 @@ import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cas import errors
-from cas.core import fsio
+from cas.core import fsio, userpath
 from cas.core.digest import shard
 from cas.core.store import AddResult, Expected, Store
 from cas.integrity.quarantine import DamageMark, clear, intact, marks, quarantine
@@ -56,7 +57,7 @@ class RepairReport:
         lines += [f"repaired {o}" for o in self.repaired]
         lines += [f"not found in {self.source or 'any source (use --from)'}: {o}"
                   for o in self.not_found]
-        lines += [f"failed: {f['object']}: {f['reason']}" for f in self.failed]
+        lines += [f"failed: {f['object']}: {errors.printable(f['reason'])}" for f in self.failed]
         lines.append(f"{len(self.modes_fixed)} modes fixed, {len(self.repaired)} repaired, "
                      f"{len(self.already_intact)} already intact, {len(self.not_found)} not "
                      f"found, {len(self.failed)} failed")
@@ -64,16 +65,28 @@ class RepairReport:
 
 
 class _Source:
-    """Where repair looks for an object: another store, an OCI layout, an Ollama store."""
+    """Where repair looks for an object: another store, an OCI layout, an Ollama store.
+
+    A layout's ``blobs`` directory is reached as an import reaches it: the root under
+    ``cas.core.userpath``'s source rule, nothing below it through a symlink."""
 
     def __init__(self, text: str) -> None:
         location = parse_location(text)
         self.scheme, self.path = location.scheme, location.path
-        self.store = None if self.scheme in ("oci", "ollama") else Store.open(self.path)
+        self.store: Store | None = None
+        self._blobs = -1
+        if self.scheme == "oci":
+            self._blobs = _open_blobs(self.path, ("blobs", "sha256"))
+        elif self.scheme == "ollama":
+            self._blobs = _open_blobs(self.path, ("blobs",))
+        else:
+            self.store = Store.open(self.path)
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self._blobs >= 0:
+            os.close(self._blobs)
 
     def fetch(self, into: Store, m: DamageMark) -> AddResult | None:
         expect = Expected(what=f"{self.path}: object {m.object}", sha256=m.sha256, size=m.size)
@@ -83,14 +96,38 @@ class _Source:
                     return into.add_stream(f, expect=expect)
             except errors.ObjectNotFound:
                 return None
-        if m.sha256 is None:
+        if m.sha256 is None or self._blobs < 0:
             return None  # layouts are addressed by sha256 only
-        blob = (self.path / "blobs" / "sha256" / m.sha256 if self.scheme == "oci"
-                else self.path / "blobs" / f"sha256-{m.sha256}")
+        name = m.sha256 if self.scheme == "oci" else f"sha256-{m.sha256}"
         try:
-            return into.add_path(blob, expect=expect)
+            return into.add_path(name, dir_fd=self._blobs, expect=expect)
         except errors.SourceMissing:
             return None
+
+
+def _open_blobs(root: Path, parts: tuple[str, ...]) -> int:
+    """The blobs directory, or -1 if there is none (then every object is not found)."""
+    try:
+        fd = userpath.source_dir(root)
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:
+        raise errors.SourceUnreadable(path=root, reason=exc.strerror) from None
+    where = root
+    for part in parts:
+        where = where / part
+        try:
+            child = fsio.open_dir(part, fd)
+        except FileNotFoundError:
+            return -1
+        except OSError as exc:
+            linked = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+            reason = "a symlink (cas follows none inside a layout)" if linked else exc.strerror
+            raise errors.SourceUnreadable(path=where, reason=reason) from None
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def repair(store: Store, source: str | None = None) -> RepairReport:
@@ -109,11 +146,11 @@ def repair(store: Store, source: str | None = None) -> RepairReport:
             if src is None:
                 report.not_found.append(m.object)
                 continue
-            if state is False:  # a corrupt copy would be kept by add's dedup: move it away
-                moved = quarantine(store, m.object, None, m.sha256)
-                if moved:
-                    report.quarantined.append(moved)
-            try:
+            try:  # one object that cannot be repaired never stops the others
+                if state is False:  # add's dedup would keep a corrupt copy: move it away
+                    moved = quarantine(store, m.object, None, m.sha256)
+                    if moved:
+                        report.quarantined.append(moved)
                 result = src.fetch(store, m)
             except errors.CasError as exc:
                 report.failed.append({"object": m.object, "reason": exc.message()})
@@ -137,15 +174,15 @@ def fix_modes(store: Store) -> list[str]:
     fixed: list[str] = []
     for oid in store.iter_objects():
         shard_name, rest = shard(oid)
-        with contextlib.suppress(FileNotFoundError):  # removed meanwhile (GC)
+        # removed meanwhile (GC), or replaced by a non-file (verify's stray-file)
+        with contextlib.suppress(FileNotFoundError, fsio.WrongType):
             shard_fd = fsio.open_dir(shard_name, store.objects_fd)
             try:
-                fd = os.open(rest, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
+                fd = fsio.open_regular(rest, shard_fd)
             finally:
                 os.close(shard_fd)
             try:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode) and st.st_mode & 0o222:
+                if os.fstat(fd).st_mode & 0o222:
                     with store.write_errors():
                         os.fchmod(fd, 0o444)
                     fixed.append(oid)

@@ -12,13 +12,20 @@ skips blobs the registry has (HEAD), mounts them from another repository when to
 uploads the rest (monolithic up to ``chunk_size``, else POST/PATCH/PUT) while hashing
 them, and puts the manifest last.
 
-Documents are capped (``MAX_MANIFEST``) and parsed strictly; a manifest pulled by digest
-must hash to it, and ``Docker-Content-Digest`` must agree when a registry sends it.
+Documents are capped (``MAX_MANIFEST``; tokens and errors too, ``cas.transport.bodies``)
+while they stream and parsed strictly; a manifest pulled by digest must hash to it, and
+``Docker-Content-Digest`` must agree when a registry sends it.  Every exchange has a
+deadline (``cas.transport.deadline``): a request and a document ``Options.timeout`` in
+all, a blob ``blob_timeout`` with its resumes, and a blob slower than ``min_rate`` over
+``RATE_WINDOW`` seconds resumes as a broken one would.  Credentials go to the registry,
+and to a token realm on another origin only over HTTPS (plain HTTP only for a host the
+user named insecure).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
@@ -35,11 +42,14 @@ from cas.core.hashing import Progress
 from cas.core.image import Image
 from cas.core.names import NameRecord
 from cas.core.store import AddResult, Expected, Store
-from cas.errors import BadInput, RegistryError, RegistryNotFound
+from cas.errors import BadInput, RegistryError, RegistryNotFound, printable
 from cas.formats import oci
-from cas.transport import auth
+from cas.transport import auth, bodies, deadline
 
 MAX_MANIFEST = 4 << 20
+MAX_REDIRECTS = 10
+MAX_REALM = 2048  # characters of a token realm URL
+RATE_WINDOW = 30.0  # seconds over which a blob's transfer rate is measured
 MANIFEST_TYPES = [*sorted(oci.MANIFEST_TYPES), *sorted(oci.INDEX_TYPES)]
 _ALIGN = 1 << 20  # range boundaries fall on MiB multiples
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -107,7 +117,10 @@ class Options:
     ranges: int = 4  # a blob of at least ranged_min bytes is fetched as this many ranges
     ranged_min: int = 256 << 20
     chunk_size: int = 64 << 20  # larger blobs are pushed in chunks of this size
-    timeout: float = 60.0
+    timeout: float = 60.0  # a request or a document, in all; also the longest wait for a byte
+    blob_timeout: float = 6 * 3600.0  # one blob's whole transfer, resumes included
+    min_rate: int = 16 << 10  # bytes/s over RATE_WINDOW: a slower blob transfer resumes
+    insecure_hosts: frozenset[str] = frozenset()  # HOST[:PORT] also allowed plain HTTP
 
 
 class Client:
@@ -128,9 +141,12 @@ class Client:
             self._scopes.append(f"repository:{mount_from}:pull")
         self._credentials = options.credentials or auth.find_credentials(ref.host)
         self._authorization: str | None = None
-        self._http = httpx.Client(verify=not options.insecure, follow_redirects=True,
-                                  timeout=httpx.Timeout(options.timeout, connect=10.0),
-                                  limits=httpx.Limits(max_connections=options.workers + 2))
+        self._http = httpx.Client(
+            transport=deadline.transport(verify=not options.insecure,
+                                         max_connections=options.workers + 2),
+            follow_redirects=True, max_redirects=MAX_REDIRECTS,
+            timeout=httpx.Timeout(options.timeout, connect=10.0),
+            headers={"Accept-Encoding": "identity"})
 
     def close(self) -> None:
         self._http.close()
@@ -147,9 +163,13 @@ class Client:
     # -- requests ----------------------------------------------------------------------
 
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-                content: bytes | None = None, stream: bool = False) -> httpx.Response:
-        """Send with retries (connection errors, 408/429/5xx) and one auth round on 401."""
-        url = str(httpx.URL(self.base).join(url))
+                content: bytes | None = None) -> httpx.Response:
+        """Send with retries (connection errors, 408/429/5xx) and one auth round on 401.
+
+        The response streams: its body is the caller's to read (capped, see
+        ``cas.transport.bodies``) or close.  Up to the response headers an attempt takes
+        at most ``timeout`` seconds, and ends by any deadline the caller set."""
+        url = self._url(url)
         authenticated = False
         attempt = 0
         while True:
@@ -159,14 +179,26 @@ class Client:
                 all_headers["Authorization"] = self._authorization
             request = self._http.build_request(method, url, headers=all_headers,
                                                content=content)
+            allowed = self.options.timeout + len(content or b"") / max(1, self.options.min_rate)
+            ends = time.monotonic() + allowed
             try:
-                response = self._http.send(request, stream=stream)
+                with deadline.within(until=ends):
+                    response = self._http.send(request, stream=True)
+            except deadline.Expired:
+                raise self.fail(f"{method} {_path(url)}: no answer in the time allowed") \
+                    from None
             except httpx.TransportError as exc:
-                if attempt >= self.options.retries:
+                if time.monotonic() >= ends:  # a read cut short by the deadline
+                    raise self.fail(f"{method} {_path(url)}: no answer in the time allowed") \
+                        from None
+                if attempt >= self.options.retries or deadline.passed():
                     raise self.fail(f"{method} {_path(url)}: {type(exc).__name__}: "
                                     f"{exc}") from None
                 attempt = self._pause(attempt)
                 continue
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # redirect loops, bad URLs
+                raise self.fail(f"{method} {_path(url)}: {type(exc).__name__}: {exc}") \
+                    from None
             if response.status_code == 401 and not authenticated:
                 response.close()
                 self._authenticate(response.headers.get("WWW-Authenticate", ""))
@@ -180,6 +212,14 @@ class Client:
                 response.close()
                 raise self.fail(f"{method} {_path(url)}: authentication failed (HTTP 401)")
             return response
+
+    def _url(self, url: str) -> str:
+        """``url`` (a path, or an absolute Location the server sent) against the base."""
+        try:
+            return str(httpx.URL(self.base).join(url))
+        except (httpx.InvalidURL, ValueError):
+            raise self.fail(f"the server named an unusable URL {printable(url[:200])!r}") \
+                from None
 
     def _pause(self, attempt: int) -> int:
         time.sleep(self.options.backoff * (2 ** attempt))
@@ -195,10 +235,7 @@ class Client:
                                 "or log in (auth.json / ~/.docker/config.json)")
             self._authorization = self._credentials.basic()
             return
-        realm = challenge.params.get("realm", "")
-        if not realm.startswith("https://") and not (self.options.insecure and
-                                                     realm.startswith("http://")):
-            raise self.fail(f"bearer token realm {realm[:80]!r} is not https")
+        realm = self._realm(challenge.params.get("realm", ""))
         scopes = list(dict.fromkeys([*self._scopes, *challenge.params.get("scope", "").split()]))
         params: list[tuple[str, str | int | float | bool | None]] = [
             ("scope", s) for s in scopes if s]
@@ -206,67 +243,114 @@ class Client:
             params.append(("service", challenge.params["service"]))
         headers = {"Authorization": self._credentials.basic()} if self._credentials else {}
         try:
-            response = self._http.get(realm, params=params, headers=headers)
-        except httpx.TransportError as exc:
+            with deadline.within(self.options.timeout):
+                response = self._http.send(self._http.build_request(
+                    "GET", realm, params=params, headers=headers), stream=True)
+                try:
+                    if response.status_code != 200:
+                        raise self.fail(f"token endpoint refused (HTTP {response.status_code}"
+                                        "): check the credentials")
+                    body = bodies.read_capped(response, bodies.MAX_TOKEN, self.ref.host,
+                                              "token")
+                finally:
+                    response.close()
+        except deadline.Expired:
+            raise self.fail("token endpoint: no answer in the time allowed") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self.fail(f"token endpoint: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise self.fail(f"token endpoint refused (HTTP {response.status_code}): "
-                            "check the credentials")
         try:
-            doc = response.json()
+            doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
-        if not isinstance(token, str) or not token:
+        if not isinstance(token, str) or not token or not token.isprintable():
             raise self.fail("token endpoint sent no token")
         self._authorization = "Bearer " + token
 
+    def _realm(self, text: str) -> httpx.URL:
+        """Where the token flow may send credentials: the registry's own origin, another
+        origin over HTTPS, or plain HTTP to a host the user named insecure — never else."""
+        if not text or len(text) > MAX_REALM:
+            raise self.fail(f"bearer token realm missing or over {MAX_REALM} characters")
+        try:
+            url = httpx.URL(text)
+            netloc = url.netloc.decode("ascii")
+        except (httpx.InvalidURL, ValueError):
+            raise self.fail(f"bearer token realm {printable(text[:200])!r} is not a URL") \
+                from None
+        registry = httpx.URL(self.base)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise self.fail(f"bearer token realm {printable(text[:200])!r} is not an "
+                            "http(s) URL")
+        if (url.scheme, url.netloc) == (registry.scheme, registry.netloc):
+            return url  # the registry itself, as the user named it
+        if url.scheme == "https" or netloc in self.options.insecure_hosts:
+            return url
+        raise self.fail(f"bearer token realm {printable(text[:200])!r} is plain HTTP on "
+                        "another origin: credentials are never sent there (--insecure-host "
+                        f"{netloc} names it trusted)")
+
     def _expect_status(self, response: httpx.Response, what: str, *ok: int) -> None:
+        """Return if the status is one of ``ok``; else read a capped error body and raise."""
         if response.status_code in ok:
             return
-        try:
-            response.read()
-            detail = _error_text(response)
-        except httpx.TransportError:
-            detail = "(the error body was cut off)"
+        detail = bodies.error_text(response, self.ref.host)
         response.close()
         if response.status_code == 404:
             raise RegistryNotFound(ref=f"{self.ref.host}/{self.ref.repository}",
                                    reason=f"{what}: {detail}")
         raise self.fail(f"{what}: HTTP {response.status_code} {detail}")
 
+    def get_document(self, path: str, what: str, headers: dict[str, str]
+                     ) -> tuple[bytes, httpx.Headers]:
+        """GET a document (a manifest, an index, a referrers list): its bytes (capped at
+        ``MAX_MANIFEST`` as they stream, all within ``timeout``) and response headers."""
+        with deadline.within(self.options.timeout):
+            response = self.request("GET", path, headers=headers)
+            try:
+                self._expect_status(response, what, 200)
+                data = bodies.read_capped(response, MAX_MANIFEST, self.ref.host, what)
+            finally:
+                response.close()
+        return data, response.headers
+
     # -- manifests ---------------------------------------------------------------------
 
     def get_manifest(self, reference: str, expect: Sha256 | None) -> tuple[bytes, str]:
         """A manifest or index: capped, digest-checked; returns its bytes and media type."""
         what = f"manifest {reference}"
-        response = self.request("GET", f"manifests/{reference}", stream=True,
-                                headers={"Accept": ", ".join(MANIFEST_TYPES)})
-        try:
-            self._expect_status(response, what, 200)
-            data = b""
-            for chunk in response.iter_bytes():
-                data += chunk
-                if len(data) > MAX_MANIFEST:
-                    raise self.fail(f"{what} is over the {MAX_MANIFEST}-byte limit")
-        except httpx.TransportError as exc:
-            raise self.fail(f"{what}: {type(exc).__name__}: {exc}") from None
-        finally:
-            response.close()
+        data, headers = self.get_document(f"manifests/{reference}", what,
+                                          {"Accept": ", ".join(MANIFEST_TYPES)})
         sha = Sha256(hashing.hash_bytes(data).sha256.hex())
-        declared = response.headers.get("Docker-Content-Digest")
+        declared = headers.get("Docker-Content-Digest", "")
         if expect is not None:
             Expected(what, expect, None).check(hashing.hash_bytes(data))
         if declared and declared != f"sha256:{sha}" and declared.startswith("sha256:"):
-            raise self.fail(f"{what}: Docker-Content-Digest {declared[:80]} does not match "
-                            f"the bytes (sha256:{sha})")
-        media_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
+            raise self.fail(f"{what}: Docker-Content-Digest {printable(declared[:80])} does "
+                            f"not match the bytes (sha256:{sha})")
+        media_type = headers.get("Content-Type", "").partition(";")[0].strip()
         return data, media_type
+
+    def referrers_index(self, sha: Sha256) -> bytes | None:
+        """The referrers API's index for manifest ``sha`` (capped), or None if the
+        registry does not offer the API."""
+        with deadline.within(self.options.timeout):
+            response = self.request("GET", f"referrers/sha256:{sha}",
+                                    headers={"Accept": oci.OCI_INDEX})
+            try:
+                if response.status_code == 200 and response.headers.get(
+                        "Content-Type", "").startswith(oci.OCI_INDEX):
+                    return bodies.read_capped(response, MAX_MANIFEST, self.ref.host,
+                                              "referrers index")
+                return None
+            finally:
+                response.close()
 
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
         response = self.request("PUT", f"manifests/{reference}", content=data,
                                 headers={"Content-Type": media_type})
         self._expect_status(response, f"put manifest {reference}", 200, 201)
+        response.close()
         return str(response.headers.get("Docker-Content-Digest", ""))
 
     # -- blobs -------------------------------------------------------------------------
@@ -294,11 +378,12 @@ class Client:
         if not self.has_blob(sha):
             response = self.request("POST", "blobs/uploads/")
             self._expect_status(response, f"start upload of sha256:{sha}", 202)
-            url = httpx.URL(_location(response, self.base)).copy_merge_params(
+            url = httpx.URL(self._location(response)).copy_merge_params(
                 {"digest": f"sha256:{sha}"})
             response = self.request("PUT", str(url), content=data,
                                     headers={"Content-Type": "application/octet-stream"})
             self._expect_status(response, f"finish upload of sha256:{sha}", 201)
+            response.close()
         return sha
 
     def download(self, store: Store, expect: Expected, progress: Progress | None) -> AddResult:
@@ -313,7 +398,12 @@ class Client:
                                     method="registry")
 
     def upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None) -> str:
-        """Put one blob unless the registry has it; returns what was done."""
+        """Put one blob unless the registry has it; returns what was done.  The whole
+        upload ends within ``blob_timeout``."""
+        with deadline.within(self.options.blob_timeout):
+            return self._upload(store, blob, mount_from)
+
+    def _upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None) -> str:
         digest = f"sha256:{blob.sha256}"
         if self.has_blob(blob.sha256):
             return "exists"
@@ -321,11 +411,12 @@ class Client:
             response = self.request("POST", f"blobs/uploads/?mount={digest}&from={mount_from}")
             self._expect_status(response, f"mount {digest}", 201, 202)
             if response.status_code == 201:
+                response.close()
                 return "mounted"
         else:
             response = self.request("POST", "blobs/uploads/")
             self._expect_status(response, f"start upload of {digest}", 202)
-        location = _location(response, self.base)
+        location = self._location(response)
         hasher, offset = hashing.StreamHasher(), 0
         for piece in _regroup(oci.blob_chunks(store, blob), self.options.chunk_size):
             hasher.update(piece)
@@ -335,7 +426,7 @@ class Client:
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{offset}-{offset + len(piece) - 1}"})
             self._expect_status(response, f"upload {digest}", 202)
-            location, offset = _location(response, self.base), offset + len(piece)
+            location, offset = self._location(response), offset + len(piece)
         else:
             piece = b""
         Expected(f"blob {digest} (from the store)", blob.sha256, blob.size).check(
@@ -344,7 +435,16 @@ class Client:
         response = self.request("PUT", str(url), content=piece,
                                 headers={"Content-Type": "application/octet-stream"})
         self._expect_status(response, f"finish upload of {digest}", 201)
+        response.close()
         return "uploaded"
+
+    def _location(self, response: httpx.Response) -> str:
+        """Where an upload continues: the response's Location, resolved and checked."""
+        location = response.headers.get("Location")
+        response.close()
+        if not location:
+            raise self.fail("upload without a Location")
+        return self._url(location)
 
 
 class _Body:
@@ -352,9 +452,13 @@ class _Body:
     so the reader (``Store.add_stream`` and its hasher) sees one continuous stream."""
 
     def __init__(self, client: Client, sha: Sha256, size: int, *,
-                 part_of: tuple[int, int] | None = None) -> None:
-        """``part_of=(start, blob size)``: only ``size`` bytes from ``start`` (a range)."""
+                 part_of: tuple[int, int] | None = None, until: float | None = None) -> None:
+        """``part_of=(start, blob size)``: only ``size`` bytes from ``start`` (a range);
+        ``until``: the blob's deadline (``time.monotonic()``), resumes included."""
         self._client, self._sha, self._size = client, sha, size
+        self.until = until if until is not None else (time.monotonic()
+                                                      + client.options.blob_timeout)
+        self._window = (time.monotonic(), 0)  # (start, bytes) of the rate's current window
         self._start, self._part = (part_of[0], True) if part_of else (0, False)
         self._offset, self._failures, self._skip = 0, 0, 0
         self.ranged = False  # the registry answered with the range asked for
@@ -370,9 +474,16 @@ class _Body:
             headers["Range"] = f"bytes={at}-{self._start + self._size - 1}"
         elif at:
             headers["Range"] = f"bytes={at}-"
-        response = self._client.request("GET", f"blobs/sha256:{self._sha}", headers=headers,
-                                        stream=True)
-        self._client._expect_status(response, f"blob sha256:{self._sha}", 200, 206)
+        with self._deadline():
+            response = self._client.request("GET", f"blobs/sha256:{self._sha}",
+                                            headers=headers)
+            self._client._expect_status(response, f"blob sha256:{self._sha}", 200, 206)
+        self._window = (time.monotonic(), 0)
+        try:
+            bodies.blob_encoding(response, self._client.ref.host, f"blob sha256:{self._sha}")
+        except RegistryError:
+            response.close()
+            raise
         self.ranged = response.status_code == 206
         if response.status_code == 200:  # from the start (no Range support): skip again
             self._skip = at
@@ -383,12 +494,32 @@ class _Body:
         self._response = response
         self._chunks = response.iter_raw()  # as the socket delivers: no re-chunking copies
 
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """The blob's deadline for the network calls of the block; past it, give up."""
+        if time.monotonic() >= self.until:
+            raise self._expired()
+        try:
+            with deadline.within(until=self.until):
+                yield
+        except deadline.Expired:
+            raise self._expired() from None
+
+    def _expired(self) -> RegistryError:
+        return self._client.fail(f"blob sha256:{self._sha}: not received within "
+                                 f"{self._client.options.blob_timeout:g}s ({self._offset} "
+                                 f"of {self._size} bytes)")
+
     def read(self, n: int = -1) -> bytes:
         while not self._buffer:
             try:
-                chunk = next(self._chunks, b"")
+                with self._deadline():
+                    chunk = next(self._chunks, b"")
             except httpx.TransportError as exc:  # a broken or truncated response
                 self._resume(f"{type(exc).__name__}: {exc}")
+                continue
+            if chunk and self._too_slow(len(chunk)):
+                self._resume(f"slower than {self._client.options.min_rate} bytes/s")
                 continue
             if not chunk:
                 if self._offset >= self._size:
@@ -413,6 +544,18 @@ class _Body:
         data, self._buffer = self._buffer[:n], self._buffer[n:]
         self._offset += len(data)
         return bytes(data)
+
+    def _too_slow(self, received: int) -> bool:
+        """Count ``received`` bytes into the rate window; True if the window closed below
+        ``min_rate`` (a server dripping bytes: better resumed, or given up on)."""
+        start, count = self._window
+        count += received
+        elapsed = time.monotonic() - start
+        self._window = (start, count)
+        if elapsed < RATE_WINDOW:
+            return False
+        self._window = (time.monotonic(), 0)
+        return count / elapsed < self._client.options.min_rate
 
     def _resume(self, reason: str) -> None:
         self.close()
@@ -449,16 +592,17 @@ class _RangedBody:
         bounds = [(start, min(step, size - start)) for start in range(0, size, step)]
         self._parts: list[Future[fsio.TempFile]] = []
         self._files: list[fsio.TempFile] = []
-        self._current: _Body | int = _Body(client, sha, bounds[0][1], part_of=(0, size))
-        if not self._current.ranged:
-            self._current.close()
-            self._current, bounds = _Body(client, sha, size), []
+        first = _Body(client, sha, bounds[0][1], part_of=(0, size))
+        self._current: _Body | int = first
+        if not first.ranged:
+            first.close()
+            self._current, bounds = _Body(client, sha, size, until=first.until), []
         self._pool = ThreadPoolExecutor(max(1, len(bounds) - 1))
         for start, length in bounds[1:]:
             temp = fsio.TempFile(tmp_dir_fd, "range")
             self._files.append(temp)
             self._parts.append(self._pool.submit(_fetch_range, client, sha, start, length,
-                                                 size, temp))
+                                                 size, temp, first.until))
 
     def read(self, n: int = -1) -> bytes:
         while True:
@@ -494,8 +638,8 @@ class _RangedBody:
 
 
 def _fetch_range(client: Client, sha: Sha256, start: int, length: int, size: int,
-                 temp: fsio.TempFile) -> fsio.TempFile:
-    with _Body(client, sha, length, part_of=(start, size)) as body:
+                 temp: fsio.TempFile, until: float) -> fsio.TempFile:
+    with _Body(client, sha, length, part_of=(start, size), until=until) as body:
         while data := body.read(1 << 20):
             fsio.write_all(temp.fd, data)
     return temp
@@ -503,23 +647,6 @@ def _fetch_range(client: Client, sha: Sha256, start: int, length: int, size: int
 
 def _path(url: str) -> str:
     return httpx.URL(url).path
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The registry's first error code and message, briefly (never request headers)."""
-    try:
-        first = response.json()["errors"][0]
-        return f"{first.get('code', '')}: {str(first.get('message', ''))[:200]}"
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return ""
-
-
-def _location(response: httpx.Response, base: str) -> str:
-    location = response.headers.get("Location")
-    response.close()
-    if not location:
-        raise RegistryError(registry=httpx.URL(base).host, reason="upload without a Location")
-    return str(httpx.URL(base).join(location))
 
 
 def _regroup(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
@@ -591,14 +718,14 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
 def pull(store: Store, text: str, name: str | None, options: Options,
          progress: Progress | None = None, *, gate: Gate | None = None) -> NameRecord:
     """Pull and name: the name is written last, when every object is stored."""
-    if name is not None:
-        name = names.normalize(name)  # refuse a bad name before any download
+    # refuse a bad name, given or derived, before any download
+    name = names.normalize(name) if name is not None else default_name(parse_reference(text))
     with store.temp_root():
-        ref, image = pull_image(store, text, options, progress, gate=gate)
+        _, image = pull_image(store, text, options, progress, gate=gate)
         image_id = store.put_image(image)
         if gate is not None:
             gate.keep(store)
-        return store.names.set(name or default_name(ref), image_id, "docker")
+        return store.names.set(name, image_id, "docker")
 
 
 def default_name(ref: Reference) -> str:
@@ -662,19 +789,10 @@ def referrers(text: str, options: Options) -> list[dict[str, Any]]:
     with Client(ref, options) as client:
         sha = ref.digest
         if sha is None:
-            data, _ = client.get_manifest(ref.reference, None)
-            sha = Sha256(hashing.hash_bytes(data).sha256.hex())
-        response = client.request("GET", f"referrers/sha256:{sha}",
-                                  headers={"Accept": oci.OCI_INDEX})
-        if response.status_code == 200 and response.headers.get(
-                "Content-Type", "").startswith(oci.OCI_INDEX):
-            response.read()
-            response.close()
-            if len(response.content) > MAX_MANIFEST:
-                raise client.fail("referrers index is too large")
-            data = response.content
-        else:
-            response.close()
+            subject, _ = client.get_manifest(ref.reference, None)
+            sha = Sha256(hashing.hash_bytes(subject).sha256.hex())
+        data = client.referrers_index(sha)
+        if data is None:  # no referrers API here: the tag schema
             try:
                 data, _ = client.get_manifest(f"sha256-{sha}", None)
             except RegistryNotFound:

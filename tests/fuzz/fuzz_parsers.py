@@ -3,9 +3,10 @@
     python tests/fuzz/fuzz_parsers.py TARGET [libFuzzer flags, e.g. -runs=100000 CORPUS_DIR]
 
 TARGET is one of: image, tar, tar-gzip, tar-split, ollama-manifest, oci-document, name,
-policy, signature, docker-ref, key, composefs-dump.
-A parser may only ever refuse its input with a ``cas.errors.CasError``; any other
-exception (or a crash) is a finding.  tests/test_fuzz.py runs each target briefly.
+policy, signature, docker-ref, key, composefs-dump, name-file, sweep-state, damage-mark,
+challenge, reference, printable.  A parser may only ever refuse its input with a
+``cas.errors.CasError``; any other exception (or a crash) is a finding.
+tests/test_fuzz.py runs each target briefly.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import atheris
 
 with atheris.instrument_imports():
     from cas import errors
-    from cas.core import image, names
+    from cas.core import image, names, strictjson
     from cas.core.store import Store
     from cas.formats import oci, ollama, tarlayer
     from cas.formats.composefs import dumpfile, erofs, native
-    from cas.integrity import dockerref, keys, policy, signature
+    from cas.integrity import dockerref, keys, policy, quarantine, signature, verify_state
+    from cas.transport import auth, registry
 
 _store: Store | None = None
 
@@ -72,6 +74,22 @@ def composefs_dump(data: bytes) -> None:
         dumpfile.parse(dumpfile.write(erofs.readback(tree)))
 
 
+def state_file(parse: Callable[[dict[str, object]], object]) -> Callable[[bytes], None]:
+    """A file in state/ (tampered, torn): refused only with what the loaders catch."""
+    def target(data: bytes) -> None:
+        try:
+            parse(strictjson.load_object(data))
+        except verify_state.UNREADABLE as exc:
+            raise errors.BadInput(message=str(exc)) from None
+    return target
+
+
+def printable(data: bytes) -> None:
+    text = errors.printable(data.decode("utf-8", "surrogateescape"), 100)
+    if not text.isprintable() or len(text) > 1100:
+        raise AssertionError(f"not one short printable line: {text!r}")
+
+
 TARGETS: dict[str, Callable[[bytes], object]] = {
     "image": image.decode,
     "tar": tar,
@@ -85,6 +103,12 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "docker-ref": lambda data: dockerref.parse(data.decode("utf-8", "replace")),
     "key": lambda data: keys.load_private(data, b"", "fuzz"),
     "composefs-dump": composefs_dump,
+    "name-file": lambda data: names._parse(data, "0" * 64),
+    "sweep-state": state_file(verify_state.SweepState.from_json),
+    "damage-mark": state_file(quarantine.DamageMark.from_json),
+    "challenge": lambda data: auth.parse_challenge(data.decode("utf-8", "replace")),
+    "reference": lambda data: registry.parse_reference(data.decode("utf-8", "replace")),
+    "printable": printable,
 }
 
 
