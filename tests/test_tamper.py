@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cas import Store, errors
+from cas.core import signatures
 from cas.core.digest import ObjectId, Sha256
 from cas.core.store import SHA256_XATTR
 from cas.integrity import quarantine
@@ -281,3 +283,59 @@ def test_a_symlinked_image_is_a_finding_and_repair_restores_it(
     report = repair(store, str(tmp_path / "backup"))
     assert report.complete and sorted(report.repaired) == sorted([image, ids["b"][0]])
     assert not path.is_symlink() and sweep(store).clean
+
+
+# -- the signatures area -------------------------------------------------------------------
+
+MANIFEST = Sha256("ab" * 32)
+
+
+@pytest.fixture
+def accept_all(tmp_path: Path) -> Path:
+    """A trust policy under which ``cas verify`` re-checks every name's signatures."""
+    path = tmp_path / "policy.json"
+    path.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    return path
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_signature_directories_get_the_stores_own_mode(tmp_path: Path, shared: bool,
+                                                       other_user: tuple[int, int]) -> None:
+    with Store.init(tmp_path / "store", group=other_user[1] if shared else None) as store:
+        signatures.add(store, MANIFEST, [b"{}"])
+    for path in (store.path / "signatures", store.path / "signatures" / MANIFEST):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o2770 if shared else 0o700), path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_foreign_manifest_directory_is_never_followed(store: Store, tmp_path: Path,
+                                                        kind: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (store.path / "signatures").mkdir()
+    plant(store.path / "signatures" / MANIFEST, kind, elsewhere)
+    with pytest.raises(errors.ForeignEntry):
+        signatures.add(store, MANIFEST, [b"{}"])
+    assert os.listdir(elsewhere) == []
+    found, damaged = signatures.records(store, MANIFEST)
+    assert found == [] and [path for path, _ in damaged] == [f"signatures/{MANIFEST}"]
+    assert [f.path for f in sweep(store, full=False).findings] == [f"signatures/{MANIFEST}"]
+
+
+def test_a_symlinked_signatures_area_is_skipped_by_gc_and_reported_by_verify(
+        two: tuple[Store, dict[str, tuple[ObjectId, Sha256]]], tmp_path: Path,
+        accept_all: Path) -> None:
+    store, _ = two
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / MANIFEST).mkdir(parents=True)
+    os.utime(elsewhere / MANIFEST, (0, 0))  # long past any grace period
+    (store.path / "signatures").symlink_to(elsewhere)
+    done = cli("-s", str(store.path), "gc", "--json", "--grace", "0")
+    assert done.returncode == 0, done.stderr
+    assert "signatures: store damaged: a symlink" in json.loads(done.stdout)["skipped"][0]
+    assert (elsewhere / MANIFEST).is_dir()
+    (store.path / "names" / sorted(os.listdir(store.path / "names"))[0]).write_text("{bad")
+    done = cli("-s", str(store.path), "verify", "--json", "--policy", str(accept_all))
+    assert done.returncode == 6, done.stderr  # a finding each, not exit 3
+    assert sorted(f["kind"] for f in json.loads(done.stdout)["findings"]) == [
+        "bad-name", "foreign-entry"]

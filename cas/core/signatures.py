@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from cas.core import fsio
 from cas.core.digest import Sha256, is_hex64
 from cas.core.store import Store
-from cas.errors import BadSignature
+from cas.errors import BadSignature, ForeignEntry
 
 AREA = "signatures"
 SUFFIX = ".json"
@@ -46,7 +46,7 @@ def add(store: Store, manifest: Sha256, records: Iterable[bytes]) -> int:
     with store.publishing(()):
         area_fd = store.open_dir(AREA, create=True)
         try:
-            dir_fd = fsio.open_dir(manifest, area_fd, create=True)
+            dir_fd = _manifest_dir(store, area_fd, manifest, create=True)
         finally:
             os.close(area_fd)
         try:
@@ -76,9 +76,11 @@ def records(store: Store, manifest: Sha256) -> tuple[list[tuple[str, bytes]],
     except FileNotFoundError:
         return [], []
     try:
-        dir_fd = fsio.open_dir(manifest, area_fd)
+        dir_fd = _manifest_dir(store, area_fd, manifest)
     except FileNotFoundError:
         return [], []
+    except ForeignEntry as exc:  # verify also reports it as a foreign-entry
+        return [], [(f"{AREA}/{manifest}", exc.message())]
     finally:
         os.close(area_fd)
     found: list[tuple[str, bytes]] = []
@@ -138,6 +140,13 @@ def sweep(store: Store, keep: Callable[[Sha256], bool], older_than: float, *,
     return removed
 
 
+def _manifest_dir(store: Store, area_fd: int, manifest: str, *, create: bool = False) -> int:
+    """A manifest's directory (made with the store's directory mode): a symlink or file
+    planted there is ``ForeignEntry``, never followed."""
+    return store.open_dir(manifest, create=create, parent_fd=area_fd,
+                          where=f"{AREA}/{manifest}")
+
+
 def _listing(dir_fd: int) -> list[str]:
     with os.scandir(dir_fd) as entries:
         return [e.name for e in entries if e.name.endswith(SUFFIX)
@@ -147,7 +156,10 @@ def _listing(dir_fd: int) -> list[str]:
 def _remove_dir(area_fd: int, manifest: str) -> None:
     """Unlink what is inside, then the directory; anything odd in it stays (and so does
     the directory) rather than stop a GC."""
-    dir_fd = fsio.open_dir(manifest, area_fd)
+    try:
+        dir_fd = fsio.open_dir(manifest, area_fd)
+    except OSError:
+        return  # not a directory after all: left for verify to report
     try:
         for name in os.listdir(dir_fd):
             with contextlib.suppress(OSError):

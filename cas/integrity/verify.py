@@ -208,35 +208,41 @@ def _size_problem(store: Store, oid: ObjectId, size: int) -> tuple[str, str] | N
 # -- the store's own files -------------------------------------------------------------
 
 #: What cas keeps where (besides objects/, index/ and names/, checked on their own):
-#: path → "file" or "dir"; for a "dir/*" every entry of that directory is a file.
+#: path → "file" or "dir"; a ``*`` component stands for every entry of that directory.
 OWN_ENTRIES = {"lock": "file", "gc.lock": "file", "roots": "dir", "roots/*": "file",
                "state": "dir", "state/verify.json": "file", "state/verify.lock": "file",
                "state/damaged": "dir", "state/damaged/*": "file", "quarantine": "dir",
-               "mounts": "dir", "tmp": "dir"}
+               "mounts": "dir", "tmp": "dir", "signatures": "dir", "signatures/*": "dir",
+               "signatures/*/*": "file"}
 
 
 def _check_store_entries(store: Store, report: Report) -> None:
     """Anything but what cas makes in its own places (a symlink, FIFO, directory...) is
     a ``foreign-entry``: every reader skips such entries, and this says they are there.
     Below a directory that is not one, nothing is looked at (no symlink is followed)."""
-    dirs = {""}  # the store root, then every own directory found to be a directory
-    for path, kind in OWN_ENTRIES.items():
-        parent, _, name = path.rpartition("/")
-        if parent not in dirs:
-            continue
-        names = _listing(store, parent) if name == "*" else [name]
-        for entry in names:
-            full = f"{parent}/{entry}" if parent else entry
-            try:
-                mode = os.stat(full, dir_fd=store.root_fd, follow_symlinks=False).st_mode
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            wanted = "directory" if kind == "dir" else "regular file"
-            if fsio.file_kind(mode) != wanted:
-                report.findings.append(Finding("foreign-entry", path=full, detail=(
-                    f"a {fsio.file_kind(mode)} where cas keeps a {wanted}")))
-            elif kind == "dir":
-                dirs.add(full)
+    dirs = [""]  # the store root, then every own directory found to be a directory
+    for pattern, kind in OWN_ENTRIES.items():
+        parent_pattern, _, name = pattern.rpartition("/")
+        for parent in [d for d in dirs if _matches(d, parent_pattern)]:
+            names = _listing(store, parent) if name == "*" else [name]
+            for entry in names:
+                full = f"{parent}/{entry}" if parent else entry
+                try:
+                    mode = os.stat(full, dir_fd=store.root_fd, follow_symlinks=False).st_mode
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                wanted = "directory" if kind == "dir" else "regular file"
+                if fsio.file_kind(mode) != wanted:
+                    report.findings.append(Finding("foreign-entry", path=full, detail=(
+                        f"a {fsio.file_kind(mode)} where cas keeps a {wanted}")))
+                elif kind == "dir":
+                    dirs.append(full)
+
+
+def _matches(path: str, pattern: str) -> bool:
+    parts, wanted = path.split("/"), pattern.split("/")
+    return len(parts) == len(wanted) and all(
+        w in ("*", p) for p, w in zip(parts, wanted, strict=True))
 
 
 def _listing(store: Store, directory: str) -> list[str]:

@@ -94,9 +94,12 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
             if thorough or not unlinked_all:
                 _sweep_index(store, report)
             _sweep_tmp(store, report, now)
-            report.signatures_removed = signatures.sweep(
-                store, lambda sha: store.lookup_sha256(sha) in reachable, now - grace,
-                dry_run=dry_run)
+            try:
+                report.signatures_removed = signatures.sweep(
+                    store, lambda sha: store.lookup_sha256(sha) in reachable, now - grace,
+                    dry_run=dry_run)
+            except errors.ForeignEntry as exc:  # signatures/ is not a directory
+                report.skipped.append(exc.message())
     report.seconds = round(time.monotonic() - started, 3)
     return report
 

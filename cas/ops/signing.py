@@ -21,7 +21,15 @@ from cas.core import signatures
 from cas.core.digest import ObjectId, Sha256
 from cas.core.image import Image
 from cas.core.store import Store
-from cas.errors import BadImage, BadInput, BadSignature, CasError, NotSignable, SignatureRefused
+from cas.errors import (
+    BadImage,
+    BadInput,
+    BadSignature,
+    CasError,
+    ForeignEntry,
+    NotSignable,
+    SignatureRefused,
+)
 from cas.integrity import dockerref, signature
 from cas.integrity.dockerref import DockerReference
 from cas.integrity.keys import PrivateKey
@@ -110,7 +118,7 @@ def recheck(store: Store, policy: Policy) -> list[Finding]:
     """``cas verify``: every name judged again by its stored signatures; returns the names
     the policy refuses now (``signature-rejected``) and damaged signature records."""
     findings = []
-    for record in store.names:
+    for record in store.names.scan()[0]:  # the sweep reports unreadable names
         try:
             verdict = judge(store, record.name, record.image, policy)
         except CasError:
@@ -118,7 +126,11 @@ def recheck(store: Store, policy: Policy) -> list[Finding]:
         if not verdict.accepted:
             findings.append(Finding("signature-rejected", artifacts=(record.name,),
                                     detail=f"{verdict.scope}: {verdict.reason}"))
-    for manifest in signatures.manifests(store):
+    try:
+        manifests = signatures.manifests(store)
+    except ForeignEntry:
+        return findings  # signatures/ is no directory: the sweep reports a foreign-entry
+    for manifest in manifests:
         findings += [Finding("damaged-signature", path=path, detail=why)
                      for path, why in stored(store, manifest)[1]]
     return findings
