@@ -26,6 +26,7 @@ from test_tarlayer import make_tar
 from cas import Store, errors
 from cas.cli import main
 from cas.core import hashing
+from cas.core.digest import Sha256
 from cas.ops import artifacts
 from cas.transport import registry
 from cas.transport.auth import Credentials, find_credentials, parse_challenge
@@ -688,6 +689,26 @@ def test_a_dripping_server_meets_deadlines_and_the_minimum_rate(
     with pytest.raises(errors.RegistryError, match="no answer in the time allowed"):
         registry.pull(store, ref, None, short)
     assert_nothing_named(store)
+
+
+def test_signature_payloads_come_within_one_deadline(fake: FakeRegistry) -> None:
+    """A pull's trust gate fetches attached signatures: a payload that drips keeps it no
+    longer than a document may take (they are documents, not model blobs)."""
+    from cas.integrity import signature
+    from cas.transport import sigstore
+    payload, config, manifest = b"p" * 100, b"{}", Sha256("1" * 64)
+    doc = {"schemaVersion": 2, "mediaType": sigstore.OCI_MANIFEST, "config": {
+        "mediaType": sigstore.OCI_CONFIG, "digest": "sha256:" + sha256(config), "size": 2},
+        "layers": [{"mediaType": signature.MEDIA_TYPE, "digest": "sha256:" + sha256(payload),
+                    "size": len(payload)}]}
+    fake.routes[f"/v2/bad/art/manifests/{sigstore.attachment_tag(manifest)}"] = lambda h: send(
+        h, 200, json.dumps(doc).encode(), {"Content-Type": sigstore.OCI_MANIFEST})
+    fake.routes[f"/v2/bad/art/blobs/sha256:{sha256(payload)}"] = drip(
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(payload)}\r\n\r\n".encode(), 0.05)
+    options = registry.Options(insecure=True, retries=1, backoff=0.0, timeout=1.5)
+    with registry.Client(registry.parse_reference(f"{fake.host}/bad/art:v1"), options) as client:
+        with pytest.raises(errors.RegistryError, match=r"not received within 1\.5s"):
+            sigstore.fetch(client, manifest)
 
 
 def test_redirect_loops_and_bad_encodings_are_registry_errors(fake: FakeRegistry,

@@ -362,11 +362,14 @@ class Client:
             return response.status_code == 200
         raise self.fail(f"HEAD blob sha256:{sha}: HTTP {response.status_code}")
 
-    def get_blob(self, sha: Sha256, size: int) -> bytes:
+    def get_blob(self, sha: Sha256, size: int, until: float | None = None) -> bytes:
         """A small blob (a config, a signature payload) in memory: never more than ``size``
-        + 1 bytes are read, and the digest is checked.  The caller caps ``size``."""
+        + 1 bytes are read, and the digest is checked.  The caller caps ``size``.  Like a
+        document it comes within ``timeout`` (or by ``until``, a ``time.monotonic()``
+        deadline the caller sets for several), resumes included."""
         data = bytearray()
-        with _Body(self, sha, size) as body:
+        ends = until if until is not None else time.monotonic() + self.options.timeout
+        with _Body(self, sha, size, until=ends) as body:
             while len(data) <= size and (chunk := body.read(size + 1 - len(data))):
                 data += chunk
         Expected(f"blob sha256:{sha}", sha, size).check(hashing.hash_bytes(bytes(data)))
@@ -456,9 +459,10 @@ class _Body:
         """``part_of=(start, blob size)``: only ``size`` bytes from ``start`` (a range);
         ``until``: the blob's deadline (``time.monotonic()``), resumes included."""
         self._client, self._sha, self._size = client, sha, size
-        self.until = until if until is not None else (time.monotonic()
-                                                      + client.options.blob_timeout)
-        self._window = (time.monotonic(), 0)  # (start, bytes) of the rate's current window
+        now = time.monotonic()
+        self.until = until if until is not None else now + client.options.blob_timeout
+        self._allowed = round(self.until - now, 1)  # seconds, for the message
+        self._window = (now, 0)  # (start, bytes) of the rate's current window
         self._start, self._part = (part_of[0], True) if part_of else (0, False)
         self._offset, self._failures, self._skip = 0, 0, 0
         self.ranged = False  # the registry answered with the range asked for
@@ -507,8 +511,7 @@ class _Body:
 
     def _expired(self) -> RegistryError:
         return self._client.fail(f"blob sha256:{self._sha}: not received within "
-                                 f"{self._client.options.blob_timeout:g}s ({self._offset} "
-                                 f"of {self._size} bytes)")
+                                 f"{self._allowed:g}s ({self._offset} of {self._size} bytes)")
 
     def read(self, n: int = -1) -> bytes:
         while not self._buffer:

@@ -5,8 +5,9 @@ OCI image tagged ``sha256-<hex>.sig`` in the same repository: each layer (media 
 ``application/vnd.dev.cosign.simplesigning.v1+json``) is one signature's payload, its
 ``dev.cosignproject.cosign/signature`` annotation the signature; the config is an OCI
 image config listing the layers' digests as ``rootfs.diff_ids``.  ``fetch`` reads them
-(capped and digest-checked, like every registry document); ``attach`` re-uses an
-existing attachment image and appends the layers it lacks, as skopeo does.
+(capped, digest-checked and all within one deadline, like every registry document);
+``attach`` re-uses an existing attachment image and appends the layers it lacks, as skopeo
+does.
 
 ``PolicyGate`` is the pull's admission: it fetches the signatures of the manifest being
 pulled and lets the trust policy judge them before any blob is fetched; ``keep`` then
@@ -17,6 +18,7 @@ signature, attachments that cannot be fetched are not kept and do not fail the p
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,18 +57,15 @@ def fetch(client: Client, manifest: Sha256) -> list[Signature]:
     found = _attachment(client, manifest)
     if found is None:
         return []
-    _, layers, _ = found
-    result, total = [], 0
-    for layer in layers:
-        if layer.media_type != signature.MEDIA_TYPE:
-            continue
-        total += layer.size
-        if layer.size > signature.MAX_PAYLOAD or total > MAX_TOTAL:
-            raise client.fail(f"{attachment_tag(manifest)}: signatures over the "
-                              f"{signature.MAX_PAYLOAD}-byte limit (or {MAX_TOTAL} in all)")
-        payload = client.get_blob(layer.sha256, layer.size)
-        result.append(Signature(layer.media_type, payload, layer.annotations))
-    return result
+    wanted = [layer for layer in found[1] if layer.media_type == signature.MEDIA_TYPE]
+    total = sum(layer.size for layer in wanted)
+    if any(layer.size > signature.MAX_PAYLOAD for layer in wanted) or total > MAX_TOTAL:
+        raise client.fail(f"{attachment_tag(manifest)}: signatures over the "
+                          f"{signature.MAX_PAYLOAD}-byte limit (or {MAX_TOTAL} in all)")
+    # all of them within one document's time, plus their bytes at the minimum rate
+    until = time.monotonic() + client.options.timeout + total / max(1, client.options.min_rate)
+    return [Signature(layer.media_type, client.get_blob(layer.sha256, layer.size, until),
+                      layer.annotations) for layer in wanted]
 
 
 def attach(client: Client, manifest: Sha256, new: Sequence[Signature]) -> int:
