@@ -345,6 +345,19 @@ def test_export_refuses_what_it_cannot_write(store: Store, cache: Cache,
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 
+def test_export_never_writes_through_a_symlink_on_the_way(store: Store, cache: Cache,
+                                                          tmp_path: Path) -> None:
+    images = by_name(import_all(store, cache.root))
+    main = stored(store, images["hf.co/theorg/tiny-model-gguf:main"])
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "via").symlink_to(target)
+    for dest in (tmp_path / "via", tmp_path / "via" / "cache"):
+        with pytest.raises(errors.BadDestination, match="never writes through a symlink"):
+            hf.export_cache(store, main, dest)
+    assert os.listdir(target) == []
+
+
 def test_export_replaces_shared_store_links_never_following_them(
         store: Store, cache: Cache, tmp_path: Path) -> None:
     """Newer huggingface_hub keeps LFS blobs in a cache-wide store and links repo blobs

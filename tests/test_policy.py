@@ -150,7 +150,7 @@ def test_load_default_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     user.parent.mkdir(parents=True)
     user.write_text('{"default": [{"type": "reject"}]}')
     assert policy.load().source == str(user)  # the user's file first, as podman reads it
-    with pytest.raises(BadPolicy, match="cannot read"):
+    with pytest.raises(BadPolicy, match="no such file"):
         policy.load(tmp_path / "missing.json")
 
 

@@ -13,8 +13,9 @@ from test_ollama import OllamaStore
 
 from cas import Store, errors
 from cas.cli import main
-from cas.core import userpath
-from cas.ops import artifacts, checkout, repair
+from cas.core import fsio, userpath
+from cas.integrity import keys
+from cas.ops import artifacts, checkout, composefs, repair, schedule
 from conftest import other_user, write_random
 
 __all__ = ["other_user"]  # a fixture, imported for the tests below
@@ -39,11 +40,22 @@ def _checkout(store: Store, dest: Path) -> object:
     return checkout.checkout(store, image, dest)
 
 
+def _mkcomposefs(store: Store, dest: Path) -> object:
+    dump = store.path.parent / f"{fsio.temp_name('model')}.dump"
+    artifacts.export_artifact(store, "model", f"dump:{dump}")
+    return composefs.mkcomposefs(dump, dest)
+
+
 WRITERS: dict[str, Writer] = {
     "checkout": _checkout,
     "tar": lambda s, d: artifacts.export_artifact(s, "model", f"tar:{d}"),
     "oci": lambda s, d: artifacts.export_artifact(s, "art", f"oci:{d}"),
     "ollama": lambda s, d: artifacts.export_artifact(s, "model", f"ollama:{d}"),
+    "dump": lambda s, d: artifacts.export_artifact(s, "model", f"dump:{d}"),
+    "composefs": lambda s, d: artifacts.export_artifact(s, "model", f"composefs:{d}"),
+    "mkcomposefs": _mkcomposefs,
+    "keys": lambda _s, d: keys.write_new(d, b"key", 0o600),
+    "units": lambda _s, d: schedule.install({"cas-gc.timer": "[Timer]\n"}, d),
 }
 REFUSED = (errors.BadDestination, errors.DestinationExists)
 
@@ -100,9 +112,24 @@ def test_metrics_file_is_never_written_through_a_symlinked_directory(
     target = tmp_path / "target"
     target.mkdir()
     (tmp_path / "via").symlink_to(target)
-    code = main(["-s", str(named.path), "verify", "--structural", "--metrics-file",
-                 str(tmp_path / "via" / "cas.prom")])
-    assert code == 2 and os.listdir(target) == []
+    for command in (["verify", "--structural"], ["gc"]):
+        code = main(["-s", str(named.path), *command, "--metrics-file",
+                     str(tmp_path / "via" / "cas.prom")])
+        assert code == 2 and os.listdir(target) == []
+
+
+def test_policy_and_key_files_follow_no_other_users_symlink(
+        tmp_path: Path, other_user: tuple[int, int]) -> None:
+    """Another user's link would choose the key or the policy that root trusts."""
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    planted = tmp_path / "planted.json"
+    planted.symlink_to(policy)
+    os.lchown(planted, *other_user)
+    with pytest.raises(ValueError, match="owned by uid"):
+        keys.read_user_file(planted, 1000)
+    os.lchown(planted, 0, 0)  # root's own link (a mounted secret): followed
+    assert keys.read_user_file(planted, 1000) == policy.read_bytes()
 
 
 # -- sources: only symlinks root or the user made are followed ---------------------------

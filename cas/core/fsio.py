@@ -126,19 +126,14 @@ def replace_file(dir_fd: int, name: str, data: bytes, *, tmp_dir_fd: int, fsync:
         os.fsync(dir_fd)
 
 
-def create_file(dest: str, data: bytes, *, mode: int = 0o644) -> None:
-    """Write a new file at ``dest``: complete (temp → fsync → rename) and never replacing
-    anything; an existing ``dest`` (a symlink too) raises FileExistsError."""
-    head, _, name = dest.rpartition("/")
-    dir_fd = open_dir(head if head else ("/" if dest.startswith("/") else "."))
-    try:
-        with temp_file(dir_fd, f".{name}.cas-new") as temp:
-            write_all(temp.fd, data)
-            os.fchmod(temp.fd, mode)
-            os.fsync(temp.fd)
-            rename_noreplace(dir_fd, temp.name, dir_fd, name)
-    finally:
-        os.close(dir_fd)
+def create_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> None:
+    """Write a new file ``name`` in ``dir_fd``: complete (temp → fsync → rename) and never
+    replacing anything; an existing entry (a symlink too) raises FileExistsError."""
+    with temp_file(dir_fd, f".{name}.cas-new") as temp:
+        write_all(temp.fd, data)
+        os.fchmod(temp.fd, mode)
+        os.fsync(temp.fd)
+        rename_noreplace(dir_fd, temp.name, dir_fd, name)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

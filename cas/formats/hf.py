@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas import errors
-from cas.core import fsio, hashing
+from cas.core import fsio, hashing, userpath
 from cas.core.digest import Sha256
 from cas.core.image import INLINE_MAX, Entry, Image, build, file_entry
 from cas.core.linkmode import LinkMode
@@ -511,15 +511,14 @@ def export_cache(store: Store, image: Image, cache: Path, *,
     snap = _snapshot_record(image)
     _refuse_nesting(cache)
     written = Written()
-    with contextlib.suppress(FileExistsError):  # a non-directory is refused just below
-        cache.mkdir(parents=True)
     with contextlib.ExitStack() as fds:
         def subdir(dir_fd: int, name: str, path: Path) -> int:
             return fds.enter_context(closing(open_dir(
                 dir_fd, name, path, errors.SourceMissing(path=path), create=True)))
 
         root = cache / snap.repo.folder
-        cache_fd = fds.enter_context(closing(open_root(cache, NotAHfCache)))
+        # a destination: made as needed, never through a symlink (cas.core.userpath)
+        cache_fd = fds.enter_context(closing(userpath.destination_dir(cache, create=True)))
         repo_fd = subdir(cache_fd, snap.repo.folder, root)
         blobs_fd = subdir(repo_fd, "blobs", root / "blobs")
         for etag, entry in {etag: entry for etag, entry in snap.files.values()}.items():

@@ -38,8 +38,9 @@ import nacl.secret
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from cas.core import strictjson
-from cas.errors import BadKey
+from cas import errors
+from cas.core import fsio, sourcefile, strictjson, userpath
+from cas.errors import BadKey, DestinationExists
 
 PRIVATE_PEM_TYPES = ("ENCRYPTED COSIGN PRIVATE KEY", "ENCRYPTED SIGSTORE PRIVATE KEY")
 WRITE_PARAMS = {"N": 65536, "r": 8, "p": 1}
@@ -133,12 +134,15 @@ def _loaded(load: Callable[[], object], types: tuple[type, ...], where: str,
 
 def read_user_file(path: Path, limit: int) -> bytes:
     """A small file the user named (a key, a passphrase, a policy); ``ValueError`` says why
-    it cannot be read.  Symlinks are followed: secrets are often mounted through them."""
+    it cannot be read.  Symlinks are followed only if root or the user owns them (secrets
+    are often mounted through root's links; another user's link would choose what root
+    trusts) — ``cas.core.sourcefile``."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read: {exc.strerror}") from None
+        fd, _ = sourcefile.open_source(path, None)
+    except (errors.SourceMissing, errors.SourceUnreadable, errors.NotARegularFile) as exc:
+        raise ValueError(exc.message().removeprefix(f"{path}: ")) from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"over {limit} bytes")
     return data
@@ -157,25 +161,17 @@ def read_passphrase(path: Path) -> bytes:
 
 
 def write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` (never replacing a file or following a symlink there) with ``data``."""
+    """Create ``path`` whole with ``data`` and ``mode`` (whatever the umask says): never
+    replacing a file, never through a symlink (``cas.core.userpath``)."""
+    dir_fd, name = userpath.destination_parent(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     mode)
+        fsio.create_file(dir_fd, name, data, mode=mode)
     except FileExistsError:
-        raise BadKey(path=path, reason="already exists; cas never replaces a key file") from None
+        raise DestinationExists(path=path) from None
     except OSError as exc:
         raise BadKey(path=path, reason=f"cannot create: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, mode)  # whatever the umask says
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(fd)
-    except BaseException:
-        os.unlink(path)
-        raise
     finally:
-        os.close(fd)
+        os.close(dir_fd)
 
 
 def _derive(passphrase: bytes, salt: bytes, params: dict[str, Any]) -> bytes:

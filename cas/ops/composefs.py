@@ -7,7 +7,8 @@
   ``mkcomposefs --from-file``: no store needed, the objects it names need not exist.
 
 Every file is written whole to a temp name beside its destination and renamed into place
-without replacing anything (an existing path, a symlink too, is refused).
+without replacing anything (an existing path, a symlink too, is refused); no symlink on
+the way to it is followed (``cas.core.userpath``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cas.core import fsio, hashing
+from cas.core import fsio, hashing, userpath
 from cas.core.image import Image
 from cas.errors import DestinationExists
 from cas.formats.composefs import dumpfile, erofs
@@ -45,7 +46,10 @@ def mkcomposefs(source: Path, dest: Path, *, version: int = 0,
 
 
 def _create(dest: Path, data: bytes) -> None:
+    dir_fd, name = userpath.destination_parent(dest)  # no symlink on the way
     try:
-        fsio.create_file(os.fspath(dest), data)
+        fsio.create_file(dir_fd, name, data)
     except FileExistsError:
         raise DestinationExists(path=dest) from None
+    finally:
+        os.close(dir_fd)

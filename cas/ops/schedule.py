@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cas import errors
-from cas.core import fsio
+from cas.core import fsio, userpath
 
 #: Unit and cron file names: cron.d ignores names with dots, systemd needs no escaping.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -228,8 +228,9 @@ def cron_files(schedule: Schedule) -> dict[str, str]:
 
 def install(files: Mapping[str, str], directory: Path) -> list[Path]:
     """Write each file into ``directory`` atomically (mode 0644: cron ignores files others
-    can write); returns the paths written."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    can write); returns the paths written.  No symlink on the way to ``directory`` is
+    followed (``cas.core.userpath``): root writes what cron and systemd run as root."""
+    dir_fd = userpath.destination_dir(directory)
     try:
         for name, text in sorted(files.items()):
             fsio.replace_file(dir_fd, name, text.encode(), tmp_dir_fd=dir_fd, fsync=True)
