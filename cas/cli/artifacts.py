@@ -83,7 +83,7 @@ def tag(obj: Context, source: str, target: str, as_json: bool) -> None:
 @click.pass_obj
 def ls(obj: Context, as_json: bool) -> None:
     """List the named artifacts (DAMAGED: an object it needs is corrupt or missing)."""
-    from cas.integrity.quarantine import damaged_artifacts
+    from cas.core.damage import damaged_artifacts
     with obj.open_store() as store:
         records = list(store.names)
         damaged = damaged_artifacts(store)

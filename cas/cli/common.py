@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from cas import errors
+from cas.core.fsverity import Support
 from cas.core.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,3 +96,8 @@ def registry_settings(insecure: bool, username: str | None, password: str | None
         raise click.UsageError("give both --username and a password, or neither")
     credentials = Credentials(username, password) if username and password is not None else None
     return Options(insecure=insecure, credentials=credentials, platform=platform)
+
+
+def verity_line(support: dict[str, Any]) -> str:
+    """One line from ``fsverity.Support.to_json()``: kernel fs-verity, and if not why."""
+    return Support(**support).line()

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, emit, json_option, parse_size
+from cas.cli.common import Context, cli, emit, json_option, parse_size, verity_line
 
 
 @cli.command()
@@ -61,6 +61,7 @@ def du(obj: Context, reflinks: bool, as_json: bool) -> None:
              f"unreferenced (gc would free): {report.unreferenced_bytes}"]
     if report.reflink_shared_bytes is not None:
         lines.append(f"shared by reflinks: {report.reflink_shared_bytes}")
+    lines.append(verity_line(report.kernel_verity))
     lines += [f"  {a.name}  unique {a.unique_bytes}  shared {a.shared_bytes}" for a in
               report.artifacts]
     emit(as_json, report.to_json(), "\n".join(lines))
@@ -70,11 +71,18 @@ cli.add_command(du, "stats")
 
 
 @cli.command()
-@click.option("--full/--structural", default=True,
-              help="Rehash objects (default), or only the cheap structural checks.")
-@click.option("--max-duration", metavar="DURATION", help="Stop hashing after this long.")
-@click.option("--max-bytes", metavar="SIZE", help="Hash at most this much (e.g. 10G) this run.")
-@click.option("--rate", metavar="SIZE", help="Hash at most this much per second (e.g. 200M).")
+@click.option("--full", "mode", flag_value="full", default=True,
+              help="Prove every object's bytes: read every block from the disk (the kernel "
+              "checks each one where objects have fs-verity; else rehash). The default.")
+@click.option("--measure", "mode", flag_value="measure",
+              help="Cheaper: compare each object's kernel fs-verity measurement with its "
+              "name (proves the Merkle tree, not the data blocks); objects without "
+              "fs-verity are read as with --full.")
+@click.option("--structural", "mode", flag_value="structural",
+              help="Only the structural checks: names, images, sizes, modes, index.")
+@click.option("--max-duration", metavar="DURATION", help="Stop checking after this long.")
+@click.option("--max-bytes", metavar="SIZE", help="Check at most this much (e.g. 10G) this run.")
+@click.option("--rate", metavar="SIZE", help="Check at most this much per second (e.g. 200M).")
 @click.option("--since", metavar="AGE", help="Skip objects verified within AGE (e.g. 7d).")
 @click.option("--metrics-file", type=click.Path(path_type=Path),
               help="Write a Prometheus textfile here (atomically).")
@@ -83,13 +91,15 @@ cli.add_command(du, "stats")
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems (cron).")
 @json_option
 @click.pass_obj
-def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | None,
+def verify(obj: Context, mode: str, max_duration: str | None, max_bytes: str | None,
            rate: str | None, since: str | None, metrics_file: Path | None, wait: str,
            quiet: bool, as_json: bool) -> None:
     """Check the store: exit 0 clean, 6 problems found (corrupt objects are quarantined
     and their artifacts marked damaged), 7 another sweep is running, 3 store unusable.
 
-    Bounded runs (--max-duration/--max-bytes) continue where the last one stopped."""
+    Bounded runs (--max-duration/--max-bytes) continue where the last one stopped. The
+    report says whether the store's filesystem gives objects kernel fs-verity, and why
+    not; objects stored before it had fs-verity get it while they are checked."""
     from cas.integrity import verify as verify_mod
     from cas.integrity.verify_report import write_metrics
     from cas.ops.gc import parse_duration
@@ -99,7 +109,7 @@ def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | 
         rate=None if rate is None else parse_size(rate),
         since=None if since is None else parse_duration(since))
     with obj.open_store() as store:
-        report = verify_mod.sweep(store, full=full, limits=limits, wait=parse_duration(wait))
+        report = verify_mod.sweep(store, mode=mode, limits=limits, wait=parse_duration(wait))
     if metrics_file is not None:
         write_metrics(metrics_file, report)
     text = report.human(quiet)

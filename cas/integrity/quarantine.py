@@ -1,55 +1,21 @@
-"""Damage handling: quarantine corrupt objects, mark damaged artifacts.
-
-- ``quarantine/<object id>.<UTC time>``: a corrupt object is *moved* here (never deleted:
-  it may be the only copy of most of its bytes); its sha256 index entry goes with it.
-- ``state/damaged/<object id>.json``: one mark per damaged or missing object, listing the
-  artifacts that need it (``cas ls`` shows them as damaged) and the digests a repair
-  source is searched by.
-
-Repair (``cas.ops.repair``) fetches marked objects from a good source and clears marks.
+"""Quarantine: ``quarantine/<object id>.<UTC time>``.  A corrupt object is *moved* here
+(never deleted: it may be the only copy of most of its bytes); its sha256 index entry goes
+with it.  (A file with fs-verity can still be renamed.)  Damage marks are
+``cas.core.damage``; repair (``cas.ops.repair``) fetches marked objects from a good source
+and clears the marks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from cas import errors
 from cas.core import fsio
-from cas.core.digest import ObjectId, Sha256, is_hex64, shard
+from cas.core.digest import ObjectId, Sha256, shard
 from cas.core.store import Store
 
-QUARANTINE, DAMAGED = "quarantine", "damaged"
-MARK_LIMIT = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class DamageMark:
-    object: ObjectId
-    kind: str
-    artifacts: tuple[str, ...]
-    sha256: Sha256 | None
-    size: int | None
-    quarantined: str | None
-    time: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"object": self.object, "kind": self.kind, "artifacts": list(self.artifacts),
-                "sha256": self.sha256, "size": self.size, "quarantined": self.quarantined,
-                "time": self.time}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> DamageMark:
-        return cls(ObjectId(str(doc["object"])), str(doc["kind"]),
-                   tuple(str(a) for a in doc["artifacts"]),
-                   None if doc.get("sha256") is None else Sha256(str(doc["sha256"])),
-                   None if doc.get("size") is None else int(doc["size"]),
-                   None if doc.get("quarantined") is None else str(doc["quarantined"]),
-                   float(doc["time"]))
+QUARANTINE = "quarantine"
 
 
 def quarantine(store: Store, oid: ObjectId, inode: tuple[int, int] | None,
@@ -104,68 +70,11 @@ def _unindex(store: Store, sha: Sha256, inode: tuple[int, int]) -> None:
         os.close(index_fd)
 
 
-@contextlib.contextmanager
-def _damaged_dir(store: Store) -> Any:
-    state_fd = store.open_dir("state", create=True)
-    try:
-        fd = fsio.open_dir(DAMAGED, state_fd, create=True)
-    finally:
-        os.close(state_fd)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def mark(store: Store, new: DamageMark) -> None:
-    """Record (or update) the damage mark of an object; artifacts and digests accumulate."""
-    old = {m.object: m for m in marks(store)}.get(new.object)
-    if old is not None:
-        new = DamageMark(new.object, new.kind, tuple(sorted({*old.artifacts, *new.artifacts})),
-                         new.sha256 or old.sha256, new.size if new.size is not None
-                         else old.size, new.quarantined or old.quarantined, old.time)
-    data = (json.dumps(new.to_json(), sort_keys=True) + "\n").encode()
-    tmp_fd = store.open_dir("tmp")
-    try:
-        with _damaged_dir(store) as fd:
-            fsio.replace_file(fd, f"{new.object}.json", data, tmp_dir_fd=tmp_fd,
-                              fsync=store.fsync)
-    finally:
-        os.close(tmp_fd)
-
-
-def marks(store: Store) -> list[DamageMark]:
-    """Every damage mark (an unreadable mark file is skipped: it can only be re-found)."""
-    found = []
-    with _damaged_dir(store) as fd:
-        with os.scandir(fd) as entries:
-            files = sorted(e.name for e in entries
-                           if e.name.endswith(".json") and is_hex64(e.name[:-5]))
-        for name in files:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                found.append(DamageMark.from_json(json.loads(
-                    fsio.read_small(fd, name, MARK_LIMIT))))
-    return found
-
-
-def clear(store: Store, oid: ObjectId) -> None:
-    with _damaged_dir(store) as fd, contextlib.suppress(FileNotFoundError):
-        os.unlink(f"{oid}.json", dir_fd=fd)
-
-
-def damaged_artifacts(store: Store) -> dict[str, list[ObjectId]]:
-    """Artifact name → the damaged objects it needs (for ``cas ls``)."""
-    out: dict[str, list[ObjectId]] = {}
-    for m in marks(store):
-        for name in m.artifacts:
-            out.setdefault(name, []).append(m.object)
-    return out
-
-
 def intact(store: Store, oid: ObjectId) -> bool | None:
-    """True if present and intact, False if present and corrupt, None if absent."""
+    """True if present and intact, False if present and corrupt, None if absent.  Every
+    byte is read: a kernel measurement alone would call a rotten fs-verity file intact."""
     try:
-        store.open_verified(oid).close()
+        store.open_verified(oid, read=True).close()
     except errors.ObjectNotFound:
         return None
     except errors.CorruptObject:

@@ -1,6 +1,7 @@
 """Sweep state kept in the store: where the bounded sweep stopped, and when what was checked.
 
-``state/verify.json`` (replaced atomically, so a crash leaves the old or the new state)::
+``state/verify.json`` (``verify-measure.json`` for ``--measure`` sweeps; replaced
+atomically, so a crash leaves the old or the new state)::
 
     {"version": 1,
      "cycle":    {"number": 4, "started": T, "cursor": "<last object id checked or ''>",
@@ -111,11 +112,12 @@ class SweepState:
                    None if coverage is None else float(coverage))
 
 
-def load(store: Store, now: float) -> SweepState:
-    """The saved state; a missing or unreadable one starts cycle 1 (costs a re-check only)."""
+def load(store: Store, now: float, name: str = STATE_FILE) -> SweepState:
+    """The saved state; a missing or unreadable one starts cycle 1 (costs a re-check only).
+    ``name``: each sweep mode keeps its own (a measurement is not a read)."""
     fd = store.open_dir(STATE_DIR, create=True)
     try:
-        doc = json.loads(fsio.read_small(fd, STATE_FILE, STATE_LIMIT))
+        doc = json.loads(fsio.read_small(fd, name, STATE_LIMIT))
         if doc.get("version") != VERSION:
             raise ValueError("unknown version")
         return SweepState.from_json(doc)
@@ -125,11 +127,11 @@ def load(store: Store, now: float) -> SweepState:
         os.close(fd)
 
 
-def save(store: Store, state: SweepState) -> None:
+def save(store: Store, state: SweepState, name: str = STATE_FILE) -> None:
     data = (json.dumps(state.to_json(), sort_keys=True) + "\n").encode()
     fd, tmp_fd = store.open_dir(STATE_DIR, create=True), store.open_dir("tmp")
     try:
-        fsio.replace_file(fd, STATE_FILE, data, tmp_dir_fd=tmp_fd, fsync=store.fsync)
+        fsio.replace_file(fd, name, data, tmp_dir_fd=tmp_fd, fsync=store.fsync)
     finally:
         os.close(tmp_fd)
         os.close(fd)

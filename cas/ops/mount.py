@@ -62,12 +62,23 @@ class MountResult:
     objects: int
     loop: bool
     seconds: float
+    kernel_verity: fsverity.Support  # does the store's filesystem give fs-verity, why not
+    without_verity: int = 0          # objects (and image) that have none (yet)
 
     def to_json(self) -> dict[str, object]:
         return {"mountpoint": str(self.mountpoint), "artifact": self.artifact,
                 "erofs_image": self.image, "verification": self.verification,
                 "objects": self.objects, "loop_device": self.loop,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3),
+                "kernel_verity": {**self.kernel_verity.to_json(),
+                                  "objects_without_verity": self.without_verity}}
+
+    def why_not_kernel(self) -> str:
+        """Why the mount is not kernel-verified, with the fix (for human output)."""
+        if not self.kernel_verity.available:
+            return self.kernel_verity.line()
+        return (f"{self.without_verity} of the artifact's objects were stored before the "
+                "filesystem had fs-verity: `cas verify --full` enables it on them")
 
 
 def write_image(store: Store, image: Image) -> ObjectId:
@@ -87,6 +98,8 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True) -> 
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     mode = _verify(store, [image_id, *needed]) if verify else "none"
+    without = 0 if mode == "kernel" else sum(not _has_verity(store, oid)
+                                             for oid in [image_id, *needed])
     private = _private_dir(store, target)
     _check_option_path(store.path / "objects")
     _check_option_path(private)
@@ -96,8 +109,11 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True) -> 
         raise MountFailed(path=target, reason=f"{private} exists: already mounted? "
                           "(cas umount it first)") from None
     try:
-        # mount(8) gets the very file checked here (as /proc/self/fd/N), never a path
-        with store.open_verified(image_id) if verify else store.open_object(image_id) as f:
+        # mount(8) gets the very file checked here (as /proc/self/fd/N), never a path; it
+        # is small, so every byte is read (with fs-verity a measurement would not show a
+        # rotten block: the mount would fail obscurely instead of refusing it by name)
+        with store.open_verified(image_id, read=True) if verify else \
+                store.open_object(image_id) as f:
             loop = _mount_image(f.fileno(), private, target)
         options = (f"ro,metacopy=on,redirect_dir=on,lowerdir={private}::"
                    f"{store.path / 'objects'}" + (",verity=require" if mode == "kernel" else ""))
@@ -108,7 +124,7 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True) -> 
         os.rmdir(private)
         raise
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
-                       time.monotonic() - start)
+                       time.monotonic() - start, fsverity.probe(store.tmp_fd), without)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:

@@ -1,6 +1,6 @@
 """Repair: restore damaged objects from a good source (``cas repair --from SOURCE``).
 
-``repair`` fetches each marked object (``cas.integrity.quarantine``) from another store, an
+``repair`` fetches each marked object (``cas.core.damage``) from another store, an
 OCI layout or an Ollama store through ``Store.add_*`` with the expected sha256/size checked
 before anything is published, accepts it only if its object id is the wanted one, and
 clears the mark.  It sits above the importers (it parses their locations), which is why it
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cas import errors
+from cas.core.damage import DamageMark, clear, marks
 from cas.core.store import AddResult, Expected, Store
-from cas.integrity.quarantine import DamageMark, clear, intact, marks, quarantine
+from cas.integrity.quarantine import intact, quarantine
 from cas.ops.artifacts import parse_location
 
 
@@ -93,8 +94,12 @@ def repair(store: Store, source: str) -> RepairReport:
                     report.quarantined.append(moved)
             try:
                 result = src.fetch(store, m)
-            except errors.CasError as exc:
+            except errors.CasError as exc:  # a corrupt source object: CorruptObject
                 report.failed.append({"object": m.object, "reason": exc.message()})
+                continue
+            except OSError as exc:  # a source file the kernel will not read (EIO), ...
+                report.failed.append({"object": m.object,
+                                      "reason": f"reading the source: {exc.strerror}"})
                 continue
             if result is None:
                 report.not_found.append(m.object)
