@@ -443,3 +443,57 @@ def test_marks_clear_when_the_object_comes_back(loaded: Store, tmp_path: Path) -
     assert list(damage.damaged_artifacts(loaded)) == ["other:latest"]
     import_artifacts(loaded, [str(tmp_path / "other")], "other-again")  # same bytes
     assert sweep(loaded, mode="structural").clean and damage.damaged_artifacts(loaded) == {}
+
+
+def test_readers_mark_the_damage_at_once(loaded: Store, tmp_path: Path) -> None:
+    """A reader that proves an object corrupt marks it: `cas ls` shows the artifact as
+    damaged and repair restores it without waiting for a sweep."""
+    oid = file_oids(loaded, "model")[2]
+    flip(obj_path(loaded, oid), 3)
+    assert damage.marks(loaded) == []
+    refused = cas(loaded, "cat", oid)
+    assert refused.returncode == 5 and b"used by model:latest" in refused.stderr
+    (mark,) = damage.marks(loaded)
+    assert (mark.object, mark.kind, mark.artifacts) == (oid, "corrupt-object", ("model:latest",))
+    assert mark.size == obj_path(loaded, oid).stat().st_size and mark.sha256 is not None
+    assert json.loads(cas(loaded, "ls", "--json").stdout)[0]["damaged"] == [oid]
+    with twin(tmp_path) as source:
+        report = repair(loaded, str(source.path))
+    assert report.repaired == [oid] and len(report.quarantined) == 1
+    with loaded.open_verified(oid) as f:
+        assert len(f.read()) == mark.size
+
+
+def test_measure_mode_never_counts_as_a_read(loaded: Store) -> None:
+    """``--measure`` keeps its own cursor: a measured object was not read, so a later
+    ``--full --since`` must still read it.  (Without kernel fs-verity, as here, a measure
+    sweep proves the bytes by hashing: nothing cheaper proves anything.)"""
+    oid = file_oids(loaded, "model")[0]
+    flip(obj_path(loaded, oid), 10)
+    measured = sweep(loaded, mode="measure")
+    assert measured.mode == "measure" and measured.cycle_complete
+    assert kinds(measured) == {"corrupt-object": 1} and measured.checked_by_kernel == 0
+    state = loaded.path / "state"
+    assert (state / "verify-measure.json").exists() and not (state / "verify.json").exists()
+    full = sweep(loaded, limits=Limits(since=3600))
+    assert full.objects_skipped == 0 and full.objects_checked == full.objects_total
+    cli = cas(loaded, "verify", "--measure", "--json")  # the quarantined object: missing
+    assert cli.returncode == 6 and json.loads(cli.stdout)["mode"] == "measure"
+    assert json.loads(cas(loaded, "verify", "--structural", "--json").stdout)["mode"] == \
+        "structural"
+
+
+def test_an_eio_is_blamed_on_the_object_only_if_the_object_is_bad(loaded: Store) -> None:
+    """An EIO inside an object's ``with`` block (from a read of it, or from anything else
+    there, e.g. the destination of a copy) is checked against the object: an intact
+    object lets the error through as it was; a bad one becomes CorruptObject."""
+    oid = file_oids(loaded, "model")[3]
+    elsewhere = OSError(errno.EIO, "Input/output error (the destination disk)")
+    with pytest.raises(OSError) as exc, loaded.open_object(oid):
+        raise elsewhere
+    assert exc.value is elsewhere
+    flip(obj_path(loaded, oid), 1)
+    with pytest.raises(errors.CorruptObject, match="used by model:latest"), \
+            loaded.open_object(oid):
+        raise elsewhere
+    assert [m.object for m in damage.marks(loaded)] == [oid]
