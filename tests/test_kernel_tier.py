@@ -47,7 +47,8 @@ mount -o loop {rwdir}/basetemp.img /tmp/cas-kernel-tier
 cd {repo}
 status=0
 CAS_KERNEL_TIER=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH={path} \\
-    {python} -m pytest -q -p no:cacheprovider -ra --basetemp=/tmp/cas-kernel-tier/t \\
+    {python} -m pytest -q -ra -p no:cacheprovider -p no:hypothesispytest -p no:benchmark \\
+    -p no:anyio --basetemp=/tmp/cas-kernel-tier/t \\
     --junitxml={rwdir}/junit.xml {tests} || status=$?
 umount /tmp/cas-kernel-tier || true
 exit $status

@@ -329,7 +329,7 @@ def test_kernel_fsverity_path_simulated(store: Store, monkeypatch: pytest.Monkey
         return bytearray(struct.pack("<HH", 1, 32) + enabled[st.st_ino] + bytes(32))
 
     monkeypatch.setattr(fsverity, "ioctl", fake_ioctl)
-    monkeypatch.setattr(fsverity, "_unsupported_devices", set())
+    monkeypatch.setattr(fsverity, "_unsupported_devices", {})
     oid = store.add_bytes(b"kernel-verified bytes" * 500).object_id
     assert fsverity.FS_IOC_ENABLE_VERITY in calls  # enabled at publish, before linking
     report = sweep(store)

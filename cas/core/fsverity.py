@@ -29,6 +29,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,20 @@ def ioctl(fd: int, request: int, buf: bytearray) -> bytearray | bytes:
     return buf
 
 
-_unsupported_devices: set[int] = set()
+#: Devices whose filesystem refused fs-verity, with when (``time.monotonic``): not asked
+#: again for every object, but asked again after ``RETRY_SECONDS`` — an operator may run
+#: ``tune2fs -O verity`` and remount while a long-lived process keeps adding objects.
+_unsupported_devices: dict[int, float] = {}
+RETRY_SECONDS = 60.0
+
+
+def _known_unsupported(dev: int) -> bool:
+    since = _unsupported_devices.get(dev)
+    return since is not None and time.monotonic() - since < RETRY_SECONDS
+
+
+def _remember_unsupported(dev: int) -> None:
+    _unsupported_devices[dev] = time.monotonic()
 
 
 def enable(fd: int) -> bool:
@@ -106,13 +120,13 @@ def enable_on_temp(dir_fd: int, name: str, fd: int) -> int:
     enable before ``fchmod 0444``.
     """
     dev = os.fstat(fd).st_dev
-    if dev in _unsupported_devices:
+    if _known_unsupported(dev):
         return fd
     ro = os.open(name, fsio.READ_FLAGS, dir_fd=dir_fd)
     os.close(fd)
     try:
         if not enable(ro):
-            _unsupported_devices.add(dev)
+            _remember_unsupported(dev)
     except OSError:
         pass  # e.g. ETXTBSY from a concurrent opener: verification falls back to hashing
     return ro
@@ -191,12 +205,12 @@ def prove(fd: int, digest: bytes, *, enable_verity: bool = False) -> Proof:
 
 def _try_enable(fd: int) -> bool:
     dev = os.fstat(fd).st_dev
-    if dev in _unsupported_devices:
+    if _known_unsupported(dev):
         return False
     try:
         if enable(fd):
             return True
-        _unsupported_devices.add(dev)
+        _remember_unsupported(dev)
     except OSError as exc:
         if exc.errno == errno.EIO:
             raise
@@ -258,6 +272,7 @@ def probe(dir_fd: int) -> Support:
     fs_type, block_size = filesystem_of(dir_fd)
     found = _try_probe_file(dir_fd)
     if found is None:
+        _unsupported_devices.pop(os.fstat(dir_fd).st_dev, None)  # it works now: ask again
         return Support(True, fs_type, block_size)
     return _explain(found, fs_type, block_size, os.fstat(dir_fd).st_dev)
 

@@ -97,7 +97,9 @@ def sweep(store: Store, *, mode: str = "full", limits: Limits = Limits(), wait: 
           act: bool = True, workers: int = WORKERS,
           clock: Callable[[], float] = time.monotonic) -> Report:
     """Run one sweep (``mode``: see the module docstring) under the sweep lock;
-    ``act=False`` reports without quarantining, marking or enabling fs-verity."""
+    ``act=False`` reports without quarantining, marking or enabling fs-verity (a
+    metadata image proven corrupt is still marked by ``Store.get_image``, as by any
+    reader)."""
     if mode not in MODES:
         raise ValueError(f"sweep mode {mode!r} is not one of {MODES}")
     with verify_state.sweep_lock(store, wait):

@@ -18,16 +18,15 @@ import json
 import os
 import random
 import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from test_oci import GGUF, TITLE, LayoutBuilder
 from test_ollama import OllamaStore
 from test_registry import reference_registry
-from verityfs import MIB, LoopFs, cas, drop_caches, flip_on_disk, load_modules, loop_fs, sh
+from verityfs import MIB, LoopFs, Ran, cas, drop_caches, flip_on_disk, load_modules, loop_fs, sh
 
 from cas import Store, errors
 from cas.ops.artifacts import import_artifacts
@@ -58,7 +57,7 @@ class Loaded:
 
     store: Path
     model: str          # the object id of the shared model blob
-    blob: bytes
+    blob: bytes = field(repr=False)
     tree: str = "team/model:v1"
     oci: str = "oci/model:v1"
     ollama: str = "registry.ollama.ai/library/tiny:latest"
@@ -101,7 +100,7 @@ def twin(loaded: Loaded, tmp_path: Path) -> Path:
     return path
 
 
-def refused(done: subprocess.CompletedProcess[str], oid: str) -> None:
+def refused(done: Ran, oid: str) -> None:
     """Exit 5, one line naming the object, never a bare errno."""
     assert done.returncode == 5, done.stderr
     assert oid in done.stderr and "Errno" not in done.stderr, done.stderr

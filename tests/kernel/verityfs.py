@@ -8,12 +8,14 @@ whose kernel has it (``CAS_KERNEL_TIER=1 pytest tests/kernel``, as root).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from cas.cli.main import main
 
 MIB = 1 << 20
 BLOCK = 4096
@@ -122,12 +124,23 @@ def find_block(image: Path, block: bytes) -> list[int]:
     return found
 
 
-def cas(store: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """The installed cas CLI against ``store`` (output decoded with surrogateescape: an
-    object's bytes come back with ``stdout.encode(errors="surrogateescape")``)."""
-    return subprocess.run([sys.executable, "-m", "cas", "--store", str(store),
-                           *(str(a) for a in args)], capture_output=True, check=False,
-                          encoding="utf-8", errors="surrogateescape")
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str  # surrogateescape: an object's bytes are ``stdout.encode(errors=...)``
+    stderr: str
+
+
+def cas(store: Path, *args: str | Path) -> Ran:
+    """The cas command line against ``store``, run in this process (``cas.cli.main``: the
+    same exit codes and output as the command; under TCG a Python start-up per command
+    would cost more than the checks)."""
+    out, err = io.BytesIO(), io.BytesIO()
+    streams = [io.TextIOWrapper(b, encoding="utf-8", errors="surrogateescape",
+                                write_through=True) for b in (out, err)]
+    with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
+        code = main(["--store", str(store), *(str(a) for a in args)])
+    return Ran(code, *(b.getvalue().decode("utf-8", "surrogateescape") for b in (out, err)))
 
 
 def measure(path: Path) -> str | None:
