@@ -13,6 +13,7 @@ random bytes, so each block it tampers with exists once on the disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -29,6 +30,8 @@ from test_registry import reference_registry
 from verityfs import MIB, LoopFs, Ran, cas, drop_caches, flip_on_disk, load_modules, loop_fs, sh
 
 from cas import Store, errors
+from cas.integrity.verify import sweep
+from cas.ops import mount as mount_mod
 from cas.ops.artifacts import import_artifacts
 from cas.ops.checkout import LinkMode, checkout
 
@@ -100,6 +103,20 @@ def twin(loaded: Loaded, tmp_path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def mounted(loaded: Loaded, tmp_path: Path) -> Iterator[Path]:
+    """``cas mount`` of the tree artifact (kernel mode: verity=require) for the block."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    done = cas(loaded.store, "mount", loaded.tree, mnt, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verification"] == "kernel"
+    try:
+        yield mnt
+    finally:
+        assert cas(loaded.store, "umount", mnt).returncode == 0
+
+
 def refused(done: Ran, oid: str) -> None:
     """Exit 5, one line naming the object, never a bare errno."""
     assert done.returncode == 5, done.stderr
@@ -138,23 +155,17 @@ def test_flipped_bit_is_refused_by_every_reader_found_by_the_sweep_and_repaired(
             oid)
     refused(cas(loaded.store, "export", loaded.tree, f"tar:{tmp_path / 'layer.tar'}"), oid)
     assert not (tmp_path / "layer.tar").exists()
+    (tmp_path / "registry").mkdir()
     with reference_registry(tmp_path / "registry") as host:
         refused(cas(loaded.store, "push", loaded.oci, f"{host}/oci/model:v1", "--insecure"),
                 oid)
 
     # the mount: the kernel refuses the read, the other files are served
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    mounted = cas(loaded.store, "mount", loaded.tree, mnt, "--json")
-    assert mounted.returncode == 0, mounted.stderr
-    assert json.loads(mounted.stdout)["verification"] == "kernel"
-    try:
+    with mounted(loaded, tmp_path) as mnt:
         with pytest.raises(OSError) as exc:
             (mnt / "models" / "model.gguf").read_bytes()
         assert exc.value.errno == errno.EIO
         assert len((mnt / "notes.txt").read_bytes()) == 70_000
-    finally:
-        assert cas(loaded.store, "umount", mnt).returncode == 0
 
     # readers marked the damage: repair restores it at once, no sweep needed (the rotten
     # file still measures right, so repair must read it to know it is not intact)
@@ -195,10 +206,7 @@ def test_flipped_bit_in_a_metadata_image_is_refused(ext4: LoopFs, tmp_path: Path
 
 def test_object_replaced_with_other_verity_bytes(ext4: LoopFs, tmp_path: Path) -> None:
     loaded = load(ext4, tmp_path, seed=3)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    assert cas(loaded.store, "mount", loaded.tree, mnt).returncode == 0
-    try:
+    with mounted(loaded, tmp_path) as mnt:
         forged = loaded.obj(loaded.model).with_name("forged")
         forged.write_bytes(random.Random(99).randbytes(len(loaded.blob)))
         sh("fsverity", "enable", forged)
@@ -206,30 +214,23 @@ def test_object_replaced_with_other_verity_bytes(ext4: LoopFs, tmp_path: Path) -
         drop_caches()
         with pytest.raises(OSError):  # overlayfs: verity=require, digest != metacopy
             (mnt / "models" / "model.gguf").read_bytes()
-    finally:
-        assert cas(loaded.store, "umount", mnt).returncode == 0
     refused(cas(loaded.store, "cat", loaded.model), loaded.model)
     refused(cas(loaded.store, "mount", loaded.tree, mnt), loaded.model)
-    for mode in ("--measure", "--full"):
-        swept = cas(loaded.store, "verify", mode, "--json")
-        assert swept.returncode == 6
-        finding = json.loads(swept.stdout)["findings"][0]
-        assert finding["object"] == loaded.model and "another digest" in finding["detail"]
+    with Store.open(loaded.store) as store:  # both modes see it (report only)
+        for mode in ("measure", "full"):
+            (finding,) = sweep(store, mode=mode, act=False).findings
+            assert finding.object == loaded.model and "another digest" in finding.detail
+    assert cas(loaded.store, "verify").returncode == 6
 
 
 def test_deleted_object(ext4: LoopFs, tmp_path: Path) -> None:
     loaded = load(ext4, tmp_path, seed=4)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    assert cas(loaded.store, "mount", loaded.tree, mnt).returncode == 0
-    try:
+    with mounted(loaded, tmp_path) as mnt:
         loaded.obj(loaded.model).unlink()
         drop_caches()
         with pytest.raises(OSError):
             (mnt / "models" / "model.gguf").read_bytes()
         assert (mnt / "notes.txt").read_bytes()
-    finally:
-        assert cas(loaded.store, "umount", mnt).returncode == 0
     swept = cas(loaded.store, "verify", "--json")
     assert swept.returncode == 6
     assert json.loads(swept.stdout)["problems"] == {"missing-object": 1}
@@ -238,12 +239,10 @@ def test_deleted_object(ext4: LoopFs, tmp_path: Path) -> None:
 
 def test_tampered_erofs_image_is_refused_by_mount(ext4: LoopFs, tmp_path: Path) -> None:
     loaded = load(ext4, tmp_path, seed=5)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    first = cas(loaded.store, "mount", loaded.tree, mnt, "--json")
-    assert first.returncode == 0, first.stderr
-    erofs_image = json.loads(first.stdout)["erofs_image"]
-    assert cas(loaded.store, "umount", mnt).returncode == 0
+    with mounted(loaded, tmp_path) as mnt:  # the image the mount used: rebuilt the same
+        with Store.open(loaded.store) as store:
+            erofs_image = mount_mod.write_image(store, store.get_image(
+                store.names.get(loaded.tree).image))
     # a flipped bit under the image
     flip_on_disk(ext4, loaded.obj(erofs_image), 1024 + 8)
     refused(cas(loaded.store, "mount", loaded.tree, mnt), erofs_image)
