@@ -96,8 +96,9 @@ def flip_on_disk(fs: LoopFs, path: Path, offset: int) -> None:
     (a deduplicated add writes a temp file first) are flipped too, which is harmless."""
     with open(path, "rb") as f:
         f.seek(offset - offset % BLOCK)
-        block = f.read(BLOCK)
-    assert len(block) == BLOCK, "flip_on_disk needs a whole 4 KiB block"
+        data = f.read(BLOCK)
+    assert offset % BLOCK < len(data), "the offset is past the end of the file"
+    block = data.ljust(BLOCK, b"\0")  # a last, partial block is zero-padded on disk
     with fs.offline() as image:
         copies = find_block(image, block)
         assert copies, "the block is not on the disk"
