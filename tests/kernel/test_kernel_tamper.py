@@ -218,8 +218,11 @@ def test_object_replaced_with_other_verity_bytes(ext4: LoopFs, tmp_path: Path) -
     refused(cas(loaded.store, "mount", loaded.tree, mnt), loaded.model)
     with Store.open(loaded.store) as store:  # both modes see it (report only)
         for mode in ("measure", "full"):
-            (finding,) = sweep(store, mode=mode, act=False).findings
+            report = sweep(store, mode=mode, act=False)
+            (finding,) = [f for f in report.findings if f.kind == "corrupt-object"]
             assert finding.object == loaded.model and "another digest" in finding.detail
+            # the index still links the original inode: reported too
+            assert {f.kind for f in report.findings} == {"corrupt-object", "bad-index-entry"}
     assert cas(loaded.store, "verify").returncode == 6
 
 
