@@ -80,9 +80,12 @@ def boot(command: str, *, rwdir: Path, timeout: float, memory: str = "2G",
         if run is not None:
             return run
         timeout -= time.monotonic() - started
-    run = _boot(command, rwdir, timeout, memory, cpus, kvm=False)
-    assert run is not None
-    return run
+    for _attempt in range(2):  # a TCG guest that never ran the command: try once more
+        tcg = _boot(command, rwdir, timeout, memory, cpus, kvm=False)
+        assert tcg is not None
+        if (rwdir / STARTED).exists():
+            break
+    return tcg
 
 
 def _kvm_usable() -> bool:
