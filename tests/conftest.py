@@ -115,7 +115,7 @@ def edit_object(path: Path, edit: Callable[[BinaryIO], object]) -> None:
         f = path.open("r+b")
     except PermissionError:  # EPERM: fs-verity
         copy = path.with_name(path.name + ".edited")
-        shutil.copyfile(path, copy)
+        shutil.copy2(path, copy)  # with its xattrs (user.cas.*)
         with copy.open("r+b") as f:
             edit(f)
         copy.chmod(mode)
