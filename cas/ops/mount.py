@@ -17,7 +17,10 @@ Integrity modes (``MountResult.verification``):
 
 - ``kernel``: every object (and the image) has kernel fs-verity; overlayfs gets
   ``verity=require`` and checks each file's fs-verity digest against its metacopy xattr
-  on open, and fs-verity checks every read.  Nothing is hashed up front.
+  on open, and fs-verity checks every read.  Nothing is hashed up front; the small EROFS
+  image is read in full (kernel-checked) so a rotten one is refused by name.  Otherwise
+  the result says why not (``kernel_verity``: the filesystem, or objects stored before
+  it had fs-verity).
 - ``userspace`` (kernels or filesystems without fs-verity, the default there): every
   object the artifact needs and the image itself are rehashed against their names before
   mounting.  This proves the bytes were right *at mount time* only: an object modified
