@@ -305,9 +305,13 @@ class RegistryNotFound(NotFound):
 
 
 class CorruptObject(CasError):
-    """object {object_id} is corrupt: its bytes do not match its name{users}"""
+    """object {object_id} is corrupt: {detail}{users}"""
 
     exit_code = 5
+    MISMATCH = "its bytes do not match its name"
+
+    def __init__(self, *, object_id: str, users: str = "", detail: str = MISMATCH) -> None:
+        super().__init__(object_id=object_id, users=users, detail=detail)
 
 
 # -- sweeps (exit 7; exit 6 is PROBLEMS_FOUND, a result rather than an error) ----------

@@ -26,7 +26,7 @@ from cas.formats.composefs.from_image import tree_of
 from cas.ops import mount as mount_mod
 from cas.ops.artifacts import import_artifacts
 from cas.ops.checkout import checkout
-from conftest import need_root, need_tool, other_user, rot, run_as, shared_tmp
+from conftest import kernel_verity, need_root, need_tool, other_user, rot, run_as, shared_tmp
 
 __all__ = ["other_user", "shared_tmp"]  # fixtures
 
@@ -61,7 +61,8 @@ def artifact(store: Store, tmp_path: Path) -> Path:
 def test_mount_serves_the_tree_byte_for_byte(store: Store, tmp_path: Path, mnt: Path) -> None:
     src = artifact(store, tmp_path)
     result = mount_mod.mount(store, "team/model:v1", mnt)
-    assert result.verification == "userspace" and result.objects >= 3
+    expected = "kernel" if kernel_verity(store.path) else "userspace"
+    assert result.verification == expected and result.objects >= 3
     assert mounted(mnt)
     same_tree(src, mnt)
     assert not _writable(mnt)  # read-only
@@ -107,7 +108,11 @@ def test_cli_mount_umount_and_double_mount(store: Store, tmp_path: Path, mnt: Pa
     artifact(store, tmp_path)
     assert main(["--store", str(store.path), "mount", "team/model:v1", str(mnt)]) == 0
     out = capsys.readouterr().out
-    assert "verification: userspace" in out and "not detected while mounted" in out
+    if kernel_verity(store.path):
+        assert "verification: kernel" in out
+    else:
+        assert "verification: userspace" in out and "not detected while mounted" in out
+        assert "kernel fs-verity: no" in out  # and why
     assert main(["--store", str(store.path), "mount", "team/model:v1", str(mnt)]) == 1
     assert "already mounted" in capsys.readouterr().err
     assert main(["--store", str(store.path), "umount", str(mnt)]) == 0

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from cas import Store, errors
-from cas.core import signatures
+from cas.core import damage, signatures
 from cas.core.digest import ObjectId, Sha256
 from cas.core.store import SHA256_XATTR
-from cas.integrity import quarantine
 from cas.integrity.verify import sweep
 from cas.ops import gc
 from cas.ops.artifacts import import_artifacts
@@ -78,7 +77,7 @@ def test_an_index_entry_linked_to_other_bytes_is_never_served(two: tuple[Store, 
         store.resolve(f"sha256:{a_sha}")
     done = cli("-s", str(store.path), "cat", f"sha256:{a_sha}")
     assert done.returncode == 4 and done.stdout == ""
-    report = sweep(store, full=False)
+    report = sweep(store, mode="structural")
     assert [f.kind for f in report.findings] == ["bad-index-entry"]
     store.add_path(store.path.parent / "a.bin")  # adding the bytes again re-points it
     assert store.lookup_sha256(a_sha) == a_oid
@@ -142,7 +141,7 @@ def test_foreign_name_files_are_skipped_by_ls_gc_and_verify(
     assert "cas: warning: names/" + "ab" * 32 in done.stderr
     done = cli("-s", str(store.path), "gc", "--json")
     assert done.returncode == 0 and len(json.loads(done.stdout)["skipped"]) == 1
-    report = sweep(store, full=False)
+    report = sweep(store, mode="structural")
     assert [f.kind for f in report.findings] == ["bad-name"]
     assert all(store.has_object(oid) for oid, _ in [*two[1].values()])
 
@@ -225,7 +224,7 @@ def test_a_tampered_damage_mark_is_skipped(
         edit: dict[str, object]) -> None:
     store, ids = two
     oid = ids["a"][0]
-    quarantine.mark(store, quarantine.DamageMark(oid, "missing-object", ("a:latest",), None,
+    damage.mark(store, damage.DamageMark(oid, "missing-object", ("a:latest",), None,
                                                  5000, None, 1.0))
     path = store.path / "state" / "damaged" / f"{oid}.json"
     doc = json.loads(path.read_text())
@@ -319,7 +318,7 @@ def test_a_foreign_manifest_directory_is_never_followed(store: Store, tmp_path: 
     assert os.listdir(elsewhere) == []
     found, damaged = signatures.records(store, MANIFEST)
     assert found == [] and [path for path, _ in damaged] == [f"signatures/{MANIFEST}"]
-    assert [f.path for f in sweep(store, full=False).findings] == [f"signatures/{MANIFEST}"]
+    assert [f.path for f in sweep(store, mode="structural").findings] == [f"signatures/{MANIFEST}"]
 
 
 def test_a_symlinked_signatures_area_is_skipped_by_gc_and_reported_by_verify(

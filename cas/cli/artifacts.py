@@ -149,7 +149,7 @@ def ls(obj: Context, as_json: bool) -> None:
 
     An unreadable name file is reported on stderr and the others are listed (cas verify
     reports it as bad-name)."""
-    from cas.integrity.quarantine import damaged_artifacts
+    from cas.core.damage import damaged_artifacts
     with obj.open_store() as store:
         records, bad_names = store.names.scan()  # a damaged name file is skipped and said
         try:

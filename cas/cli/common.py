@@ -13,6 +13,7 @@ from click.shell_completion import CompletionItem
 
 from cas import errors
 from cas.core.digest import ObjectId
+from cas.core.fsverity import Support
 from cas.core.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -177,3 +178,8 @@ def trust_check(policy_path: Path | None,
     rules = policy.load(policy_path)
     return lambda store, name, image_id: signing.enforce(store, name, image_id, rules,
                                                          require_signature=require_signature)
+
+
+def verity_line(support: dict[str, Any]) -> str:
+    """One line from ``fsverity.Support.to_json()``: kernel fs-verity, and if not why."""
+    return Support(**support).line()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, emit, json_option, parse_size, policy_option
+from cas.cli.common import Context, cli, emit, json_option, parse_size, policy_option, verity_line
 
 
 @cli.command()
@@ -73,6 +73,7 @@ def du(obj: Context, reflinks: bool, as_json: bool) -> None:
              f"unreferenced (gc would free): {report.unreferenced_bytes}"]
     if report.reflink_shared_bytes is not None:
         lines.append(f"shared by reflinks: {report.reflink_shared_bytes}")
+    lines.append(verity_line(report.kernel_verity))
     lines += [f"  {a.name}  unique {a.unique_bytes}  shared {a.shared_bytes}" for a in
               report.artifacts]
     emit(as_json, report.to_json(), "\n".join(lines))
@@ -86,11 +87,18 @@ cli.add_command(click.Command(
 
 
 @cli.command()
-@click.option("--full/--structural", default=True,
-              help="Rehash objects (default), or only the cheap structural checks.")
-@click.option("--max-duration", metavar="DURATION", help="Stop hashing after this long.")
-@click.option("--max-bytes", metavar="SIZE", help="Hash at most this much (e.g. 10G) this run.")
-@click.option("--rate", metavar="SIZE", help="Hash at most this much per second (e.g. 200M).")
+@click.option("--full", "mode", flag_value="full", default=True,
+              help="Prove every object's bytes: read every block from the disk (the kernel "
+              "checks each one where objects have fs-verity; else rehash). The default.")
+@click.option("--measure", "mode", flag_value="measure",
+              help="Cheaper: compare each object's kernel fs-verity measurement with its "
+              "name (proves the Merkle tree, not the data blocks); objects without "
+              "fs-verity are read as with --full.")
+@click.option("--structural", "mode", flag_value="structural",
+              help="Only the structural checks: names, images, sizes, modes, index.")
+@click.option("--max-duration", metavar="DURATION", help="Stop checking after this long.")
+@click.option("--max-bytes", metavar="SIZE", help="Check at most this much (e.g. 10G) this run.")
+@click.option("--rate", metavar="SIZE", help="Check at most this much per second (e.g. 200M).")
 @click.option("--since", metavar="AGE", help="Skip objects verified within AGE (e.g. 7d).")
 @click.option("--metrics-file", type=click.Path(path_type=Path),
               help="Write a Prometheus textfile here (atomically).")
@@ -100,7 +108,7 @@ cli.add_command(click.Command(
 @policy_option
 @json_option
 @click.pass_obj
-def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | None,
+def verify(obj: Context, mode: str, max_duration: str | None, max_bytes: str | None,
            rate: str | None, since: str | None, metrics_file: Path | None, wait: str,
            quiet: bool, policy_path: Path | None, as_json: bool) -> None:
     """Check the store: exit 0 clean, 6 problems found (corrupt objects are quarantined
@@ -108,7 +116,9 @@ def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | 
 
     Bounded runs (--max-duration/--max-bytes) continue where the last one stopped.  Every
     name is judged again by its stored signatures under the trust policy (the default one
-    if it exists); names it refuses are reported as signature-rejected."""
+    if it exists); names it refuses are reported as signature-rejected.  The report says
+    whether the store's filesystem gives objects kernel fs-verity, and why not; objects
+    stored before it had fs-verity get it while they are checked."""
     from cas.integrity import policy
     from cas.integrity import verify as verify_mod
     from cas.integrity.verify_report import write_metrics
@@ -121,7 +131,7 @@ def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | 
         rate=None if rate is None else parse_size(rate),
         since=None if since is None else parse_duration(since))
     with obj.open_store() as store, store.write_errors():
-        report = verify_mod.sweep(store, full=full, limits=limits, wait=parse_duration(wait))
+        report = verify_mod.sweep(store, mode=mode, limits=limits, wait=parse_duration(wait))
         if rules is not None:
             report.findings += signing.recheck(store, rules)
     if metrics_file is not None:

@@ -41,7 +41,7 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, allow_sui
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
     if result.verification == "userspace":
-        human += f"\nwarning: {mount_mod.WARNING}"
+        human += f"\nwarning: {mount_mod.WARNING}\n{result.why_not_kernel()}"
     elif result.verification == "none":
         human += "\nwarning: objects were not verified (--no-verify)"
     emit(as_json, result.to_json(), human)

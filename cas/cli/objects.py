@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, emit, json_option
+from cas.cli.common import Context, cli, emit, json_option, verity_line
 from cas.cli.progress import run_with_progress
 from cas.core.hashing import Progress
 from cas.core.store import AddResult, Store
@@ -30,7 +30,9 @@ def init(obj: Context, path: Path, no_fsync: bool, group: str | None, as_json: b
     """Create a new store at PATH."""
     gid = None if group is None else _group_id(group)
     with Store.init(path, fsync=not no_fsync, group=gid) as store:
-        emit(as_json, store.summary(), f"initialised cas store at {store.path}")
+        summary = store.summary()
+        emit(as_json, summary, f"initialised cas store at {store.path}\n"
+             + verity_line(summary["kernel_verity"]))
 
 
 def _group_id(text: str) -> int:
@@ -97,7 +99,9 @@ def stat(obj: Context, object_refs: tuple[str, ...], as_json: bool) -> None:
     with obj.open_store() as store:
         if not object_refs:
             summary = store.summary()
-            emit(as_json, summary, "\n".join(f"{k}: {v}" for k, v in summary.items()))
+            emit(as_json, summary, "\n".join(
+                verity_line(v) if k == "kernel_verity" else f"{k}: {v}"
+                for k, v in summary.items()))
             return
         infos = [store.stat_object(store.resolve(ref)).to_json() for ref in object_refs]
         emit(as_json, infos, "\n".join(

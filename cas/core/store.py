@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cas import errors
-from cas.core import fsio, fsverity, hashing, meta, sourcefile, userpath
+from cas.core import damage, fsio, fsverity, hashing, meta, sourcefile, userpath
 from cas.core import image as images
 from cas.core import lock as locks
 from cas.core.digest import ObjectId, Sha256, is_hex64, object_id, sha256_digest, shard
@@ -444,8 +444,9 @@ class Store:
         with contextlib.suppress(OSError):  # no user xattrs here: lookups hash instead
             os.setxattr(temp.fd, OBJECT_XATTR, digests.verity)
             os.setxattr(temp.fd, SHA256_XATTR, digests.sha256)  # GC finds the index link
+        # best effort; the kernel wants write permission, so before the 0444
+        temp.fd = fsverity.enable_on_temp(temp.dir_fd, temp.name, temp.fd)
         os.fchmod(temp.fd, 0o444)  # after the xattr: a 0444 file refuses it to non-root
-        temp.fd = fsverity.enable_on_temp(temp.dir_fd, temp.name, temp.fd)  # best effort
         if batch is not None:
             new = batch.hold(temp, digests) and not self._exists(oid)
             return AddResult(oid, sha, digests.size, method, new)
@@ -591,10 +592,10 @@ class Store:
     def get_image(self, oid: ObjectId) -> Image:
         """Read a metadata image, check its bytes against its name, and parse it."""
         with self.open_object(oid) as f:
-            data = f.read(images.MAX_IMAGE_BYTES + 1)
-        if hashing.hash_bytes(data).verity.hex() != oid:
-            raise errors.CorruptObject(object_id=oid, users=" (a metadata image)")
-        return images.decode(data)
+            image = _checked_image(oid, f)
+            if image is None:
+                raise self.corrupt(oid)
+        return image
 
     # -- reading --------------------------------------------------------------------------
 
@@ -672,44 +673,89 @@ class Store:
         return ObjectInfo(oid, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
                           st.st_nlink)
 
-    def open_object(self, oid: ObjectId) -> BinaryIO:
-        """Open an object read-only.  Its name is not re-checked here (that is ``verify``)."""
-        return os.fdopen(self._open_object_fd(oid), "rb")
+    def open_object(self, oid: ObjectId) -> ObjectFile:
+        """Open an object read-only.  Its name is not re-checked here (that is ``verify``);
+        a kernel refusal while its ``with`` block runs becomes ``CorruptObject``."""
+        return ObjectFile(self, oid, self._open_object_fd(oid))
 
-    def open_verified(self, oid: ObjectId) -> BinaryIO:
+    def open_verified(self, oid: ObjectId, *, read: bool = False) -> ObjectFile:
         """Open an object after checking its bytes against its name (positioned at 0).
 
         With kernel fs-verity on the file the measurement is compared and the kernel
-        checks every later read; otherwise the bytes are rehashed here.  A mismatch raises
-        ``CorruptObject`` naming the artifacts that use the object.
+        checks every later read; otherwise the bytes are rehashed here.  ``read=True``
+        reads every byte from the disk even with fs-verity (``fsverity.prove``): the
+        measurement alone does not show that the data blocks are still good.  A mismatch
+        raises ``CorruptObject`` naming the artifacts that use the object, and marks it.
         """
         fd = self._open_object_fd(oid)
         try:
-            ok, _ = fsverity.matches(fd, bytes.fromhex(oid))
+            digest = bytes.fromhex(oid)
+            if read:
+                proof = fsverity.prove(fd, digest)
+                ok, detail = proof.ok, proof.detail
+            else:
+                ok, detail = fsverity.matches(fd, digest)[0], ""
         except BaseException:
             os.close(fd)
             raise
         if not ok:
             os.close(fd)
-            raise self.corrupt(oid)
-        return os.fdopen(fd, "rb")
+            raise self.corrupt(oid, detail)
+        return ObjectFile(self, oid, fd)
 
-    def corrupt(self, oid: ObjectId) -> errors.CorruptObject:
-        """The error for a corrupt object, naming the artifacts that use it."""
+    def corrupt(self, oid: ObjectId, detail: str = "") -> errors.CorruptObject:
+        """The error for a corrupt object, naming the artifacts that use it; the object is
+        marked damaged (``cas.core.damage``) on the way, so ``cas ls`` shows it and
+        ``cas repair`` restores it.  A store that cannot be written still gets the error."""
         users = self.users_of(oid)
-        return errors.CorruptObject(object_id=oid, users=f" (used by {', '.join(users)})"
-                                    if users else " (used by no named artifact)")
+        size, sha = self._describe(oid)
+        with contextlib.suppress(OSError, errors.CasError):
+            damage.mark(self, damage.DamageMark(oid, "corrupt-object", tuple(users), sha,
+                                                size, None, time.time()))
+        return errors.CorruptObject(
+            object_id=oid, detail=detail or errors.CorruptObject.MISMATCH,
+            users=f" (used by {', '.join(users)})" if users else " (used by no named artifact)")
+
+    def refused(self, oid: ObjectId, fd: int, exc: OSError) -> None:
+        """An EIO came up while ``oid`` (open at ``fd``) was being read: if the object is
+        the cause — a block its fs-verity refused, or one the disk cannot return — raise
+        ``CorruptObject`` (and mark it).  An EIO from elsewhere (the destination of a copy)
+        is left alone: every byte of the object is read again to tell (error path only)."""
+        proof = fsverity.prove(fd, bytes.fromhex(oid))
+        if not proof.ok:
+            raise self.corrupt(oid, proof.detail) from exc
+
+    def _describe(self, oid: ObjectId) -> tuple[int | None, Sha256 | None]:
+        """An object's size and recorded sha256 (its xattr), for a damage mark."""
+        try:
+            fd = self._open_object_fd(oid)
+        except errors.CasError:
+            return None, None
+        try:
+            try:
+                sha = os.getxattr(fd, SHA256_XATTR)
+            except OSError:
+                sha = b""
+            return os.fstat(fd).st_size, Sha256(sha.hex()) if len(sha) == 32 else None
+        finally:
+            os.close(fd)
 
     def users_of(self, oid: ObjectId) -> list[str]:
         """The names whose artifact needs ``oid`` (its image, or an object of the image);
-        unreadable names and images are skipped (the sweep reports those)."""
+        unreadable names and images are skipped (the sweep reports those).  Images are read
+        plainly here: this runs while an error is being reported."""
         found = []
         for file_name in self.names.files():
             try:
                 record = self.names.load(file_name)
-                if record.image == oid or oid in self.get_image(record.image).object_ids():
+                if record.image == oid:
                     found.append(record.name)
-            except errors.CasError:
+                    continue
+                with os.fdopen(self._open_object_fd(record.image), "rb") as f:
+                    image = _checked_image(record.image, f)
+                if image is not None and oid in image.object_ids():
+                    found.append(record.name)
+            except (errors.CasError, OSError):
                 continue
         return sorted(found)
 
@@ -770,7 +816,8 @@ class Store:
                 os.close(shard_fd)
 
     def summary(self) -> dict[str, Any]:
-        """Totals for ``cas stat``: object count and bytes."""
+        """Totals for ``cas stat``: object count and bytes, and whether the filesystem
+        gives objects kernel fs-verity (``fsverity.Support``: if not, why and the fix)."""
         count = size = 0
         for oid in self.iter_objects():
             with contextlib.suppress(errors.ObjectNotFound):
@@ -780,7 +827,42 @@ class Store:
                 "version": self.meta["version"], "digest": self.meta["digest"],
                 "fsync": self.fsync, "dir_mode": f"{self.dir_mode:04o}",
                 "group": os.fstat(self._root_fd).st_gid, "objects": count, "bytes": size,
-                "backend": hashing.backend_name()}
+                "backend": hashing.backend_name(),
+                "kernel_verity": fsverity.probe(self._tmp_fd).to_json()}
+
+
+class ObjectFile(io.BufferedReader):
+    """An object open for reading (``Store.open_object``, ``open_verified``).
+
+    Used as a context manager, it turns a kernel refusal into the store's error: an EIO
+    raised anywhere in its ``with`` block (a ``read`` here, or native code handed
+    ``fileno()``) is checked against the object by ``Store.refused`` and becomes
+    ``CorruptObject`` when the object is the cause.  This is the one place every reader
+    maps EIO from a corrupt object; nothing else needs to know about fs-verity.
+    """
+
+    def __init__(self, store: Store, oid: ObjectId, fd: int) -> None:
+        super().__init__(io.FileIO(fd, "rb", closefd=True))
+        self.object_id = oid
+        self._store = store
+
+    def __enter__(self) -> ObjectFile:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if isinstance(exc, OSError) and exc.errno == errno.EIO and not self.closed:
+                self._store.refused(self.object_id, self.fileno(), exc)
+        finally:
+            self.close()
+
+
+def _checked_image(oid: ObjectId, f: BinaryIO) -> Image | None:
+    """Read and parse a metadata image; None if its bytes are not the object ``oid``."""
+    data = f.read(images.MAX_IMAGE_BYTES + 1)
+    if hashing.hash_bytes(data).verity.hex() != oid:
+        return None
+    return images.decode(data)
 
 
 def _identity(fd: int, st: os.stat_result) -> tuple[ObjectId, Sha256]:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+#: Everything a torn, foreign or tampered state file can raise while it is read and checked.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+              OverflowError)
+
 
 def load_object(data: bytes) -> dict[str, Any]:
     """Parse UTF-8 JSON whose top level is an object; ``ValueError`` says what is wrong."""

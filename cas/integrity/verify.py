@@ -3,19 +3,32 @@
 Every run does the cheap *structural* pass: each name resolves, each metadata image
 matches its id and parses, each object an image needs exists with the recorded size,
 object files are read-only regular files, nothing else sits in ``objects/``, and each
-sha256 index entry is the object it names.  A *full* run also rehashes objects (two
-worker threads; the native hasher releases the GIL) in sorted id order from the cursor
-kept in ``state/verify.json`` (see ``cas.integrity.verify_state``), within ``max_duration`` /
-``max_bytes`` / ``rate``.  Each check is the kernel's fs-verity measurement where the
-object has fs-verity, else a userspace rehash.
+sha256 index entry is the object it names.  Then, by ``mode``, objects are checked (two
+worker threads; the native hasher and the kernel release the GIL) in sorted id order from
+the cursor kept in ``state/verify.json`` (see ``cas.integrity.verify_state``), within
+``max_duration`` / ``max_bytes`` / ``rate``:
+
+- ``full`` (the default) proves the *bytes*: every block is read from the disk
+  (``fsverity.prove``).  With kernel fs-verity the kernel checks each block as it is read
+  and EIO marks the object corrupt; without, the bytes are rehashed.
+- ``measure`` compares each object's kernel fs-verity measurement with its name: O(1)
+  per object, but it proves only that the Merkle tree's root is the name — a rotten data
+  block goes unseen until something reads it.  Objects without fs-verity are proven as
+  in ``full`` (nothing cheaper proves anything about them).
+- ``structural``: no object is opened.
+
+Objects stored before the filesystem had fs-verity get it while they are checked (when
+``act``): the kernel reads and hashes them to build the tree and the measurement is
+compared with the name, one pass like a rehash.
 
 Concurrent imports and GC cause no false reports: objects are listed once and one that
 vanishes before it is checked is counted as vanished, not missing; a missing or wrong
 object is re-checked (still referenced by the same name, still the same inode) before it
 is reported; ``tmp/`` is never looked at; objects are only ever published complete.
 
-Corrupt objects (proven by hash) are quarantined, and every damaging finding marks the
-artifacts that use the object (``cas.integrity.quarantine``).  Nothing here prints.
+Corrupt objects (a mismatch, or a read the kernel refused) are quarantined
+(``cas.integrity.quarantine``), and every damaging finding marks the artifacts that use
+the object (``cas.core.damage``).  Nothing here prints.
 """
 
 from __future__ import annotations
@@ -31,13 +44,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas import errors
-from cas.core import fsio, fsverity
+from cas.core import damage, fsio, fsverity
 from cas.core.digest import ObjectId, Sha256, is_hex64
 from cas.core.store import OBJECT_XATTR, OBJECTS, Store
 from cas.integrity import quarantine, verify_state
 from cas.integrity.verify_report import DAMAGING, Finding, Report
 
 WORKERS = 2
+MODES = ("structural", "measure", "full")
 CHECKPOINT_SECONDS = 30.0
 _HEXISH = re.compile(r"[0-9a-fA-F]+")
 
@@ -65,36 +79,43 @@ class Outcome:
     oid: ObjectId
     status: str          # "ok", "corrupt" or "vanished"
     size: int = 0
-    how: str = "hash"
+    how: str = "hash"    # "kernel" (fs-verity read or measurement) or "hash"
     inode: tuple[int, int] | None = None
+    enabled: bool = False  # fs-verity was enabled on the object by this check
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_duration: float | None = None   # seconds of hashing per run
-    max_bytes: int | None = None        # bytes hashed per run
+    max_duration: float | None = None   # seconds of checking per run
+    max_bytes: int | None = None        # bytes checked per run
     rate: float | None = None           # bytes per second
     since: float | None = None          # skip objects verified this many seconds ago
 
 
-def sweep(store: Store, *, full: bool = True, limits: Limits = Limits(), wait: float = 0.0,
+def sweep(store: Store, *, mode: str = "full", limits: Limits = Limits(), wait: float = 0.0,
           act: bool = True, workers: int = WORKERS,
           clock: Callable[[], float] = time.monotonic) -> Report:
-    """Run one sweep under the sweep lock; ``act=False`` reports without quarantining
-    or marking."""
+    """Run one sweep (``mode``: see the module docstring) under the sweep lock;
+    ``act=False`` reports without quarantining, marking or enabling fs-verity (a
+    metadata image proven corrupt is still marked by ``Store.get_image``, as by any
+    reader)."""
+    if mode not in MODES:
+        raise ValueError(f"sweep mode {mode!r} is not one of {MODES}")
     with verify_state.sweep_lock(store, wait):
         t0 = clock()
-        report = Report("full" if full else "structural", time.time())
+        report = Report(mode, time.time())
+        report.kernel_verity = fsverity.probe(store.tmp_fd)
         refs = _check_names(store, report)
         _check_store_entries(store, report)
         listed = _check_objects_dir(store, report)
         report.objects_total = len(listed)
         _check_refs(store, refs, report)
         _check_index(store, report)
-        state = verify_state.load(store, report.started)
+        state = verify_state.load(store, report.started, _state_file(mode))
         inodes: dict[ObjectId, tuple[int, int] | None] = {}  # corrupt object → its file
-        if full:
-            _Hasher(store, state, report, limits, workers, clock).run(listed, refs, inodes)
+        if mode != "structural":
+            _Checker(store, state, report, limits, workers, clock, act).run(listed, refs, inodes)
         report.cycle = state.cycle.number if not report.cycle_complete else state.cycle.number - 1
         report.last_full_coverage = state.last_full_coverage
         if act:
@@ -106,6 +127,12 @@ def sweep(store: Store, *, full: bool = True, limits: Limits = Limits(), wait: f
                 report.unsaved.append(f"quarantine and damage marks ({exc.strerror})")
         report.duration = clock() - t0
         return report
+
+
+def _state_file(mode: str) -> str:
+    """Each checking mode keeps its own cursor: a measured object was not read, so a
+    ``--measure`` run never counts toward a ``--full`` cycle or its ``--since``."""
+    return "verify-measure.json" if mode == "measure" else verify_state.STATE_FILE
 
 
 # -- names and images ------------------------------------------------------------------
@@ -364,16 +391,16 @@ def _check_index_entry(store: Store, sha: str, report: Report) -> None:
                                    detail="not a link to the object it names"))
 
 
-# -- full mode: rehash from the cursor -------------------------------------------------
+# -- measure and full modes: check objects from the cursor ------------------------------
 
 
-class _Hasher:
+class _Checker:
     """One bounded pass over the sorted object ids, after the cycle's cursor."""
 
     def __init__(self, store: Store, state: verify_state.SweepState, report: Report,
-                 limits: Limits, workers: int, clock: Callable[[], float]) -> None:
+                 limits: Limits, workers: int, clock: Callable[[], float], act: bool) -> None:
         self.store, self.state, self.report, self.limits = store, state, report, limits
-        self.workers, self.clock = workers, clock
+        self.workers, self.clock, self.act = workers, clock, act
         self.run_time = report.started   # lower bound of every check made in this run
         self.last: str = ""
         self.saved_at = clock()
@@ -396,7 +423,8 @@ class _Hasher:
                     window.append((obj, None))
                 else:
                     self._pace(start, submitted_bytes)
-                    window.append((obj, pool.submit(_check_object, self.store, obj.oid)))
+                    window.append((obj, pool.submit(_check_object, self.store, obj.oid,
+                                                    report.mode == "full", self.act)))
                     submitted_bytes += obj.size
                 while len(window) > 2 * self.workers:
                     self._collect(*window.popleft())
@@ -411,8 +439,8 @@ class _Hasher:
         self._save()
 
     def _save(self) -> None:
-        if not verify_state.save(self.store, self.state) and "sweep cursor" not in \
-                self.report.unsaved:
+        if not verify_state.save(self.store, self.state, _state_file(self.report.mode)) \
+                and "sweep cursor" not in self.report.unsaved:
             self.report.unsaved.append("sweep cursor")
 
     def _over_budget(self, start: float, submitted: int) -> bool:
@@ -450,11 +478,12 @@ class _Hasher:
                 report.objects_checked += 1
                 report.bytes_checked += out.size
                 report.checked_by_kernel += out.how == "kernel"
+                report.verity_enabled += out.enabled
             if out.status == "corrupt" and obj.oid not in self.known:
                 ref = self.refs.get(obj.oid, Ref())
                 report.findings.append(Finding(
                     "corrupt-object", obj.oid, artifacts=tuple(sorted(ref.artifacts)),
-                    detail=f"{out.how} check failed"))
+                    detail=out.detail))
                 self.inodes[obj.oid] = out.inode
         self.last = obj.oid
         if self.clock() - self.saved_at >= CHECKPOINT_SECONDS:  # a crash loses little
@@ -463,10 +492,12 @@ class _Hasher:
             self.saved_at = self.clock()
 
 
-def _check_object(store: Store, oid: ObjectId) -> Outcome:
-    """Check one object (runs in a worker); a mismatch is re-checked if the file at the
-    name was replaced meanwhile (a concurrent add repairs a damaged object so)."""
-    inode = None
+def _check_object(store: Store, oid: ObjectId, read: bool, enable: bool) -> Outcome:
+    """Check one object (runs in a worker): ``read`` every byte (``fsverity.prove``), or
+    measure where it has fs-verity.  A mismatch is re-checked if the file at the name was
+    replaced meanwhile (a concurrent add repairs a damaged object so)."""
+    inode, digest = None, bytes.fromhex(oid)
+    failed = Outcome(oid, "vanished")
     for _attempt in range(2):
         try:
             f = store.open_object(oid)
@@ -477,11 +508,15 @@ def _check_object(store: Store, oid: ObjectId) -> Outcome:
             if inode == (st.st_dev, st.st_ino):
                 break  # the same file: the mismatch stands
             inode = (st.st_dev, st.st_ino)
-            ok, how = fsverity.matches(f.fileno(), bytes.fromhex(oid))
-            if ok:
-                return Outcome(oid, "ok", st.st_size, how, inode)
-            size = st.st_size
-    return Outcome(oid, "corrupt", size, how, inode)
+            proof = None if read else fsverity.measured_proof(f.fileno(), digest)
+            if proof is None:
+                proof = fsverity.prove(f.fileno(), digest, enable_verity=enable)
+            outcome = Outcome(oid, "ok" if proof.ok else "corrupt", st.st_size, proof.how,
+                              inode, proof.enabled, proof.detail)
+            if proof.ok:
+                return outcome
+            failed = outcome
+    return failed
 
 
 # -- acting on findings -----------------------------------------------------------------
@@ -501,14 +536,14 @@ def _act(store: Store, report: Report, refs: dict[ObjectId, Ref],
                 moved = quarantine.quarantine(store, oid, inodes.get(oid), ref.sha256)
                 if moved:
                     report.quarantined.append(moved)
-            quarantine.mark(store, quarantine.DamageMark(
+            damage.mark(store, damage.DamageMark(
                 oid, finding.kind, finding.artifacts, ref.sha256, ref.size, moved,
                 time.time()))
     damaged_now = {f.object for f in report.findings if f.kind in DAMAGING}
     try:
-        stale_marks = quarantine.marks(store)
+        stale_marks = damage.marks(store)
     except errors.ForeignEntry:
         return  # state/damaged is not a directory: reported as a foreign-entry
     for stale in stale_marks:  # restored meanwhile (e.g. re-imported): unmark
         if stale.object not in damaged_now and quarantine.intact(store, stale.object):
-            quarantine.clear(store, stale.object)
+            damage.clear(store, stale.object)

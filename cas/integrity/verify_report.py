@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from cas.core import metrics
+from cas.core.fsverity import Support
 from cas.core.metrics import Gauge
 from cas.errors import printable
 
 #: Every kind of finding, as reported (JSON ``kind``, metrics label).
 KINDS = (
-    "corrupt-object",    # bytes do not hash to the object's name
+    "corrupt-object",    # bytes do not match the object's name, or the kernel refused a read
     "missing-object",    # an artifact needs an object that is not in objects/
     "wrong-size",        # an object's size differs from what its artifact's image records
     "writable-object",   # an object file has a write bit (objects are 0444)
@@ -54,15 +55,17 @@ class Finding:
 
 @dataclass
 class Report:
-    mode: str                     # "full" or "structural"
+    mode: str                     # "full", "measure" or "structural"
     started: float                # wall clock, seconds since the epoch
     duration: float = 0.0
     objects_total: int = 0        # well-named object files listed
-    objects_checked: int = 0      # rehashed or measured this run
+    objects_checked: int = 0      # read, rehashed or measured this run
     bytes_checked: int = 0
     objects_skipped: int = 0      # --since: verified recently enough
     objects_vanished: int = 0     # removed (GC) between listing and checking: not a problem
-    checked_by_kernel: int = 0    # of objects_checked: by fs-verity measurement
+    checked_by_kernel: int = 0    # of objects_checked: by fs-verity (reads or measurement)
+    verity_enabled: int = 0       # of objects_checked: got fs-verity in this run
+    kernel_verity: Support | None = None  # does the store's filesystem give fs-verity
     cycle: int = 0
     cycle_complete: bool = False  # this run reached the end of the cycle
     cursor: str = ""
@@ -84,7 +87,10 @@ class Report:
                 "objects_total": self.objects_total, "objects_checked": self.objects_checked,
                 "bytes_checked": self.bytes_checked, "objects_skipped": self.objects_skipped,
                 "objects_vanished": self.objects_vanished,
-                "checked_by_kernel": self.checked_by_kernel, "cycle": self.cycle,
+                "checked_by_kernel": self.checked_by_kernel,
+                "verity_enabled": self.verity_enabled,
+                "kernel_verity": None if self.kernel_verity is None
+                else self.kernel_verity.to_json(), "cycle": self.cycle,
                 "cycle_complete": self.cycle_complete, "cursor": self.cursor,
                 "last_full_coverage": self.last_full_coverage, "clean": self.clean,
                 "problems": {k: n for k, n in self.problems_by_kind().items() if n},
@@ -101,14 +107,18 @@ class Report:
             return "\n".join(lines)
         rate = self.bytes_checked / self.duration / 1e6 if self.duration > 0 else 0.0
         summary = (f"{self.mode} sweep: {self.objects_checked} of {self.objects_total} objects "
-                   f"checked ({self.bytes_checked} bytes, {rate:.0f} MB/s), "
+                   f"checked ({self.checked_by_kernel} by kernel fs-verity; "
+                   f"{self.bytes_checked} bytes, {rate:.0f} MB/s), "
                    f"{self.objects_skipped} skipped as recently verified, "
                    f"in {self.duration:.1f}s")
-        if self.mode == "full":
+        if self.verity_enabled:
+            summary += f"; fs-verity enabled on {self.verity_enabled}"
+        if self.mode != "structural":
             summary += (f"; cycle {self.cycle} complete" if self.cycle_complete
                         else f"; cycle {self.cycle} continues after {self.cursor[:16] or '-'}")
         problems = ", ".join(f"{n} {k}" for k, n in self.problems_by_kind().items() if n)
-        return "\n".join([*lines, summary, f"problems: {problems or 'none'}"])
+        verity = [] if self.kernel_verity is None else [self.kernel_verity.line()]
+        return "\n".join([*lines, summary, *verity, f"problems: {problems or 'none'}"])
 
     def metrics(self) -> list[Gauge]:
         """The Prometheus gauges of this run, exact (see ``cas.core.metrics``); every
@@ -124,6 +134,9 @@ class Report:
             gauge("objects_skipped", "Objects skipped as recently verified (--since).",
                   self.objects_skipped),
             gauge("objects_total", "Object files in the store.", self.objects_total),
+            gauge("objects_checked_by_kernel",
+                  "Objects the last sweep checked through kernel fs-verity.",
+                  self.checked_by_kernel),
             Gauge("cas_verify_problems", "Problems found by the last sweep, by kind.",
                   tuple(({**mode, "kind": k}, n) for k, n in self.problems_by_kind().items()),
                   ("mode", "kind")),
@@ -133,6 +146,9 @@ class Report:
             gauge("last_run_timestamp_seconds", "When the last sweep started (Unix time).",
                   self.started),
         ]
+        if self.kernel_verity is not None:
+            gauges.append(gauge("kernel_verity_available", "1 if the store's filesystem gives "
+                                "objects kernel fs-verity.", int(self.kernel_verity.available)))
         if self.last_full_coverage is not None:
             gauges.append(gauge("last_full_coverage_timestamp_seconds",
                                 "Start of the last cycle that verified every object.",

@@ -1,6 +1,7 @@
 """Sweep state kept in the store: where the bounded sweep stopped, and when what was checked.
 
-``state/verify.json`` (replaced atomically, so a crash leaves the old or the new state)::
+``state/verify.json`` (``verify-measure.json`` for ``--measure`` sweeps; replaced
+atomically, so a crash leaves the old or the new state)::
 
     {"version": 1,
      "cycle":    {"number": 4, "started": T, "cursor": "<last object id checked or ''>",
@@ -36,6 +37,7 @@ from cas.core import fsio, strictjson
 from cas.core.digest import is_hex64
 from cas.core.lock import open_lock_file, try_flock
 from cas.core.store import Store
+from cas.core.strictjson import UNREADABLE
 from cas.errors import SweepBusy
 
 STATE_DIR, STATE_FILE, LOCK_FILE = "state", "verify.json", "verify.lock"
@@ -140,29 +142,25 @@ def _time(value: object) -> float:
     return float(value)
 
 
-#: Everything a torn, foreign or tampered state file can raise while it is read.
-UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-              OverflowError)
-
-
-def load(store: Store, now: float) -> SweepState:
+def load(store: Store, now: float, name: str = STATE_FILE) -> SweepState:
     """The saved state; a missing, torn, foreign (a symlink or FIFO is never followed or
     waited on) or tampered one starts cycle 1 — it costs a re-check, never a crash.
-    Reading creates nothing (a full or read-only store can still be swept)."""
+    Reading creates nothing (a full or read-only store can still be swept).  ``name``:
+    each sweep mode keeps its own (a measurement is not a read)."""
     try:
         fd = store.open_dir(STATE_DIR)
     except FileNotFoundError:
         return SweepState(Cycle(1, now))
     try:
         return SweepState.from_json(strictjson.load_object(
-            fsio.read_small(fd, STATE_FILE, STATE_LIMIT)))
+            fsio.read_small(fd, name, STATE_LIMIT)))
     except UNREADABLE:
         return SweepState(Cycle(1, now))
     finally:
         os.close(fd)
 
 
-def save(store: Store, state: SweepState) -> bool:
+def save(store: Store, state: SweepState, name: str = STATE_FILE) -> bool:
     """Replace the state; False if the store has no room or is read-only (the next run
     then re-checks from the last saved cursor: a cost, never a lost check)."""
     data = (json.dumps(state.to_json(), sort_keys=True) + "\n").encode()
@@ -174,7 +172,7 @@ def save(store: Store, state: SweepState) -> bool:
         raise
     tmp_fd = store.open_dir("tmp")
     try:
-        fsio.replace_file(fd, STATE_FILE, data, tmp_dir_fd=tmp_fd, fsync=store.fsync)
+        fsio.replace_file(fd, name, data, tmp_dir_fd=tmp_fd, fsync=store.fsync)
     except OSError as exc:
         if exc.errno in CANNOT_WRITE:
             return False

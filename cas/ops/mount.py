@@ -21,7 +21,10 @@ Integrity modes (``MountResult.verification``):
 
 - ``kernel``: every object (and the image) has kernel fs-verity; overlayfs gets
   ``verity=require`` and checks each file's fs-verity digest against its metacopy xattr
-  on open, and fs-verity checks every read.  Nothing is hashed up front.
+  on open, and fs-verity checks every read.  Nothing is hashed up front; the small EROFS
+  image is read in full (kernel-checked) so a rotten one is refused by name.  Otherwise
+  the result says why not (``kernel_verity``: the filesystem, or objects stored before
+  it had fs-verity).
 - ``userspace`` (kernels or filesystems without fs-verity, the default there): every
   object the artifact needs and the image itself are rehashed against their names before
   mounting.  This proves the bytes were right *at mount time* only: an object modified
@@ -74,12 +77,23 @@ class MountResult:
     loop: bool         # what the kernel shows as the EROFS mount's source (/dev/loopN)
     suid_dev: bool     # setuid bits, capabilities and devices honoured (--allow-suid-dev)
     seconds: float
+    kernel_verity: fsverity.Support  # does the store's filesystem give fs-verity, why not
+    without_verity: int = 0          # objects (and image) that have none (yet)
 
     def to_json(self) -> dict[str, object]:
         return {"mountpoint": str(self.mountpoint), "artifact": self.artifact,
                 "erofs_image": self.image, "verification": self.verification,
                 "objects": self.objects, "loop_device": self.loop,
-                "suid_dev": self.suid_dev, "seconds": round(self.seconds, 3)}
+                "suid_dev": self.suid_dev, "seconds": round(self.seconds, 3),
+                "kernel_verity": {**self.kernel_verity.to_json(),
+                                  "objects_without_verity": self.without_verity}}
+
+    def why_not_kernel(self) -> str:
+        """Why the mount is not kernel-verified, with the fix (for human output)."""
+        if not self.kernel_verity.available:
+            return self.kernel_verity.line()
+        return (f"{self.without_verity} of the artifact's objects were stored before the "
+                "filesystem had fs-verity: `cas verify --full` enables it on them")
 
 
 def write_image(store: Store, image: Image) -> ObjectId:
@@ -107,6 +121,8 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     mode = _verify(store, [image_id, *needed]) if verify else "none"
+    without = 0 if mode == "kernel" else sum(not _has_verity(store, oid)
+                                             for oid in [image_id, *needed])
     private = _private_dir(store, target)
     flags = "ro" if allow_suid_dev else f"ro,{NOSUID}"
     # every store path handed to mount(8) is a descriptor opened here (/proc/self/fd/N):
@@ -121,7 +137,10 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
         try:
             below = fsio.open_dir(private.name, mounts_fd)
             try:
-                with store.open_verified(image_id) if verify else \
+                # mount(8) gets the very file checked here (as /proc/self/fd/N); it is
+                # small, so every byte is read (with fs-verity a measurement would not
+                # show a rotten block: the mount would fail obscurely, not refuse it by name)
+                with store.open_verified(image_id, read=True) if verify else \
                         store.open_object(image_id) as f:
                     _mount_image(f.fileno(), below, target, flags)
             finally:
@@ -144,7 +163,8 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
         os.close(mounts_fd)
     loop = (_mount_source(private) or b"").startswith(b"/dev/loop")
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
-                       allow_suid_dev, time.monotonic() - start)
+                       allow_suid_dev, time.monotonic() - start, fsverity.probe(store.tmp_fd),
+                       without)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:

@@ -7,7 +7,7 @@ touched — the sweep proves them), so ``verify`` stops reporting ``writable-obj
 Nothing else is changed in place: a stray file may be someone's data, and a damaged
 object needs its bytes back from a source.
 
-``repair`` fetches each marked object (``cas.integrity.quarantine``) from another store, an
+``repair`` fetches each marked object (``cas.core.damage``) from another store, an
 OCI layout or an Ollama store through ``Store.add_*`` with the expected sha256/size checked
 before anything is published, accepts it only if its object id is the wanted one, and
 clears the mark.  It sits above the importers (it parses their locations), which is why it
@@ -25,9 +25,10 @@ from typing import Any
 
 from cas import errors
 from cas.core import fsio, userpath
+from cas.core.damage import DamageMark, clear, marks
 from cas.core.digest import shard
 from cas.core.store import AddResult, Expected, Store
-from cas.integrity.quarantine import DamageMark, clear, intact, marks, quarantine
+from cas.integrity.quarantine import intact, quarantine
 from cas.ops.artifacts import parse_location
 
 
@@ -152,8 +153,12 @@ def repair(store: Store, source: str | None = None) -> RepairReport:
                     if moved:
                         report.quarantined.append(moved)
                 result = src.fetch(store, m)
-            except errors.CasError as exc:
+            except errors.CasError as exc:  # a corrupt source object: CorruptObject
                 report.failed.append({"object": m.object, "reason": exc.message()})
+                continue
+            except OSError as exc:  # a source file the kernel will not read (EIO), ...
+                report.failed.append({"object": m.object,
+                                      "reason": f"reading the source: {exc.strerror}"})
                 continue
             if result is None:
                 report.not_found.append(m.object)

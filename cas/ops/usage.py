@@ -7,6 +7,7 @@
 - *reflink shared* bytes (``reflinks=True``): extents the filesystem reports as shared
   (``FIEMAP_EXTENT_SHARED``) — with the import source, a checkout, or another object; on
   filesystems without reflinks (ext4) this is 0;
+- whether the filesystem gives objects kernel fs-verity (and if not, why and the fix);
 - per artifact: *unique* bytes (objects no other name needs — what ``rm`` + ``gc`` would
   free) and *shared* bytes.
 """
@@ -22,7 +23,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cas.core import fsio
+from cas.core import fsio, fsverity
 from cas.core.digest import ObjectId, shard
 from cas.core.store import Store
 
@@ -54,13 +55,14 @@ class UsageReport:
     unreferenced_bytes: int = 0  # what gc would free (grace period aside)
     reflink_shared_bytes: int | None = None
     artifacts: list[ArtifactUsage] = field(default_factory=list)
+    kernel_verity: dict[str, Any] = field(default_factory=dict)  # fsverity.Support
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def measure(store: Store, *, reflinks: bool = False) -> UsageReport:
-    report = UsageReport()
+    report = UsageReport(kernel_verity=fsverity.probe(store.tmp_fd).to_json())
     sizes: dict[ObjectId, int] = {}
     for oid in store.iter_objects():
         with contextlib.suppress(FileNotFoundError):

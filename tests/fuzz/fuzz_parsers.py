@@ -20,11 +20,11 @@ import atheris
 
 with atheris.instrument_imports():
     from cas import errors
-    from cas.core import image, names, strictjson
+    from cas.core import damage, image, names, strictjson
     from cas.core.store import Store
     from cas.formats import oci, ollama, tarlayer
     from cas.formats.composefs import dumpfile, erofs, native
-    from cas.integrity import dockerref, keys, policy, quarantine, signature, verify_state
+    from cas.integrity import dockerref, keys, policy, signature, verify_state
     from cas.transport import auth, registry
 
 _store: Store | None = None
@@ -79,7 +79,7 @@ def state_file(parse: Callable[[dict[str, object]], object]) -> Callable[[bytes]
     def target(data: bytes) -> None:
         try:
             parse(strictjson.load_object(data))
-        except verify_state.UNREADABLE as exc:
+        except strictjson.UNREADABLE as exc:
             raise errors.BadInput(message=str(exc)) from None
     return target
 
@@ -105,7 +105,7 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "composefs-dump": composefs_dump,
     "name-file": lambda data: names._parse(data, "0" * 64),
     "sweep-state": state_file(verify_state.SweepState.from_json),
-    "damage-mark": state_file(quarantine.DamageMark.from_json),
+    "damage-mark": state_file(damage.DamageMark.from_json),
     "challenge": lambda data: auth.parse_challenge(data.decode("utf-8", "replace")),
     "reference": lambda data: registry.parse_reference(data.decode("utf-8", "replace")),
     "printable": printable,
