@@ -58,7 +58,8 @@ def reference_registry(root: Path, htpasswd: Path | None = None) -> Iterator[str
     proc = subprocess.Popen([binary, "serve", str(root / "config.yml")],
                             stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"))
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 120  # a readiness wait, not a timing check: under
+        # TCG in the kernel tier on a loaded host the Go binary took over 15 s to listen
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/v2/").status_code in (200, 401):
