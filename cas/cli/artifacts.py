@@ -20,8 +20,6 @@ from cas.cli.common import (
     trust_options,
 )
 from cas.core.linkmode import LinkMode
-from cas.core.names import NameRecord
-from cas.core.store import Store
 from cas.ops import artifacts
 from cas.ops.checkout import NOT_RESTORED
 from cas.ops.checkout import checkout as checkout_tree
@@ -152,7 +150,7 @@ def ls(obj: Context, as_json: bool) -> None:
     reports it as bad-name)."""
     from cas.integrity.quarantine import damaged_artifacts
     with obj.open_store() as store:
-        records, unreadable = _read_names(store)
+        records, unreadable = artifacts.read_names(store)
         damaged = damaged_artifacts(store)
     for problem in unreadable:
         click.echo(json.dumps({"warning": "bad-name", **problem}, sort_keys=True) if as_json
@@ -160,19 +158,6 @@ def ls(obj: Context, as_json: bool) -> None:
     emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in records],
          "\n".join(f"{r.name}\t{r.kind}\t{r.image}" + ("\tDAMAGED" if r.name in damaged
                                                          else "") for r in records))
-
-
-def _read_names(store: Store) -> tuple[list[NameRecord], list[dict[str, str]]]:
-    """Every readable name (sorted) and a report of each name file that is not."""
-    records, unreadable = [], []
-    for file_name in store.names.files():
-        try:
-            records.append(store.names.load(file_name))
-        except FileNotFoundError:
-            continue  # removed concurrently
-        except errors.StoreCorrupt as exc:
-            unreadable.append({"path": f"names/{file_name}", "message": exc.message()})
-    return sorted(records, key=lambda r: r.name), unreadable
 
 
 @cli.command()
@@ -211,5 +196,5 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
 def rm(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Remove artifact names (their bytes go at the next GC)."""
     with obj.open_store() as store, store.write_errors():
-        removed = [store.names.remove(n) for n in names]
+        removed = artifacts.remove(store, names)
     emit(as_json, [r.to_json() for r in removed], "\n".join(f"removed {r.name}" for r in removed))

@@ -27,7 +27,7 @@ from cas.core import fsio
 from cas.core.digest import shard
 from cas.core.store import AddResult, Expected, Store
 from cas.integrity.quarantine import DamageMark, clear, intact, marks, quarantine
-from cas.ops.artifacts import parse_location
+from cas.ops.artifacts import Source, location_of
 
 
 @dataclass
@@ -66,8 +66,8 @@ class RepairReport:
 class _Source:
     """Where repair looks for an object: another store, an OCI layout, an Ollama store."""
 
-    def __init__(self, text: str) -> None:
-        location = parse_location(text)
+    def __init__(self, source: Source) -> None:
+        location = location_of(source)
         self.scheme, self.path = location.scheme, location.path
         self.store = None if self.scheme in ("oci", "ollama") else Store.open(self.path)
 
@@ -93,10 +93,10 @@ class _Source:
             return None
 
 
-def repair(store: Store, source: str | None = None) -> RepairReport:
+def repair(store: Store, source: Source | None = None) -> RepairReport:
     """Fix object modes in place; restore every marked object from ``source`` (without
     one, marked objects are reported as not found); clear the marks of restored ones."""
-    report = RepairReport(source)
+    report = RepairReport(None if source is None else os.fspath(source))
     report.modes_fixed = fix_modes(store)
     src = None if source is None else _Source(source)
     try:
