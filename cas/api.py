@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from cas.transport.registry import Options
 
 __all__ = [
-    "DEFAULT_GRACE", "AddResult", "ArtifactInfo", "ArtifactList", "CheckoutResult", "Format",
+    "AddResult", "ArtifactInfo", "ArtifactList", "CheckoutResult", "Format",
     "GcReport", "ImportResult", "KeyFiles", "LinkMode", "MountResult", "NameRecord",
     "ObjectInfo", "PathArg", "PullResult", "PushResult", "RepairReport", "SignResult", "Store",
     "UsageReport", "VerifyReport", "add", "check_signature", "checkout", "exists", "export",
