@@ -203,5 +203,5 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
 def rm(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Remove artifact names (their bytes go at the next GC)."""
     with obj.open_store() as store, store.write_errors():
-        removed = artifacts.remove(store, list(names))
+        removed = artifacts.remove(store, names)
     emit(as_json, [r.to_json() for r in removed], "\n".join(f"removed {r.name}" for r in removed))

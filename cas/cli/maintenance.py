@@ -131,7 +131,8 @@ def verify(obj: Context, mode: str, max_duration: str | None, max_bytes: str | N
         rate=None if rate is None else parse_size(rate),
         since=None if since is None else parse_duration(since))
     with obj.open_store() as store, store.write_errors():
-        report = verify_mod.sweep(store, mode=mode, limits=limits, wait=parse_duration(wait))
+        report = verify_mod.sweep(store, mode=mode, limits=limits, wait=parse_duration(wait),
+                                  act=True)  # the CLI quarantines and marks (documented)
         if rules is not None:
             report.findings += signing.recheck(store, rules)
     if metrics_file is not None:

@@ -61,16 +61,11 @@ def push(obj: Context, /, name: str, ref: str, mount_from: str | None, as_json: 
          **connection: Any) -> None:
     """Push artifact NAME to REF (same manifest, same digests as it was imported with),
     then its stored signatures (the sha256-<hex>.sig attachment, as skopeo writes it)."""
-    from cas.ops import signing
-    from cas.transport import registry
+    from cas.ops import artifacts
     options = registry_settings(**connection)
     with obj.open_store() as store:
         record = store.names.get(name)
-        image = store.get_image(record.image)
-        attach, count = signing.attacher(store, image)
-        digest = registry.push_image(store, image, ref, options,
-                                     default_tag=record.name.rpartition(":")[2],
-                                     mount_from=mount_from, attach=attach)
+        digest, count = artifacts.push(store, record, ref, options, mount_from=mount_from)
     emit(as_json, {"name": record.name, "destination": ref, "digest": digest,
                    "signatures": count},
          f"pushed {record.name} to {ref} ({digest}, {count} signatures attached)")

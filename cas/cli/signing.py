@@ -30,14 +30,7 @@ def keygen(prefix: Path, passphrase_file: Path | None, as_json: bool) -> None:
     """Write a new ECDSA P-256 signing key pair: PREFIX.key (encrypted, cosign/sigstore
     format, mode 0600) and PREFIX.pub (PEM), as skopeo and cosign read them."""
     from cas.integrity import keys
-    private, public = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
-    pair = keys.generate(_passphrase(passphrase_file, confirm=True))
-    keys.write_new(private, pair.private_pem, 0o600)
-    try:
-        keys.write_new(public, pair.public_pem, 0o644)
-    except BaseException:
-        private.unlink()
-        raise
+    private, public = keys.write_pair(prefix, _passphrase(passphrase_file, confirm=True))
     emit(as_json, {"private_key": str(private), "public_key": str(public)},
          f"wrote {private} (private, encrypted) and {public} (public)")
 

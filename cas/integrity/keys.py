@@ -160,6 +160,20 @@ def read_passphrase(path: Path) -> bytes:
     return read_key_file(path).split(b"\n", 1)[0]
 
 
+def write_pair(prefix: Path, passphrase: bytes) -> tuple[Path, Path]:
+    """A new key pair as ``PREFIX.key`` (encrypted, 0600) and ``PREFIX.pub`` (0644); neither
+    file is left behind when the other cannot be written."""
+    private, public = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
+    pair = generate(passphrase)
+    write_new(private, pair.private_pem, 0o600)
+    try:
+        write_new(public, pair.public_pem, 0o644)
+    except BaseException:
+        private.unlink()
+        raise
+    return private, public
+
+
 def write_new(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` whole with ``data`` and ``mode`` (whatever the umask says): never
     replacing a file, never through a symlink (``cas.core.userpath``)."""

@@ -12,13 +12,13 @@ lists the names written and the artifacts that failed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cas.core import names as names_mod
-from cas.core.image import DEVICES, Entry, major_minor
+from cas.core.image import DEVICES, Entry, Image, major_minor
 from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
 from cas.core.store import Store
@@ -26,7 +26,10 @@ from cas.errors import BadInput, UnsupportedSource
 from cas.formats.results import Failure, Imported
 
 if TYPE_CHECKING:
-    from cas.transport.registry import Gate
+    from cas.transport.registry import Gate, Options
+
+#: An import source: ``scheme:rest`` text as the CLI takes it, or a path object (a plain path).
+Source = str | os.PathLike[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,14 @@ def parse_location(text: str) -> Location:
     return Location("tree", Path(text), None)
 
 
+def location_of(source: Source) -> Location:
+    """Text is parsed as the CLI parses it; a path object is always a plain path (a file
+    named ``oci:x`` is a file, not a layout)."""
+    if isinstance(source, str):
+        return parse_location(source)
+    return Location("tree", Path(source), None)
+
+
 def _split_tag(rest: str) -> tuple[str, str | None]:
     """``PATH[:TAG]``: a trailing ``:TAG`` is a tag unless PATH:TAG itself exists."""
     path, sep, tag = rest.rpartition(":")
@@ -78,30 +89,31 @@ class ImportResult(list[NameRecord]):
         self.failures = list(failures)
 
 
-def import_artifacts(store: Store, sources: list[str], name: str | None = None, *,
+def import_artifacts(store: Store, sources: Sequence[Source], name: str | None = None, *,
                      keep_compressed: bool = True, gate: Gate | None = None,
-                     xattrs: bool = True) -> ImportResult:
+                     xattrs: bool = True, options: Options | None = None) -> ImportResult:
     """Import ``sources`` and name the result(s); returns the names written.
 
     One source may hold several artifacts (an Ollama store, a Hugging Face cache); several
     sources must be plain files, imported side by side as one artifact.  ``gate`` judges a
-    registry source (``docker://``) as ``cas pull`` does.  ``xattrs=False`` leaves the
-    extended attributes of directories and files out.
+    registry source (``docker://``) as ``cas pull`` does, reached with ``options``.
+    ``xattrs=False`` leaves the extended attributes of directories and files out.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
     with store.temp_root():  # GC keeps what this import stored until its names exist
-        return _import_and_name(store, sources, name, keep_compressed, gate, xattrs)
+        return _import_and_name(store, sources, name, keep_compressed, gate, xattrs, options)
 
 
-def _import_and_name(store: Store, sources: list[str], name: str | None,
-                     keep_compressed: bool, gate: Gate | None, xattrs: bool) -> ImportResult:
+def _import_and_name(store: Store, sources: Sequence[Source], name: str | None,
+                     keep_compressed: bool, gate: Gate | None, xattrs: bool,
+                     options: Options | None) -> ImportResult:
     """Every name is decided (and refused, if it must be) before the first object is
     published: a refusal never leaves objects behind."""
-    locations = [parse_location(s) for s in sources]
+    locations = [location_of(s) for s in sources]
     if len(locations) == 1:
         scheme = locations[0].scheme
-        imported = _import(store, locations[0], name, keep_compressed, gate, xattrs)
+        imported = _import(store, locations[0], name, keep_compressed, gate, xattrs, options)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
@@ -119,7 +131,7 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
 
 
 def _import(store: Store, location: Location, name: str | None, keep_compressed: bool,
-            gate: Gate | None, xattrs: bool) -> Imported:
+            gate: Gate | None, xattrs: bool, options: Options | None) -> Imported:
     if location.scheme == "ollama":
         from cas.formats import ollama
         return ollama.import_models(store, location.path, location.ref, one=name is not None)
@@ -129,7 +141,7 @@ def _import(store: Store, location: Location, name: str | None, keep_compressed:
     if location.scheme == "docker":
         from cas.transport import registry
         named = name or registry.default_name(registry.parse_reference(location.ref or ""))
-        _, image = registry.pull_image(store, location.ref or "", registry.Options(),
+        _, image = registry.pull_image(store, location.ref or "", options or registry.Options(),
                                        keep_compressed=keep_compressed, gate=gate)
         return Imported([(named, image)])
     named = name or _default_name(location.path, location.ref)
@@ -202,15 +214,27 @@ def export_artifact(store: Store, name: str, destination: str, *,
         tag = location.ref or record.name.rpartition(":")[2]
         oci.export_layout(store, image, location.path, tag)
     elif location.scheme == "docker":
-        from cas.ops import signing
         from cas.transport import registry
-        digest = registry.push_image(store, image, location.ref or "", registry.Options(),
-                                     default_tag=record.name.rpartition(":")[2],
-                                     attach=signing.attacher(store, image)[0])
+        digest, _ = push(store, record, location.ref or "", registry.Options())
         return {**result, "digest": digest}
     else:
         raise UnsupportedSource(location=destination)
     return result
+
+
+def push(store: Store, record: NameRecord, ref: str, options: Options, *,
+         mount_from: str | None = None) -> tuple[str, int]:
+    """Push the artifact ``record`` names to registry reference ``ref`` (the artifact's
+    tag when ``ref`` has none), then its stored signatures; returns the manifest digest
+    and how many signatures were attached."""
+    from cas.ops import signing
+    from cas.transport import registry
+    image = store.get_image(record.image)
+    attach, count = signing.attacher(store, image)
+    digest = registry.push_image(store, image, ref, options,
+                                 default_tag=record.name.rpartition(":")[2],
+                                 mount_from=mount_from, attach=attach)
+    return digest, count
 
 
 def _link_unsupported(link: LinkMode, destination: str) -> None:
@@ -219,7 +243,7 @@ def _link_unsupported(link: LinkMode, destination: str) -> None:
                        "destinations")
 
 
-def remove(store: Store, names: list[str]) -> list[NameRecord]:
+def remove(store: Store, names: Iterable[str]) -> list[NameRecord]:
     """Remove several names, all or nothing: every one is checked (valid, present) before
     the first is removed.  Their bytes go at the next GC."""
     wanted = {store.names.get(n).name: None for n in names}  # raises before any change
@@ -229,7 +253,11 @@ def remove(store: Store, names: list[str]) -> list[NameRecord]:
 def inspect(store: Store, name: str) -> dict[str, Any]:
     """Everything about one artifact, JSON-ready: its name record, tree and blobs."""
     record = store.names.get(name)
-    image = store.get_image(record.image)
+    return describe(record, store.get_image(record.image))
+
+
+def describe(record: NameRecord, image: Image) -> dict[str, Any]:
+    """The JSON form of an artifact named by ``record`` whose metadata image is ``image``."""
     return {**record.to_json(), "size": image.total_size,
             "entries": [_entry_json(e) for e in image.entries],
             "blobs": [{"sha256": "sha256:" + b.sha256, "object": b.object_id, "size": b.size,

@@ -29,7 +29,7 @@ from cas.core.damage import DamageMark, clear, marks
 from cas.core.digest import shard
 from cas.core.store import AddResult, Expected, Store
 from cas.integrity.quarantine import intact, quarantine
-from cas.ops.artifacts import parse_location
+from cas.ops.artifacts import Source, location_of
 
 
 @dataclass
@@ -71,8 +71,8 @@ class _Source:
     A layout's ``blobs`` directory is reached as an import reaches it: the root under
     ``cas.core.userpath``'s source rule, nothing below it through a symlink."""
 
-    def __init__(self, text: str) -> None:
-        location = parse_location(text)
+    def __init__(self, source: Source) -> None:
+        location = location_of(source)
         self.scheme, self.path = location.scheme, location.path
         self.store: Store | None = None
         self._blobs = -1
@@ -131,10 +131,10 @@ def _open_blobs(root: Path, parts: tuple[str, ...]) -> int:
     return fd
 
 
-def repair(store: Store, source: str | None = None) -> RepairReport:
+def repair(store: Store, source: Source | None = None) -> RepairReport:
     """Fix object modes in place; restore every marked object from ``source`` (without
     one, marked objects are reported as not found); clear the marks of restored ones."""
-    report = RepairReport(source)
+    report = RepairReport(None if source is None else os.fspath(source))
     report.modes_fixed = fix_modes(store)
     src = None if source is None else _Source(source)
     try:
