@@ -21,9 +21,11 @@ cas_hasher *cas_hasher_new(void);
 int cas_hasher_update(cas_hasher *, const uint8_t *, size_t);
 int cas_hasher_final(cas_hasher *, struct cas_digests *);
 void cas_hasher_free(cas_hasher *);
+int cas_hash_buffer(const uint8_t *, size_t, struct cas_digests *);
 
 #define CAS_HASH_SHA256 ...
 int cas_hash_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
+int cas_verity_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
 
 #define CAS_COPY_REFLINK ...
 #define CAS_COPY_RANGE ...
@@ -45,7 +47,8 @@ def make_builder(root: str = "") -> FFI:
     builder.set_source(
         "cas._native",
         '#include "cas_native.h"',
-        sources=[os.path.join(native, "cas_hash.c"), os.path.join(native, "cas_copy.c")],
+        sources=[os.path.join(native, name)
+                 for name in ("cas_hash.c", "cas_copy.c", "cas_verity.c")],
         include_dirs=[native],
         depends=[os.path.join(native, "cas_native.h")],
         libraries=["crypto", "pthread"],

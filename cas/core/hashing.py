@@ -137,21 +137,37 @@ def _digests(out: Any, with_sha256: bool) -> Digests:
                    size=int(out.size))
 
 
-def hash_fd(fd: int, *, sha256: bool = True, progress: Progress | None = None) -> Digests:
-    """Hash fd from offset 0 to EOF (pread: the file position is left alone)."""
+def hash_fd(fd: int, *, sha256: bool = True, progress: Progress | None = None,
+            threads: int = 0) -> Digests:
+    """Hash fd from offset 0 to EOF (pread: the file position is left alone).
+
+    With ``sha256`` the two digests take a thread each (the flat SHA-256 is serial).
+    The fs-verity digest alone is computed on up to ``threads`` threads (0: one per CPU),
+    fewer while other calls in the process are hashing: a sweep that hashes a file per
+    CPU gets no extra threads, a single verification gets every idle core.
+    """
+    if threads < 0 or (threads and sha256):
+        raise ValueError("threads is for the fs-verity digest alone (sha256=False), >= 0")
     if _BACKEND is None:
         from cas.core import _reference  # imports this module: load it only when used
         return _reference.hash_fd(fd, sha256=sha256, progress=progress)
     out = _ffi.new("struct cas_digests *")
-    flags = _lib.CAS_HASH_SHA256 if sha256 else 0
-    _check(_lib.cas_hash_fd(fd, flags, out, _c_progress(progress)))
+    if sha256:
+        _check(_lib.cas_hash_fd(fd, _lib.CAS_HASH_SHA256, out, _c_progress(progress)))
+    else:
+        _check(_lib.cas_verity_fd(fd, threads, out, _c_progress(progress)))
     return _digests(out, sha256)
 
 
-def hash_bytes(data: bytes) -> Digests:
-    hasher = StreamHasher()
-    hasher.update(data)
-    return hasher.finalize()
+def hash_bytes(data: bytes | bytearray | memoryview) -> Digests:
+    """Both digests of bytes in memory (one native call)."""
+    if _BACKEND is None:
+        from cas.core import _reference
+        return _reference.hash_bytes(bytes(data))
+    out = _ffi.new("struct cas_digests *")
+    buf = _ffi.from_buffer("uint8_t[]", data)
+    _check(_lib.cas_hash_buffer(buf, len(buf), out))
+    return _digests(out, True)
 
 
 class StreamHasher:
