@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -146,8 +147,8 @@ def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[Obj
 def _image_needs(store: Store, oid: ObjectId) -> set[ObjectId]:
     """The objects an image needs: its bytes checked against its id, then only the ids
     read (``Store.get_image`` would validate the whole tree: most of a mark's time)."""
-    with store.open_object(oid) as f:
-        data = f.read(images.MAX_IMAGE_BYTES + 1)
+    with store.open_object(oid) as f:  # read what is there, up to the limit + 1
+        data = f.read(min(os.fstat(f.fileno()).st_size, images.MAX_IMAGE_BYTES) + 1)
     if hashing.hash_bytes(data).verity.hex() != oid:
         raise errors.CorruptObject(object_id=oid, users=" (a metadata image)")
     return images.needed_objects(data)
@@ -185,17 +186,18 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
     with os.scandir(store.objects_fd) as shards:
         shard_names = sorted(e.name for e in shards
                              if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
-    by_shard: dict[str, set[str]] = {}
-    for oid in reachable:
-        by_shard.setdefault(oid[:2], set()).add(oid[2:])
+    # Compared without their shard: one set difference per shard, and no id is built
+    # for names that are marked. Two ids equal but for their first byte would both be
+    # kept (it only ever keeps more; finding such a pair would break SHA-256).
+    marked = {oid[2:] for oid in reachable}
     unlinked_all = True
     running: deque[Future[_ShardSweep]] = deque()
-    with ThreadPoolExecutor(SWEEP_THREADS) as pool:
+    with _IndexShards(store.index_fd) as index, ThreadPoolExecutor(SWEEP_THREADS) as pool:
         for shard_name in shard_names:  # submitted as threads free up: deadline honoured
             if deadline is not None and time.monotonic() >= deadline:
                 report.complete = False
                 break
-            running.append(pool.submit(_sweep_shard, store, shard_name, by_shard,
+            running.append(pool.submit(_sweep_shard, store, index, shard_name, marked,
                                        report.grace, now, report.dry_run))
             if len(running) >= SWEEP_THREADS:
                 unlinked_all &= running.popleft().result().add_to(report)
@@ -204,7 +206,35 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
     return unlinked_all
 
 
-def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
+class _IndexShards:
+    """The ``index/sha256/XX`` directories, each opened once per run (not once per
+    object removed), shared by the sweep threads."""
+
+    def __init__(self, index_fd: int) -> None:
+        self._index_fd = index_fd
+        self._fds: dict[str, int | None] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _IndexShards:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)
+
+    def fd(self, shard_name: str) -> int | None:
+        """The shard's directory fd, or None if it cannot be opened."""
+        with self._lock:
+            if shard_name not in self._fds:
+                try:
+                    self._fds[shard_name] = fsio.open_dir(shard_name, self._index_fd)
+                except OSError:
+                    self._fds[shard_name] = None
+            return self._fds[shard_name]
+
+
+def _sweep_shard(store: Store, index: _IndexShards, shard_name: str, marked: set[str],
                  grace: float, now: float, dry_run: bool) -> _ShardSweep:
     """Sweep one ``objects/XX``: the names not marked come from one set difference (in
     C), so only garbage candidates cost Python work and an lstat."""
@@ -216,8 +246,9 @@ def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
     try:
         names = os.listdir(shard_fd)
         part.scanned = len(names)
-        for name in sorted(set(names) - reachable.get(shard_name, set())):
-            if not is_hex64(shard_name + name):
+        for name in sorted(set(names).difference(marked)):
+            oid = shard_name + name
+            if not is_hex64(oid):
                 continue  # a stray: verify reports it, GC never judges it
             try:
                 st = os.lstat(name, dir_fd=shard_fd)
@@ -231,12 +262,12 @@ def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
             if st.st_nlink > 1:
                 if dry_run:
                     part.index_removed += 1
-                elif _unlink_index_link(store, shard_fd, name, st):
+                elif _unlink_index_link(index, shard_fd, name, st):
                     part.index_removed += 1
                 else:
                     part.unlinked_all = False
             if dry_run:
-                part.removed_ids.append(shard_name + name)
+                part.removed_ids.append(oid)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=shard_fd)
@@ -247,7 +278,8 @@ def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
     return part
 
 
-def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_result) -> bool:
+def _unlink_index_link(index: _IndexShards, shard_fd: int, name: str,
+                       st: os.stat_result) -> bool:
     """Unlink the index entry that is this object's inode; False if it can't be found."""
     try:
         fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
@@ -262,9 +294,8 @@ def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_resul
     if len(sha) != 32:
         return False
     idx_shard, idx_rest = shard(sha.hex())
-    try:
-        idx_fd = fsio.open_dir(idx_shard, store.index_fd)
-    except OSError:
+    idx_fd = index.fd(idx_shard)
+    if idx_fd is None:
         return False
     try:
         entry = os.lstat(idx_rest, dir_fd=idx_fd)
@@ -274,8 +305,6 @@ def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_resul
         return True
     except FileNotFoundError:
         return False
-    finally:
-        os.close(idx_fd)
 
 
 def _sweep_index(store: Store, report: GcReport) -> None:
