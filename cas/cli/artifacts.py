@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from cas.cli.common import Context, cli, emit, json_option
-from cas.ops import artifacts
-from cas.ops.checkout import LinkMode
-from cas.ops.checkout import checkout as checkout_tree
+
+#: ``cas.ops.checkout.LinkMode``'s values, spelled out so that loading the command line
+#: does not load the store (tests/test_cli.py checks they agree).
+LINK_MODES = ("auto", "reflink", "hardlink", "copy")
 
 
 @cli.command("import")
@@ -22,6 +23,7 @@ from cas.ops.checkout import checkout as checkout_tree
 def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
             as_json: bool) -> None:
     """Import an artifact: a directory, files, oci:PATH[:TAG] or ollama:[PATH][/model:tag]."""
+    from cas.ops import artifacts
     with obj.open_store() as store:
         records = artifacts.import_artifacts(store, list(sources), name,
                                              keep_compressed=not no_keep_compressed)
@@ -37,6 +39,7 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
 def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
     """Export artifact NAME to oci:PATH[:TAG], ollama:PATH or tar:PATH (a reproducible tar
     layer of its tree: sorted, mtime 0, uid/gid 0)."""
+    from cas.ops import artifacts
     with obj.open_store() as store:
         result = artifacts.export_artifact(store, name, destination)
     emit(as_json, result, f"exported {result['name']} to {destination}")
@@ -45,7 +48,7 @@ def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--link", type=click.Choice([m.value for m in LinkMode]), default="auto",
+@click.option("--link", type=click.Choice(LINK_MODES), default="auto",
               show_default=True, help="How files are made from objects.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check reflinked and hardlinked objects against their digests first "
@@ -55,6 +58,8 @@ def export(obj: Context, name: str, destination: str, as_json: bool) -> None:
 def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
              as_json: bool) -> None:
     """Materialise artifact NAME's tree at DEST (which must not exist)."""
+    from cas.ops.checkout import LinkMode
+    from cas.ops.checkout import checkout as checkout_tree
     mode = LinkMode(link)
     with obj.open_store() as store:
         image = store.get_image(store.names.get(name).image)
@@ -73,6 +78,7 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
 @click.pass_obj
 def tag(obj: Context, source: str, target: str, as_json: bool) -> None:
     """Give artifact SOURCE another name TARGET."""
+    from cas.ops import artifacts
     with obj.open_store() as store:
         new = artifacts.tag(store, source, target)
     emit(as_json, new.to_json(), f"{new.name}  {new.image}")
@@ -98,6 +104,7 @@ def ls(obj: Context, as_json: bool) -> None:
 @click.pass_obj
 def inspect(obj: Context, name: str, as_json: bool) -> None:
     """Show artifact NAME: its tree with sizes and digests, and its blobs."""
+    from cas.ops import artifacts
     with obj.open_store() as store:
         info = artifacts.inspect(store, name)
     lines = [f"{info['name']}  image {info['image']}  ({info['kind']}, {info['size']} bytes)"]

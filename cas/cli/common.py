@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from cas import errors
-from cas.core.store import Store
+
+if TYPE_CHECKING:
+    from cas.core.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 STORE_ENV = "CAS_STORE"
@@ -25,6 +27,7 @@ class Context:
         self.json = False
 
     def open_store(self) -> Store:
+        from cas.core.store import Store  # not at import: `cas --help` needs no store
         if not self.store_path:
             raise click.UsageError(f"no store given: use --store PATH or set ${STORE_ENV}")
         return Store.open(self.store_path)

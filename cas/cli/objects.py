@@ -7,13 +7,16 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cas.cli.common import Context, cli, emit, json_option
 from cas.cli.progress import run_with_progress
-from cas.core.hashing import Progress
-from cas.core.store import AddResult, Store
+
+if TYPE_CHECKING:
+    from cas.core.hashing import Progress
+    from cas.core.store import AddResult, Store
 
 
 @cli.command()
@@ -24,6 +27,7 @@ from cas.core.store import AddResult, Store
 @click.pass_obj
 def init(obj: Context, path: Path, no_fsync: bool, as_json: bool) -> None:
     """Create a new store at PATH."""
+    from cas.core.store import Store
     with Store.init(path, fsync=not no_fsync) as store:
         emit(as_json, store.summary(), f"initialised cas store at {store.path}")
 
