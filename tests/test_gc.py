@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -13,9 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cas import Store, errors
-from cas.core.image import Image, file_entry
+from cas.core import image as images
+from cas.core.digest import ObjectId, Sha256
+from cas.core.image import Blob, Image, build, decode, encode, file_entry
 from cas.ops import artifacts, gc
 from conftest import object_files, write_random
 
@@ -262,3 +267,56 @@ def run_cas(*args: str, store: Path) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "CAS_STORE": str(store)}
     return subprocess.run([sys.executable, "-m", "cas", *args], env=env, capture_output=True,
                           stdin=subprocess.DEVNULL, timeout=120)
+
+
+# -- the mark's fast path: ids scanned out of canonical image bytes ---------------------
+
+LOOK_ALIKE = b"\xa6object\xc4\x20"
+
+
+def oid_of(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+def image_bytes(tails: list[bytes], objects: int) -> bytes:
+    """An image of files stored as objects, each carrying look-alikes of an id's encoding
+    in an xattr (the value just before the next entry's "object" key) and in inline
+    files, plus one blob."""
+    entries = [file_entry(f"o{i}", size=100, object_id=ObjectId(oid_of(f"o{i}")),
+                          sha256=Sha256(oid_of(f"s{i}")),
+                          xattrs={"user.x": tails[i % len(tails)]} if tails else {})
+               for i in range(objects)]
+    entries += [file_entry(f"i{i}", size=len(tail[-64:]), data=tail[-64:])
+                for i, tail in enumerate(tails)]
+    blob = Blob(Sha256(oid_of("blob sha256")), ObjectId(oid_of("blob")), 5, "x/y")
+    return encode(build(entries, [blob], {"type": "tree"}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(tails=st.lists(st.binary(max_size=40).map(lambda b: b + LOOK_ALIKE + b[:20]),
+                      max_size=4),
+       objects=st.integers(0, 5))
+def test_needed_objects_finds_every_id(tails: list[bytes], objects: int) -> None:
+    """Every id decode finds; look-alikes in other values may add ids, never hide one."""
+    data = image_bytes(tails, objects)
+    exact = decode(data).object_ids()
+    found = images.needed_objects(data)
+    assert exact <= found
+    assert all(len(oid) == 64 for oid in found)
+    assert len(found) <= data.count(LOOK_ALIKE)
+
+
+def test_needed_objects_decodes_in_full_what_it_cannot_scan() -> None:
+    plain = image_bytes([], 3)
+    assert images.needed_objects(plain) == decode(plain).object_ids()
+    odd = image_bytes([b"\xa6object!"], 2)   # the key's bytes without a bin8 after them
+    assert images.needed_objects(odd) == decode(odd).object_ids()
+    with pytest.raises(errors.BadImage):     # not an image: refused, not read as "no ids"
+        images.needed_objects(b"\x84\xa5blobs" + b"\x00" * 40)
+
+
+def test_a_name_on_a_non_image_stops_gc(store: Store) -> None:
+    blob = store.add_bytes(b"not an image" * 10).object_id
+    store.names.set("bad", blob, "tree")
+    with pytest.raises(errors.StoreCorrupt):
+        gc.collect(store, grace=0)
