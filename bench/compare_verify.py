@@ -2,7 +2,7 @@
 against the standard tools.
 
     python bench/compare_verify.py [--one-gib 1] [--gib 2] [--files 16] [--repeat 3]
-                                   [--dir /tmp]
+                                   [--dir /tmp]       (0 GiB skips a part)
 
 One large object (--one-gib, in the page cache; no kernel fs-verity here): the check
 behind `cas cat`, checkout, mount and repair (``Store.open_verified``, in process: the
@@ -93,6 +93,14 @@ def interleaved(commands: dict[str, Callable[[], object]], repeat: int) -> dict[
     return {label: statistics.median(samples) for label, samples in times.items()}
 
 
+def table(title: str, columns: str, medians: dict[str, float],
+          cells: Callable[[float], str]) -> None:
+    print(title)
+    print(f"{'command':<36}{'seconds':>9}{columns}")
+    for label, med in medians.items():
+        print(f"{label:<36}{med:>9.3f}{cells(med)}")
+
+
 def bench_one(root: Path, gib: float, repeat: int) -> None:
     objects = make_store(root, int(gib * (1 << 30)), 1)
     obj = objects[0]
@@ -111,11 +119,9 @@ def bench_one(root: Path, gib: float, repeat: int) -> None:
             "cas cat > /dev/null": lambda: run(cas_cat),
         }, repeat)
     floor = medians["openssl dgst -sha256"]
-    print(f"one object of {obj.stat().st_size / (1 << 30):.2f} GiB in page cache, "
-          f"{len(os.sched_getaffinity(0))} CPUs, median of {repeat}")
-    print(f"{'':<36}{'seconds':>9}{'vs openssl':>12}")
-    for label, med in medians.items():
-        print(f"{label:<36}{med:>9.3f}{med / floor:>12.2f}")
+    table(f"one object of {obj.stat().st_size / (1 << 30):.2f} GiB in page cache, "
+          f"{len(os.sched_getaffinity(0))} CPUs, median of {repeat}", f"{'vs openssl':>12}",
+          medians, lambda med: f"{med / floor:>12.2f}")
     for p in objects:
         with contextlib.suppress(OSError):
             p.unlink()
@@ -134,6 +140,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.dir, prefix="cas-bench-verify-") as tmp:
             bench_one(Path(tmp), args.one_gib, args.repeat)
         print()
+    if args.gib <= 0:
+        return
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="cas-bench-verify-") as tmp:
         root = Path(tmp)
         objects = make_store(root, total, args.files)
@@ -152,11 +160,10 @@ def main() -> None:
         }
         medians = interleaved(commands, args.repeat)
         base = medians["2x openssl dgst -sha256 (halves)"]
-        print(f"{len(objects)} objects, {nbytes / (1 << 30):.2f} GiB in page cache, "
-              f"{os.cpu_count()} CPUs, median of {args.repeat}")
-        print(f"{'command':<36}{'seconds':>9}{'MB/s':>9}{'vs 2x openssl':>15}")
-        for label, med in medians.items():
-            print(f"{label:<36}{med:>9.3f}{nbytes / med / 1e6:>9.0f}{base / med:>15.2f}")
+        table(f"{len(objects)} objects, {nbytes / (1 << 30):.2f} GiB in page cache, "
+              f"{os.cpu_count()} CPUs, median of {args.repeat}",
+              f"{'MB/s':>9}{'vs 2x openssl':>15}", medians,
+              lambda med: f"{nbytes / med / 1e6:>9.0f}{base / med:>15.2f}")
 
 
 if __name__ == "__main__":
