@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,6 +44,7 @@ def json_option(fn: F) -> F:
 
 
 def emit(as_json: bool, value: Any, human: str) -> None:
+    import json  # not at import: `cas --help` needs none
     click.echo(json.dumps(value, sort_keys=True) if as_json else human)
 
 

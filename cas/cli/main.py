@@ -9,10 +9,8 @@ them registers them on ``cas.cli.common.cli``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
 
 import click
 
@@ -22,6 +20,8 @@ from cas.cli.common import Context, cli
 
 
 def _report(error: BaseException, as_json: bool, debug: bool) -> int:
+    import json  # json and traceback: only on an error (start-up cost)
+    import traceback
     if debug:
         traceback.print_exception(error)
     if isinstance(error, errors.CasError):

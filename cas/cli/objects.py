@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -48,6 +47,7 @@ def add(obj: Context, files: tuple[Path, ...], as_json: bool) -> None:
                 state = "stored" if result.new else "already stored"
                 click.echo(f"{result.object_id}  {path}  ({state}, {result.method})")
     if as_json:
+        import json
         click.echo(json.dumps(results, sort_keys=True))
 
 
