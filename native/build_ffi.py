@@ -33,6 +33,14 @@ int cas_verity_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
 int cas_import_fd(int, int, unsigned, struct cas_digests *, unsigned *,
                   struct cas_progress *);
 int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress *);
+
+#define CAS_SWEEP_DRY_RUN ...
+enum { CAS_SWEEP_NOT_REACHED, CAS_SWEEP_GONE, CAS_SWEEP_NOT_FILE, CAS_SWEEP_YOUNG,
+       CAS_SWEEP_REMOVED };
+struct cas_sweep_entry { uint64_t size; uint64_t links; uint8_t status;
+                         uint8_t index_unlinked; };
+int cas_sweep_shard(int, const int *, const char *, size_t, int64_t, unsigned,
+                    struct cas_sweep_entry *);
 """
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
@@ -48,7 +56,7 @@ def make_builder(root: str = "") -> FFI:
         "cas._native",
         '#include "cas_native.h"',
         sources=[os.path.join(native, name)
-                 for name in ("cas_hash.c", "cas_copy.c", "cas_verity.c")],
+                 for name in ("cas_hash.c", "cas_copy.c", "cas_verity.c", "cas_sweep.c")],
         include_dirs=[native],
         depends=[os.path.join(native, "cas_native.h")],
         libraries=["crypto", "pthread"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,8 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import Store, errors
+from cas.core import _reference, hashing
 from cas.core import image as images
 from cas.core.digest import ObjectId, Sha256
+from cas.core.hashing import SweptStatus
 from cas.core.image import Blob, Image, build, decode, encode, file_entry
 from cas.ops import artifacts, gc
 from conftest import object_files, write_random
@@ -320,3 +323,97 @@ def test_a_name_on_a_non_image_stops_gc(store: Store) -> None:
     store.names.set("bad", blob, "tree")
     with pytest.raises(errors.StoreCorrupt):
         gc.collect(store, grace=0)
+
+
+# -- the removal loop: native against its pure-Python twin ------------------------------
+
+OLD_NS, CUTOFF_NS, YOUNG_NS = 1_000 * 10**9, 2_000 * 10**9, 3_000 * 10**9
+
+
+def sweep_fixture(root: Path) -> tuple[int, list[int], list[str]]:
+    """A shard and its index holding every case the loop tells apart."""
+    shard_dir, index_dir = root / "objects" / "ab", root / "index"
+    shard_dir.mkdir(parents=True)
+    for byte in (0x11, 0x22):
+        (index_dir / f"{byte:02x}").mkdir(parents=True)
+
+    def obj(name: str, mtime_ns: int = OLD_NS, sha: bytes | None = None,
+            link: bool = False) -> None:
+        path = shard_dir / name
+        path.write_bytes(name.encode() * 10)
+        if sha is not None:
+            os.setxattr(path, "user.cas.sha256", sha)
+        if link:
+            assert sha is not None
+            os.link(path, index_dir / f"{sha[0]:02x}" / sha[1:].hex())
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    obj("indexed", sha=b"\x11" * 32, link=True)
+    obj("young", YOUNG_NS, sha=b"\x11" + b"\x01" * 31, link=True)
+    obj("alone")                                       # one link: nothing to unlink first
+    obj("no-xattr", sha=None)
+    os.link(shard_dir / "no-xattr", root / "elsewhere")  # two links, none findable
+    obj("other-inode", sha=b"\x22" * 32)
+    (index_dir / "22" / (b"\x22" * 31).hex()).write_bytes(b"another file")
+    os.link(shard_dir / "other-inode", root / "elsewhere2")
+    obj("no-index-shard", sha=b"\x33" * 32)
+    os.link(shard_dir / "no-index-shard", root / "elsewhere3")
+    os.symlink("indexed", shard_dir / "symlink")
+    (shard_dir / "dir").mkdir()
+    index_fds = [-1] * 256
+    for byte in (0x11, 0x22):
+        index_fds[byte] = os.open(index_dir / f"{byte:02x}", os.O_RDONLY | os.O_DIRECTORY)
+    names = ["indexed", "young", "alone", "no-xattr", "other-inode", "no-index-shard",
+             "symlink", "dir", "missing"]
+    return os.open(shard_dir, os.O_RDONLY | os.O_DIRECTORY), index_fds, names
+
+
+def tree_of(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["remove", "dry-run"])
+def test_sweep_shard_native_matches_reference(tmp_path: Path, dry_run: bool) -> None:
+    results, trees = [], []
+    for backend in (hashing, _reference):
+        root = tmp_path / backend.__name__
+        shard_fd, index_fds, names = sweep_fixture(root)
+        try:
+            results.append(backend.sweep_shard(shard_fd, index_fds, names, CUTOFF_NS,
+                                               dry_run=dry_run))
+        finally:
+            for fd in [shard_fd, *index_fds]:
+                if fd >= 0:
+                    os.close(fd)
+        trees.append(tree_of(root))
+    assert results[0] == results[1] and trees[0] == trees[1]
+    by_name = dict(zip(names, results[0], strict=True))
+    S = SweptStatus
+    assert {n: r.status for n, r in by_name.items()} == {
+        "indexed": S.REMOVED, "young": S.YOUNG, "alone": S.REMOVED, "no-xattr": S.REMOVED,
+        "other-inode": S.REMOVED, "no-index-shard": S.REMOVED, "symlink": S.NOT_FILE,
+        "dir": S.NOT_FILE, "missing": S.GONE}
+    assert [n for n, r in by_name.items() if r.index_unlinked] == ([] if dry_run
+                                                                   else ["indexed"])
+    left = set(trees[0])
+    assert ("objects/ab/indexed" in left) == dry_run
+    assert ("index/11/" + (b"\x11" * 31).hex() in left) == dry_run
+    assert {"objects/ab/young", "objects/ab/symlink", "objects/ab/dir",
+            "index/22/" + (b"\x22" * 31).hex()} <= left   # never someone else's entry
+
+
+def test_sweep_shard_refuses_a_path_before_touching_anything(tmp_path: Path) -> None:
+    for backend in (hashing, _reference):
+        root = tmp_path / backend.__name__
+        shard_fd, index_fds, names = sweep_fixture(root)
+        before = tree_of(root)
+        try:
+            with pytest.raises(OSError) as info:
+                backend.sweep_shard(shard_fd, index_fds, [*names, "../ab/alone"], CUTOFF_NS,
+                                    dry_run=False)
+            assert info.value.errno == errno.EINVAL
+        finally:
+            for fd in [shard_fd, *index_fds]:
+                if fd >= 0:
+                    os.close(fd)
+        assert tree_of(root) == before

@@ -1,4 +1,5 @@
-"""Hashing and import API: fs-verity digest (object id) + SHA-256 (OCI digest).
+"""Hashing and import API: fs-verity digest (object id) + SHA-256 (OCI digest); and
+GC's removal loop (``sweep_shard``), the other syscall-bound hot path.
 
 The work is done by the C extension ``cas._native`` (cffi, GIL released for the whole
 call). ``cas.core._reference`` is a slow pure-Python twin used to cross-check it; it is used
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from cas.core import _reference
 
-__all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "StreamHasher",
-           "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd"]
+__all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "StreamHasher", "Swept",
+           "SweptStatus", "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd",
+           "sweep_shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +264,49 @@ def copy_fd(src_fd: int, dst_fd: int, *,
     _check(_lib.cas_copy_fd(src_fd, dst_fd, _allowed_bits(methods), copied, used,
                             _c_progress(progress)))
     return int(copied[0]), _METHOD_OF_BIT[int(used[0])]
+
+
+class SweptStatus(enum.IntEnum):
+    """What ``sweep_shard`` found for one name (the C enum's values)."""
+
+    NOT_REACHED = 0   # an earlier name failed: this one was not looked at
+    GONE = 1
+    NOT_FILE = 2
+    YOUNG = 3         # modified within the grace period
+    REMOVED = 4       # unlinked (or, in a dry run, would be)
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    status: SweptStatus
+    size: int
+    links: int
+    index_unlinked: bool
+
+
+#: The index's shard directories for ``sweep_shard``: 256 fds, -1 where there is none.
+IndexFds = list[int]
+
+
+def sweep_shard(shard_fd: int, index_fds: IndexFds, names: list[str], cutoff_ns: int, *,
+                dry_run: bool) -> list[Swept]:
+    """GC's removal loop for one ``objects/XX`` (``names``: unreachable objects in it).
+
+    Each regular file not modified after ``cutoff_ns`` is unlinked (unless ``dry_run``),
+    after its index entry when it has more than one link: the entry its
+    ``user.cas.sha256`` xattr names in ``index_fds``, if it is the same inode. The first
+    failure other than "gone" raises OSError; the names after it are not touched.
+    """
+    if _BACKEND is None:
+        from cas.core import _reference
+        return _reference.sweep_shard(shard_fd, index_fds, names, cutoff_ns, dry_run=dry_run)
+    if len(index_fds) != 256:
+        raise ValueError("index_fds needs one fd per shard (256)")
+    out = _ffi.new("struct cas_sweep_entry[]", max(1, len(names)))
+    packed = b"".join(os.fsencode(name) + b"\0" for name in names)
+    flags = _lib.CAS_SWEEP_DRY_RUN if dry_run else 0
+    rc = _lib.cas_sweep_shard(shard_fd, _ffi.new("int[]", index_fds), packed, len(names),
+                              cutoff_ns, flags, out)
+    _check(rc)
+    return [Swept(SweptStatus(e.status), int(e.size), int(e.links), bool(e.index_unlinked))
+            for e in out[0:len(names)]]

@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import os
 import stat
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -36,8 +35,9 @@ from cas import errors
 from cas.core import fsio, hashing
 from cas.core import image as images
 from cas.core import lock as locks
-from cas.core.digest import ObjectId, is_hex64, shard
-from cas.core.store import SHA256_XATTR, Store
+from cas.core.digest import ObjectId, is_hex64
+from cas.core.hashing import SweptStatus
+from cas.core.store import Store
 
 GC_LOCK = "gc.lock"
 DEFAULT_GRACE = 3600.0
@@ -192,13 +192,15 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
     marked = {oid[2:] for oid in reachable}
     unlinked_all = True
     running: deque[Future[_ShardSweep]] = deque()
-    with _IndexShards(store.index_fd) as index, ThreadPoolExecutor(SWEEP_THREADS) as pool:
+    cutoff_ns = max(int((now - report.grace) * 1e9), -(1 << 63))  # older: past the grace
+    with _IndexShards(store.index_fd, needed=not report.dry_run) as index, \
+            ThreadPoolExecutor(SWEEP_THREADS) as pool:
         for shard_name in shard_names:  # submitted as threads free up: deadline honoured
             if deadline is not None and time.monotonic() >= deadline:
                 report.complete = False
                 break
             running.append(pool.submit(_sweep_shard, store, index, shard_name, marked,
-                                       report.grace, now, report.dry_run))
+                                       cutoff_ns, report.dry_run))
             if len(running) >= SWEEP_THREADS:
                 unlinked_all &= running.popleft().result().add_to(report)
         for future in running:
@@ -207,37 +209,28 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
 
 
 class _IndexShards:
-    """The ``index/sha256/XX`` directories, each opened once per run (not once per
-    object removed), shared by the sweep threads."""
+    """The ``index/sha256/XX`` directories, opened once per run (not once per object
+    removed) and shared by the sweep threads: one fd per shard, -1 where there is none."""
 
-    def __init__(self, index_fd: int) -> None:
-        self._index_fd = index_fd
-        self._fds: dict[str, int | None] = {}
-        self._lock = threading.Lock()
+    def __init__(self, index_fd: int, *, needed: bool) -> None:
+        self.fds = [-1] * 256
+        for byte in range(256) if needed else ():
+            with contextlib.suppress(OSError):
+                self.fds[byte] = fsio.open_dir(f"{byte:02x}", index_fd)
 
     def __enter__(self) -> _IndexShards:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in self._fds.values():
-            if fd is not None:
+        for fd in self.fds:
+            if fd >= 0:
                 os.close(fd)
-
-    def fd(self, shard_name: str) -> int | None:
-        """The shard's directory fd, or None if it cannot be opened."""
-        with self._lock:
-            if shard_name not in self._fds:
-                try:
-                    self._fds[shard_name] = fsio.open_dir(shard_name, self._index_fd)
-                except OSError:
-                    self._fds[shard_name] = None
-            return self._fds[shard_name]
 
 
 def _sweep_shard(store: Store, index: _IndexShards, shard_name: str, marked: set[str],
-                 grace: float, now: float, dry_run: bool) -> _ShardSweep:
+                 cutoff_ns: int, dry_run: bool) -> _ShardSweep:
     """Sweep one ``objects/XX``: the names not marked come from one set difference (in
-    C), so only garbage candidates cost Python work and an lstat."""
+    C); the native loop checks and removes them (``hashing.sweep_shard``)."""
     part = _ShardSweep()
     try:
         shard_fd = fsio.open_dir(shard_name, store.objects_fd)
@@ -246,65 +239,26 @@ def _sweep_shard(store: Store, index: _IndexShards, shard_name: str, marked: set
     try:
         names = os.listdir(shard_fd)
         part.scanned = len(names)
-        for name in sorted(set(names).difference(marked)):
-            oid = shard_name + name
-            if not is_hex64(oid):
-                continue  # a stray: verify reports it, GC never judges it
-            try:
-                st = os.lstat(name, dir_fd=shard_fd)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if now - st.st_mtime < grace:
-                part.kept_in_grace += 1
-                continue
-            if st.st_nlink > 1:
-                if dry_run:
-                    part.index_removed += 1
-                elif _unlink_index_link(index, shard_fd, name, st):
-                    part.index_removed += 1
-                else:
-                    part.unlinked_all = False
-            if dry_run:
-                part.removed_ids.append(oid)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=shard_fd)
-            part.removed += 1
-            part.bytes += st.st_size
+        # a stray name (not an object id) is never judged: verify reports it
+        candidates = [name for name in sorted(set(names).difference(marked))
+                      if is_hex64(shard_name + name)]
+        swept = hashing.sweep_shard(shard_fd, index.fds, candidates, cutoff_ns,
+                                    dry_run=dry_run)
     finally:
         os.close(shard_fd)
+    for name, result in zip(candidates, swept, strict=True):
+        if result.status is SweptStatus.YOUNG:
+            part.kept_in_grace += 1
+        elif result.status is SweptStatus.REMOVED:
+            part.removed += 1
+            part.bytes += result.size
+            if result.links > 1 and (dry_run or result.index_unlinked):
+                part.index_removed += 1
+            elif result.links > 1:
+                part.unlinked_all = False
+            if dry_run:
+                part.removed_ids.append(shard_name + name)
     return part
-
-
-def _unlink_index_link(index: _IndexShards, shard_fd: int, name: str,
-                       st: os.stat_result) -> bool:
-    """Unlink the index entry that is this object's inode; False if it can't be found."""
-    try:
-        fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
-    except OSError:
-        return False
-    try:
-        sha = os.getxattr(fd, SHA256_XATTR)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    if len(sha) != 32:
-        return False
-    idx_shard, idx_rest = shard(sha.hex())
-    idx_fd = index.fd(idx_shard)
-    if idx_fd is None:
-        return False
-    try:
-        entry = os.lstat(idx_rest, dir_fd=idx_fd)
-        if (entry.st_dev, entry.st_ino) != (st.st_dev, st.st_ino):
-            return False
-        os.unlink(idx_rest, dir_fd=idx_fd)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _sweep_index(store: Store, report: GcReport) -> None:

@@ -29,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define BLOCK 4096u
@@ -309,6 +311,56 @@ static void check_cancel(void)
     close(fd);
 }
 
+/* GC's removal loop: an old indexed object goes with its index entry, a young
+ * one and a directory stay, a missing name is gone; a '/' touches nothing. */
+static void check_sweep(void)
+{
+    char dir[] = "/tmp/cas_fuzz_sweep.XXXXXX", path[256], rest[63];
+    static const char names[] = "old\0young\0sub\0missing";
+    struct cas_sweep_entry out[4];
+    struct timespec times[2] = {{1000, 0}, {1000, 0}};
+    uint8_t sha[32];
+    int index_fds[256], shard_fd, i, fd;
+
+    check(mkdtemp(dir) != NULL, "mkdtemp");
+    for (i = 0; i < 256; i++)
+        index_fds[i] = -1;
+    snprintf(path, sizeof(path), "%s/ab", dir);
+    check(mkdir(path, 0755) == 0, "mkdir shard");
+    shard_fd = open(path, O_RDONLY | O_DIRECTORY);
+    snprintf(path, sizeof(path), "%s/11", dir);
+    check(mkdir(path, 0755) == 0, "mkdir index");
+    index_fds[0x11] = open(path, O_RDONLY | O_DIRECTORY);
+    memset(sha, 0x11, sizeof(sha));
+    memset(rest, '1', 62);
+    rest[62] = '\0';
+    fd = openat(shard_fd, "old", O_WRONLY | O_CREAT, 0444);
+    check(fd >= 0 && fsetxattr(fd, "user.cas.sha256", sha, 32, 0) == 0, "xattr");
+    check(futimens(fd, times) == 0, "futimens");
+    close(fd);
+    check(linkat(shard_fd, "old", index_fds[0x11], rest, 0) == 0, "index link");
+    close(openat(shard_fd, "young", O_WRONLY | O_CREAT, 0444));
+    check(mkdirat(shard_fd, "sub", 0755) == 0, "mkdirat");
+    check(cas_sweep_shard(shard_fd, index_fds, "x/y", 1, 0, 0, out) == -EINVAL,
+          "sweep refuses a path");
+    check(cas_sweep_shard(shard_fd, index_fds, names, 4, 2000000000000LL, 0, out) == 0,
+          "sweep");
+    check(out[0].status == CAS_SWEEP_REMOVED && out[0].index_unlinked == 1
+          && out[1].status == CAS_SWEEP_YOUNG && out[2].status == CAS_SWEEP_NOT_FILE
+          && out[3].status == CAS_SWEEP_GONE, "sweep outcomes");
+    check(faccessat(shard_fd, "old", F_OK, 0) != 0
+          && faccessat(index_fds[0x11], rest, F_OK, 0) != 0, "sweep unlinked");
+    unlinkat(shard_fd, "young", 0);
+    unlinkat(shard_fd, "sub", AT_REMOVEDIR);
+    close(shard_fd);
+    close(index_fds[0x11]);
+    snprintf(path, sizeof(path), "%s/ab", dir);
+    rmdir(path);
+    snprintf(path, sizeof(path), "%s/11", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     static const long sweep[] = {0, 1, 4095, 4096, 4097, 524287, 524288,
@@ -341,6 +393,7 @@ int main(int argc, char **argv)
         free(buf);
     }
     check_cancel();
+    check_sweep();
     printf("cas_fuzz: all checks passed\n");
     return 0;
 }
