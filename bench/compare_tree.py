@@ -2,12 +2,15 @@
 and `cas checkout --link reflink` of artifacts of growing size on XFS.
 
     python bench/compare_tree.py [--files 20000] [--repeat 3] [--checkout-gib 1 4]
+                                 (--files 0: checkouts only)
 
 Import: the same tree (sizes log-uniform between 1 KiB and 1 MiB, seeded) goes into a
 fresh cas store and a fresh OSTree repository (bare-user mode) on the same filesystem,
 both with their default durability; the table gives files/s and the ratio.
 Checkout (root, loop-mounted XFS): the time to materialise a one-file artifact of each
-size — with reflinks it should not grow with the size.
+size — with reflinks it should not grow with the size; verified, it reads the bytes once
+(the fs-verity digest on every core), against one `openssl dgst -sha256` pass (target on
+two cores: <= 0.55x).
 """
 
 from __future__ import annotations
@@ -114,10 +117,11 @@ def main() -> None:
     parser.add_argument("--checkout-gib", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args()
-    if shutil.which("ostree") is None:
+    if args.files > 0 and shutil.which("ostree") is None:
         raise SystemExit("ostree is not installed (apt-get install ostree)")
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        bench_import(Path(tmp), args.files, args.repeat)
+    if args.files > 0:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            bench_import(Path(tmp), args.files, args.repeat)
     if os.geteuid() == 0 and args.checkout_gib:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             bench_checkout(Path(tmp), args.checkout_gib, args.repeat)
