@@ -16,7 +16,7 @@ import os
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from cas.core import _reference
@@ -276,12 +276,14 @@ class SweptStatus(enum.IntEnum):
     REMOVED = 4       # unlinked (or, in a dry run, would be)
 
 
-@dataclass(frozen=True, slots=True)
-class Swept:
+class Swept(NamedTuple):  # a tuple: GC makes one per unreachable object
     status: SweptStatus
     size: int
     links: int
     index_unlinked: bool
+
+
+_STATUS = tuple(SweptStatus)  # by value: cheaper than SweptStatus(value) per object
 
 
 #: The index's shard directories for ``sweep_shard``: 256 fds, -1 where there is none.
@@ -303,10 +305,10 @@ def sweep_shard(shard_fd: int, index_fds: IndexFds, names: list[str], cutoff_ns:
     if len(index_fds) != 256:
         raise ValueError("index_fds needs one fd per shard (256)")
     out = _ffi.new("struct cas_sweep_entry[]", max(1, len(names)))
-    packed = b"".join(os.fsencode(name) + b"\0" for name in names)
+    packed = os.fsencode("".join(name + "\0" for name in names))
     flags = _lib.CAS_SWEEP_DRY_RUN if dry_run else 0
     rc = _lib.cas_sweep_shard(shard_fd, _ffi.new("int[]", index_fds), packed, len(names),
                               cutoff_ns, flags, out)
     _check(rc)
-    return [Swept(SweptStatus(e.status), int(e.size), int(e.links), bool(e.index_unlinked))
+    return [Swept(_STATUS[e.status], e.size, e.links, bool(e.index_unlinked))
             for e in out[0:len(names)]]
