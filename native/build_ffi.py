@@ -35,12 +35,13 @@ int cas_import_fd(int, int, unsigned, struct cas_digests *, unsigned *,
 int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress *);
 
 #define CAS_SWEEP_DRY_RUN ...
-enum { CAS_SWEEP_NOT_REACHED, CAS_SWEEP_GONE, CAS_SWEEP_NOT_FILE, CAS_SWEEP_YOUNG,
-       CAS_SWEEP_REMOVED };
-struct cas_sweep_entry { uint64_t size; uint64_t links; uint8_t status;
-                         uint8_t index_unlinked; };
-int cas_sweep_shard(int, const int *, const char *, size_t, int64_t, unsigned,
-                    struct cas_sweep_entry *);
+enum { CAS_SWEEP_GONE, CAS_SWEEP_NOT_FILE, CAS_SWEEP_YOUNG, CAS_SWEEP_REMOVED };
+struct cas_sweep_entry { char name[63]; uint8_t status; uint8_t index_unlinked;
+                         uint64_t size; uint64_t links; };
+size_t cas_ids_sort_unique(uint8_t *, size_t);
+int cas_sweep_shard(int, unsigned, const uint8_t *, size_t, const int *, int64_t, unsigned,
+                    struct cas_sweep_entry **, size_t *, uint64_t *);
+void cas_sweep_free(struct cas_sweep_entry *);
 """
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]

@@ -137,32 +137,41 @@ int cas_import_fd(int src_fd, int dst_fd, unsigned allowed,
 int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
                 unsigned *method_used, struct cas_progress *progress);
 
-/* ---- GC: unlink unreachable objects of one objects/XX shard ---------------
- * `names` holds n NUL-terminated names in the directory shard_fd, one after the
- * other, each an object the caller's mark found unreachable. For each, in order:
- * fstatat without following: gone -> CAS_SWEEP_GONE; anything but a regular
- * file -> CAS_SWEEP_NOT_FILE; modified after `cutoff_ns` (ns since the epoch,
- * the grace period) -> CAS_SWEEP_YOUNG; else CAS_SWEEP_REMOVED, and unless
+/* ---- GC: the mark set and the sweep of one objects/XX shard ---------------
+ * cas_ids_sort_unique sorts n raw 32-byte ids in place, drops repeats and
+ * returns how many are left (the mark set for cas_sweep_shard).
+ *
+ * cas_sweep_shard lists shard_fd (the directory objects/XX, XX = `shard` in
+ * hex). A name that is not 62 lowercase hex digits is a stray and never
+ * judged; an id (shard byte + name) found in `marked` (n_marked sorted unique
+ * ids) is reachable. Each other name, in name order, is looked at with fstatat
+ * without following: gone -> CAS_SWEEP_GONE; anything but a regular file ->
+ * CAS_SWEEP_NOT_FILE; modified after `cutoff_ns` (ns since the epoch: the
+ * grace period) -> CAS_SWEEP_YOUNG; else CAS_SWEEP_REMOVED, and unless
  * CAS_SWEEP_DRY_RUN the object is unlinked -- after its index entry if it has
  * more than one link: its user.cas.sha256 xattr (32 bytes) names the entry
  * <hex of sha[1..31]> in index_fds[sha[0]] (256 fds, -1 for a missing shard),
  * unlinked only if it is the same inode (index_unlinked = 1; 0 if it could not
- * be found so). size and links come from the fstatat. A name with '/' is
- * -EINVAL before anything is touched. Returns 0, or the -errno of the first
- * failure other than ENOENT; the entries after it stay CAS_SWEEP_NOT_REACHED.
+ * be found so). size and links come from the fstatat.
+ * On success *out (free with cas_sweep_free) holds *n_out entries, one per
+ * unreachable name, and *scanned counts every name listed. Returns 0, or the
+ * -errno of the first failure other than ENOENT (then *out is NULL).
  */
 #define CAS_SWEEP_DRY_RUN 1u
-enum { CAS_SWEEP_NOT_REACHED, CAS_SWEEP_GONE, CAS_SWEEP_NOT_FILE, CAS_SWEEP_YOUNG,
-       CAS_SWEEP_REMOVED };
+enum { CAS_SWEEP_GONE, CAS_SWEEP_NOT_FILE, CAS_SWEEP_YOUNG, CAS_SWEEP_REMOVED };
 struct cas_sweep_entry {
-    uint64_t size;
-    uint64_t links;
+    char name[63];
     uint8_t status;
     uint8_t index_unlinked;
+    uint64_t size;
+    uint64_t links;
 };
-int cas_sweep_shard(int shard_fd, const int *index_fds, const char *names,
-                    size_t n, int64_t cutoff_ns, unsigned flags,
-                    struct cas_sweep_entry *out);
+size_t cas_ids_sort_unique(uint8_t *ids, size_t n);
+int cas_sweep_shard(int shard_fd, unsigned shard, const uint8_t *marked,
+                    size_t n_marked, const int *index_fds, int64_t cutoff_ns,
+                    unsigned flags, struct cas_sweep_entry **out, size_t *n_out,
+                    uint64_t *scanned);
+void cas_sweep_free(struct cas_sweep_entry *entries);
 
 /* ---- internal: shared by cas_hash.c and cas_copy.c, not exported to Python.
  * A pipeline owns the hashing threads of one call. In "EOF" mode they read

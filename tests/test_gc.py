@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -295,27 +294,31 @@ def image_bytes(tails: list[bytes], objects: int) -> bytes:
     return encode(build(entries, [blob], {"type": "tree"}))
 
 
+def ids_of(raw: bytes) -> set[str]:
+    assert len(raw) % 32 == 0
+    return {raw[i:i + 32].hex() for i in range(0, len(raw), 32)}
+
+
 @settings(max_examples=300, deadline=None)
 @given(tails=st.lists(st.binary(max_size=40).map(lambda b: b + LOOK_ALIKE + b[:20]),
                       max_size=4),
        objects=st.integers(0, 5))
-def test_needed_objects_finds_every_id(tails: list[bytes], objects: int) -> None:
+def test_needed_ids_finds_every_id(tails: list[bytes], objects: int) -> None:
     """Every id decode finds; look-alikes in other values may add ids, never hide one."""
     data = image_bytes(tails, objects)
     exact = decode(data).object_ids()
-    found = images.needed_objects(data)
+    found = ids_of(images.needed_ids(data))
     assert exact <= found
-    assert all(len(oid) == 64 for oid in found)
     assert len(found) <= data.count(LOOK_ALIKE)
 
 
-def test_needed_objects_decodes_in_full_what_it_cannot_scan() -> None:
+def test_needed_ids_decodes_in_full_what_it_cannot_scan() -> None:
     plain = image_bytes([], 3)
-    assert images.needed_objects(plain) == decode(plain).object_ids()
+    assert ids_of(images.needed_ids(plain)) == decode(plain).object_ids()
     odd = image_bytes([b"\xa6object!"], 2)   # the key's bytes without a bin8 after them
-    assert images.needed_objects(odd) == decode(odd).object_ids()
+    assert ids_of(images.needed_ids(odd)) == decode(odd).object_ids()
     with pytest.raises(errors.BadImage):     # not an image: refused, not read as "no ids"
-        images.needed_objects(b"\x84\xa5blobs" + b"\x00" * 40)
+        images.needed_ids(b"\x84\xa5blobs" + b"\x00" * 40)
 
 
 def test_a_name_on_a_non_image_stops_gc(store: Store) -> None:
@@ -325,47 +328,57 @@ def test_a_name_on_a_non_image_stops_gc(store: Store) -> None:
         gc.collect(store, grace=0)
 
 
-# -- the removal loop: native against its pure-Python twin ------------------------------
+# -- the sweep of one shard: native against its pure-Python twin ----------------------
 
 OLD_NS, CUTOFF_NS, YOUNG_NS = 1_000 * 10**9, 2_000 * 10**9, 3_000 * 10**9
+SHARD = 0xab
 
 
-def sweep_fixture(root: Path) -> tuple[int, list[int], list[str]]:
-    """A shard and its index holding every case the loop tells apart."""
-    shard_dir, index_dir = root / "objects" / "ab", root / "index"
+def rest(tag: str) -> str:
+    """A name in the shard: an object id without its shard byte."""
+    return hashlib.sha256(tag.encode()).hexdigest()[2:]
+
+
+def sweep_fixture(root: Path) -> tuple[int, list[int], hashing.SortedIds]:
+    """A shard and its index holding every case the sweep tells apart; returns its fd, the
+    index fds and the mark set."""
+    shard_dir, index_dir = root / "objects" / f"{SHARD:02x}", root / "index"
     shard_dir.mkdir(parents=True)
     for byte in (0x11, 0x22):
         (index_dir / f"{byte:02x}").mkdir(parents=True)
 
-    def obj(name: str, mtime_ns: int = OLD_NS, sha: bytes | None = None,
-            link: bool = False) -> None:
-        path = shard_dir / name
-        path.write_bytes(name.encode() * 10)
+    def obj(tag: str, mtime_ns: int = OLD_NS, sha: bytes | None = None,
+            link: str | None = None) -> None:
+        path = shard_dir / rest(tag)
+        path.write_bytes(tag.encode() * 10)
         if sha is not None:
             os.setxattr(path, "user.cas.sha256", sha)
-        if link:
+        if link == "index":
             assert sha is not None
             os.link(path, index_dir / f"{sha[0]:02x}" / sha[1:].hex())
+        elif link is not None:
+            os.link(path, root / link)
         os.utime(path, ns=(mtime_ns, mtime_ns))
 
-    obj("indexed", sha=b"\x11" * 32, link=True)
-    obj("young", YOUNG_NS, sha=b"\x11" + b"\x01" * 31, link=True)
-    obj("alone")                                       # one link: nothing to unlink first
-    obj("no-xattr", sha=None)
-    os.link(shard_dir / "no-xattr", root / "elsewhere")  # two links, none findable
-    obj("other-inode", sha=b"\x22" * 32)
+    obj("indexed", sha=b"\x11" * 32, link="index")
+    obj("marked", sha=b"\x11" + b"\x02" * 31, link="index")
+    obj("young", YOUNG_NS, sha=b"\x11" + b"\x01" * 31, link="index")
+    obj("alone")                                        # one link: nothing to unlink first
+    obj("no-xattr", link="elsewhere")                   # two links, none findable
+    obj("other-inode", sha=b"\x22" * 32, link="elsewhere2")
     (index_dir / "22" / (b"\x22" * 31).hex()).write_bytes(b"another file")
-    os.link(shard_dir / "other-inode", root / "elsewhere2")
-    obj("no-index-shard", sha=b"\x33" * 32)
-    os.link(shard_dir / "no-index-shard", root / "elsewhere3")
-    os.symlink("indexed", shard_dir / "symlink")
-    (shard_dir / "dir").mkdir()
+    obj("no-index-shard", sha=b"\x33" * 32, link="elsewhere3")
+    os.symlink(rest("indexed"), shard_dir / rest("symlink"))
+    (shard_dir / rest("dir")).mkdir()
+    for stray in ("README", rest("upper").upper(), rest("short")[:-2], "x" * 62):
+        (shard_dir / stray).write_bytes(b"not an object")
+        os.utime(shard_dir / stray, ns=(OLD_NS, OLD_NS))
     index_fds = [-1] * 256
     for byte in (0x11, 0x22):
         index_fds[byte] = os.open(index_dir / f"{byte:02x}", os.O_RDONLY | os.O_DIRECTORY)
-    names = ["indexed", "young", "alone", "no-xattr", "other-inode", "no-index-shard",
-             "symlink", "dir", "missing"]
-    return os.open(shard_dir, os.O_RDONLY | os.O_DIRECTORY), index_fds, names
+    marked = hashing.sort_ids(bytes([SHARD]) + bytes.fromhex(rest("marked"))
+                              + bytes([SHARD + 1]) + bytes.fromhex(rest("alone")))
+    return os.open(shard_dir, os.O_RDONLY | os.O_DIRECTORY), index_fds, marked
 
 
 def tree_of(root: Path) -> list[str]:
@@ -377,43 +390,40 @@ def test_sweep_shard_native_matches_reference(tmp_path: Path, dry_run: bool) -> 
     results, trees = [], []
     for backend in (hashing, _reference):
         root = tmp_path / backend.__name__
-        shard_fd, index_fds, names = sweep_fixture(root)
+        shard_fd, index_fds, marked = sweep_fixture(root)
         try:
-            results.append(backend.sweep_shard(shard_fd, index_fds, names, CUTOFF_NS,
-                                               dry_run=dry_run))
+            results.append(backend.sweep_shard(shard_fd, SHARD, marked, index_fds,
+                                               CUTOFF_NS, dry_run=dry_run))
         finally:
             for fd in [shard_fd, *index_fds]:
                 if fd >= 0:
                     os.close(fd)
         trees.append(tree_of(root))
     assert results[0] == results[1] and trees[0] == trees[1]
-    by_name = dict(zip(names, results[0], strict=True))
+    scanned, swept = results[0]
+    assert scanned == 13
     S = SweptStatus
-    assert {n: r.status for n, r in by_name.items()} == {
+    names = {rest(tag): tag for tag in ("indexed", "young", "alone", "no-xattr",
+                                        "other-inode", "no-index-shard", "symlink", "dir")}
+    assert [r.name for r in swept] == sorted(names)  # strays and "marked" never judged
+    assert {names[r.name]: r.status for r in swept} == {
         "indexed": S.REMOVED, "young": S.YOUNG, "alone": S.REMOVED, "no-xattr": S.REMOVED,
         "other-inode": S.REMOVED, "no-index-shard": S.REMOVED, "symlink": S.NOT_FILE,
-        "dir": S.NOT_FILE, "missing": S.GONE}
-    assert [n for n, r in by_name.items() if r.index_unlinked] == ([] if dry_run
-                                                                   else ["indexed"])
+        "dir": S.NOT_FILE}
+    assert [names[r.name] for r in swept if r.index_unlinked] == ([] if dry_run
+                                                                  else ["indexed"])
     left = set(trees[0])
-    assert ("objects/ab/indexed" in left) == dry_run
+    shard = f"objects/{SHARD:02x}/"
+    assert (shard + rest("indexed") in left) == dry_run
     assert ("index/11/" + (b"\x11" * 31).hex() in left) == dry_run
-    assert {"objects/ab/young", "objects/ab/symlink", "objects/ab/dir",
-            "index/22/" + (b"\x22" * 31).hex()} <= left   # never someone else's entry
+    assert {shard + rest(t) for t in ("marked", "young", "symlink", "dir")} <= left
+    assert {shard + "README", "index/22/" + (b"\x22" * 31).hex()} <= left
 
 
-def test_sweep_shard_refuses_a_path_before_touching_anything(tmp_path: Path) -> None:
-    for backend in (hashing, _reference):
-        root = tmp_path / backend.__name__
-        shard_fd, index_fds, names = sweep_fixture(root)
-        before = tree_of(root)
-        try:
-            with pytest.raises(OSError) as info:
-                backend.sweep_shard(shard_fd, index_fds, [*names, "../ab/alone"], CUTOFF_NS,
-                                    dry_run=False)
-            assert info.value.errno == errno.EINVAL
-        finally:
-            for fd in [shard_fd, *index_fds]:
-                if fd >= 0:
-                    os.close(fd)
-        assert tree_of(root) == before
+def test_sort_ids_native_matches_reference() -> None:
+    ids = b"".join(hashlib.sha256(bytes([i % 7])).digest() for i in range(50))
+    assert hashing.sort_ids(ids) == _reference.sort_ids(ids)
+    assert ids_of(hashing.sort_ids(ids)) == ids_of(ids) and len(hashing.sort_ids(ids)) == 7 * 32
+    assert hashing.sort_ids(b"") == b""
+    with pytest.raises(ValueError):
+        hashing.sort_ids(b"x" * 33)

@@ -7,10 +7,12 @@ fs-verity algorithm is the one of Linux Documentation/filesystems/fsverity.rst.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable
@@ -176,6 +178,10 @@ def copy_fd(src_fd: int, dst_fd: int, *,
 SHA256_XATTR = "user.cas.sha256"
 
 
+def sort_ids(ids: bytes | bytearray) -> bytes:
+    return b"".join(sorted({bytes(ids[i:i + 32]) for i in range(0, len(ids), 32)}))
+
+
 def _unlink_index_entry(shard_fd: int, name: str, st: os.stat_result,
                         index_fds: list[int]) -> bool:
     try:
@@ -202,27 +208,29 @@ def _unlink_index_entry(shard_fd: int, name: str, st: os.stat_result,
     return True
 
 
-def sweep_shard(shard_fd: int, index_fds: list[int], names: list[str], cutoff_ns: int, *,
-                dry_run: bool) -> list[hashing.Swept]:
-    out = [hashing.Swept(hashing.SweptStatus.NOT_REACHED, 0, 0, False)] * len(names)
-    if any("/" in name for name in names):
-        raise _invalid()
-    for i, name in enumerate(names):
-        try:
-            st = os.lstat(name, dir_fd=shard_fd)
-        except FileNotFoundError:
-            out[i] = hashing.Swept(hashing.SweptStatus.GONE, 0, 0, False)
-            continue
-        status = (hashing.SweptStatus.NOT_FILE if not stat.S_ISREG(st.st_mode)
-                  else hashing.SweptStatus.YOUNG if st.st_mtime_ns > cutoff_ns
-                  else hashing.SweptStatus.REMOVED)
-        unlinked = False
-        if status is hashing.SweptStatus.REMOVED and not dry_run:
-            if st.st_nlink > 1:
-                unlinked = _unlink_index_entry(shard_fd, name, st, index_fds)
-            try:
-                os.unlink(name, dir_fd=shard_fd)
-            except FileNotFoundError:
-                pass
-        out[i] = hashing.Swept(status, st.st_size, st.st_nlink, unlinked)
-    return out
+def _sweep_one(shard_fd: int, name: str, index_fds: list[int], cutoff_ns: int,
+               dry_run: bool) -> hashing.Swept:
+    try:
+        st = os.lstat(name, dir_fd=shard_fd)
+    except FileNotFoundError:
+        return hashing.Swept(name, hashing.SweptStatus.GONE, 0, 0, False)
+    status = (hashing.SweptStatus.NOT_FILE if not stat.S_ISREG(st.st_mode)
+              else hashing.SweptStatus.YOUNG if st.st_mtime_ns > cutoff_ns
+              else hashing.SweptStatus.REMOVED)
+    unlinked = False
+    if status is hashing.SweptStatus.REMOVED and not dry_run:
+        if st.st_nlink > 1:
+            unlinked = _unlink_index_entry(shard_fd, name, st, index_fds)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=shard_fd)
+    return hashing.Swept(name, status, st.st_size, st.st_nlink, unlinked)
+
+
+def sweep_shard(shard_fd: int, shard: int, marked: bytes, index_fds: list[int],
+                cutoff_ns: int, *, dry_run: bool) -> tuple[int, list[hashing.Swept]]:
+    reachable = {marked[i:i + 32] for i in range(0, len(marked), 32)}
+    names = os.listdir(shard_fd)
+    unmarked = sorted(n for n in names if re.fullmatch("[0-9a-f]{62}", n)
+                      and bytes([shard]) + bytes.fromhex(n) not in reachable)
+    return len(names), [_sweep_one(shard_fd, n, index_fds, cutoff_ns, dry_run)
+                        for n in unmarked]

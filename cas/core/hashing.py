@@ -1,5 +1,5 @@
 """Hashing and import API: fs-verity digest (object id) + SHA-256 (OCI digest); and
-GC's removal loop (``sweep_shard``), the other syscall-bound hot path.
+GC's sweep of a shard (``sweep_shard``), the other syscall-bound hot path.
 
 The work is done by the C extension ``cas._native`` (cffi, GIL released for the whole
 call). ``cas.core._reference`` is a slow pure-Python twin used to cross-check it; it is used
@@ -16,14 +16,14 @@ import os
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NewType, Protocol
 
 if TYPE_CHECKING:
     from cas.core import _reference
 
-__all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "StreamHasher", "Swept",
-           "SweptStatus", "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd",
-           "sweep_shard"]
+__all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "SortedIds", "StreamHasher",
+           "Swept", "SweptStatus", "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd",
+           "sort_ids", "sweep_shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,16 +267,16 @@ def copy_fd(src_fd: int, dst_fd: int, *,
 
 
 class SweptStatus(enum.IntEnum):
-    """What ``sweep_shard`` found for one name (the C enum's values)."""
+    """What ``sweep_shard`` found for an unreachable name (the C enum's values)."""
 
-    NOT_REACHED = 0   # an earlier name failed: this one was not looked at
-    GONE = 1
-    NOT_FILE = 2
-    YOUNG = 3         # modified within the grace period
-    REMOVED = 4       # unlinked (or, in a dry run, would be)
+    GONE = 0
+    NOT_FILE = 1
+    YOUNG = 2         # modified within the grace period
+    REMOVED = 3       # unlinked (or, in a dry run, would be)
 
 
 class Swept(NamedTuple):  # a tuple: GC makes one per unreachable object
+    name: str             # the object id without its shard byte (62 hex digits)
     status: SweptStatus
     size: int
     links: int
@@ -285,30 +285,51 @@ class Swept(NamedTuple):  # a tuple: GC makes one per unreachable object
 
 _STATUS = tuple(SweptStatus)  # by value: cheaper than SweptStatus(value) per object
 
+#: Raw 32-byte ids, sorted, without repeats (only ``sort_ids`` makes them: the native
+#: sweep's binary search would call a reachable object garbage in an unsorted set).
+SortedIds = NewType("SortedIds", bytes)
 
-#: The index's shard directories for ``sweep_shard``: 256 fds, -1 where there is none.
-IndexFds = list[int]
 
-
-def sweep_shard(shard_fd: int, index_fds: IndexFds, names: list[str], cutoff_ns: int, *,
-                dry_run: bool) -> list[Swept]:
-    """GC's removal loop for one ``objects/XX`` (``names``: unreachable objects in it).
-
-    Each regular file not modified after ``cutoff_ns`` is unlinked (unless ``dry_run``),
-    after its index entry when it has more than one link: the entry its
-    ``user.cas.sha256`` xattr names in ``index_fds``, if it is the same inode. The first
-    failure other than "gone" raises OSError; the names after it are not touched.
-    """
+def sort_ids(ids: bytes | bytearray) -> SortedIds:
+    """GC's mark set for ``sweep_shard`` from raw 32-byte ids (repeats allowed)."""
+    if len(ids) % 32:
+        raise ValueError("ids are 32 bytes each")
     if _BACKEND is None:
         from cas.core import _reference
-        return _reference.sweep_shard(shard_fd, index_fds, names, cutoff_ns, dry_run=dry_run)
-    if len(index_fds) != 256:
-        raise ValueError("index_fds needs one fd per shard (256)")
-    out = _ffi.new("struct cas_sweep_entry[]", max(1, len(names)))
-    packed = os.fsencode("".join(name + "\0" for name in names))
-    flags = _lib.CAS_SWEEP_DRY_RUN if dry_run else 0
-    rc = _lib.cas_sweep_shard(shard_fd, _ffi.new("int[]", index_fds), packed, len(names),
-                              cutoff_ns, flags, out)
-    _check(rc)
-    return [Swept(_STATUS[e.status], e.size, e.links, bool(e.index_unlinked))
-            for e in out[0:len(names)]]
+        return SortedIds(_reference.sort_ids(ids))
+    work = bytearray(ids)
+    kept = _lib.cas_ids_sort_unique(_ffi.from_buffer("uint8_t[]", work), len(work) // 32)
+    return SortedIds(bytes(work[:32 * kept]))
+
+
+def sweep_shard(shard_fd: int, shard: int, marked: SortedIds, index_fds: list[int],
+                cutoff_ns: int, *, dry_run: bool) -> tuple[int, list[Swept]]:
+    """GC's sweep of one ``objects/XX`` (``shard`` = XX): the names listed, and what was
+    done with each unreachable one, in name order.
+
+    An object id not in ``marked`` (``sort_ids``) is unreachable; a name that is not an
+    object id is never judged. Each unreachable regular file not modified after
+    ``cutoff_ns`` is unlinked (unless ``dry_run``), after its index entry when it has
+    more than one link: the entry its ``user.cas.sha256`` xattr names among
+    ``index_fds`` (256, -1 for none), if it is the same inode. A failure other than
+    "gone" raises OSError.
+    """
+    if len(index_fds) != 256 or not 0 <= shard <= 255 or len(marked) % 32:
+        raise ValueError("sweep_shard: 256 index fds, a shard byte, 32-byte ids")
+    if _BACKEND is None:
+        from cas.core import _reference
+        return _reference.sweep_shard(shard_fd, shard, marked, index_fds, cutoff_ns,
+                                      dry_run=dry_run)
+    out = _ffi.new("struct cas_sweep_entry **")
+    count = _ffi.new("size_t *")
+    scanned = _ffi.new("uint64_t *")
+    _check(_lib.cas_sweep_shard(shard_fd, shard, _ffi.from_buffer("uint8_t[]", marked),
+                                len(marked) // 32, _ffi.new("int[]", index_fds), cutoff_ns,
+                                _lib.CAS_SWEEP_DRY_RUN if dry_run else 0, out, count,
+                                scanned))
+    try:
+        return int(scanned[0]), [
+            Swept(_ffi.string(e.name).decode(), _STATUS[e.status], e.size, e.links,
+                  bool(e.index_unlinked)) for e in out[0][0:count[0]]]
+    finally:
+        _lib.cas_sweep_free(out[0])

@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 
@@ -228,9 +228,10 @@ _OBJECT_KEY = b"\xa6object"
 _OBJECT_ID = _OBJECT_KEY + b"\xc4\x20"
 
 
-def needed_objects(data: bytes) -> set[ObjectId]:
-    """``decode(data).object_ids()`` for GC's mark, which reads every image: only for
-    bytes already checked against their object id (so cas wrote them).
+def needed_ids(data: bytes) -> bytes:
+    """``decode(data).object_ids()`` for GC's mark, which reads every image, as raw
+    32-byte digests one after another (repeats possible): only for bytes already checked
+    against their object id (so cas wrote them).
 
     A stored image is canonical (``decode`` refuses any other byte form), so every object
     id in it is the key "object" followed by a 32-byte bin8, and a scan for those bytes
@@ -241,8 +242,8 @@ def needed_objects(data: bytes) -> set[ObjectId]:
     if (data.startswith(_HEAD) and data.endswith(_TAIL)
             and data.count(_OBJECT_KEY) == data.count(_OBJECT_ID)):
         after = data.split(_OBJECT_ID)[1:]  # what follows each occurrence
-        return cast(set[ObjectId], {part[:32].hex() for part in after if len(part) >= 32})
-    return decode(data).object_ids()
+        return b"".join(part[:32] for part in after if len(part) >= 32)
+    return b"".join(bytes.fromhex(oid) for oid in sorted(decode(data).object_ids()))
 
 
 _IMAGE_FIELDS = {"version", "entries", "blobs", "source"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import stat
 import time
 from collections import deque
@@ -35,7 +36,7 @@ from cas import errors
 from cas.core import fsio, hashing
 from cas.core import image as images
 from cas.core import lock as locks
-from cas.core.digest import ObjectId, is_hex64
+from cas.core.digest import ObjectId
 from cas.core.hashing import SweptStatus
 from cas.core.store import Store
 
@@ -47,6 +48,7 @@ LIVE_TEMP_MAX_AGE = 86400.0
 SWEEP_THREADS = 2
 #: How long GC waits for writers to leave their (short) publish steps.
 WRITERS_WAIT = 60.0
+_SHARD = re.compile("[0-9a-f]{2}")
 
 
 @dataclass(slots=True)
@@ -116,8 +118,9 @@ def _locked(store: Store, root_fd: int, wait: float, dry_run: bool) -> Iterator[
         os.close(gc_fd)
 
 
-def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[ObjectId]:
-    """Everything a live temp root or a name reaches.
+def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> hashing.SortedIds:
+    """Everything a live temp root or a name reaches, as sorted raw 32-byte ids
+    (``hashing.sort_ids``: the native sweep looks them up without a Python string each).
 
     Roots are read *before* names: a writer drops its root only after writing its name,
     so an import is seen in one or the other (read the other way round, a name written
@@ -125,8 +128,9 @@ def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[Obj
     name whose image cannot be read stops the run: its objects are unknown, so nothing
     may be judged garbage.
     """
-    reachable, live, dead = locks.read_roots(store.root_fd, remove_dead=remove_dead_roots)
+    roots, live, dead = locks.read_roots(store.root_fd, remove_dead=remove_dead_roots)
     report.live_roots, report.dead_roots_removed = live, dead
+    ids = bytearray(b"".join(bytes.fromhex(oid) for oid in roots))
     images: set[ObjectId] = set()
     for record in store.names:
         report.names += 1
@@ -134,24 +138,25 @@ def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[Obj
             continue
         images.add(record.image)
         try:
-            needed = _image_needs(store, record.image)
+            ids += _image_needs(store, record.image)
         except errors.CasError as exc:
             raise errors.StoreCorrupt(path=store.path, reason=f"name {record.name}: {exc}; "
                                       "gc refuses to run (see cas verify)") from exc
-        reachable.add(record.image)
-        reachable |= needed
-    report.reachable = len(reachable)
-    return reachable
+        ids += bytes.fromhex(record.image)
+    marked = hashing.sort_ids(ids)
+    report.reachable = len(marked) // 32
+    return marked
 
 
-def _image_needs(store: Store, oid: ObjectId) -> set[ObjectId]:
-    """The objects an image needs: its bytes checked against its id, then only the ids
-    read (``Store.get_image`` would validate the whole tree: most of a mark's time)."""
+def _image_needs(store: Store, oid: ObjectId) -> bytes:
+    """The ids (raw, repeats possible) of the objects an image needs: its bytes checked
+    against its id, then only the ids read (``Store.get_image`` would validate the whole
+    tree: most of a mark's time)."""
     with store.open_object(oid) as f:  # read what is there, up to the limit + 1
         data = f.read(min(os.fstat(f.fileno()).st_size, images.MAX_IMAGE_BYTES) + 1)
     if hashing.hash_bytes(data).verity.hex() != oid:
         raise errors.CorruptObject(object_id=oid, users=" (a metadata image)")
-    return images.needed_objects(data)
+    return images.needed_ids(data)
 
 
 @dataclass(slots=True)
@@ -177,19 +182,14 @@ class _ShardSweep:
         return self.unlinked_all
 
 
-def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now: float,
+def _sweep_objects(store: Store, marked: hashing.SortedIds, report: GcReport, now: float,
                    deadline: float | None) -> bool:
     """Unlink unmarked objects past the grace period, each after its index link, two
-    shards at a time (unlink is kernel work: it runs beside the other thread); return
-    whether every index link of a removed object was found (else the whole index needs
-    a sweep)."""
-    with os.scandir(store.objects_fd) as shards:
+    shards at a time (each is one native call, without the GIL); return whether every
+    index link of a removed object was found (else the whole index needs a sweep)."""
+    with os.scandir(store.objects_fd) as shards:  # a stray directory is never judged
         shard_names = sorted(e.name for e in shards
-                             if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
-    # Compared without their shard: one set difference per shard, and no id is built
-    # for names that are marked. Two ids equal but for their first byte would both be
-    # kept (it only ever keeps more; finding such a pair would break SHA-256).
-    marked = {oid[2:] for oid in reachable}
+                             if _SHARD.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
     unlinked_all = True
     running: deque[Future[_ShardSweep]] = deque()
     cutoff_ns = max(int((now - report.grace) * 1e9), -(1 << 63))  # older: past the grace
@@ -227,26 +227,21 @@ class _IndexShards:
                 os.close(fd)
 
 
-def _sweep_shard(store: Store, index: _IndexShards, shard_name: str, marked: set[str],
-                 cutoff_ns: int, dry_run: bool) -> _ShardSweep:
-    """Sweep one ``objects/XX``: the names not marked come from one set difference (in
-    C); the native loop checks and removes them (``hashing.sweep_shard``)."""
+def _sweep_shard(store: Store, index: _IndexShards, shard_name: str,
+                 marked: hashing.SortedIds, cutoff_ns: int, dry_run: bool) -> _ShardSweep:
+    """Sweep one ``objects/XX`` in one native call (``hashing.sweep_shard``: lists it,
+    looks each id up in ``marked``, checks and removes the rest); count what it did."""
     part = _ShardSweep()
     try:
         shard_fd = fsio.open_dir(shard_name, store.objects_fd)
     except OSError:
         return part  # gone, or not a directory (verify reports it)
     try:
-        names = os.listdir(shard_fd)
-        part.scanned = len(names)
-        # a stray name (not an object id) is never judged: verify reports it
-        candidates = [name for name in sorted(set(names).difference(marked))
-                      if is_hex64(shard_name + name)]
-        swept = hashing.sweep_shard(shard_fd, index.fds, candidates, cutoff_ns,
-                                    dry_run=dry_run)
+        part.scanned, swept = hashing.sweep_shard(shard_fd, int(shard_name, 16), marked,
+                                                  index.fds, cutoff_ns, dry_run=dry_run)
     finally:
         os.close(shard_fd)
-    for name, result in zip(candidates, swept, strict=True):
+    for result in swept:
         if result.status is SweptStatus.YOUNG:
             part.kept_in_grace += 1
         elif result.status is SweptStatus.REMOVED:
@@ -257,7 +252,7 @@ def _sweep_shard(store: Store, index: _IndexShards, shard_name: str, marked: set
             elif result.links > 1:
                 part.unlinked_all = False
             if dry_run:
-                part.removed_ids.append(shard_name + name)
+                part.removed_ids.append(shard_name + result.name)
     return part
 
 

@@ -311,20 +311,26 @@ static void check_cancel(void)
     close(fd);
 }
 
-/* GC's removal loop: an old indexed object goes with its index entry, a young
- * one and a directory stay, a missing name is gone; a '/' touches nothing. */
+/* GC's sweep of one shard: an old unmarked indexed object goes with its index
+ * entry, a young one and a directory stay, a marked one and a stray are never
+ * judged; the mark set is sorted without repeats. */
 static void check_sweep(void)
 {
-    char dir[] = "/tmp/cas_fuzz_sweep.XXXXXX", path[256], rest[63];
-    static const char names[] = "old\0young\0sub\0missing";
-    struct cas_sweep_entry out[4];
+    char dir[] = "/tmp/cas_fuzz_sweep.XXXXXX", path[256], rest[63], name[4][63];
+    struct cas_sweep_entry *out = NULL;
     struct timespec times[2] = {{1000, 0}, {1000, 0}};
-    uint8_t sha[32];
+    uint8_t sha[32], marked[3 * 32];
+    uint64_t scanned;
+    size_t n;
     int index_fds[256], shard_fd, i, fd;
 
     check(mkdtemp(dir) != NULL, "mkdtemp");
     for (i = 0; i < 256; i++)
         index_fds[i] = -1;
+    for (i = 0; i < 4; i++) {              /* old, young, sub, marked: in name order */
+        memset(name[i], '1' + i, 62);
+        name[i][62] = '\0';
+    }
     snprintf(path, sizeof(path), "%s/ab", dir);
     check(mkdir(path, 0755) == 0, "mkdir shard");
     shard_fd = open(path, O_RDONLY | O_DIRECTORY);
@@ -334,24 +340,37 @@ static void check_sweep(void)
     memset(sha, 0x11, sizeof(sha));
     memset(rest, '1', 62);
     rest[62] = '\0';
-    fd = openat(shard_fd, "old", O_WRONLY | O_CREAT, 0444);
+    fd = openat(shard_fd, name[0], O_WRONLY | O_CREAT, 0444);
     check(fd >= 0 && fsetxattr(fd, "user.cas.sha256", sha, 32, 0) == 0, "xattr");
     check(futimens(fd, times) == 0, "futimens");
     close(fd);
-    check(linkat(shard_fd, "old", index_fds[0x11], rest, 0) == 0, "index link");
-    close(openat(shard_fd, "young", O_WRONLY | O_CREAT, 0444));
-    check(mkdirat(shard_fd, "sub", 0755) == 0, "mkdirat");
-    check(cas_sweep_shard(shard_fd, index_fds, "x/y", 1, 0, 0, out) == -EINVAL,
-          "sweep refuses a path");
-    check(cas_sweep_shard(shard_fd, index_fds, names, 4, 2000000000000LL, 0, out) == 0,
-          "sweep");
-    check(out[0].status == CAS_SWEEP_REMOVED && out[0].index_unlinked == 1
-          && out[1].status == CAS_SWEEP_YOUNG && out[2].status == CAS_SWEEP_NOT_FILE
-          && out[3].status == CAS_SWEEP_GONE, "sweep outcomes");
-    check(faccessat(shard_fd, "old", F_OK, 0) != 0
-          && faccessat(index_fds[0x11], rest, F_OK, 0) != 0, "sweep unlinked");
-    unlinkat(shard_fd, "young", 0);
-    unlinkat(shard_fd, "sub", AT_REMOVEDIR);
+    check(linkat(shard_fd, name[0], index_fds[0x11], rest, 0) == 0, "index link");
+    close(openat(shard_fd, name[1], O_WRONLY | O_CREAT, 0444));
+    check(mkdirat(shard_fd, name[2], 0755) == 0, "mkdirat");
+    close(openat(shard_fd, name[3], O_WRONLY | O_CREAT, 0444));
+    close(openat(shard_fd, "README", O_WRONLY | O_CREAT, 0444));
+    memset(marked, 0x44, sizeof(marked));  /* ab4444..., twice, after ff4444... */
+    marked[0] = 0xff;
+    marked[32] = marked[64] = 0xab;
+    check(cas_ids_sort_unique(marked, 3) == 2 && marked[0] == 0xab
+          && marked[32] == 0xff, "ids sorted without repeats");
+    check(cas_sweep_shard(shard_fd, 256, marked, 2, index_fds, 0, 0, &out, &n,
+                          &scanned) == -EINVAL && out == NULL, "sweep refuses a bad shard");
+    check(cas_sweep_shard(shard_fd, 0xab, marked, 2, index_fds, 2000000000000LL, 0,
+                          &out, &n, &scanned) == 0, "sweep");
+    check(n == 3 && scanned == 5 && strcmp(out[0].name, name[0]) == 0
+          && out[0].status == CAS_SWEEP_REMOVED && out[0].index_unlinked == 1
+          && out[1].status == CAS_SWEEP_YOUNG && out[2].status == CAS_SWEEP_NOT_FILE,
+          "sweep outcomes");
+    cas_sweep_free(out);
+    check(faccessat(shard_fd, name[0], F_OK, 0) != 0
+          && faccessat(index_fds[0x11], rest, F_OK, 0) != 0
+          && faccessat(shard_fd, name[3], F_OK, 0) == 0
+          && faccessat(shard_fd, "README", F_OK, 0) == 0, "sweep unlinked");
+    unlinkat(shard_fd, name[1], 0);
+    unlinkat(shard_fd, name[2], AT_REMOVEDIR);
+    unlinkat(shard_fd, name[3], 0);
+    unlinkat(shard_fd, "README", 0);
     close(shard_fd);
     close(index_fds[0x11]);
     snprintf(path, sizeof(path), "%s/ab", dir);
