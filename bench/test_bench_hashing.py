@@ -46,6 +46,18 @@ def test_hash_fd(benchmark: Any, source: Path, backend: Backend, sha256: bool) -
     assert digests.size == SIZE
 
 
+@pytest.mark.parametrize("threads", [1, 0], ids=["1 thread", "all cores"])
+def test_verity_threads(benchmark: Any, source: Path, threads: int) -> None:
+    """The fs-verity digest of one file (the check behind cat, checkout, mount, repair):
+    one thread against the parallel leaves."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        digests = benchmark(hashing.hash_fd, fd, sha256=False, threads=threads)
+    finally:
+        os.close(fd)
+    assert digests.size == SIZE
+
+
 @BACKENDS
 def test_stream_hasher_1mib_updates(benchmark: Any, source: Path, backend: Backend) -> None:
     data = memoryview(source.read_bytes())

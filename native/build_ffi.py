@@ -21,9 +21,11 @@ cas_hasher *cas_hasher_new(void);
 int cas_hasher_update(cas_hasher *, const uint8_t *, size_t);
 int cas_hasher_final(cas_hasher *, struct cas_digests *);
 void cas_hasher_free(cas_hasher *);
+int cas_hash_buffer(const uint8_t *, size_t, struct cas_digests *);
 
 #define CAS_HASH_SHA256 ...
 int cas_hash_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
+int cas_verity_fd(int, unsigned, struct cas_digests *, struct cas_progress *);
 
 #define CAS_COPY_REFLINK ...
 #define CAS_COPY_RANGE ...
@@ -35,6 +37,14 @@ int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress 
 #define CAS_CFS_RECORD_HEADER ...
 int cas_cfs_write(const uint8_t *, size_t, uint32_t, int, int, uint8_t **, size_t *);
 void cas_cfs_free(uint8_t *);
+#define CAS_SWEEP_DRY_RUN ...
+enum { CAS_SWEEP_GONE, CAS_SWEEP_NOT_FILE, CAS_SWEEP_YOUNG, CAS_SWEEP_REMOVED };
+struct cas_sweep_entry { char name[63]; uint8_t status; uint8_t index_unlinked;
+                         uint64_t size; uint64_t links; };
+size_t cas_ids_sort_unique(uint8_t *, size_t);
+int cas_sweep_shard(int, unsigned, const uint8_t *, size_t, const int *, int64_t, unsigned,
+                    struct cas_sweep_entry **, size_t *, uint64_t *);
+void cas_sweep_free(struct cas_sweep_entry *);
 """
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
@@ -49,8 +59,8 @@ def make_builder(root: str = "") -> FFI:
     builder.set_source(
         "cas._native",
         '#include "cas_native.h"',
-        sources=[os.path.join(native, "cas_hash.c"), os.path.join(native, "cas_copy.c"),
-                 os.path.join(native, "cas_composefs.c")],
+        sources=[os.path.join(native, name) for name in
+                 ("cas_hash.c", "cas_copy.c", "cas_verity.c", "cas_sweep.c", "cas_composefs.c")],
         include_dirs=[native],
         depends=[os.path.join(native, "cas_native.h")],
         libraries=["crypto", "pthread"],

@@ -36,7 +36,7 @@ static int cas_ctx_status(struct cas_copy_ctx *ctx)
 {
     if (ctx->pl != NULL)
         return cas_pipeline_status(ctx->pl);
-    return ctx->progress != NULL && ctx->progress->cancel ? -ECANCELED : 0;
+    return cas_cancelled(ctx->progress) ? -ECANCELED : 0;
 }
 
 static void cas_ctx_publish(struct cas_copy_ctx *ctx, uint64_t mark)
@@ -210,7 +210,7 @@ static int cas_copy_precheck(int dst_fd, unsigned allowed, unsigned *method_used
     if (method_used == NULL || allowed == 0 || (allowed & ~CAS_COPY_ALL) != 0)
         return -EINVAL;
     *method_used = 0;
-    if (progress != NULL && progress->cancel)
+    if (cas_cancelled(progress))
         return -ECANCELED;
     return cas_check_dst(dst_fd);
 }
@@ -229,7 +229,7 @@ int cas_import_fd(int src_fd, int dst_fd, unsigned allowed,
     err = cas_copy_precheck(dst_fd, allowed, method_used, progress);
     if (err != 0)
         return err;
-    ctx.pl = cas_pipeline_new(dst_fd, CAS_HASH_SHA256, 0, progress);
+    ctx.pl = cas_pipeline_new(dst_fd, 0, progress);
     if (ctx.pl == NULL)
         return -ENOMEM;
     err = cas_pipeline_start(ctx.pl);

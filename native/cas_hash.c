@@ -18,25 +18,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CAS_BLOCK 4096u
-#define CAS_HASH_LEN 32u
-/* 2^64 bytes = 2^52 blocks; 128 hashes per block: levels 0..8. */
-#define CAS_MAX_LEVELS 9
 /* Per-thread read buffer (measured: 1 MiB beats 64 KiB-4 MiB here). */
 #define CAS_READ_CHUNK (1024u * 1024u)
 
 /* ---- Merkle tree, streaming ------------------------------------------- */
 
-struct cas_merkle {
-    uint64_t size;
-    size_t partial_len;
-    int top;                        /* highest level holding a hash */
-    size_t fill[CAS_MAX_LEVELS];    /* bytes of hashes in level[i] */
-    uint8_t partial[CAS_BLOCK];
-    uint8_t level[CAS_MAX_LEVELS][CAS_BLOCK];
-};
-
-static void cas_sha256_block(const uint8_t *block, uint8_t out[CAS_HASH_LEN])
+void cas_sha256_block(const uint8_t *block, uint8_t out[CAS_HASH_LEN])
 {
     SHA256_CTX c;
 
@@ -45,7 +32,7 @@ static void cas_sha256_block(const uint8_t *block, uint8_t out[CAS_HASH_LEN])
     SHA256_Final(out, &c);
 }
 
-static void cas_merkle_init(struct cas_merkle *m)
+void cas_merkle_init(struct cas_merkle *m)
 {
     m->size = 0;
     m->partial_len = 0;
@@ -58,8 +45,8 @@ static void cas_merkle_init(struct cas_merkle *m)
  * hash arrives, so at the end a level holding a single hash and nothing above
  * it is known to be the root.
  */
-static void cas_merkle_push(struct cas_merkle *m, int lvl,
-                            const uint8_t hash[CAS_HASH_LEN])
+void cas_merkle_push(struct cas_merkle *m, int lvl,
+                     const uint8_t hash[CAS_HASH_LEN])
 {
     if (m->fill[lvl] == CAS_BLOCK) {
         uint8_t up[CAS_HASH_LEN];
@@ -106,20 +93,19 @@ static void cas_merkle_update(struct cas_merkle *m, const uint8_t *buf,
     m->partial_len = len;
 }
 
-static void cas_merkle_root(struct cas_merkle *m, uint8_t root[CAS_HASH_LEN])
+/*
+ * The root of a tree fed from level 0 (cas_merkle_update) or, by
+ * cas_verity.c, from level 1 (cas_merkle_push(m, 1, ...)): the levels below
+ * the first one holding a hash are skipped. The caller handles trees of at
+ * most one data block, whose root is the leaf hash itself.
+ */
+void cas_merkle_root(struct cas_merkle *m, uint8_t root[CAS_HASH_LEN])
 {
-    int lvl;
+    int lvl = 0;
 
-    if (m->partial_len > 0) {
-        memset(m->partial + m->partial_len, 0, CAS_BLOCK - m->partial_len);
-        cas_merkle_leaf(m, m->partial);
-        m->partial_len = 0;
-    }
-    if (m->size == 0) {
-        memset(root, 0, CAS_HASH_LEN);
-        return;
-    }
-    for (lvl = 0; lvl < m->top || m->fill[lvl] > CAS_HASH_LEN; lvl++) {
+    while (lvl < m->top && m->fill[lvl] == 0)
+        lvl++;
+    for (; lvl < m->top || m->fill[lvl] > CAS_HASH_LEN; lvl++) {
         uint8_t up[CAS_HASH_LEN];
 
         memset(m->level[lvl] + m->fill[lvl], 0, CAS_BLOCK - m->fill[lvl]);
@@ -130,10 +116,10 @@ static void cas_merkle_root(struct cas_merkle *m, uint8_t root[CAS_HASH_LEN])
 }
 
 /* The digest is SHA-256 of the 256-byte little-endian fsverity_descriptor. */
-static void cas_merkle_final(struct cas_merkle *m, uint8_t verity[CAS_HASH_LEN])
+void cas_verity_descriptor(uint64_t size, const uint8_t root[CAS_HASH_LEN],
+                           uint8_t verity[CAS_HASH_LEN])
 {
     uint8_t desc[256] = {0};
-    uint64_t size = m->size;
     int i;
 
     desc[0] = 1;   /* version */
@@ -141,8 +127,22 @@ static void cas_merkle_final(struct cas_merkle *m, uint8_t verity[CAS_HASH_LEN])
     desc[2] = 12;  /* log2(block size) */
     for (i = 0; i < 8; i++)
         desc[8 + i] = (uint8_t)(size >> (8 * i));
-    cas_merkle_root(m, desc + 16);
+    memcpy(desc + 16, root, CAS_HASH_LEN);
     SHA256(desc, sizeof(desc), verity);
+}
+
+static void cas_merkle_final(struct cas_merkle *m, uint8_t verity[CAS_HASH_LEN])
+{
+    uint8_t root[CAS_HASH_LEN] = {0};
+
+    if (m->partial_len > 0) {
+        memset(m->partial + m->partial_len, 0, CAS_BLOCK - m->partial_len);
+        cas_merkle_leaf(m, m->partial);
+        m->partial_len = 0;
+    }
+    if (m->size > 0)
+        cas_merkle_root(m, root);
+    cas_verity_descriptor(m->size, root, verity);
 }
 
 /* ---- public streaming hasher ------------------------------------------ */
@@ -192,6 +192,23 @@ void cas_hasher_free(cas_hasher *h)
     free(h);
 }
 
+int cas_hash_buffer(const uint8_t *buf, size_t len, struct cas_digests *out)
+{
+    cas_hasher *h;
+    int err;
+
+    if (out == NULL || (buf == NULL && len > 0))
+        return -EINVAL;
+    h = cas_hasher_new();
+    if (h == NULL)
+        return -ENOMEM;
+    err = cas_hasher_update(h, buf, len);
+    if (err == 0)
+        err = cas_hasher_final(h, out);
+    cas_hasher_free(h);
+    return err;
+}
+
 /* ---- pipeline: hashing threads reading one fd --------------------------- */
 
 enum cas_worker_kind { CAS_WORKER_MERKLE, CAS_WORKER_FLAT };
@@ -219,8 +236,7 @@ struct cas_pipeline {
     int err;            /* first error; written under mu, read atomically */
     struct cas_progress *progress;
     uint64_t reported;  /* bytes already added to progress->done */
-    int nworkers;
-    struct cas_worker w[2];  /* w[0]: Merkle, w[1]: flat SHA-256 if asked */
+    struct cas_worker w[CAS_PIPELINE_WORKERS];  /* w[0]: Merkle, w[1]: flat */
 };
 
 int64_t cas_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
@@ -254,7 +270,7 @@ int cas_pipeline_status(struct cas_pipeline *pl)
 {
     int err = __atomic_load_n(&pl->err, __ATOMIC_RELAXED);
 
-    if (err == 0 && pl->progress != NULL && pl->progress->cancel)
+    if (err == 0 && cas_cancelled(pl->progress))
         err = -ECANCELED;
     return err;
 }
@@ -299,7 +315,7 @@ static void cas_progress_catch_up(struct cas_pipeline *pl)
 
     if (pl->progress == NULL)
         return;
-    for (i = 0; i < pl->nworkers; i++) {
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
         uint64_t pos = __atomic_load_n(&pl->w[i].pos, __ATOMIC_RELAXED);
 
         if (pos < lo)
@@ -356,8 +372,11 @@ static int cas_worker_run(struct cas_worker *w)
 static void *cas_worker_main(void *arg)
 {
     struct cas_worker *w = arg;
-    int err = cas_worker_run(w);
+    int err;
 
+    cas_budget_enter();
+    err = cas_worker_run(w);
+    cas_budget_leave();
     if (err != 0)
         cas_pipeline_fail(w->pl, err);
     return NULL;
@@ -367,14 +386,14 @@ static void cas_pipeline_free(struct cas_pipeline *pl)
 {
     int i;
 
-    for (i = 0; i < pl->nworkers; i++)
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++)
         free(pl->w[i].buf);
     pthread_cond_destroy(&pl->cv);
     pthread_mutex_destroy(&pl->mu);
     free(pl);
 }
 
-struct cas_pipeline *cas_pipeline_new(int fd, unsigned flags, int to_eof,
+struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
                                       struct cas_progress *progress)
 {
     struct cas_pipeline *pl = calloc(1, sizeof(*pl));
@@ -387,12 +406,11 @@ struct cas_pipeline *cas_pipeline_new(int fd, unsigned flags, int to_eof,
     pl->fd = fd;
     pl->to_eof = to_eof;
     pl->progress = progress;
-    pl->nworkers = (flags & CAS_HASH_SHA256) ? 2 : 1;
     pl->w[0].kind = CAS_WORKER_MERKLE;
     cas_merkle_init(&pl->w[0].u.merkle);
     pl->w[1].kind = CAS_WORKER_FLAT;
     SHA256_Init(&pl->w[1].u.flat);
-    for (i = 0; i < pl->nworkers; i++) {
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
         pl->w[i].pl = pl;
         pl->w[i].buf = aligned_alloc(CAS_BLOCK, CAS_READ_CHUNK);
         if (pl->w[i].buf == NULL) {
@@ -407,7 +425,7 @@ static int cas_pipeline_spawn(struct cas_pipeline *pl, int first)
 {
     int i;
 
-    for (i = first; i < pl->nworkers; i++) {
+    for (i = first; i < CAS_PIPELINE_WORKERS; i++) {
         int rc = pthread_create(&pl->w[i].thread, NULL, cas_worker_main,
                                 &pl->w[i]);
 
@@ -429,12 +447,11 @@ static int cas_pipeline_collect(struct cas_pipeline *pl,
 {
     uint64_t size = pl->w[0].pos;
 
-    if (pl->nworkers == 2 && pl->w[1].pos != size)
+    if (pl->w[1].pos != size)
         return -CAS_ECHANGED;
     out->size = size;
     cas_merkle_final(&pl->w[0].u.merkle, out->verity);
-    if (pl->nworkers == 2)
-        SHA256_Final(out->sha256, &pl->w[1].u.flat);
+    SHA256_Final(out->sha256, &pl->w[1].u.flat);
     return 0;
 }
 
@@ -449,7 +466,7 @@ int cas_pipeline_finish(struct cas_pipeline *pl, int err,
     pl->finished = 1;
     pthread_cond_broadcast(&pl->cv);
     pthread_mutex_unlock(&pl->mu);
-    for (i = 0; i < pl->nworkers; i++)
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++)
         if (pl->w[i].started)
             pthread_join(pl->w[i].thread, NULL);
     cas_progress_catch_up(pl);  /* the joins make every final position visible */
@@ -470,10 +487,12 @@ int cas_hash_fd(int fd, unsigned flags, struct cas_digests *out,
 
     if (out == NULL || (flags & ~CAS_HASH_SHA256) != 0)
         return -EINVAL;
+    if (!(flags & CAS_HASH_SHA256))
+        return cas_verity_fd(fd, 0, out, progress);
     memset(out, 0, sizeof(*out));
-    if (progress != NULL && progress->cancel)
+    if (cas_cancelled(progress))
         return -ECANCELED;
-    pl = cas_pipeline_new(fd, flags, 1, progress);
+    pl = cas_pipeline_new(fd, 1, progress);
     if (pl == NULL)
         return -ENOMEM;
     (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);

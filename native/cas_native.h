@@ -9,9 +9,11 @@
  *   - -CAS_ECHANGED (-ESTALE) means a file changed length while it was being
  *     read twice (the two hashing threads saw different EOFs, or the
  *     destination of an import was truncated behind our back).
- *   - There is no Python in here and no global state; every call is
- *     independent and thread-safe on distinct objects. A cas_hasher must not be
- *     used from two threads at once.
+ *   - There is no Python in here. Every call is independent and thread-safe
+ *     on distinct objects; a cas_hasher must not be used from two threads at
+ *     once. The one piece of process-wide state is a counter of the hashing
+ *     threads running (see cas_verity_fd), so that concurrent calls together
+ *     do not start more threads than there are CPUs.
  *
  * The fs-verity digest is the one of `fsverity digest` (Linux
  * Documentation/filesystems/fsverity.rst): SHA-256, 4096-byte Merkle blocks,
@@ -59,17 +61,36 @@ int cas_hasher_update(cas_hasher *h, const uint8_t *buf, size_t len);
 /* -EINVAL when called twice. */
 int cas_hasher_final(cas_hasher *h, struct cas_digests *out);
 void cas_hasher_free(cas_hasher *h);  /* NULL is a no-op */
+/* Both digests of one buffer (-EINVAL: buf == NULL with len > 0). */
+int cas_hash_buffer(const uint8_t *buf, size_t len, struct cas_digests *out);
 
 /* ---- whole files ---------------------------------------------------------
- * cas_hash_fd hashes fd from offset 0 to EOF with pread (the file position is
- * not used or moved; fd must be seekable, else -ESPIPE).
- * With CAS_HASH_SHA256 two threads each read the file with their own bounded
- * buffer: one computes the flat SHA-256, the other the Merkle tree, so the
- * wall time is about one SHA-256 pass on two cores. If they reach different
- * EOFs the result is -CAS_ECHANGED. Without the flag the Merkle tree alone is
- * computed on the calling thread (sweeps parallelise across files instead)
- * and out->sha256 is zeroed.
+ * Both functions hash fd from offset 0 to EOF with pread (the file position
+ * is not used or moved; fd must be seekable, else -ESPIPE).
+ *
+ * cas_verity_fd computes the fs-verity digest alone (out->sha256 is zeroed)
+ * on up to `max_threads` threads (0: one per CPU the process may run on, at
+ * most CAS_MAX_THREADS). The leaves are independent: threads claim 1 MiB
+ * units in file order, hash their leaves and level-1 blocks, and finished
+ * units are folded in order into the levels above; at most a fixed window of
+ * units is in flight, so memory is bounded whatever the file size.
+ * The calling thread always hashes. Helper threads join only while the
+ * process runs fewer hashing threads than CPUs (every call's threads count,
+ * cas_hash_fd's and cas_import_fd's too) and leave when there are more, so a
+ * sweep hashing one file per CPU gets no helpers, and its last large file
+ * gets them back. A unit with data after a short one (the file grew while
+ * read) gives -CAS_ECHANGED.
+ *
+ * cas_hash_fd with CAS_HASH_SHA256 runs two threads, each reading the file
+ * with its own bounded buffer: one computes the flat SHA-256 (inherently
+ * serial), the other the Merkle tree, so the wall time is about one SHA-256
+ * pass on two cores. If they reach different EOFs the result is
+ * -CAS_ECHANGED. Without the flag it is cas_verity_fd(fd, 0, ...).
  */
+#define CAS_MAX_THREADS 16u
+int cas_verity_fd(int fd, unsigned max_threads, struct cas_digests *out,
+                  struct cas_progress *progress);
+
 #define CAS_HASH_SHA256 1u
 int cas_hash_fd(int fd, unsigned flags, struct cas_digests *out,
                 struct cas_progress *progress);
@@ -134,6 +155,41 @@ int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
 int cas_cfs_write(const uint8_t *spec, size_t spec_len, uint32_t count, int version,
                   int max_version, uint8_t **image, size_t *image_len);
 void cas_cfs_free(uint8_t *image);
+/* ---- GC: the mark set and the sweep of one objects/XX shard ---------------
+ * cas_ids_sort_unique sorts n raw 32-byte ids in place, drops repeats and
+ * returns how many are left (the mark set for cas_sweep_shard).
+ *
+ * cas_sweep_shard lists shard_fd (the directory objects/XX, XX = `shard` in
+ * hex). A name that is not 62 lowercase hex digits is a stray and never
+ * judged; an id (shard byte + name) found in `marked` (n_marked sorted unique
+ * ids) is reachable. Each other name, in name order, is looked at with fstatat
+ * without following: gone -> CAS_SWEEP_GONE; anything but a regular file ->
+ * CAS_SWEEP_NOT_FILE; modified after `cutoff_ns` (ns since the epoch: the
+ * grace period) -> CAS_SWEEP_YOUNG; else CAS_SWEEP_REMOVED, and unless
+ * CAS_SWEEP_DRY_RUN the object is unlinked -- after its index entry if it has
+ * more than one link: its user.cas.sha256 xattr (32 bytes) names the entry
+ * <hex of sha[1..31]> in index_fds[sha[0]] (256 fds, -1 for a missing shard),
+ * unlinked only if it is the same inode (index_unlinked = 1; 0 if it could not
+ * be found so). size and links come from the fstatat.
+ * On success *out (free with cas_sweep_free) holds *n_out entries, one per
+ * unreachable name, and *scanned counts every name listed. Returns 0, or the
+ * -errno of the first failure other than ENOENT (then *out is NULL).
+ */
+#define CAS_SWEEP_DRY_RUN 1u
+enum { CAS_SWEEP_GONE, CAS_SWEEP_NOT_FILE, CAS_SWEEP_YOUNG, CAS_SWEEP_REMOVED };
+struct cas_sweep_entry {
+    char name[63];
+    uint8_t status;
+    uint8_t index_unlinked;
+    uint64_t size;
+    uint64_t links;
+};
+size_t cas_ids_sort_unique(uint8_t *ids, size_t n);
+int cas_sweep_shard(int shard_fd, unsigned shard, const uint8_t *marked,
+                    size_t n_marked, const int *index_fds, int64_t cutoff_ns,
+                    unsigned flags, struct cas_sweep_entry **out, size_t *n_out,
+                    uint64_t *scanned);
+void cas_sweep_free(struct cas_sweep_entry *entries);
 
 /* ---- internal: shared by cas_hash.c and cas_copy.c, not exported to Python.
  * A pipeline owns the hashing threads of one call. In "EOF" mode they read
@@ -141,10 +197,61 @@ void cas_cfs_free(uint8_t *image);
  * readable and the threads never read past that mark.
  */
 #ifdef CAS_NATIVE_INTERNAL
-struct cas_pipeline;
+#define CAS_BLOCK 4096u
+#define CAS_HASH_LEN 32u
+/* 2^64 bytes = 2^52 blocks; 128 hashes per block: levels 0..8. */
+#define CAS_MAX_LEVELS 9
 
-/* NULL on ENOMEM. `flags` as for cas_hash_fd. */
-struct cas_pipeline *cas_pipeline_new(int fd, unsigned flags, int to_eof,
+/* A streaming Merkle tree (cas_hash.c). */
+struct cas_merkle {
+    uint64_t size;
+    size_t partial_len;
+    int top;                        /* highest level holding a hash */
+    size_t fill[CAS_MAX_LEVELS];    /* bytes of hashes in level[i] */
+    uint8_t partial[CAS_BLOCK];
+    uint8_t level[CAS_MAX_LEVELS][CAS_BLOCK];
+};
+
+void cas_sha256_block(const uint8_t *block, uint8_t out[CAS_HASH_LEN]);
+void cas_merkle_init(struct cas_merkle *m);
+/* Appends a hash to level `lvl`, hashing full level blocks upwards. */
+void cas_merkle_push(struct cas_merkle *m, int lvl,
+                     const uint8_t hash[CAS_HASH_LEN]);
+/* The root of a tree holding at least one hash, fed from level 0 or from
+ * level 1 (a tree of one data block has the leaf hash as its root). */
+void cas_merkle_root(struct cas_merkle *m, uint8_t root[CAS_HASH_LEN]);
+/* SHA-256 of the fsverity_descriptor of a file of `size` bytes. */
+void cas_verity_descriptor(uint64_t size, const uint8_t root[CAS_HASH_LEN],
+                           uint8_t verity[CAS_HASH_LEN]);
+
+/* The process-wide count of running hashing threads (cas_verity.c). */
+unsigned cas_budget_cpus(void);           /* CPUs the process may run on */
+void cas_budget_enter(void);              /* this thread hashes now */
+void cas_budget_leave(void);
+int cas_budget_try_enter(unsigned cpus);  /* 1 if below `cpus`, counted */
+int cas_budget_try_leave(unsigned cpus);  /* 1 if above `cpus`, uncounted */
+
+/* cas_verity_fd with its shape exposed, for the fuzz harness: `cpus` (0:
+ * detect) is the budget, `unit_nodes` level-1 blocks per unit (512 KiB each),
+ * `window` units in flight at most. */
+struct cas_verity_tuning {
+    unsigned max_threads, cpus, unit_nodes, window;
+};
+int cas_verity_fd_tuned(int fd, const struct cas_verity_tuning *t,
+                        struct cas_digests *out, struct cas_progress *progress);
+
+/* Has the caller asked to stop? (NULL: never.) Read from any thread. */
+static inline int cas_cancelled(struct cas_progress *progress)
+{
+    return progress != NULL && __atomic_load_n(&progress->cancel, __ATOMIC_RELAXED);
+}
+
+/* Two hashing threads (Merkle, flat SHA-256) reading one fd. */
+struct cas_pipeline;
+#define CAS_PIPELINE_WORKERS 2
+
+/* NULL on ENOMEM. */
+struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
                                       struct cas_progress *progress);
 /* Starts the hashing threads; 0 or -errno (then call cas_pipeline_finish). */
 int cas_pipeline_start(struct cas_pipeline *pl);

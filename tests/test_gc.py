@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -12,10 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cas import Store, errors
+from cas.core import _reference, hashing
+from cas.core import image as images
 from cas.core.digest import ObjectId, Sha256
-from cas.core.image import build, file_entry
+from cas.core.hashing import SweptStatus
+from cas.core.image import Blob, Image, build, decode, encode, file_entry
 from cas.ops import artifacts, gc
 from conftest import object_files, write_random
 
@@ -237,7 +243,7 @@ def run_cas(*args: str, store: Path) -> subprocess.CompletedProcess[bytes]:
 
 def test_a_store_holding_a_version_1_image_keeps_working(store: Store, tmp_path: Path) -> None:
     """Images written before format version 2 stay readable, alive and verifiable."""
-    from cas.core.image import NS, Entry, EntryType, Image, encode
+    from cas.core.image import NS, Entry, EntryType, encode
     from cas.integrity.verify import sweep
     from cas.ops.checkout import checkout
     from cas.ops.usage import measure
@@ -257,3 +263,161 @@ def test_a_store_holding_a_version_1_image_keeps_working(store: Store, tmp_path:
     checkout(store, store.get_image(image_id), tmp_path / "out")
     assert (tmp_path / "out" / "f").read_bytes() == b"version 1 data " * 10
     assert measure(store).artifacts[0].logical_bytes == 150
+
+
+# -- the mark's fast path: ids scanned out of canonical image bytes ---------------------
+
+LOOK_ALIKE = b"\xa6object\xc4\x20"
+
+
+def oid_of(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+def image_bytes(tails: list[bytes], objects: int) -> bytes:
+    """An image of files stored as objects, each carrying look-alikes of an id's encoding
+    in an xattr (the value just before the next entry's "object" key) and in inline
+    files, plus one blob."""
+    entries = [file_entry(f"o{i}", size=100, object_id=ObjectId(oid_of(f"o{i}")),
+                          sha256=Sha256(oid_of(f"s{i}")),
+                          xattrs={"user.x": tails[i % len(tails)]} if tails else {})
+               for i in range(objects)]
+    entries += [file_entry(f"i{i}", size=len(tail[-64:]), data=tail[-64:])
+                for i, tail in enumerate(tails)]
+    blob = Blob(Sha256(oid_of("blob sha256")), ObjectId(oid_of("blob")), 5, "x/y")
+    return encode(build(entries, [blob], {"type": "tree"}))
+
+
+def ids_of(raw: bytes) -> set[str]:
+    assert len(raw) % 32 == 0
+    return {raw[i:i + 32].hex() for i in range(0, len(raw), 32)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(tails=st.lists(st.binary(max_size=40).map(lambda b: b + LOOK_ALIKE + b[:20]),
+                      max_size=4),
+       objects=st.integers(0, 5))
+def test_needed_ids_finds_every_id(tails: list[bytes], objects: int) -> None:
+    """Every id decode finds; look-alikes in other values may add ids, never hide one."""
+    data = image_bytes(tails, objects)
+    exact = decode(data).object_ids()
+    found = ids_of(images.needed_ids(data))
+    assert exact <= found
+    assert len(found) <= data.count(LOOK_ALIKE)
+
+
+def test_needed_ids_decodes_in_full_what_it_cannot_scan() -> None:
+    plain = image_bytes([], 3)
+    assert ids_of(images.needed_ids(plain)) == decode(plain).object_ids()
+    odd = image_bytes([b"\xa6object!"], 2)   # the key's bytes without a bin8 after them
+    assert ids_of(images.needed_ids(odd)) == decode(odd).object_ids()
+    with pytest.raises(errors.BadImage):     # not an image: refused, not read as "no ids"
+        images.needed_ids(b"\x84\xa5blobs" + b"\x00" * 40)
+
+
+def test_a_name_on_a_non_image_stops_gc(store: Store) -> None:
+    blob = store.add_bytes(b"not an image" * 10).object_id
+    store.names.set("bad", blob, "tree")
+    with pytest.raises(errors.StoreCorrupt):
+        gc.collect(store, grace=0)
+
+
+# -- the sweep of one shard: native against its pure-Python twin ----------------------
+
+OLD_NS, CUTOFF_NS, YOUNG_NS = 1_000 * 10**9, 2_000 * 10**9, 3_000 * 10**9
+SHARD = 0xab
+
+
+def rest(tag: str) -> str:
+    """A name in the shard: an object id without its shard byte."""
+    return hashlib.sha256(tag.encode()).hexdigest()[2:]
+
+
+def sweep_fixture(root: Path) -> tuple[int, list[int], hashing.SortedIds]:
+    """A shard and its index holding every case the sweep tells apart; returns its fd, the
+    index fds and the mark set."""
+    shard_dir, index_dir = root / "objects" / f"{SHARD:02x}", root / "index"
+    shard_dir.mkdir(parents=True)
+    for byte in (0x11, 0x22):
+        (index_dir / f"{byte:02x}").mkdir(parents=True)
+
+    def obj(tag: str, mtime_ns: int = OLD_NS, sha: bytes | None = None,
+            link: str | None = None) -> None:
+        path = shard_dir / rest(tag)
+        path.write_bytes(tag.encode() * 10)
+        if sha is not None:
+            os.setxattr(path, "user.cas.sha256", sha)
+        if link == "index":
+            assert sha is not None
+            os.link(path, index_dir / f"{sha[0]:02x}" / sha[1:].hex())
+        elif link is not None:
+            os.link(path, root / link)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    obj("indexed", sha=b"\x11" * 32, link="index")
+    obj("marked", sha=b"\x11" + b"\x02" * 31, link="index")
+    obj("young", YOUNG_NS, sha=b"\x11" + b"\x01" * 31, link="index")
+    obj("alone")                                        # one link: nothing to unlink first
+    obj("no-xattr", link="elsewhere")                   # two links, none findable
+    obj("other-inode", sha=b"\x22" * 32, link="elsewhere2")
+    (index_dir / "22" / (b"\x22" * 31).hex()).write_bytes(b"another file")
+    obj("no-index-shard", sha=b"\x33" * 32, link="elsewhere3")
+    os.symlink(rest("indexed"), shard_dir / rest("symlink"))
+    (shard_dir / rest("dir")).mkdir()
+    for stray in ("README", rest("upper").upper(), rest("short")[:-2], "x" * 62):
+        (shard_dir / stray).write_bytes(b"not an object")
+        os.utime(shard_dir / stray, ns=(OLD_NS, OLD_NS))
+    index_fds = [-1] * 256
+    for byte in (0x11, 0x22):
+        index_fds[byte] = os.open(index_dir / f"{byte:02x}", os.O_RDONLY | os.O_DIRECTORY)
+    marked = hashing.sort_ids(bytes([SHARD]) + bytes.fromhex(rest("marked"))
+                              + bytes([SHARD + 1]) + bytes.fromhex(rest("alone")))
+    return os.open(shard_dir, os.O_RDONLY | os.O_DIRECTORY), index_fds, marked
+
+
+def tree_of(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["remove", "dry-run"])
+def test_sweep_shard_native_matches_reference(tmp_path: Path, dry_run: bool) -> None:
+    results, trees = [], []
+    for backend in (hashing, _reference):
+        root = tmp_path / backend.__name__
+        shard_fd, index_fds, marked = sweep_fixture(root)
+        try:
+            results.append(backend.sweep_shard(shard_fd, SHARD, marked, index_fds,
+                                               CUTOFF_NS, dry_run=dry_run))
+        finally:
+            for fd in [shard_fd, *index_fds]:
+                if fd >= 0:
+                    os.close(fd)
+        trees.append(tree_of(root))
+    assert results[0] == results[1] and trees[0] == trees[1]
+    scanned, swept = results[0]
+    assert scanned == 13
+    S = SweptStatus
+    names = {rest(tag): tag for tag in ("indexed", "young", "alone", "no-xattr",
+                                        "other-inode", "no-index-shard", "symlink", "dir")}
+    assert [r.name for r in swept] == sorted(names)  # strays and "marked" never judged
+    assert {names[r.name]: r.status for r in swept} == {
+        "indexed": S.REMOVED, "young": S.YOUNG, "alone": S.REMOVED, "no-xattr": S.REMOVED,
+        "other-inode": S.REMOVED, "no-index-shard": S.REMOVED, "symlink": S.NOT_FILE,
+        "dir": S.NOT_FILE}
+    assert [names[r.name] for r in swept if r.index_unlinked] == ([] if dry_run
+                                                                  else ["indexed"])
+    left = set(trees[0])
+    shard = f"objects/{SHARD:02x}/"
+    assert (shard + rest("indexed") in left) == dry_run
+    assert ("index/11/" + (b"\x11" * 31).hex() in left) == dry_run
+    assert {shard + rest(t) for t in ("marked", "young", "symlink", "dir")} <= left
+    assert {shard + "README", "index/22/" + (b"\x22" * 31).hex()} <= left
+
+
+def test_sort_ids_native_matches_reference() -> None:
+    ids = b"".join(hashlib.sha256(bytes([i % 7])).digest() for i in range(50))
+    assert hashing.sort_ids(ids) == _reference.sort_ids(ids)
+    assert ids_of(hashing.sort_ids(ids)) == ids_of(ids) and len(hashing.sort_ids(ids)) == 7 * 32
+    assert hashing.sort_ids(b"") == b""
+    with pytest.raises(ValueError):
+        hashing.sort_ids(b"x" * 33)

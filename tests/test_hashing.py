@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib
@@ -11,7 +12,8 @@ import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,10 @@ VECTORS = {  # REFERENCE.md §1
     bytes(4097): "093756e4ea9683329106d4a16982682ed182c14bf076463a9e7f97305cbac743",
 }
 _rng = random.Random(20240601)
+UNIT = 2 * LEVEL1               # the parallel hasher's work unit (1 MiB)
 ORACLE_SIZES = [0, 1, 4095, 4096, 4097, LEVEL1 - 1, LEVEL1, LEVEL1 + 1, MIB + 7,
-                LEVEL2 - 1, LEVEL2, LEVEL2 + 1,
+                2 * UNIT - 1, 2 * UNIT + 1, LEVEL2 - 1, LEVEL2, LEVEL2 + 1,
+                LEVEL2 + LEVEL1 + 1,
                 _rng.randint(10 * MIB, 50 * MIB), _rng.randint(10 * MIB, 50 * MIB)]
 BOUNDARIES = [BLOCK, 2 * BLOCK, 127 * BLOCK, LEVEL1, 2 * LEVEL1]
 NATIVE = os.environ.get("CAS_BACKEND", "") != "reference"
@@ -131,6 +135,92 @@ def test_native_matches_reference(data: bytes) -> None:
 def test_stream_split_points(data: bytes, cut_seeds: list[int]) -> None:
     cuts = [seed % (len(data) + 1) for seed in cut_seeds]
     assert in_pieces(data, cuts) == hashing.hash_bytes(data)
+
+
+@native_only
+@pytest.mark.parametrize("size", [UNIT - 1, UNIT, UNIT + 1, 2 * UNIT + BLOCK,
+                                  3 * UNIT + LEVEL1 + 5, 9 * UNIT + 1])
+def test_verity_threads_agree_with_reference(size: int) -> None:
+    """The parallel fs-verity hasher: any thread count, units and level-1 blocks cut
+    anywhere, the digest of the pure-Python twin."""
+    data = random.Random(size).randbytes(size)
+    expected = _reference.hash_bytes(data)
+    fd = os.memfd_create("cas-test")
+    try:
+        os.write(fd, data)
+        for threads in (1, 2, 3, 8, 0):
+            progress = Progress()
+            got = hashing.hash_fd(fd, sha256=False, threads=threads, progress=progress)
+            assert got == Digests(verity=expected.verity, sha256=b"", size=size)
+            assert progress.done == size
+    finally:
+        os.close(fd)
+
+
+def test_threads_only_for_the_verity_digest(tmp_path: Path) -> None:
+    path = write_random(tmp_path / "f", 10)
+    for kwargs in ({"threads": 2}, {"sha256": False, "threads": -1}):
+        with pytest.raises(ValueError):
+            hash_path(path, **kwargs)
+
+
+def helper_threads() -> int:
+    """Threads the native code started to help a verity-only hash (named so)."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            count += Path(f"/proc/self/task/{tid}/comm").read_text().strip() == "cas-verity"
+    return count
+
+
+def hash_until_cancelled(path: Path, progress: Progress, sha256: bool) -> None:
+    with contextlib.suppress(HashCancelled):
+        hash_path(path, sha256=sha256, progress=progress)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+@native_only
+def test_concurrent_calls_share_the_cpu_budget(tmp_path: Path) -> None:
+    """A verity-only hash gets helper threads only while the process runs fewer hashing
+    threads than CPUs: beside calls that keep every CPU hashing it runs alone (so a
+    sweep hashing one file per CPU does not oversubscribe); once they end, it takes
+    helpers."""
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(64 << 30)
+    cpus = len(os.sched_getaffinity(0))
+    fillers = [Progress() for _ in range((cpus + 1) // 2)]  # two hashing threads each
+    threads = [threading.Thread(target=hash_until_cancelled, args=(sparse, p, True))
+               for p in fillers]
+    verity = Progress()
+    single = threading.Thread(target=hash_until_cancelled, args=(sparse, verity, False))
+    try:
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: all(p.done > 0 for p in fillers))
+        single.start()
+        assert wait_until(lambda: verity.done > 0)
+        for _ in range(100):
+            assert helper_threads() == 0, "a helper joined although every CPU was hashing"
+            time.sleep(0.002)
+        for p in fillers:
+            p.cancel()
+        assert cpus == 1 or wait_until(lambda: helper_threads() > 0), \
+            "no helper once the CPUs were free"
+    finally:
+        for p in [*fillers, verity]:
+            p.cancel()
+        for thread in [*threads, single]:
+            if thread.ident is not None:
+                thread.join()
 
 
 def test_stream_hasher_lifecycle() -> None:

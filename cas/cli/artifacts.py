@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,11 +20,14 @@ from cas.cli.common import (
     trust_options,
     warn,
 )
-from cas.core.linkmode import LinkMode
 from cas.errors import CasError, printable
-from cas.ops import artifacts
-from cas.ops.checkout import NOT_RESTORED
-from cas.ops.checkout import checkout as checkout_tree
+
+if TYPE_CHECKING:
+    from cas.core.linkmode import LinkMode
+
+#: ``cas.core.linkmode.LinkMode``'s values, spelled out so that loading the command line
+#: does not load the store (tests/test_startup.py checks they agree).
+LINK_MODES = ("auto", "reflink", "hardlink", "copy")
 
 
 @cli.command("import")
@@ -46,6 +50,7 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
     A source of many artifacts (an Ollama store, a Hugging Face cache) is imported one
     artifact at a time: each that fails is reported on stderr and skipped, and the exit
     code is 9 if any did."""
+    from cas.ops import artifacts
     gate = None
     if any(s.startswith("docker:") for s in sources):
         from cas.integrity import policy
@@ -67,7 +72,7 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
 @cli.command()
 @click.argument("name", shell_complete=complete_names)
 @click.argument("destination")
-@click.option("--link", type=click.Choice([m.value for m in LinkMode]), default="auto",
+@click.option("--link", type=click.Choice(LINK_MODES), default="auto",
               show_default=True, help="How ollama: and hf: blobs are made from objects "
               "(hardlink: the store's read-only objects themselves).")
 @json_option
@@ -77,6 +82,8 @@ def export(obj: Context, name: str, destination: str, link: str, as_json: bool) 
     a rename), hf:CACHE, tar:PATH (a reproducible tar layer of its tree: sorted, mtime 0,
     uid/gid 0), dump:PATH (its composefs dumpfile, as composefs-info dump prints it) or
     composefs:PATH (its composefs image, as mkcomposefs writes it)."""
+    from cas.core.linkmode import LinkMode
+    from cas.ops import artifacts
     mode = LinkMode(link)
     with obj.open_store() as store:
         result = artifacts.export_artifact(store, name, destination, link=mode)
@@ -90,7 +97,7 @@ def export(obj: Context, name: str, destination: str, link: str, as_json: bool) 
 @cli.command()
 @click.argument("name", shell_complete=complete_names)
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--link", type=click.Choice([m.value for m in LinkMode]), default="auto",
+@click.option("--link", type=click.Choice(LINK_MODES), default="auto",
               show_default=True, help="How files are made from objects.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check reflinked and hardlinked objects against their digests first "
@@ -106,6 +113,9 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
              as_json: bool) -> None:
     """Materialise artifact NAME's tree at DEST (which must not exist), with its modes,
     mtimes, xattrs, hard links, FIFOs and devices, and (as root) owners."""
+    from cas.core.linkmode import LinkMode
+    from cas.ops.checkout import NOT_RESTORED
+    from cas.ops.checkout import checkout as checkout_tree
     mode = LinkMode(link)
     check = trust_check(policy_path, require_signature)
     with obj.open_store() as store:
@@ -124,6 +134,7 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
 
 
 def _hardlink_note(mode: LinkMode) -> str:
+    from cas.core.linkmode import LinkMode
     if mode is not LinkMode.HARDLINK:
         return ""
     return "\nnote: hardlinked files are the store's read-only objects; never write to them"
@@ -136,6 +147,7 @@ def _hardlink_note(mode: LinkMode) -> str:
 @click.pass_obj
 def tag(obj: Context, source: str, target: str, as_json: bool) -> None:
     """Give artifact SOURCE another name TARGET."""
+    from cas.ops import artifacts
     with obj.open_store() as store, store.write_errors():
         new = artifacts.tag(store, source, target)
     emit(as_json, new.to_json(), f"{new.name}  {new.image}")
@@ -174,7 +186,7 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
     """Show artifact NAME: its tree with sizes and digests, its blobs and what its stored
     signatures claim."""
     from cas.core.digest import ObjectId
-    from cas.ops import signing
+    from cas.ops import artifacts, signing
     with obj.open_store() as store:
         info = artifacts.inspect(store, name)
         info["signatures"] = signing.describe(store, store.get_image(ObjectId(info["image"])))
@@ -202,6 +214,7 @@ def inspect(obj: Context, name: str, as_json: bool) -> None:
 @click.pass_obj
 def rm(obj: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Remove artifact names (their bytes go at the next GC)."""
+    from cas.ops import artifacts
     with obj.open_store() as store, store.write_errors():
         removed = artifacts.remove(store, names)
     emit(as_json, [r.to_json() for r in removed], "\n".join(f"removed {r.name}" for r in removed))

@@ -6,15 +6,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
 
 from cas import errors
-from cas.core.digest import ObjectId
-from cas.core.fsverity import Support
-from cas.core.store import Store
+
+if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
+    from cas.core.digest import ObjectId
+    from cas.core.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 STORE_ENV = "CAS_STORE"
@@ -31,6 +32,7 @@ class Context:
         self.json = False
 
     def open_store(self) -> Store:
+        from cas.core.store import Store
         if not self.store_path:
             raise errors.NoStoreGiven(variable=STORE_ENV)
         return Store.open(self.store_path)
@@ -62,6 +64,7 @@ def complete_names(ctx: click.Context, _param: click.Parameter,
                    incomplete: str) -> list[CompletionItem]:
     """Shell completion of artifact names from the store given by ``--store``/$CAS_STORE;
     no store or a damaged one completes nothing (a completion never prints an error)."""
+    from cas.core.store import Store
     path = ctx.find_root().params.get("store")
     if not path:
         return []
@@ -182,4 +185,5 @@ def trust_check(policy_path: Path | None,
 
 def verity_line(support: dict[str, Any]) -> str:
     """One line from ``fsverity.Support.to_json()``: kernel fs-verity, and if not why."""
+    from cas.core.fsverity import Support
     return Support(**support).line()

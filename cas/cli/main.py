@@ -10,10 +10,8 @@ them registers them on ``cas.cli.common.cli``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
 
 import click
 from click.shell_completion import shell_complete
@@ -35,6 +33,8 @@ MESSAGE_MAX = 4000
 
 
 def _report(error: BaseException, as_json: bool, debug: bool) -> int:
+    import json  # json and traceback: only on an error (start-up cost)
+    import traceback
     if debug:
         traceback.print_exception(error)
     if isinstance(error, errors.CasError):
@@ -57,6 +57,7 @@ def _usage_error(error: click.ClickException, as_json: bool) -> int:
     if not as_json or isinstance(error, click.exceptions.NoArgsIsHelpError):
         error.show()
     else:
+        import json  # only for --json (start-up cost)
         context = getattr(error, "ctx", None)
         payload = {"error": "usage-error", "message": error.format_message(),
                    "command": context.command_path if context is not None else "cas"}

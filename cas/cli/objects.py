@@ -7,14 +7,17 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cas import errors
 from cas.cli.common import Context, cli, emit, json_option, verity_line
 from cas.cli.progress import run_with_progress
-from cas.core.hashing import Progress
-from cas.core.store import AddResult, Store
+
+if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
+    from cas.core.hashing import Progress
+    from cas.core.store import AddResult, Store
 
 
 @cli.command()
@@ -28,6 +31,7 @@ from cas.core.store import AddResult, Store
 @click.pass_obj
 def init(obj: Context, path: Path, no_fsync: bool, group: str | None, as_json: bool) -> None:
     """Create a new store at PATH."""
+    from cas.core.store import Store
     gid = None if group is None else _group_id(group)
     with Store.init(path, fsync=not no_fsync, group=gid) as store:
         summary = store.summary()

@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from tqdm import tqdm
-
-from cas.core.hashing import Progress
+if TYPE_CHECKING:
+    from cas.core.hashing import Progress
 
 T = TypeVar("T")
 POLL_SECONDS = 0.1
@@ -28,9 +27,11 @@ def bars_wanted() -> bool:
 
 def run_with_progress(label: str, total: int | None, work: Callable[[Progress], T]) -> T:
     """Run ``work(progress)``; draw a byte-count bar from ``progress`` if it is worth it."""
+    from cas.core.hashing import Progress  # loads the native extension: only when used
     progress = Progress()
     if not bars_wanted():
         return work(progress)
+    from tqdm import tqdm
     outcome: list[T] = []
     failure: list[BaseException] = []
 

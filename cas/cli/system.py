@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.shell_completion import get_completion_class
@@ -24,8 +24,9 @@ import cas
 from cas import errors
 from cas.cli.common import COMPLETE_VAR, Context, cli, emit, json_option
 from cas.cli.manpages import pages
-from cas.ops import schedule as sched
-from cas.ops.gc import parse_duration
+
+if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
+    from cas.ops import schedule as sched
 
 SHELLS = ("bash", "zsh", "fish")
 UNIT_DIR, CRON_DIR = Path("/etc/systemd/system"), Path("/etc/cron.d")
@@ -130,6 +131,8 @@ def _schedule(obj: Context, store_path: str | None, metrics_dir: Path | None, na
               user: str | None, verify_max_duration: str, gc_grace: str,
               gc_max_duration: str) -> sched.Schedule:
     """The schedule for a store that exists and is one (else exit 3)."""
+    from cas.ops import schedule as sched
+    from cas.ops.gc import parse_duration
     obj.store_path = store_path or obj.store_path
     with obj.open_store() as store:
         path = store.path.absolute()
@@ -166,6 +169,7 @@ def systemd() -> None:
 @click.pass_obj
 def systemd_print(obj: Context, /, as_json: bool, **options: Any) -> None:
     """Print the units for this installation of cas and the store (--json: file → text)."""
+    from cas.ops import schedule as sched
     _show(sched.systemd_units(_schedule(obj, **options)), UNIT_DIR, as_json)
 
 
@@ -182,6 +186,7 @@ def systemd_install(obj: Context, /, unit_dir: Path, man_dir: Path, as_json: boo
                     **options: Any) -> None:
     """Write the units (atomically) and the man pages they link to, then print the
     systemctl command that starts the timers."""
+    from cas.ops import schedule as sched
     schedule = _schedule(obj, **options)
     written = sched.install(sched.systemd_units(schedule), unit_dir)
     if not _man_finds("cas-gc"):
@@ -204,6 +209,7 @@ def cron() -> None:
 @click.pass_obj
 def cron_print(obj: Context, /, as_json: bool, **options: Any) -> None:
     """Print the cron.d file for this installation of cas and the store."""
+    from cas.ops import schedule as sched
     files = sched.cron_files(_schedule(obj, **options))
     emit(as_json, files, "".join(files.values()).rstrip("\n"))
 
@@ -216,6 +222,7 @@ def cron_print(obj: Context, /, as_json: bool, **options: Any) -> None:
 @click.pass_obj
 def cron_install(obj: Context, /, cron_dir: Path, as_json: bool, **options: Any) -> None:
     """Write the cron.d file (atomically, mode 0644); cron picks it up by itself."""
+    from cas.ops import schedule as sched
     written = sched.install(sched.cron_files(_schedule(obj, **options)), cron_dir)
     emit(as_json, {"written": [str(p) for p in written]},
          "\n".join(f"wrote {p}" for p in written))

@@ -1,4 +1,4 @@
-"""Pure-Python reference of the native hashing and import code (``cas._native``).
+"""Pure-Python reference of the native hashing, import and GC sweep code (``cas._native``).
 
 Small and obviously correct rather than fast: it keeps every leaf hash in a list and
 hashes an import after copying it. Tests compare the native code against it; the
@@ -7,10 +7,12 @@ fs-verity algorithm is the one of Linux Documentation/filesystems/fsverity.rst.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable
@@ -171,3 +173,64 @@ def copy_fd(src_fd: int, dst_fd: int, *,
         return os.fstat(dst_fd).st_size, method
     assert skipped is not None
     raise skipped
+
+
+SHA256_XATTR = "user.cas.sha256"
+
+
+def sort_ids(ids: bytes | bytearray) -> bytes:
+    return b"".join(sorted({bytes(ids[i:i + 32]) for i in range(0, len(ids), 32)}))
+
+
+def _unlink_index_entry(shard_fd: int, name: str, st: os.stat_result,
+                        index_fds: list[int]) -> bool:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=shard_fd)
+    except OSError:
+        return False
+    try:
+        sha = os.getxattr(fd, SHA256_XATTR)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if len(sha) != 32 or index_fds[sha[0]] < 0:
+        return False
+    idx_fd, rest = index_fds[sha[0]], sha[1:].hex()
+    try:
+        entry = os.lstat(rest, dir_fd=idx_fd)
+        if (entry.st_dev, entry.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.unlink(rest, dir_fd=idx_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _sweep_one(shard_fd: int, name: str, index_fds: list[int], cutoff_ns: int,
+               dry_run: bool) -> hashing.Swept:
+    try:
+        st = os.lstat(name, dir_fd=shard_fd)
+    except FileNotFoundError:
+        return hashing.Swept(name, hashing.SweptStatus.GONE, 0, 0, False)
+    status = (hashing.SweptStatus.NOT_FILE if not stat.S_ISREG(st.st_mode)
+              else hashing.SweptStatus.YOUNG if st.st_mtime_ns > cutoff_ns
+              else hashing.SweptStatus.REMOVED)
+    unlinked = False
+    if status is hashing.SweptStatus.REMOVED and not dry_run:
+        if st.st_nlink > 1:
+            unlinked = _unlink_index_entry(shard_fd, name, st, index_fds)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=shard_fd)
+    return hashing.Swept(name, status, st.st_size, st.st_nlink, unlinked)
+
+
+def sweep_shard(shard_fd: int, shard: int, marked: bytes, index_fds: list[int],
+                cutoff_ns: int, *, dry_run: bool) -> tuple[int, list[hashing.Swept]]:
+    reachable = {marked[i:i + 32] for i in range(0, len(marked), 32)}
+    names = os.listdir(shard_fd)
+    unmarked = sorted(n for n in names if re.fullmatch("[0-9a-f]{62}", n)
+                      and bytes([shard]) + bytes.fromhex(n) not in reachable)
+    return len(names), [_sweep_one(shard_fd, n, index_fds, cutoff_ns, dry_run)
+                        for n in unmarked]

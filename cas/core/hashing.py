@@ -1,4 +1,5 @@
-"""Hashing and import API: fs-verity digest (object id) + SHA-256 (OCI digest).
+"""Hashing and import API: fs-verity digest (object id) + SHA-256 (OCI digest); and
+GC's sweep of a shard (``sweep_shard``), the other syscall-bound hot path.
 
 The work is done by the C extension ``cas._native`` (cffi, GIL released for the whole
 call). ``cas.core._reference`` is a slow pure-Python twin used to cross-check it; it is used
@@ -15,13 +16,14 @@ import os
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NewType, Protocol
 
 if TYPE_CHECKING:
     from cas.core import _reference
 
-__all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "StreamHasher",
-           "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd"]
+__all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "SortedIds", "StreamHasher",
+           "Swept", "SweptStatus", "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd",
+           "is_marked", "sort_ids", "sweep_shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,21 +139,37 @@ def _digests(out: Any, with_sha256: bool) -> Digests:
                    size=int(out.size))
 
 
-def hash_fd(fd: int, *, sha256: bool = True, progress: Progress | None = None) -> Digests:
-    """Hash fd from offset 0 to EOF (pread: the file position is left alone)."""
+def hash_fd(fd: int, *, sha256: bool = True, progress: Progress | None = None,
+            threads: int = 0) -> Digests:
+    """Hash fd from offset 0 to EOF (pread: the file position is left alone).
+
+    With ``sha256`` the two digests take a thread each (the flat SHA-256 is serial).
+    The fs-verity digest alone is computed on up to ``threads`` threads (0: one per CPU),
+    fewer while other calls in the process are hashing: a sweep that hashes a file per
+    CPU gets no extra threads, a single verification gets every idle core.
+    """
+    if threads < 0 or (threads and sha256):
+        raise ValueError("threads is for the fs-verity digest alone (sha256=False), >= 0")
     if _BACKEND is None:
         from cas.core import _reference  # imports this module: load it only when used
         return _reference.hash_fd(fd, sha256=sha256, progress=progress)
     out = _ffi.new("struct cas_digests *")
-    flags = _lib.CAS_HASH_SHA256 if sha256 else 0
-    _check(_lib.cas_hash_fd(fd, flags, out, _c_progress(progress)))
+    if sha256:
+        _check(_lib.cas_hash_fd(fd, _lib.CAS_HASH_SHA256, out, _c_progress(progress)))
+    else:
+        _check(_lib.cas_verity_fd(fd, threads, out, _c_progress(progress)))
     return _digests(out, sha256)
 
 
-def hash_bytes(data: bytes) -> Digests:
-    hasher = StreamHasher()
-    hasher.update(data)
-    return hasher.finalize()
+def hash_bytes(data: bytes | bytearray | memoryview) -> Digests:
+    """Both digests of bytes in memory (one native call)."""
+    if _BACKEND is None:
+        from cas.core import _reference
+        return _reference.hash_bytes(bytes(data))
+    out = _ffi.new("struct cas_digests *")
+    buf = _ffi.from_buffer("uint8_t[]", data)
+    _check(_lib.cas_hash_buffer(buf, len(buf), out))
+    return _digests(out, True)
 
 
 class StreamHasher:
@@ -246,3 +264,84 @@ def copy_fd(src_fd: int, dst_fd: int, *,
     _check(_lib.cas_copy_fd(src_fd, dst_fd, _allowed_bits(methods), copied, used,
                             _c_progress(progress)))
     return int(copied[0]), _METHOD_OF_BIT[int(used[0])]
+
+
+class SweptStatus(enum.IntEnum):
+    """What ``sweep_shard`` found for an unreachable name (the C enum's values)."""
+
+    GONE = 0
+    NOT_FILE = 1
+    YOUNG = 2         # modified within the grace period
+    REMOVED = 3       # unlinked (or, in a dry run, would be)
+
+
+class Swept(NamedTuple):  # a tuple: GC makes one per unreachable object
+    name: str             # the object id without its shard byte (62 hex digits)
+    status: SweptStatus
+    size: int
+    links: int
+    index_unlinked: bool
+
+
+_STATUS = tuple(SweptStatus)  # by value: cheaper than SweptStatus(value) per object
+
+#: Raw 32-byte ids, sorted, without repeats (only ``sort_ids`` makes them: the native
+#: sweep's binary search would call a reachable object garbage in an unsorted set).
+SortedIds = NewType("SortedIds", bytes)
+
+
+def sort_ids(ids: bytes | bytearray) -> SortedIds:
+    """GC's mark set for ``sweep_shard`` from raw 32-byte ids (repeats allowed)."""
+    if len(ids) % 32:
+        raise ValueError("ids are 32 bytes each")
+    if _BACKEND is None:
+        from cas.core import _reference
+        return SortedIds(_reference.sort_ids(ids))
+    work = bytearray(ids)
+    kept = _lib.cas_ids_sort_unique(_ffi.from_buffer("uint8_t[]", work), len(work) // 32)
+    return SortedIds(bytes(work[:32 * kept]))
+
+
+def is_marked(marked: SortedIds, raw_id: bytes) -> bool:
+    """Whether the 32-byte id ``raw_id`` is in ``marked`` (a binary search)."""
+    low, high = 0, len(marked) // 32
+    while low < high:
+        middle = (low + high) // 2
+        found = marked[32 * middle:32 * middle + 32]
+        if found == raw_id:
+            return True
+        low, high = (middle + 1, high) if found < raw_id else (low, middle)
+    return False
+
+
+def sweep_shard(shard_fd: int, shard: int, marked: SortedIds, index_fds: list[int],
+                cutoff_ns: int, *, dry_run: bool) -> tuple[int, list[Swept]]:
+    """GC's sweep of one ``objects/XX`` (``shard`` = XX): the names listed, and what was
+    done with each unreachable one, in name order.
+
+    An object id not in ``marked`` (``sort_ids``) is unreachable; a name that is not an
+    object id is never judged. Each unreachable regular file not modified after
+    ``cutoff_ns`` is unlinked (unless ``dry_run``), after its index entry when it has
+    more than one link: the entry its ``user.cas.sha256`` xattr names among
+    ``index_fds`` (256, -1 for none), if it is the same inode. A failure other than
+    "gone" raises OSError.
+    """
+    if len(index_fds) != 256 or not 0 <= shard <= 255 or len(marked) % 32:
+        raise ValueError("sweep_shard: 256 index fds, a shard byte, 32-byte ids")
+    if _BACKEND is None:
+        from cas.core import _reference
+        return _reference.sweep_shard(shard_fd, shard, marked, index_fds, cutoff_ns,
+                                      dry_run=dry_run)
+    out = _ffi.new("struct cas_sweep_entry **")
+    count = _ffi.new("size_t *")
+    scanned = _ffi.new("uint64_t *")
+    _check(_lib.cas_sweep_shard(shard_fd, shard, _ffi.from_buffer("uint8_t[]", marked),
+                                len(marked) // 32, _ffi.new("int[]", index_fds), cutoff_ns,
+                                _lib.CAS_SWEEP_DRY_RUN if dry_run else 0, out, count,
+                                scanned))
+    try:
+        return int(scanned[0]), [
+            Swept(_ffi.string(e.name).decode(), _STATUS[e.status], e.size, e.links,
+                  bool(e.index_unlinked)) for e in out[0][0:count[0]]]
+    finally:
+        _lib.cas_sweep_free(out[0])

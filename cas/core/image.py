@@ -407,20 +407,31 @@ def decode(data: bytes) -> Image:
     return image
 
 
-def needed_objects(data: bytes) -> set[ObjectId]:
-    """``decode(data).object_ids()`` without validating the tree: GC's mark reads every
-    image, and needs only the ids.  Only for bytes already checked against their object
-    id (so cas wrote them); anything unexpected falls back to ``decode``."""
-    try:
-        doc = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-        ids = {ObjectId(item["object"].hex()) for key in ("entries", "blobs")
-               for item in doc[key] if "object" in item}
-        if doc["version"] in _DECODERS and all(len(i) == 64 for i in ids):
-            return ids
-    except (ValueError, TypeError, KeyError, AttributeError, msgpack.ExtraData,
-            msgpack.FormatError, msgpack.StackError, RecursionError):
-        pass
-    return decode(data).object_ids()
+#: How a canonical image's top-level map starts and ends (its keys sorted: blobs, entries,
+#: source, version), and how an object id sits in it: the key "object" as a fixstr, then
+#: the 32 bytes as a bin8.
+_HEAD = b"\x84\xa5blobs"
+_TAIL = b"\xa7version" + msgpack.packb(VERSION)
+_OBJECT_KEY = b"\xa6object"
+_OBJECT_ID = _OBJECT_KEY + b"\xc4\x20"
+
+
+def needed_ids(data: bytes) -> bytes:
+    """``decode(data).object_ids()`` for GC's mark, which reads every image, as raw
+    32-byte digests one after another (repeats possible): only for bytes already checked
+    against their object id (so cas wrote them).
+
+    A stored image is canonical (``decode`` refuses any other byte form), so every object
+    id in it is the key "object" followed by a 32-byte bin8, and a scan for those bytes
+    finds them all (the pattern cannot overlap itself: 0xa6 occurs once in it). Look-alikes
+    inside other values (inline bytes, strings) add ids, which only makes GC keep more.
+    Any other layout, or an "object" key not followed by 32 bytes, is decoded in full.
+    """
+    if (data.startswith(_HEAD) and data.endswith(_TAIL)
+            and data.count(_OBJECT_KEY) == data.count(_OBJECT_ID)):
+        after = data.split(_OBJECT_ID)[1:]  # what follows each occurrence
+        return b"".join(part[:32] for part in after if len(part) >= 32)
+    return b"".join(bytes.fromhex(oid) for oid in sorted(decode(data).object_ids()))
 
 
 _IMAGE_FIELDS = {"version", "entries", "blobs", "source"}

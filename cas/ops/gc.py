@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import stat
 import time
 from collections import deque
@@ -36,8 +37,9 @@ from cas import errors
 from cas.core import fsio, hashing, signatures
 from cas.core import image as images
 from cas.core import lock as locks
-from cas.core.digest import ObjectId, is_hex64, shard
-from cas.core.store import SHA256_XATTR, Store
+from cas.core.digest import ObjectId, Sha256
+from cas.core.hashing import SweptStatus
+from cas.core.store import Store
 
 GC_LOCK = "gc.lock"
 DEFAULT_GRACE = 3600.0
@@ -47,6 +49,7 @@ LIVE_TEMP_MAX_AGE = 86400.0
 SWEEP_THREADS = 2
 #: How long GC waits for writers to leave their (short) publish steps.
 WRITERS_WAIT = 60.0
+_SHARD = re.compile("[0-9a-f]{2}")
 
 
 @dataclass(slots=True)
@@ -96,12 +99,18 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
             _sweep_tmp(store, report, now)
             try:
                 report.signatures_removed = signatures.sweep(
-                    store, lambda sha: store.lookup_sha256(sha) in reachable, now - grace,
+                    store, lambda sha: _reached(store, reachable, sha), now - grace,
                     dry_run=dry_run)
             except errors.ForeignEntry as exc:  # signatures/ is not a directory
                 report.skipped.append(exc.message())
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def _reached(store: Store, marked: hashing.SortedIds, sha: Sha256) -> bool:
+    """Whether the manifest with this sha256 is a marked object (its signatures stay)."""
+    oid = store.lookup_sha256(sha)
+    return oid is not None and hashing.is_marked(marked, bytes.fromhex(oid))
 
 
 @contextlib.contextmanager
@@ -123,8 +132,9 @@ def _locked(store: Store, root_fd: int, wait: float, dry_run: bool) -> Iterator[
         os.close(gc_fd)
 
 
-def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[ObjectId]:
-    """Everything a live temp root or a name reaches.
+def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> hashing.SortedIds:
+    """Everything a live temp root or a name reaches, as sorted raw 32-byte ids
+    (``hashing.sort_ids``: the native sweep looks them up without a Python string each).
 
     Roots are read *before* names: a writer drops its root only after writing its name,
     so an import is seen in one or the other (read the other way round, a name written
@@ -136,13 +146,13 @@ def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[Obj
     roots = locks.read_roots(store.root_fd, remove_dead=remove_dead_roots)
     report.live_roots, report.dead_roots_removed = roots.live, roots.dead
     report.skipped += roots.foreign
-    reachable = roots.ids
     records, damaged = store.names.scan()
     for exc in damaged:
         if not isinstance(exc, errors.ForeignEntry):  # a name file: its objects unknown
             raise errors.StoreCorrupt(path=store.path / exc.fields["path"], reason=exc.fields[
                 "reason"] + "; gc refuses to run: the objects of that name are unknown")
         report.skipped.append(exc.message())
+    ids = bytearray(b"".join(bytes.fromhex(oid) for oid in roots.ids))
     images: set[ObjectId] = set()
     for record in records:
         report.names += 1
@@ -150,24 +160,25 @@ def _mark(store: Store, report: GcReport, *, remove_dead_roots: bool) -> set[Obj
             continue
         images.add(record.image)
         try:
-            needed = _image_needs(store, record.image)
+            ids += _image_needs(store, record.image)
         except errors.CasError as exc:
             raise errors.StoreCorrupt(path=store.path, reason=f"name {record.name}: {exc}; "
                                       "gc refuses to run (see cas verify)") from exc
-        reachable.add(record.image)
-        reachable |= needed
-    report.reachable = len(reachable)
-    return reachable
+        ids += bytes.fromhex(record.image)
+    marked = hashing.sort_ids(ids)
+    report.reachable = len(marked) // 32
+    return marked
 
 
-def _image_needs(store: Store, oid: ObjectId) -> set[ObjectId]:
-    """The objects an image needs: its bytes checked against its id, then only the ids
-    read (``Store.get_image`` would validate the whole tree: most of a mark's time)."""
-    with store.open_object(oid) as f:
-        data = f.read(images.MAX_IMAGE_BYTES + 1)
+def _image_needs(store: Store, oid: ObjectId) -> bytes:
+    """The ids (raw, repeats possible) of the objects an image needs: its bytes checked
+    against its id, then only the ids read (``Store.get_image`` would validate the whole
+    tree: most of a mark's time)."""
+    with store.open_object(oid) as f:  # read what is there, up to the limit + 1
+        data = f.read(min(os.fstat(f.fileno()).st_size, images.MAX_IMAGE_BYTES) + 1)
     if hashing.hash_bytes(data).verity.hex() != oid:
         raise errors.CorruptObject(object_id=oid, users=" (a metadata image)")
-    return images.needed_objects(data)
+    return images.needed_ids(data)
 
 
 @dataclass(slots=True)
@@ -193,27 +204,25 @@ class _ShardSweep:
         return self.unlinked_all
 
 
-def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now: float,
+def _sweep_objects(store: Store, marked: hashing.SortedIds, report: GcReport, now: float,
                    deadline: float | None) -> bool:
     """Unlink unmarked objects past the grace period, each after its index link, two
-    shards at a time (unlink is kernel work: it runs beside the other thread); return
-    whether every index link of a removed object was found (else the whole index needs
-    a sweep)."""
-    with os.scandir(store.objects_fd) as shards:
+    shards at a time (each is one native call, without the GIL); return whether every
+    index link of a removed object was found (else the whole index needs a sweep)."""
+    with os.scandir(store.objects_fd) as shards:  # a stray directory is never judged
         shard_names = sorted(e.name for e in shards
-                             if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
-    by_shard: dict[str, set[str]] = {}
-    for oid in reachable:
-        by_shard.setdefault(oid[:2], set()).add(oid[2:])
+                             if _SHARD.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
     unlinked_all = True
     running: deque[Future[_ShardSweep]] = deque()
-    with ThreadPoolExecutor(SWEEP_THREADS) as pool:
+    cutoff_ns = max(int((now - report.grace) * 1e9), -(1 << 63))  # older: past the grace
+    with _IndexShards(store.index_fd, needed=not report.dry_run) as index, \
+            ThreadPoolExecutor(SWEEP_THREADS) as pool:
         for shard_name in shard_names:  # submitted as threads free up: deadline honoured
             if deadline is not None and time.monotonic() >= deadline:
                 report.complete = False
                 break
-            running.append(pool.submit(_sweep_shard, store, shard_name, by_shard,
-                                       report.grace, now, report.dry_run))
+            running.append(pool.submit(_sweep_shard, store, index, shard_name, marked,
+                                       cutoff_ns, report.dry_run))
             if len(running) >= SWEEP_THREADS:
                 unlinked_all &= running.popleft().result().add_to(report)
         for future in running:
@@ -221,78 +230,52 @@ def _sweep_objects(store: Store, reachable: set[ObjectId], report: GcReport, now
     return unlinked_all
 
 
-def _sweep_shard(store: Store, shard_name: str, reachable: dict[str, set[str]],
-                 grace: float, now: float, dry_run: bool) -> _ShardSweep:
-    """Sweep one ``objects/XX``: the names not marked come from one set difference (in
-    C), so only garbage candidates cost Python work and an lstat."""
+class _IndexShards:
+    """The ``index/sha256/XX`` directories, opened once per run (not once per object
+    removed) and shared by the sweep threads: one fd per shard, -1 where there is none."""
+
+    def __init__(self, index_fd: int, *, needed: bool) -> None:
+        self.fds = [-1] * 256
+        for byte in range(256) if needed else ():
+            with contextlib.suppress(OSError):
+                self.fds[byte] = fsio.open_dir(f"{byte:02x}", index_fd)
+
+    def __enter__(self) -> _IndexShards:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _sweep_shard(store: Store, index: _IndexShards, shard_name: str,
+                 marked: hashing.SortedIds, cutoff_ns: int, dry_run: bool) -> _ShardSweep:
+    """Sweep one ``objects/XX`` in one native call (``hashing.sweep_shard``: lists it,
+    looks each id up in ``marked``, checks and removes the rest); count what it did."""
     part = _ShardSweep()
     try:
         shard_fd = fsio.open_dir(shard_name, store.objects_fd)
     except OSError:
         return part  # gone, or not a directory (verify reports it)
     try:
-        names = os.listdir(shard_fd)
-        part.scanned = len(names)
-        for name in sorted(set(names) - reachable.get(shard_name, set())):
-            if not is_hex64(shard_name + name):
-                continue  # a stray: verify reports it, GC never judges it
-            try:
-                st = os.lstat(name, dir_fd=shard_fd)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if now - st.st_mtime < grace:
-                part.kept_in_grace += 1
-                continue
-            if st.st_nlink > 1:
-                if dry_run:
-                    part.index_removed += 1
-                elif _unlink_index_link(store, shard_fd, name, st):
-                    part.index_removed += 1
-                else:
-                    part.unlinked_all = False
-            if dry_run:
-                part.removed_ids.append(shard_name + name)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=shard_fd)
-            part.removed += 1
-            part.bytes += st.st_size
+        part.scanned, swept = hashing.sweep_shard(shard_fd, int(shard_name, 16), marked,
+                                                  index.fds, cutoff_ns, dry_run=dry_run)
     finally:
         os.close(shard_fd)
+    for result in swept:
+        if result.status is SweptStatus.YOUNG:
+            part.kept_in_grace += 1
+        elif result.status is SweptStatus.REMOVED:
+            part.removed += 1
+            part.bytes += result.size
+            if result.links > 1 and (dry_run or result.index_unlinked):
+                part.index_removed += 1
+            elif result.links > 1:
+                part.unlinked_all = False
+            if dry_run:
+                part.removed_ids.append(shard_name + result.name)
     return part
-
-
-def _unlink_index_link(store: Store, shard_fd: int, name: str, st: os.stat_result) -> bool:
-    """Unlink the index entry that is this object's inode; False if it can't be found."""
-    try:
-        fd = os.open(name, fsio.READ_FLAGS | os.O_NONBLOCK, dir_fd=shard_fd)
-    except OSError:
-        return False
-    try:
-        sha = os.getxattr(fd, SHA256_XATTR)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    if len(sha) != 32:
-        return False
-    idx_shard, idx_rest = shard(sha.hex())
-    try:
-        idx_fd = fsio.open_dir(idx_shard, store.index_fd)
-    except OSError:
-        return False
-    try:
-        entry = os.lstat(idx_rest, dir_fd=idx_fd)
-        if (entry.st_dev, entry.st_ino) != (st.st_dev, st.st_ino):
-            return False
-        os.unlink(idx_rest, dir_fd=idx_fd)
-        return True
-    except FileNotFoundError:
-        return False
-    finally:
-        os.close(idx_fd)
 
 
 def _sweep_index(store: Store, report: GcReport) -> None:

@@ -7,9 +7,11 @@
  *   signed delta taken from the rest of byte 1, so short inputs reach the level
  *   changes.
  * Every input is hashed (a) in one cas_hasher_update, (b) in PRNG-sized pieces,
- * (c) by cas_hash_fd on a memfd with and without CAS_HASH_SHA256, and checked
- * against (d) a plain non-streaming Merkle computed here with all leaf hashes in
- * memory. Any mismatch aborts.
+ * (c) by cas_hash_fd on a memfd with and without CAS_HASH_SHA256, (d) by the
+ * parallel cas_verity_fd_tuned in several shapes (1-4 threads, 512 KiB or 1
+ * MiB units, windows of 1-3 units, so small inputs cross many units and fill
+ * the window), and checked against (e) a plain non-streaming Merkle computed
+ * here with all leaf hashes in memory. Any mismatch aborts.
  *
  * Build (see Makefile): libFuzzer + ASan with `make fuzz`, or a plain driver
  * with `make standalone` that runs the files named on its command line, or,
@@ -17,20 +19,31 @@
  * read/write and copy_file_range methods (for valgrind: `make valgrind`).
  */
 #define _GNU_SOURCE
+#define CAS_NATIVE_INTERNAL
 #include "cas_native.h"
 
 #include <fcntl.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define BLOCK 4096u
 
 static const size_t boundaries[] = {
     BLOCK, 2 * BLOCK, 128 * BLOCK, 129 * BLOCK, 2 * 128 * BLOCK,
+    3 * 128 * BLOCK, 5 * 128 * BLOCK + BLOCK,
+};
+
+/* Shapes of the parallel hasher: max_threads, cpus (the budget), unit_nodes,
+ * window. cpus = 8 lets helpers run whatever the machine. */
+static const struct cas_verity_tuning shapes[] = {
+    {1, 8, 1, 1}, {2, 8, 1, 1}, {4, 8, 1, 2}, {3, 8, 2, 3}, {0, 0, 2, 64},
 };
 
 static void check(int cond, const char *what)
@@ -116,6 +129,22 @@ static int memfd_with(const uint8_t *data, size_t len)
     return fd;
 }
 
+static void check_parallel(int fd, size_t len, const uint8_t verity[32])
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        struct cas_digests got;
+        struct cas_progress progress = {0, 0};
+
+        check(cas_verity_fd_tuned(fd, &shapes[i], &got, &progress) == 0,
+              "verity_fd_tuned");
+        check(memcmp(got.verity, verity, 32) == 0 && got.size == len,
+              "parallel verity");
+        check(progress.done == len, "parallel progress");
+    }
+}
+
 static void check_all(const uint8_t *data, size_t len, uint32_t seed)
 {
     struct cas_digests one[2], split[2], both, merkle;
@@ -130,9 +159,10 @@ static void check_all(const uint8_t *data, size_t len, uint32_t seed)
     hash_pieces(data, len, seed, split);
     check(cas_hash_fd(fd, CAS_HASH_SHA256, &both, NULL) == 0, "hash_fd");
     check(cas_hash_fd(fd, 0, &merkle, NULL) == 0, "hash_fd merkle");
+    plain_verity(data, len, verity);
+    check_parallel(fd, len, verity);
     close(fd);
 
-    plain_verity(data, len, verity);
     SHA256(data, len, sha);
     check(memcmp(one[0].verity, verity, 32) == 0, "one-shot verity");
     check(memcmp(split[0].verity, verity, 32) == 0, "split verity");
@@ -216,10 +246,145 @@ static void check_import(const uint8_t *data, size_t len, unsigned method)
     rmdir(dir);
 }
 
+/* Three calls at once on one file: the budget shared by concurrent calls. */
+struct concurrent_arg {
+    int fd;
+    struct cas_digests out;
+    int rc;
+};
+
+static void *concurrent_main(void *arg)
+{
+    struct concurrent_arg *c = arg;
+
+    c->rc = cas_verity_fd(c->fd, 0, &c->out, NULL);
+    return NULL;
+}
+
+static void check_concurrent(const uint8_t *data, size_t len)
+{
+    struct concurrent_arg args[3];
+    pthread_t threads[3];
+    uint8_t verity[32];
+    int fd = memfd_with(data, len), i;
+
+    plain_verity(data, len, verity);
+    for (i = 0; i < 3; i++) {
+        args[i].fd = fd;
+        check(pthread_create(&threads[i], NULL, concurrent_main, &args[i]) == 0,
+              "pthread_create");
+    }
+    for (i = 0; i < 3; i++) {
+        pthread_join(threads[i], NULL);
+        check(args[i].rc == 0 && memcmp(args[i].out.verity, verity, 32) == 0,
+              "concurrent verity");
+    }
+    close(fd);
+}
+
+/* Cancelling a running parallel call: -ECANCELED, helpers gone (no leak). */
+static void *cancel_main(void *arg)
+{
+    struct cas_progress *progress = arg;
+
+    while (__atomic_load_n(&progress->done, __ATOMIC_RELAXED) == 0)
+        usleep(100);
+    __atomic_store_n(&progress->cancel, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void check_cancel(void)
+{
+    static const struct cas_verity_tuning shape = {4, 8, 1, 4};
+    struct cas_progress progress = {0, 0};
+    struct cas_digests out;
+    pthread_t canceller;
+    int fd = memfd_create("cas_fuzz_cancel", 0);
+
+    check(fd >= 0 && ftruncate(fd, (off_t)1 << 34) == 0, "sparse memfd");
+    check(pthread_create(&canceller, NULL, cancel_main, &progress) == 0,
+          "pthread_create");
+    check(cas_verity_fd_tuned(fd, &shape, &out, &progress) == -ECANCELED,
+          "cancel");
+    pthread_join(canceller, NULL);
+    check(progress.done < (uint64_t)1 << 34, "cancelled early");
+    close(fd);
+}
+
+/* GC's sweep of one shard: an old unmarked indexed object goes with its index
+ * entry, a young one and a directory stay, a marked one and a stray are never
+ * judged; the mark set is sorted without repeats. */
+static void check_sweep(void)
+{
+    char dir[] = "/tmp/cas_fuzz_sweep.XXXXXX", path[256], rest[63], name[4][63];
+    struct cas_sweep_entry *out = NULL;
+    struct timespec times[2] = {{1000, 0}, {1000, 0}};
+    uint8_t sha[32], marked[3 * 32];
+    uint64_t scanned;
+    size_t n;
+    int index_fds[256], shard_fd, i, fd;
+
+    check(mkdtemp(dir) != NULL, "mkdtemp");
+    for (i = 0; i < 256; i++)
+        index_fds[i] = -1;
+    for (i = 0; i < 4; i++) {              /* old, young, sub, marked: in name order */
+        memset(name[i], '1' + i, 62);
+        name[i][62] = '\0';
+    }
+    snprintf(path, sizeof(path), "%s/ab", dir);
+    check(mkdir(path, 0755) == 0, "mkdir shard");
+    shard_fd = open(path, O_RDONLY | O_DIRECTORY);
+    snprintf(path, sizeof(path), "%s/11", dir);
+    check(mkdir(path, 0755) == 0, "mkdir index");
+    index_fds[0x11] = open(path, O_RDONLY | O_DIRECTORY);
+    memset(sha, 0x11, sizeof(sha));
+    memset(rest, '1', 62);
+    rest[62] = '\0';
+    fd = openat(shard_fd, name[0], O_WRONLY | O_CREAT, 0444);
+    check(fd >= 0 && fsetxattr(fd, "user.cas.sha256", sha, 32, 0) == 0, "xattr");
+    check(futimens(fd, times) == 0, "futimens");
+    close(fd);
+    check(linkat(shard_fd, name[0], index_fds[0x11], rest, 0) == 0, "index link");
+    close(openat(shard_fd, name[1], O_WRONLY | O_CREAT, 0444));
+    check(mkdirat(shard_fd, name[2], 0755) == 0, "mkdirat");
+    close(openat(shard_fd, name[3], O_WRONLY | O_CREAT, 0444));
+    close(openat(shard_fd, "README", O_WRONLY | O_CREAT, 0444));
+    memset(marked, 0x44, sizeof(marked));  /* ab4444..., twice, after ff4444... */
+    marked[0] = 0xff;
+    marked[32] = marked[64] = 0xab;
+    check(cas_ids_sort_unique(marked, 3) == 2 && marked[0] == 0xab
+          && marked[32] == 0xff, "ids sorted without repeats");
+    check(cas_sweep_shard(shard_fd, 256, marked, 2, index_fds, 0, 0, &out, &n,
+                          &scanned) == -EINVAL && out == NULL, "sweep refuses a bad shard");
+    check(cas_sweep_shard(shard_fd, 0xab, marked, 2, index_fds, 2000000000000LL, 0,
+                          &out, &n, &scanned) == 0, "sweep");
+    check(n == 3 && scanned == 5 && strcmp(out[0].name, name[0]) == 0
+          && out[0].status == CAS_SWEEP_REMOVED && out[0].index_unlinked == 1
+          && out[1].status == CAS_SWEEP_YOUNG && out[2].status == CAS_SWEEP_NOT_FILE,
+          "sweep outcomes");
+    cas_sweep_free(out);
+    check(faccessat(shard_fd, name[0], F_OK, 0) != 0
+          && faccessat(index_fds[0x11], rest, F_OK, 0) != 0
+          && faccessat(shard_fd, name[3], F_OK, 0) == 0
+          && faccessat(shard_fd, "README", F_OK, 0) == 0, "sweep unlinked");
+    unlinkat(shard_fd, name[1], 0);
+    unlinkat(shard_fd, name[2], AT_REMOVEDIR);
+    unlinkat(shard_fd, name[3], 0);
+    unlinkat(shard_fd, "README", 0);
+    close(shard_fd);
+    close(index_fds[0x11]);
+    snprintf(path, sizeof(path), "%s/ab", dir);
+    rmdir(path);
+    snprintf(path, sizeof(path), "%s/11", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     static const long sweep[] = {0, 1, 4095, 4096, 4097, 524287, 524288,
-                                 524289, 3 << 20};
+                                 524289, 3 << 20, 5 * 524288 + 4096,
+                                 (9 << 20) + 4097};
     size_t i;
     int a;
 
@@ -242,8 +407,12 @@ int main(int argc, char **argv)
         check_all(buf, (size_t)sweep[i], (uint32_t)i);
         check_import(buf, (size_t)sweep[i], CAS_COPY_READWRITE);
         check_import(buf, (size_t)sweep[i], CAS_COPY_RANGE);
+        if (sweep[i] > 3 << 20)
+            check_concurrent(buf, (size_t)sweep[i]);
         free(buf);
     }
+    check_cancel();
+    check_sweep();
     printf("cas_fuzz: all checks passed\n");
     return 0;
 }
