@@ -12,8 +12,10 @@ from cas.cli.common import (
     complete_names,
     emit,
     json_option,
+    parse_age,
     trust_check,
     trust_options,
+    trust_proven_option,
 )
 
 
@@ -22,10 +24,11 @@ from cas.cli.common import (
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Without kernel fs-verity, rehash the artifact's objects before mounting.")
+@trust_proven_option
 @trust_options
 @json_option
 @click.pass_obj
-def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool,
+def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, trust_proven: str | None,
               policy_path: Path | None, require_signature: bool, as_json: bool) -> None:
     """Mount artifact NAME read-only at MOUNTPOINT (EROFS image + overlayfs; root only)."""
     from cas.ops import mount as mount_mod
@@ -33,9 +36,12 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool,
     with obj.open_store() as store:
         admit = None if check is None else (
             lambda record, _image: check(store, record.name, record.image))
-        result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit)
+        result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit,
+                                 trust_proven=parse_age(trust_proven))
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
+    if result.verifier is not None and result.verifier.summary():
+        human += f"\n{result.verifier.summary()}"
     if result.verification == "userspace":
         human += f"\nwarning: {mount_mod.WARNING}"
     elif result.verification == "none":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cas.cli.common import Context, cli, emit, json_option
+from cas.cli.common import Context, cli, emit, json_option, parse_age
 from cas.cli.progress import run_with_progress
 from cas.core.hashing import Progress
 from cas.core.store import AddResult, Store
@@ -20,11 +20,15 @@ from cas.core.store import AddResult, Store
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--no-fsync", is_flag=True,
               help="Do not fsync objects before publishing them (faster, not crash-durable).")
+@click.option("--trust-proven", metavar="AGE",
+              help="Store policy (meta.json trust_proven): mounts and checkouts skip "
+              "rehashing objects proven within AGE (e.g. 1d).  Default: always rehash.")
 @json_option
 @click.pass_obj
-def init(obj: Context, path: Path, no_fsync: bool, as_json: bool) -> None:
+def init(obj: Context, path: Path, no_fsync: bool, trust_proven: str | None,
+         as_json: bool) -> None:
     """Create a new store at PATH."""
-    with Store.init(path, fsync=not no_fsync) as store:
+    with Store.init(path, fsync=not no_fsync, trust_proven=parse_age(trust_proven)) as store:
         emit(as_json, store.summary(), f"initialised cas store at {store.path}")
 
 

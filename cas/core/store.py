@@ -176,8 +176,10 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True) -> Store:
-        """Create a new store at ``path`` (a missing or empty directory) and open it."""
+    def init(cls, path: str | os.PathLike[str], *, fsync: bool = True,
+             trust_proven: float | None = None) -> Store:
+        """Create a new store at ``path`` (a missing or empty directory) and open it
+        (``trust_proven``: the store's policy for ``cas.core.proof``, seconds)."""
         path = Path(path)
         with _store_errors(path):
             try:
@@ -194,7 +196,8 @@ class Store:
                 tmp_fd = fsio.open_dir(TMP, root_fd)
                 try:
                     # meta.json comes last: its presence is what makes the directory a store
-                    fsio.replace_file(root_fd, meta.META_NAME, meta.new(fsync=fsync),
+                    fsio.replace_file(root_fd, meta.META_NAME, meta.new(fsync=fsync,
+                                                                 trust_proven=trust_proven),
                                       tmp_dir_fd=tmp_fd, fsync=fsync)
                 finally:
                     os.close(tmp_fd)

@@ -15,7 +15,9 @@ object is re-checked (still referenced by the same name, still the same inode) b
 is reported; ``tmp/`` is never looked at; objects are only ever published complete.
 
 Corrupt objects (proven by hash) are quarantined, and every damaging finding marks the
-artifacts that use the object (``cas.integrity.quarantine``).  Nothing here prints.
+artifacts that use the object (``cas.integrity.quarantine``).  Objects rehashed and found
+right are remembered in the record of proof (``cas.core.proof``), shard by shard as the
+sweep goes; a corrupt one loses its proof.  Nothing here prints.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from cas import errors
 from cas.core import fsio, fsverity
 from cas.core.digest import ObjectId, Sha256, is_hex64
+from cas.core.proof import ProofRecord
 from cas.core.store import OBJECT_XATTR, OBJECTS, Store
 from cas.integrity import quarantine, verify_state
 from cas.integrity.verify_report import DAMAGING, Finding, Report
@@ -67,6 +70,8 @@ class Outcome:
     size: int = 0
     how: str = "hash"
     inode: tuple[int, int] | None = None
+    stat: os.stat_result | None = None  # the file checked, as it was when its check began
+    started_ns: int = 0                 # when (wall clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +326,7 @@ class _Hasher:
         self.run_time = report.started   # lower bound of every check made in this run
         self.last: str = ""
         self.saved_at = clock()
+        self.proofs = ProofRecord(store)
 
     def run(self, listed: list[Listed], refs: dict[ObjectId, Ref],
             inodes: dict[ObjectId, tuple[int, int] | None]) -> None:
@@ -346,6 +352,7 @@ class _Hasher:
                     self._collect(*window.popleft())
             while window:
                 self._collect(*window.popleft())
+        self.proofs.flush()
         if self.last:
             self.state.record_run(self.last, self.run_time)
         report.cursor = self.state.cycle.cursor
@@ -384,6 +391,8 @@ class _Hasher:
 
     def _collect(self, obj: Listed, future: Future[Outcome] | None) -> None:
         report = self.report
+        if self.last[:2] != obj.oid[:2]:
+            self.proofs.flush()  # ids come sorted: the previous shard is done
         if future is None:
             report.objects_skipped += 1
         else:
@@ -394,6 +403,7 @@ class _Hasher:
                 report.objects_checked += 1
                 report.bytes_checked += out.size
                 report.checked_by_kernel += out.how == "kernel"
+            self._remember(out)
             if out.status == "corrupt" and obj.oid not in self.known:
                 ref = self.refs.get(obj.oid, Ref())
                 report.findings.append(Finding(
@@ -407,6 +417,15 @@ class _Hasher:
             self.saved_at = self.clock()
 
 
+    def _remember(self, out: Outcome) -> None:
+        """Record a rehash that matched as a proof; drop the proof of a corrupt object.
+        (A kernel measurement proves the Merkle root, not the bytes: not recorded.)"""
+        if out.status == "corrupt":
+            self.proofs.forget(out.oid)
+        elif out.status == "ok" and out.how == "hash" and out.stat is not None:
+            self.proofs.add(out.oid, out.stat, out.started_ns, "sweep")
+
+
 def _check_object(store: Store, oid: ObjectId) -> Outcome:
     """Check one object (runs in a worker); a mismatch is re-checked if the file at the
     name was replaced meanwhile (a concurrent add repairs a damaged object so)."""
@@ -417,13 +436,14 @@ def _check_object(store: Store, oid: ObjectId) -> Outcome:
         except errors.ObjectNotFound:
             return Outcome(oid, "vanished")
         with f:
+            started = time.time_ns()
             st = os.fstat(f.fileno())
             if inode == (st.st_dev, st.st_ino):
                 break  # the same file: the mismatch stands
             inode = (st.st_dev, st.st_ino)
             ok, how = fsverity.matches(f.fileno(), bytes.fromhex(oid))
             if ok:
-                return Outcome(oid, "ok", st.st_size, how, inode)
+                return Outcome(oid, "ok", st.st_size, how, inode, st, started)
             size = st.st_size
     return Outcome(oid, "corrupt", size, how, inode)
 

@@ -25,6 +25,10 @@ Integrity modes (``MountResult.verification``):
   as is, with no error — a time-of-check/time-of-use gap for the life of the mount.
 - ``none`` (``--no-verify``): nothing is checked.
 
+In ``userspace`` mode an operator may opt in (``trust_proven``, or the store's
+``meta.json`` policy) to skip rehashing objects whose exact file a sweep or an earlier
+mount proved recently (``cas.core.proof``); the result lists them and their proofs.
+
 The metadata image is always checked against its id when read, and the EROFS image is
 rebuilt from it, so the tree's shape, modes and redirects are those the name pins.
 While mounted, the artifact's objects must stay: removing its name and running GC
@@ -45,6 +49,7 @@ from cas.core import fsverity
 from cas.core.digest import ObjectId
 from cas.core.image import Image
 from cas.core.names import NameRecord
+from cas.core.proof import Verifier, policy_age
 from cas.core.store import Store
 from cas.errors import MountFailed
 from cas.formats.composefs import erofs
@@ -65,12 +70,14 @@ class MountResult:
     objects: int
     loop: bool
     seconds: float
+    verifier: Verifier | None = None  # userspace: which objects were rehashed or trusted
 
     def to_json(self) -> dict[str, object]:
         return {"mountpoint": str(self.mountpoint), "artifact": self.artifact,
                 "erofs_image": self.image, "verification": self.verification,
                 "objects": self.objects, "loop_device": self.loop,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3),
+                "proofs": None if self.verifier is None else self.verifier.to_json()}
 
 
 def write_image(store: Store, image: Image) -> ObjectId:
@@ -83,8 +90,10 @@ def write_image(store: Store, image: Image) -> ObjectId:
 
 
 def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
-          admit: Callable[[NameRecord, Image], object] | None = None) -> MountResult:
-    """``admit`` may refuse the artifact (its trust policy) before anything is mounted."""
+          admit: Callable[[NameRecord, Image], object] | None = None,
+          trust_proven: float | None = None) -> MountResult:
+    """``admit`` may refuse the artifact (its trust policy) before anything is mounted.
+    ``trust_proven`` (seconds, else the store's policy): see the module docstring."""
     start = time.monotonic()
     target = _mountpoint(mountpoint)
     record = store.names.get(name)
@@ -93,7 +102,8 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
         admit(record, image)
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
-    mode = _verify(store, [image_id, *needed]) if verify else "none"
+    verifier = Verifier(store, policy_age(store, trust_proven), "mount") if verify else None
+    mode = _verify(verifier, [image_id, *needed]) if verifier is not None else "none"
     private = _private_dir(store, target)
     _check_option_path(store.path / "objects")
     _check_option_path(private)
@@ -115,7 +125,7 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
         os.rmdir(private)
         raise
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
-                       time.monotonic() - start)
+                       time.monotonic() - start, verifier if mode == "userspace" else None)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:
@@ -144,12 +154,14 @@ def _mount_image(fd: int, private: Path, target: Path) -> bool:
         return True
 
 
-def _verify(store: Store, ids: list[ObjectId]) -> str:
-    """``kernel`` if every object has fs-verity, else rehash them all (``userspace``)."""
-    if all(_has_verity(store, oid) for oid in ids):
+def _verify(verifier: Verifier, ids: list[ObjectId]) -> str:
+    """``kernel`` if every object has fs-verity, else check them all (``userspace``:
+    rehashed, or trusted from a recent proof where the verifier may)."""
+    if all(_has_verity(verifier.store, oid) for oid in ids):
         return "kernel"
     for oid in ids:
-        store.open_verified(oid).close()
+        verifier.check(oid)
+    verifier.finish()
     return "userspace"
 
 
