@@ -15,9 +15,11 @@ from cas.cli.common import (
     complete_names,
     emit,
     json_option,
+    parse_age,
     policy_option,
     trust_check,
     trust_options,
+    trust_proven_option,
     warn,
 )
 from cas.errors import CasError, printable
@@ -105,12 +107,13 @@ def export(obj: Context, name: str, destination: str, link: str, as_json: bool) 
 @click.option("--same-owner/--no-same-owner", default=None,
               help="Restore the recorded owners (default: when run as root).  Files whose "
               "owner is not restored lose setuid/setgid bits and capabilities.")
+@trust_proven_option
 @trust_options
 @json_option
 @click.pass_obj
 def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
-             same_owner: bool | None, policy_path: Path | None, require_signature: bool,
-             as_json: bool) -> None:
+             same_owner: bool | None, trust_proven: str | None, policy_path: Path | None,
+             require_signature: bool, as_json: bool) -> None:
     """Materialise artifact NAME's tree at DEST (which must not exist), with its modes,
     mtimes, xattrs, hard links, FIFOs and devices, and (as root) owners."""
     from cas.core.linkmode import LinkMode
@@ -123,10 +126,13 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
         image = store.get_image(record.image)
         if check is not None:
             check(store, record.name, record.image)
-        result = checkout_tree(store, image, dest, mode, verify=verify, same_owner=same_owner)
+        result = checkout_tree(store, image, dest, mode, verify=verify, same_owner=same_owner,
+                               trust_proven=parse_age(trust_proven))
     methods = ", ".join(f"{n} {m}" for m, n in sorted(result.methods.items()))
     lines = [f"checked out {result.files} files ({result.bytes} bytes) to {dest}" + (
         f": {methods}" if methods else "")]
+    if result.verifier is not None and result.verifier.summary():
+        lines.append(result.verifier.summary())
     for kind, count in sorted(result.not_restored.items()):
         lines.append(f"not restored: {NOT_RESTORED[kind]}: {count} entries "
                      f"(e.g. {printable(result.examples[kind])})")

@@ -117,6 +117,25 @@ def parse_size(text: str) -> int:
     return size
 
 
+TRUST_PROVEN_HELP = ("Skip rehashing objects whose exact file (inode, ctime) a sweep, mount "
+                     "or checkout proved within AGE (e.g. 1d; 0: always rehash; default: "
+                     "the store's meta.json trust_proven, else always rehash).  Changes made "
+                     "below the filesystem go unseen: see docs/design.md.")
+
+
+def trust_proven_option(fn: F) -> F:
+    """``--trust-proven AGE``: the proof age a mount or checkout may trust."""
+    return click.option("--trust-proven", metavar="AGE", help=TRUST_PROVEN_HELP)(fn)
+
+
+def parse_age(text: str | None) -> float | None:
+    """``--trust-proven``'s value in seconds (None when not given)."""
+    if text is None:
+        return None
+    from cas.ops.gc import parse_duration
+    return parse_duration(text)
+
+
 def registry_options(fn: F) -> F:
     """How to reach a registry: ``--insecure[-host]``, credentials, time and rate bounds;
     the command takes them as ``**connection`` for ``registry_settings``."""

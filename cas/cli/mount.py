@@ -12,8 +12,10 @@ from cas.cli.common import (
     complete_names,
     emit,
     json_option,
+    parse_age,
     trust_check,
     trust_options,
+    trust_proven_option,
 )
 
 
@@ -25,10 +27,12 @@ from cas.cli.common import (
 @click.option("--allow-suid-dev", is_flag=True,
               help="Honour setuid/setgid bits, file capabilities and device nodes (images "
               "meant to run as system trees; the default mounts nosuid,nodev).")
+@trust_proven_option
 @trust_options
 @json_option
 @click.pass_obj
 def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, allow_suid_dev: bool,
+              trust_proven: str | None,
               policy_path: Path | None, require_signature: bool, as_json: bool) -> None:
     """Mount artifact NAME read-only at MOUNTPOINT (EROFS image + overlayfs; root only)."""
     from cas.ops import mount as mount_mod
@@ -37,9 +41,12 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, allow_sui
         admit = None if check is None else (
             lambda record, _image: check(store, record.name, record.image))
         result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit,
-                                 allow_suid_dev=allow_suid_dev)
+                                 allow_suid_dev=allow_suid_dev,
+                                 trust_proven=parse_age(trust_proven))
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
+    if result.verifier is not None and result.verifier.summary():
+        human += f"\n{result.verifier.summary()}"
     if result.verification == "userspace":
         human += f"\nwarning: {mount_mod.WARNING}\n{result.why_not_kernel()}"
     elif result.verification == "none":

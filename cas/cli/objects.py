@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, emit, json_option, verity_line
+from cas.cli.common import Context, cli, emit, json_option, parse_age, verity_line
 from cas.cli.progress import run_with_progress
 
 if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
@@ -27,13 +27,18 @@ if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
 @click.option("--shared", "group", metavar="GROUP",
               help="Share the store with GROUP (name or gid): its members read and write "
               "it, nobody else enters (default: private to you, mode 0700).")
+@click.option("--trust-proven", metavar="AGE",
+              help="Store policy (meta.json trust_proven): mounts and checkouts skip "
+              "rehashing objects proven within AGE (e.g. 1d).  Default: always rehash.")
 @json_option
 @click.pass_obj
-def init(obj: Context, path: Path, no_fsync: bool, group: str | None, as_json: bool) -> None:
+def init(obj: Context, path: Path, no_fsync: bool, group: str | None, trust_proven: str | None,
+         as_json: bool) -> None:
     """Create a new store at PATH."""
     from cas.core.store import Store
     gid = None if group is None else _group_id(group)
-    with Store.init(path, fsync=not no_fsync, group=gid) as store:
+    with Store.init(path, fsync=not no_fsync, group=gid,
+                    trust_proven=parse_age(trust_proven)) as store:
         summary = store.summary()
         emit(as_json, summary, f"initialised cas store at {store.path}\n"
              + verity_line(summary["kernel_verity"]))

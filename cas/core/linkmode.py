@@ -12,8 +12,9 @@ same way, so the choice lives here, below both:
 - ``auto``: reflink where the filesystem allows, else copy.
 
 With ``verify`` (the default) an object is checked against its name before a reflink or
-hardlink hands it out (a read of its bytes where the kernel has no fs-verity); copies are
-always checked, since they are hashed as they land.
+hardlink hands it out (a read of its bytes where the kernel has no fs-verity, unless a
+``Verifier`` trusts a recent proof of it: ``cas.core.proof``); copies are always checked,
+since they are hashed as they land.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from cas.core import fsio, fsverity, hashing
 from cas.core.digest import ObjectId
 from cas.core.hashing import CopyMethod
+from cas.core.proof import Verifier
 from cas.core.store import Store
 from cas.errors import LinkUnsupported
 
@@ -64,15 +66,19 @@ def write_new(dir_fd: int, name: Name, fill: Fill, finish: Fill | None = None) -
 
 def place_object(store: Store, oid: ObjectId, size: int, dir_fd: int, name: Name,
                  mode: LinkMode, *, verify: bool = True,
-                 create: WriteNew = write_new) -> str:
+                 create: WriteNew = write_new, verifier: Verifier | None = None) -> str:
     """Make ``name`` in ``dir_fd`` (which must not exist) hold object ``oid``; returns how:
     ``"reflink"``, ``"hardlink"`` or ``"copy"``.  ``create`` makes and fills the file
     (checkout passes one that also applies the entry's metadata).  An existing ``name``
-    raises ``FileExistsError`` (the caller's collision), never ``LinkUnsupported``."""
+    raises ``FileExistsError`` (the caller's collision), never ``LinkUnsupported``.
+    ``verifier`` does the checks ``verify`` asks for (and may trust proofs)."""
     if mode is LinkMode.HARDLINK:
         # the inode linked is the regular file opened (and verified) here, never whatever
         # a store writer may have put at its path since (a symlink, another object)
-        with store.open_verified(oid) if verify else store.open_object(oid) as obj:
+        with store.open_verified(oid) if verify and verifier is None else \
+                store.open_object(oid) as obj:
+            if verify and verifier is not None and not verifier.matches(obj.fileno(), oid):
+                raise store.corrupt(oid)  # never hand out a corrupt inode
             try:
                 fsio.link_fd(obj.fileno(), dir_fd, name)
             except FileExistsError:
@@ -83,7 +89,8 @@ def place_object(store: Store, oid: ObjectId, size: int, dir_fd: int, name: Name
     with store.open_object(oid) as obj:
         if mode in (LinkMode.AUTO, LinkMode.REFLINK):
             try:
-                create(dir_fd, name, lambda fd: _clone(store, obj.fileno(), fd, oid, verify))
+                create(dir_fd, name, lambda fd: _clone(store, obj.fileno(), fd, oid, verify,
+                                                       verifier))
                 return "reflink"
             except FileExistsError:
                 raise
@@ -94,12 +101,16 @@ def place_object(store: Store, oid: ObjectId, size: int, dir_fd: int, name: Name
         return "copy"
 
 
-def _clone(store: Store, src_fd: int, dst_fd: int, oid: ObjectId, verify: bool) -> None:
+def _clone(store: Store, src_fd: int, dst_fd: int, oid: ObjectId, verify: bool,
+           verifier: Verifier | None) -> None:
     """Reflink, then check the clone (it shares the object's blocks) against the name."""
     hashing.copy_fd(src_fd, dst_fd, methods=frozenset({CopyMethod.REFLINK}))
     if not verify:
         return
-    ok, _ = fsverity.matches(src_fd, bytes.fromhex(oid), rehash_fd=dst_fd)
+    if verifier is not None:
+        ok = verifier.matches(src_fd, oid, rehash_fd=dst_fd)
+    else:
+        ok, _ = fsverity.matches(src_fd, bytes.fromhex(oid), rehash_fd=dst_fd)
     if not ok:
         raise store.corrupt(oid)
 

@@ -1,5 +1,6 @@
-"""The store's ``meta.json``: format name and version, digest algorithm, fsync policy
-and feature flags — written last at ``init``, checked before anything else at ``open``.
+"""The store's ``meta.json``: format name and version, digest algorithm, fsync policy,
+feature flags and the verification policy (``trust_proven``: seconds; see
+``cas.core.proof``) — written last at ``init``, checked before anything else at ``open``.
 
 A newer version, another digest or an unknown *incompat* feature means "refuse to open"
 (rather than misread); *compat* features may be ignored by older readers.
@@ -24,11 +25,14 @@ META_LIMIT = 64 * 1024
 KNOWN_FEATURES: dict[str, frozenset[str]] = {"compat": frozenset(), "incompat": frozenset()}
 
 
-def new(*, fsync: bool) -> bytes:
+def new(*, fsync: bool, trust_proven: float | None = None) -> bytes:
     """The canonical bytes of a new store's ``meta.json``."""
-    return canonical_json({"format": FORMAT_NAME, "version": FORMAT_VERSION,
+    doc: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                            "digest": DIGEST_ALGORITHM, "fsync": fsync,
-                           "features": {"compat": [], "incompat": []}})
+                           "features": {"compat": [], "incompat": []}}
+    if trust_proven is not None:
+        doc["trust_proven"] = trust_proven
+    return canonical_json(doc)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -65,6 +69,11 @@ def read(path: Path, root_fd: int) -> dict[str, Any]:
     if unknown:
         raise errors.UnsupportedFormat(path=path, found=f"features {sorted(unknown)}",
                                        supported=sorted(KNOWN_FEATURES["incompat"]))
+    trust = meta.get("trust_proven")
+    if trust is not None and (isinstance(trust, bool) or not isinstance(trust, int | float)
+                              or not 0 <= trust < float("inf")):
+        raise errors.NotAStore(path=path, reason=f"{META_NAME}: trust_proven must be a "
+                               f"number of seconds, not {trust!r}")
     return meta
 
 

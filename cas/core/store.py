@@ -182,7 +182,7 @@ class Store:
 
     @classmethod
     def init(cls, path: str | os.PathLike[str], *, fsync: bool = True,
-             group: int | None = None) -> Store:
+             group: int | None = None, trust_proven: float | None = None) -> Store:
         """Create a new store at ``path`` (missing, or an empty directory of this user)
         and open it.
 
@@ -190,6 +190,7 @@ class Store:
         source's mode was.  With ``group`` the store is shared with that group: every
         directory is 2770 (setgid, so all in it belongs to the group; its members read and
         write, nobody else may enter) — see "Threat model" in docs/design.md.
+        ``trust_proven``: the store's policy for ``cas.core.proof`` (seconds).
         """
         path = Path(path)
         mode = PRIVATE_MODE if group is None else SHARED_MODE
@@ -210,7 +211,8 @@ class Store:
                 tmp_fd = fsio.open_dir(TMP, root_fd)
                 try:
                     # meta.json comes last: its presence is what makes the directory a store
-                    fsio.replace_file(root_fd, meta.META_NAME, meta.new(fsync=fsync),
+                    fsio.replace_file(root_fd, meta.META_NAME, meta.new(fsync=fsync,
+                                                                 trust_proven=trust_proven),
                                       tmp_dir_fd=tmp_fd, fsync=fsync)
                 finally:
                     os.close(tmp_fd)

@@ -28,7 +28,9 @@ is reported; ``tmp/`` is never looked at; objects are only ever published comple
 
 Corrupt objects (a mismatch, or a read the kernel refused) are quarantined
 (``cas.integrity.quarantine``), and every damaging finding marks the artifacts that use
-the object (``cas.core.damage``).  Nothing here prints.
+the object (``cas.core.damage``).  Objects rehashed and found right are remembered in the
+record of proof (``cas.core.proof``), shard by shard as the sweep goes; a corrupt one
+loses its proof.  Nothing here prints.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from cas import errors
 from cas.core import damage, fsio, fsverity
 from cas.core.digest import ObjectId, Sha256, is_hex64
+from cas.core.proof import ProofRecord
 from cas.core.store import OBJECT_XATTR, OBJECTS, Store
 from cas.integrity import quarantine, verify_state
 from cas.integrity.verify_report import DAMAGING, Finding, Report
@@ -83,6 +86,8 @@ class Outcome:
     inode: tuple[int, int] | None = None
     enabled: bool = False  # fs-verity was enabled on the object by this check
     detail: str = ""
+    stat: os.stat_result | None = None  # the file checked, as it was when its check began
+    started_ns: int = 0                 # when (wall clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +409,7 @@ class _Checker:
         self.run_time = report.started   # lower bound of every check made in this run
         self.last: str = ""
         self.saved_at = clock()
+        self.proofs = ProofRecord(store)
 
     def run(self, listed: list[Listed], refs: dict[ObjectId, Ref],
             inodes: dict[ObjectId, tuple[int, int] | None]) -> None:
@@ -430,6 +436,7 @@ class _Checker:
                     self._collect(*window.popleft())
             while window:
                 self._collect(*window.popleft())
+        self.proofs.flush()
         if self.last:
             self.state.record_run(self.last, self.run_time)
         report.cursor = self.state.cycle.cursor
@@ -468,6 +475,8 @@ class _Checker:
 
     def _collect(self, obj: Listed, future: Future[Outcome] | None) -> None:
         report = self.report
+        if self.last[:2] != obj.oid[:2]:
+            self.proofs.flush()  # ids come sorted: the previous shard is done
         if future is None:
             report.objects_skipped += 1
         else:
@@ -479,6 +488,7 @@ class _Checker:
                 report.bytes_checked += out.size
                 report.checked_by_kernel += out.how == "kernel"
                 report.verity_enabled += out.enabled
+            self._remember(out)
             if out.status == "corrupt" and obj.oid not in self.known:
                 ref = self.refs.get(obj.oid, Ref())
                 report.findings.append(Finding(
@@ -490,6 +500,15 @@ class _Checker:
             self.state.record_run(self.last, self.run_time)
             self._save()
             self.saved_at = self.clock()
+
+
+    def _remember(self, out: Outcome) -> None:
+        """Record a rehash that matched as a proof; drop the proof of a corrupt object.
+        (A kernel measurement proves the Merkle root, not the bytes: not recorded.)"""
+        if out.status == "corrupt":
+            self.proofs.forget(out.oid)
+        elif out.status == "ok" and out.how == "hash" and out.stat is not None:
+            self.proofs.add(out.oid, out.stat, out.started_ns, "sweep")
 
 
 def _check_object(store: Store, oid: ObjectId, read: bool, enable: bool) -> Outcome:
@@ -504,6 +523,7 @@ def _check_object(store: Store, oid: ObjectId, read: bool, enable: bool) -> Outc
         except errors.ObjectNotFound:
             return Outcome(oid, "vanished")
         with f:
+            started = time.time_ns()
             st = os.fstat(f.fileno())
             if inode == (st.st_dev, st.st_ino):
                 break  # the same file: the mismatch stands
@@ -512,7 +532,7 @@ def _check_object(store: Store, oid: ObjectId, read: bool, enable: bool) -> Outc
             if proof is None:
                 proof = fsverity.prove(f.fileno(), digest, enable_verity=enable)
             outcome = Outcome(oid, "ok" if proof.ok else "corrupt", st.st_size, proof.how,
-                              inode, proof.enabled, proof.detail)
+                              inode, proof.enabled, proof.detail, st, started)
             if proof.ok:
                 return outcome
             failed = outcome

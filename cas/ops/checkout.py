@@ -40,6 +40,7 @@ from typing import Protocol
 from cas.core import fsio, userpath
 from cas.core.image import Entry, EntryType, Image
 from cas.core.linkmode import Fill, LinkMode, Name, place_object, write_new
+from cas.core.proof import Verifier, policy_age
 from cas.core.store import Store
 from cas.core.treepath import to_bytes
 from cas.errors import BadDestination, DestinationExists, LinkUnsupported, NameCollision
@@ -70,6 +71,7 @@ class CheckoutResult:
     owners: bool = False  # recorded owners were applied (root, same_owner)
     not_restored: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # kind -> first path
+    verifier: Verifier | None = None  # how reflinked/hardlinked objects were checked
 
     def missed(self, kind: str, path: str) -> None:
         self.not_restored[kind] += 1
@@ -79,18 +81,21 @@ class CheckoutResult:
         return {"dest": str(self.dest), "files": self.files, "bytes": self.bytes,
                 "methods": dict(sorted(self.methods.items())), "owners_restored": self.owners,
                 "not_restored": {kind: {"entries": n, "example": self.examples[kind]}
-                                 for kind, n in sorted(self.not_restored.items())}}
+                                 for kind, n in sorted(self.not_restored.items())},
+                "proofs": None if self.verifier is None else self.verifier.to_json()}
 
 
 def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.AUTO, *,
-             verify: bool = True, same_owner: bool | None = None) -> CheckoutResult:
+             verify: bool = True, same_owner: bool | None = None,
+             trust_proven: float | None = None) -> CheckoutResult:
     """Create ``dest`` (which must not exist) holding the image's tree.
 
     With ``verify`` (the default) every object is checked against its name before it is
     handed out; reflinked and hardlinked files cost a read of their bytes for that where
     the kernel has no fs-verity.  ``verify=False`` makes those modes metadata-only.
     Copies are always checked: they are hashed as they land.  ``same_owner`` restores
-    recorded owners (default: when running as root).
+    recorded owners (default: when running as root).  ``trust_proven`` (seconds, else
+    the store's policy) skips rehashing objects proven that recently (``cas.core.proof``).
     """
     owners = os.geteuid() == 0 if same_owner is None else same_owner
     parent_fd, name = userpath.destination_parent(dest)
@@ -107,12 +112,16 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
         os.close(parent_fd)
         raise
     result = CheckoutResult(dest, owners=owners)
+    if verify:
+        result.verifier = Verifier(store, policy_age(store, trust_proven), "checkout")
     try:
         root_fd = fsio.open_dir(staging, parent_fd)
         try:
             _Builder(store, image, root_fd, mode, verify, result).run()
         finally:
             os.close(root_fd)
+            if result.verifier is not None:
+                result.verifier.finish()
         try:
             fsio.rename_noreplace(parent_fd, staging, parent_fd, name)
         except FileExistsError:
@@ -248,7 +257,8 @@ class _Builder:
                                       f"{entry.mode:04o} and a store object is readable by "
                                       "all (use --link reflink or copy)")
             method = place_object(self.store, entry.object_id, entry.size, dir_fd, name,
-                                  self.mode, verify=self.verify, create=create)
+                                  self.mode, verify=self.verify, create=create,
+                                  verifier=self.result.verifier)
             if method == "hardlink":
                 self.result.missed("object-metadata", entry.path)
         self.result.methods[method] += 1

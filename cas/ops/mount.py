@@ -32,6 +32,10 @@ Integrity modes (``MountResult.verification``):
   as is, with no error — a time-of-check/time-of-use gap for the life of the mount.
 - ``none`` (``--no-verify``): nothing is checked.
 
+In ``userspace`` mode an operator may opt in (``trust_proven``, or the store's
+``meta.json`` policy) to skip rehashing objects whose exact file a sweep or an earlier
+mount proved recently (``cas.core.proof``); the result lists them and their proofs.
+
 The metadata image is always checked against its id when read, and the EROFS image is
 rebuilt from it, so the tree's shape, modes and redirects are those the name pins.
 While mounted, the artifact's objects must stay: removing its name and running GC
@@ -52,6 +56,7 @@ from cas.core import fsio, fsverity
 from cas.core.digest import ObjectId
 from cas.core.image import Image
 from cas.core.names import NameRecord
+from cas.core.proof import Verifier, policy_age
 from cas.core.store import Store
 from cas.errors import MountFailed
 from cas.formats.composefs import erofs
@@ -79,6 +84,7 @@ class MountResult:
     seconds: float
     kernel_verity: fsverity.Support  # does the store's filesystem give fs-verity, why not
     without_verity: int = 0          # objects (and image) that have none (yet)
+    verifier: Verifier | None = None  # userspace: which objects were rehashed or trusted
 
     def to_json(self) -> dict[str, object]:
         return {"mountpoint": str(self.mountpoint), "artifact": self.artifact,
@@ -86,7 +92,8 @@ class MountResult:
                 "objects": self.objects, "loop_device": self.loop,
                 "suid_dev": self.suid_dev, "seconds": round(self.seconds, 3),
                 "kernel_verity": {**self.kernel_verity.to_json(),
-                                  "objects_without_verity": self.without_verity}}
+                                  "objects_without_verity": self.without_verity},
+                "proofs": None if self.verifier is None else self.verifier.to_json()}
 
     def why_not_kernel(self) -> str:
         """Why the mount is not kernel-verified, with the fix (for human output)."""
@@ -107,11 +114,12 @@ def write_image(store: Store, image: Image) -> ObjectId:
 
 def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
           admit: Callable[[NameRecord, Image], object] | None = None,
-          allow_suid_dev: bool = False) -> MountResult:
+          allow_suid_dev: bool = False, trust_proven: float | None = None) -> MountResult:
     """Mount artifact ``name`` read-only at ``mountpoint``.  ``admit`` may refuse the
     artifact (its trust policy) before anything is mounted.  Both mounts are ``nosuid,
     nodev`` unless ``allow_suid_dev`` (for images meant to run as system trees): an
-    untrusted image's setuid-root file or ``security.capability`` xattr has no effect."""
+    untrusted image's setuid-root file or ``security.capability`` xattr has no effect.
+    ``trust_proven`` (seconds, else the store's policy): see the module docstring."""
     start = time.monotonic()
     target = _mountpoint(mountpoint)
     record = store.names.get(name)
@@ -120,7 +128,8 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
         admit(record, image)
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
-    mode = _verify(store, [image_id, *needed]) if verify else "none"
+    verifier = Verifier(store, policy_age(store, trust_proven), "mount") if verify else None
+    mode = _verify(verifier, [image_id, *needed]) if verifier is not None else "none"
     without = 0 if mode == "kernel" else sum(not _has_verity(store, oid)
                                              for oid in [image_id, *needed])
     private = _private_dir(store, target)
@@ -164,7 +173,7 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
     loop = (_mount_source(private) or b"").startswith(b"/dev/loop")
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
                        allow_suid_dev, time.monotonic() - start, fsverity.probe(store.tmp_fd),
-                       without)
+                       without, verifier if mode == "userspace" else None)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:
@@ -198,12 +207,14 @@ def _mount_image(fd: int, dir_fd: int, target: Path, flags: str) -> None:
         _run(argv, target, (fd, dir_fd))
 
 
-def _verify(store: Store, ids: list[ObjectId]) -> str:
-    """``kernel`` if every object has fs-verity, else rehash them all (``userspace``)."""
-    if all(_has_verity(store, oid) for oid in ids):
+def _verify(verifier: Verifier, ids: list[ObjectId]) -> str:
+    """``kernel`` if every object has fs-verity, else check them all (``userspace``:
+    rehashed, or trusted from a recent proof where the verifier may)."""
+    if all(_has_verity(verifier.store, oid) for oid in ids):
         return "kernel"
     for oid in ids:
-        store.open_verified(oid).close()
+        verifier.check(oid)
+    verifier.finish()
     return "userspace"
 
 
