@@ -288,6 +288,8 @@ def _try_probe_file(dir_fd: int) -> int | None:
     try:
         try:
             fsio.write_all(fd, b"cas")
+        except OSError as exc:  # a full filesystem: it cannot be tried
+            return exc.errno or errno.EIO
         finally:
             os.close(fd)
         fd = os.open(name, fsio.READ_FLAGS, dir_fd=dir_fd)
@@ -311,6 +313,9 @@ def _explain(err: int, fs_type: str, block_size: int, dev: int) -> Support:
               "made with `mkfs.ext4 -b 4096 -O verity`")
     if err in (errno.EROFS, errno.EACCES, errno.EPERM):
         return no("read-only", f"cannot be tried: the store is not writable here "
+                  f"({os.strerror(err)})")
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        return no("full", f"cannot be tried: the store's filesystem is full "
                   f"({os.strerror(err)})")
     if fs_type not in VERITY_FILESYSTEMS and err in UNSUPPORTED:
         return no("filesystem", f"{fs_type} has no fs-verity (ext4, btrfs and f2fs have "
