@@ -99,6 +99,44 @@ def test_put_image_refuses_an_object_gc_already_removed(store: Store) -> None:
         store.put_image(image)
 
 
+def test_claim_keeps_a_stored_object_for_the_operation(store: Store) -> None:
+    """What an operation finds already stored and claims stays until its temp root ends,
+    even with no grace period; unclaimed, the same object goes."""
+    found = store.add_bytes(b"stored by someone else" * 100).object_id
+    other = store.add_bytes(b"claimed by nobody" * 100).object_id
+    with Store.open(store.path) as collector:
+        with store.temp_root():
+            assert store.claim([found]) == []
+            report = gc.collect(collector, grace=0)
+            assert report.live_roots == 1 and report.objects_removed == 1
+            assert collector.has_object(found) and not collector.has_object(other)
+        assert gc.collect(collector, grace=0).objects_removed == 1
+        assert not collector.has_object(found)
+
+
+def test_claim_reports_what_gc_removed_after_the_lookup(store: Store) -> None:
+    """A dedup hit GC removed before the claim is reported, so the caller stores it again."""
+    data = b"looked up, then collected" * 100
+    added = store.add_bytes(data)
+    assert store.lookup_sha256(added.sha256) == added.object_id  # "already stored"
+    with Store.open(store.path) as collector:
+        assert gc.collect(collector, grace=0).objects_removed == 1
+    with store.temp_root():
+        assert store.claim([added.object_id]) == [added.object_id]
+        assert store.claim_sha256(added.sha256) is None
+        assert store.add_bytes(data).new
+        assert store.claim_sha256(added.sha256) == added.object_id
+
+
+def test_claim_outside_a_temp_root_refreshes_the_grace_period(store: Store) -> None:
+    oid = store.add_bytes(b"old" * 100).object_id
+    path = store.path / "objects" / oid[:2] / oid[2:]
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert store.claim([oid]) == []
+    assert gc.collect(store, grace=3600).kept_in_grace == 1
+    assert store.has_object(oid)
+
+
 def test_dead_temp_roots_removed_live_ones_kept(store: Store) -> None:
     roots = store.path / "roots"
     with store.temp_root():

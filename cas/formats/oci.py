@@ -331,7 +331,7 @@ class _StoredBlobs:
         self._store, self._where = store, where
 
     def _object(self, desc: Descriptor, what: str) -> ObjectId:
-        oid = self._store.lookup_sha256(desc.sha256)
+        oid = self._store.claim_sha256(desc.sha256)
         if oid is None:
             raise BadLayout(path=self._where, reason=f"{what} {desc.digest} was not fetched")
         return oid

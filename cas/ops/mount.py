@@ -118,6 +118,12 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
     image = store.get_image(record.image)
     if admit is not None:
         admit(record, image)
+    with store.temp_root():  # GC keeps the EROFS image (maybe stored before) until mounted
+        return _mount(store, record, image, target, verify, allow_suid_dev, start)
+
+
+def _mount(store: Store, record: NameRecord, image: Image, target: Path, verify: bool,
+           allow_suid_dev: bool, start: float) -> MountResult:
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     mode = _verify(store, [image_id, *needed]) if verify else "none"

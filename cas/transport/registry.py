@@ -705,8 +705,9 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
         if gate is not None:
             gate.admit(client, ref, data)
         store.add_bytes(data)
+        # a blob already stored is claimed before the pull relies on it (GC may run now)
         wanted = {d.sha256: d for d in [config, *layers]
-                  if store.lookup_sha256(d.sha256) is None}
+                  if store.claim_sha256(d.sha256) is None}
 
         def fetch(desc: oci.Descriptor) -> AddResult:
             expect = Expected(f"{ref.host}/{ref.repository}@{desc.digest}", desc.sha256,
