@@ -15,6 +15,7 @@ from cas.cli.common import (
     trust_check,
     trust_options,
 )
+from cas.cli.progress import run_with_progress
 
 
 @cli.command("mount")
@@ -36,8 +37,9 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, allow_sui
     with obj.open_store() as store:
         admit = None if check is None else (
             lambda record, _image: check(store, record.name, record.image))
-        result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit,
-                                 allow_suid_dev=allow_suid_dev)
+        result = run_with_progress("mount", None, lambda progress: mount_mod.mount(
+            store, name, mountpoint, verify=verify, admit=admit,
+            allow_suid_dev=allow_suid_dev, progress=progress), show=not as_json)
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
     if result.verification == "userspace":

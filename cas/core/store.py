@@ -342,6 +342,8 @@ class Store:
         if before.st_size <= SMALL_FILE and CopyMethod.READWRITE in methods:
             data = os.pread(src_fd, SMALL_FILE + 1, 0)
             fsio.write_all(dst_fd, data)
+            if progress is not None:
+                progress.advance(len(data))
             return hashing.hash_bytes(data), CopyMethod.READWRITE.value
         digests, method = hashing.import_fd(src_fd, dst_fd, methods=methods - {CopyMethod.REFLINK},
                                             progress=progress)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cas.core import fsio, userpath
+from cas.core.hashing import Progress
 from cas.core.image import Entry, EntryType, Image
 from cas.core.linkmode import Fill, LinkMode, Name, place_object, write_new
 from cas.core.store import Store
@@ -83,14 +84,16 @@ class CheckoutResult:
 
 
 def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.AUTO, *,
-             verify: bool = True, same_owner: bool | None = None) -> CheckoutResult:
+             verify: bool = True, same_owner: bool | None = None,
+             progress: Progress | None = None) -> CheckoutResult:
     """Create ``dest`` (which must not exist) holding the image's tree.
 
     With ``verify`` (the default) every object is checked against its name before it is
     handed out; reflinked and hardlinked files cost a read of their bytes for that where
     the kernel has no fs-verity.  ``verify=False`` makes those modes metadata-only.
     Copies are always checked: they are hashed as they land.  ``same_owner`` restores
-    recorded owners (default: when running as root).
+    recorded owners (default: when running as root).  ``progress`` counts the files'
+    bytes as each is made (its total: all of them).
     """
     owners = os.geteuid() == 0 if same_owner is None else same_owner
     parent_fd, name = userpath.destination_parent(dest)
@@ -107,10 +110,12 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
         os.close(parent_fd)
         raise
     result = CheckoutResult(dest, owners=owners)
+    if progress is not None:
+        progress.expect(image.total_size)
     try:
         root_fd = fsio.open_dir(staging, parent_fd)
         try:
-            _Builder(store, image, root_fd, mode, verify, result).run()
+            _Builder(store, image, root_fd, mode, verify, result, progress).run()
         finally:
             os.close(root_fd)
         try:
@@ -161,6 +166,7 @@ class _Builder:
     mode: LinkMode
     verify: bool
     result: CheckoutResult
+    progress: Progress | None
     left_out: set[str] = field(default_factory=set)  # entries not made (devices)
 
     def run(self) -> None:
@@ -252,6 +258,8 @@ class _Builder:
             if method == "hardlink":
                 self.result.missed("object-metadata", entry.path)
         self.result.methods[method] += 1
+        if self.progress is not None:
+            self.progress.advance(entry.size)
 
     def _restore(self, entry: Entry, node: _Node) -> None:
         """Owner first (chown clears setuid bits and capabilities), then mode, xattrs

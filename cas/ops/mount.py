@@ -50,6 +50,7 @@ from pathlib import Path
 
 from cas.core import fsio, fsverity
 from cas.core.digest import ObjectId
+from cas.core.hashing import Progress
 from cas.core.image import Image
 from cas.core.names import NameRecord
 from cas.core.store import Store
@@ -107,11 +108,12 @@ def write_image(store: Store, image: Image) -> ObjectId:
 
 def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
           admit: Callable[[NameRecord, Image], object] | None = None,
-          allow_suid_dev: bool = False) -> MountResult:
+          allow_suid_dev: bool = False, progress: Progress | None = None) -> MountResult:
     """Mount artifact ``name`` read-only at ``mountpoint``.  ``admit`` may refuse the
     artifact (its trust policy) before anything is mounted.  Both mounts are ``nosuid,
     nodev`` unless ``allow_suid_dev`` (for images meant to run as system trees): an
-    untrusted image's setuid-root file or ``security.capability`` xattr has no effect."""
+    untrusted image's setuid-root file or ``security.capability`` xattr has no effect.
+    ``progress`` counts the bytes rehashed (without kernel fs-verity)."""
     start = time.monotonic()
     target = _mountpoint(mountpoint)
     record = store.names.get(name)
@@ -119,14 +121,14 @@ def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
     if admit is not None:
         admit(record, image)
     with store.temp_root():  # GC keeps the EROFS image (maybe stored before) until mounted
-        return _mount(store, record, image, target, verify, allow_suid_dev, start)
+        return _mount(store, record, image, target, verify, allow_suid_dev, start, progress)
 
 
 def _mount(store: Store, record: NameRecord, image: Image, target: Path, verify: bool,
-           allow_suid_dev: bool, start: float) -> MountResult:
+           allow_suid_dev: bool, start: float, progress: Progress | None) -> MountResult:
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
-    mode = _verify(store, [image_id, *needed]) if verify else "none"
+    mode = _verify(store, [image_id, *needed], progress) if verify else "none"
     without = 0 if mode == "kernel" else sum(not _has_verity(store, oid)
                                              for oid in [image_id, *needed])
     private = _private_dir(store, target)
@@ -204,12 +206,16 @@ def _mount_image(fd: int, dir_fd: int, target: Path, flags: str) -> None:
         _run(argv, target, (fd, dir_fd))
 
 
-def _verify(store: Store, ids: list[ObjectId]) -> str:
+def _verify(store: Store, ids: list[ObjectId], progress: Progress | None) -> str:
     """``kernel`` if every object has fs-verity, else rehash them all (``userspace``)."""
     if all(_has_verity(store, oid) for oid in ids):
         return "kernel"
+    if progress is not None:
+        progress.expect(sum(store.stat_object(oid).size for oid in ids))
     for oid in ids:
-        store.open_verified(oid).close()
+        with store.open_verified(oid) as f:
+            if progress is not None:
+                progress.advance(os.fstat(f.fileno()).st_size)
     return "userspace"
 
 
