@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from cas import Store, errors
+from cas.cli import main
 from cas.core.digest import ObjectId, Sha256
 from cas.core.image import build, file_entry
 from cas.ops import artifacts, gc
-from conftest import object_files, write_random
+from conftest import acting_as, object_files, other_user, shared_tmp, write_random
+
+__all__ = ["other_user", "shared_tmp"]  # fixtures
 
 
 def import_tree(store: Store, tmp_path: Path, name: str, seed: int) -> list[str]:
@@ -135,6 +138,21 @@ def test_claim_outside_a_temp_root_refreshes_the_grace_period(store: Store) -> N
     assert store.claim([oid]) == []
     assert gc.collect(store, grace=3600).kept_in_grace == 1
     assert store.has_object(oid)
+
+
+def test_claim_outside_a_temp_root_accepts_another_users_object(
+        shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    """In a shared store, an object of another user (whose mtime only they may refresh)
+    is still stored: claimed, and an image naming it is stored."""
+    path = shared_tmp / "shared"
+    assert main(["init", str(path), "--shared", str(other_user[1]), "--no-fsync"]) == 0
+    with Store.open(path) as store:
+        added = store.add_bytes(b"root's bytes" * 100)
+    with acting_as(other_user), Store.open(path) as store:
+        assert store.claim([added.object_id]) == []
+        image = build([file_entry("f", size=added.size, object_id=added.object_id,
+                                  sha256=added.sha256)], [], {"type": "tree"})
+        store.put_image(image)
 
 
 def test_dead_temp_roots_removed_live_ones_kept(store: Store) -> None:

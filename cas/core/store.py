@@ -474,14 +474,15 @@ class Store:
 
         Under the store lock shared (no GC is sweeping), each id goes into this store's
         temp root (inside ``temp_root``; outside, its mtime is refreshed for the grace
-        period), and only then is it checked to be still stored: a GC that ran between
+        period where this user may), and only then is it checked to be still stored: a
+        GC that ran between
         the caller's lookup and this call may have removed it.  Returns the ids that are
         not stored (sorted): the caller stores those again, or fails.  Once claimed, an
         object stays until the ``temp_root`` block ends, whatever GC runs meanwhile.
         """
         wanted: dict[ObjectId, int | None] = dict.fromkeys(sorted(set(ids)))
         with _store_errors(self.path), self.publishing(wanted) as rooted:
-            return self._unstored(wanted, touch=not rooted)
+            return self._unstored(wanted, touch=not rooted, strict=False)
 
     def claim_sha256(self, sha: Sha256) -> ObjectId | None:
         """The stored object whose SHA-256 is ``sha``, claimed (``claim``); None if there
@@ -580,11 +581,13 @@ class Store:
             raise errors.ObjectNotFound(object_id=missing[0])
         return self.add_bytes(data).object_id
 
-    def _unstored(self, wanted: dict[ObjectId, int | None], *, touch: bool) -> list[ObjectId]:
+    def _unstored(self, wanted: dict[ObjectId, int | None], *, touch: bool,
+                  strict: bool = True) -> list[ObjectId]:
         """The ids of ``wanted`` (id → size, None for any) with no stored regular file of
-        that size; with ``touch`` the others get a fresh mtime (an object whose mtime this
-        user may not set then counts as not stored).  One open per shard and one
-        ``fstatat`` per object (an image of a 20,000-file tree checks them all)."""
+        that size; with ``touch`` the others get a fresh mtime (``_refresh_at``: with
+        ``strict``, one whose mtime this user may not set counts as not stored).  One open
+        per shard and one ``fstatat`` per object (an image of a 20,000-file tree checks
+        them all)."""
         by_shard: dict[str, list[str]] = {}
         for oid in sorted(wanted):
             by_shard.setdefault(oid[:2], []).append(oid[2:])
@@ -598,7 +601,8 @@ class Store:
             try:
                 for rest in rests:
                     oid = ObjectId(shard_name + rest)
-                    if not _refresh_at(shard_fd, rest, wanted[oid], touch=touch):
+                    if not _refresh_at(shard_fd, rest, wanted[oid], touch=touch,
+                                       strict=strict):
                         missing.append(oid)
             finally:
                 os.close(shard_fd)
@@ -924,12 +928,13 @@ def _hint_key(st: os.stat_result) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _refresh_at(shard_fd: int, rest: str, size: int | None, *, touch: bool = True) -> bool:
+def _refresh_at(shard_fd: int, rest: str, size: int | None, *, touch: bool = True,
+                strict: bool = True) -> bool:
     """Dedup check: a regular file of the right size (if given) is there; with ``touch``
     refresh its mtime so a GC grace period covers this writer too.  Anything else there
-    counts as missing — and so, with ``touch``, does another user's object in a shared
-    store, whose mtime only its owner may set: the caller's own, just hashed copy then
-    takes its place (same bytes, a fresh mtime)."""
+    counts as missing — and so, with ``touch`` and ``strict``, does another user's object
+    in a shared store, whose mtime only its owner may set: the caller's own, just hashed
+    copy then takes its place (same bytes, a fresh mtime)."""
     try:
         existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -941,7 +946,7 @@ def _refresh_at(shard_fd: int, rest: str, size: int | None, *, touch: bool = Tru
     try:
         os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
     except PermissionError:
-        return False
+        return not strict
     return True
 
 
