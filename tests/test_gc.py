@@ -17,13 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import Store, errors
+from cas.cli import main
 from cas.core import _reference, hashing
 from cas.core import image as images
 from cas.core.digest import ObjectId, Sha256
 from cas.core.hashing import SweptStatus
 from cas.core.image import Blob, Image, build, decode, encode, file_entry
 from cas.ops import artifacts, gc
-from conftest import object_files, write_random
+from conftest import acting_as, object_files, other_user, shared_tmp, write_random
+
+__all__ = ["other_user", "shared_tmp"]  # fixtures
 
 
 def import_tree(store: Store, tmp_path: Path, name: str, seed: int) -> list[str]:
@@ -102,6 +105,59 @@ def test_put_image_refuses_an_object_gc_already_removed(store: Store) -> None:
     image = build([file_entry("f", size=100, object_id=ObjectId("ab" * 32),
                               sha256=Sha256("cd" * 32))], [], {"type": "tree"})
     with pytest.raises(errors.ObjectNotFound):
+        store.put_image(image)
+
+
+def test_claim_keeps_a_stored_object_for_the_operation(store: Store) -> None:
+    """What an operation finds already stored and claims stays until its temp root ends,
+    even with no grace period; unclaimed, the same object goes."""
+    found = store.add_bytes(b"stored by someone else" * 100).object_id
+    other = store.add_bytes(b"claimed by nobody" * 100).object_id
+    with Store.open(store.path) as collector:
+        with store.temp_root():
+            assert store.claim([found]) == []
+            report = gc.collect(collector, grace=0)
+            assert report.live_roots == 1 and report.objects_removed == 1
+            assert collector.has_object(found) and not collector.has_object(other)
+        assert gc.collect(collector, grace=0).objects_removed == 1
+        assert not collector.has_object(found)
+
+
+def test_claim_reports_what_gc_removed_after_the_lookup(store: Store) -> None:
+    """A dedup hit GC removed before the claim is reported, so the caller stores it again."""
+    data = b"looked up, then collected" * 100
+    added = store.add_bytes(data)
+    assert store.lookup_sha256(added.sha256) == added.object_id  # "already stored"
+    with Store.open(store.path) as collector:
+        assert gc.collect(collector, grace=0).objects_removed == 1
+    with store.temp_root():
+        assert store.claim([added.object_id]) == [added.object_id]
+        assert store.claim_sha256(added.sha256) is None
+        assert store.add_bytes(data).new
+        assert store.claim_sha256(added.sha256) == added.object_id
+
+
+def test_claim_outside_a_temp_root_refreshes_the_grace_period(store: Store) -> None:
+    oid = store.add_bytes(b"old" * 100).object_id
+    path = store.path / "objects" / oid[:2] / oid[2:]
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert store.claim([oid]) == []
+    assert gc.collect(store, grace=3600).kept_in_grace == 1
+    assert store.has_object(oid)
+
+
+def test_claim_outside_a_temp_root_accepts_another_users_object(
+        shared_tmp: Path, other_user: tuple[int, int]) -> None:
+    """In a shared store, an object of another user (whose mtime only they may refresh)
+    is still stored: claimed, and an image naming it is stored."""
+    path = shared_tmp / "shared"
+    assert main(["init", str(path), "--shared", str(other_user[1]), "--no-fsync"]) == 0
+    with Store.open(path) as store:
+        added = store.add_bytes(b"root's bytes" * 100)
+    with acting_as(other_user), Store.open(path) as store:
+        assert store.claim([added.object_id]) == []
+        image = build([file_entry("f", size=added.size, object_id=added.object_id,
+                                  sha256=added.sha256)], [], {"type": "tree"})
         store.put_image(image)
 
 

@@ -22,6 +22,7 @@ from cas.cli.common import (
     trust_proven_option,
     warn,
 )
+from cas.cli.progress import run_with_progress
 from cas.errors import CasError, printable
 
 if TYPE_CHECKING:
@@ -59,9 +60,9 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
         from cas.transport.sigstore import PolicyGate
         gate = PolicyGate(policy.load(policy_path))
     with obj.open_store() as store, store.write_errors():
-        records = artifacts.import_artifacts(store, list(sources), name,
-                                             keep_compressed=not no_keep_compressed, gate=gate,
-                                             xattrs=not no_xattrs)
+        records = run_with_progress("import", None, lambda progress: artifacts.import_artifacts(
+            store, list(sources), name, keep_compressed=not no_keep_compressed, gate=gate,
+            xattrs=not no_xattrs, progress=progress), show=not as_json)
     emit(as_json, [r.to_json() for r in records],
          "\n".join(f"{r.name}  {r.image}" for r in records))
     for failure in records.failures:
@@ -88,7 +89,8 @@ def export(obj: Context, name: str, destination: str, link: str, as_json: bool) 
     from cas.ops import artifacts
     mode = LinkMode(link)
     with obj.open_store() as store:
-        result = artifacts.export_artifact(store, name, destination, link=mode)
+        result = run_with_progress("export", None, lambda progress: artifacts.export_artifact(
+            store, name, destination, link=mode, progress=progress), show=not as_json)
     human = f"exported {result['name']} to {destination}"
     if "methods" in result:
         human += f": {result['files']} blobs ({result['bytes']} bytes), " + ", ".join(
@@ -126,8 +128,9 @@ def checkout(obj: Context, name: str, dest: Path, link: str, verify: bool,
         image = store.get_image(record.image)
         if check is not None:
             check(store, record.name, record.image)
-        result = checkout_tree(store, image, dest, mode, verify=verify, same_owner=same_owner,
-                               trust_proven=parse_age(trust_proven))
+        result = run_with_progress("checkout", None, lambda progress: checkout_tree(
+            store, image, dest, mode, verify=verify, same_owner=same_owner,
+            trust_proven=parse_age(trust_proven), progress=progress), show=not as_json)
     methods = ", ".join(f"{n} {m}" for m, n in sorted(result.methods.items()))
     lines = [f"checked out {result.files} files ({result.bytes} bytes) to {dest}" + (
         f": {methods}" if methods else "")]

@@ -9,6 +9,7 @@ import click
 
 from cas import errors
 from cas.cli.common import Context, cli, emit, json_option, parse_size, policy_option, verity_line
+from cas.cli.progress import run_with_progress
 
 
 @cli.command()
@@ -131,8 +132,9 @@ def verify(obj: Context, mode: str, max_duration: str | None, max_bytes: str | N
         rate=None if rate is None else parse_size(rate),
         since=None if since is None else parse_duration(since))
     with obj.open_store() as store, store.write_errors():
-        report = verify_mod.sweep(store, mode=mode, limits=limits, wait=parse_duration(wait),
-                                  act=True)  # the CLI quarantines and marks (documented)
+        report = run_with_progress("verify", None, lambda progress: verify_mod.sweep(
+            store, mode=mode, limits=limits, wait=parse_duration(wait), progress=progress,
+            act=True), show=not (quiet or as_json))  # the CLI quarantines and marks
         if rules is not None:
             report.findings += signing.recheck(store, rules)
     if metrics_file is not None:

@@ -16,6 +16,7 @@ import click
 from click_man.man import ManPage  # type: ignore[import-untyped]
 
 from cas.cli.common import STORE_ENV
+from cas.cli.progress import DELAY_ENV
 
 #: (code, meaning) — the exit codes of every command (see ``cas.errors``).
 EXIT_CODES = (
@@ -73,6 +74,8 @@ def _common_sections(ctx: click.Context) -> str:
         see_also = [c.command_path.replace(" ", "-") for c in _ancestors(ctx)]
     return (f".SH ENVIRONMENT\n.TP\n.B {STORE_ENV}\nThe store to use when "
             "\\fB\\-\\-store\\fP is not given.\n"
+            f".TP\n.B {DELAY_ENV}\nSeconds of work before a progress bar appears on a "
+            "terminal (default 1).\n"
             f".SH EXIT STATUS\n{exits}\n"
             ".SH SEE ALSO\n" + ", ".join(f"\\fB{n}\\fP(1)" for n in see_also) + "\n")
 

@@ -17,6 +17,7 @@ from cas.cli.common import (
     trust_options,
     trust_proven_option,
 )
+from cas.cli.progress import run_with_progress
 
 
 @cli.command("mount")
@@ -40,9 +41,10 @@ def mount_cmd(obj: Context, name: str, mountpoint: Path, verify: bool, allow_sui
     with obj.open_store() as store:
         admit = None if check is None else (
             lambda record, _image: check(store, record.name, record.image))
-        result = mount_mod.mount(store, name, mountpoint, verify=verify, admit=admit,
-                                 allow_suid_dev=allow_suid_dev,
-                                 trust_proven=parse_age(trust_proven))
+        result = run_with_progress("mount", None, lambda progress: mount_mod.mount(
+            store, name, mountpoint, verify=verify, admit=admit,
+            allow_suid_dev=allow_suid_dev, trust_proven=parse_age(trust_proven),
+            progress=progress), show=not as_json)
     human = (f"mounted {result.artifact} at {result.mountpoint} (image {result.image}, "
              f"verification: {result.verification}, {result.seconds:.2f}s)")
     if result.verifier is not None and result.verifier.summary():

@@ -70,7 +70,8 @@ def add(obj: Context, files: tuple[Path, ...], as_json: bool) -> None:
     with obj.open_store() as store:
         for path in files:
             size = path.stat().st_size if path.is_file() else None
-            result = run_with_progress(path.name, size, functools.partial(_add, store, path))
+            result = run_with_progress(path.name, size, functools.partial(_add, store, path),
+                                       show=not as_json)
             results.append({"path": str(path), **result.to_json(), "named": False})
             if not as_json:
                 state = "stored" if result.new else "already stored"

@@ -41,7 +41,7 @@ def pull(obj: Context, /, ref: str, name: str | None, platform: str | None,
     gate = sigstore.PolicyGate(policy.load(policy_path))
     with obj.open_store() as store, store.write_errors():
         record = run_with_progress("pull", None, lambda progress: registry.pull(
-            store, ref, name, options, progress, gate=gate))
+            store, ref, name, options, progress, gate=gate), show=not as_json)
     assert gate.verdict is not None
     trust = {**gate.verdict.to_json(), "signatures": len(gate.signatures)}
     emit(as_json, {**record.to_json(), "trust": trust},
@@ -65,7 +65,9 @@ def push(obj: Context, /, name: str, ref: str, mount_from: str | None, as_json: 
     options = registry_settings(**connection)
     with obj.open_store() as store:
         record = store.names.get(name)
-        digest, count = artifacts.push(store, record, ref, options, mount_from=mount_from)
+        digest, count = run_with_progress("push", None, lambda progress: artifacts.push(
+            store, record, ref, options, mount_from=mount_from, progress=progress),
+            show=not as_json)
     emit(as_json, {"name": record.name, "destination": ref, "digest": digest,
                    "signatures": count},
          f"pushed {record.name} to {ref} ({digest}, {count} signatures attached)")

@@ -94,27 +94,41 @@ class Progress:
     """Byte counter and cancel flag shared with a running call (read from any thread).
 
     Each call adds the bytes it has hashed to ``done``; one Progress may count several
-    calls. ``advance`` is for Python-side work and must not race a native call using the
-    same Progress.
+    calls. ``advance`` is for Python-side work (threads may share it); a native call in
+    another thread adding at the same instant may lose its count (the counter is for
+    display).  ``total`` is the bytes the whole operation will count, once known
+    (``expect`` adds to it as an operation discovers its work).
     """
 
-    __slots__ = ("_c",)
+    __slots__ = ("_c", "_lock", "total")
 
     def __init__(self) -> None:
         # The C struct when the extension exists, so native calls can update it.
         self._c: _Counters = (_NATIVE.ffi.new("struct cas_progress *")
                               if _NATIVE is not None else _PyCounters())
+        self._lock = threading.Lock()
+        self.total: int | None = None
 
     @property
     def done(self) -> int:
         return int(self._c.done)
+
+    def expect(self, nbytes: int) -> None:
+        """Add ``nbytes`` of work to ``total``."""
+        with self._lock:
+            self.total = (self.total or 0) + nbytes
 
     @property
     def cancelled(self) -> bool:
         return bool(self._c.cancel)
 
     def advance(self, nbytes: int) -> None:
-        self._c.done += nbytes
+        """Count ``nbytes``; raises ``HashCancelled`` once ``cancel`` was called, so
+        Python-side work stops at its next step as a native call does."""
+        with self._lock:
+            self._c.done += nbytes
+        if self._c.cancel:
+            raise HashCancelled()
 
     def cancel(self) -> None:
         self._c.cancel = 1

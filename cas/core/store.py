@@ -344,6 +344,8 @@ class Store:
         if before.st_size <= SMALL_FILE and CopyMethod.READWRITE in methods:
             data = os.pread(src_fd, SMALL_FILE + 1, 0)
             fsio.write_all(dst_fd, data)
+            if progress is not None:
+                progress.advance(len(data))
             return hashing.hash_bytes(data), CopyMethod.READWRITE.value
         digests, method = hashing.import_fd(src_fd, dst_fd, methods=methods - {CopyMethod.REFLINK},
                                             progress=progress)
@@ -366,8 +368,8 @@ class Store:
             return None
         digests = hashing.hash_fd(src_fd, progress=progress)
         oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
-        with self.publishing([oid]):
-            if oid != hinted or not self._refresh(oid, digests.size):
+        with self.publishing([oid]) as rooted:
+            if oid != hinted or self._unstored({oid: digests.size}, touch=not rooted):
                 return None
             sourcefile.check_unchanged(path, before, os.fstat(src_fd), digests.size)
             if expect is not None:
@@ -378,18 +380,6 @@ class Store:
     def _remember(self, st: os.stat_result, oid: ObjectId) -> None:
         with contextlib.suppress(OSError):  # a hint is an optimisation, never required
             os.symlink(oid, _hint_key(st), dir_fd=self._hints_fd)
-
-    def _refresh(self, oid: ObjectId, size: int) -> bool:
-        """Is an intact-looking copy of ``oid`` stored?  Then refresh its mtime (for GC)."""
-        shard_name, rest = shard(oid)
-        try:
-            shard_fd = self._open_shard(self._objects_fd, shard_name)
-        except FileNotFoundError:
-            return False
-        try:
-            return _refresh_at(shard_fd, rest, size)
-        finally:
-            os.close(shard_fd)
 
     def add_stream(self, stream: IO[bytes], *, progress: Progress | None = None,
                    expect: Expected | None = None, method: str = "stream",
@@ -461,21 +451,48 @@ class Store:
     # -- the GC protocol (docs/design.md "Garbage collection") ----------------------------
 
     @contextlib.contextmanager
-    def publishing(self, ids: Iterable[str]) -> Iterator[None]:
+    def publishing(self, ids: Iterable[str]) -> Iterator[bool]:
         """The writer's critical section: with the store lock shared (no GC sweeping),
-        record ``ids`` in this store's temp root, then let the caller make them visible."""
+        record ``ids`` in this store's temp root, then let the caller make them visible.
+        Yields whether they are in a temp root (False outside ``temp_root``)."""
         with locks.shared(self._root_fd, self.path):
-            self._protect(ids)
-            yield
+            yield self._protect(ids)
 
-    def _protect(self, ids: Iterable[str]) -> None:
+    def _protect(self, ids: Iterable[str]) -> bool:
         ids = list(ids)
         with self._temp_root_lock:
-            if not ids or not self._temp_scopes:
-                return  # outside ``temp_root`` only the grace period protects
-            if self._temp_root is None:
-                self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd, self.dir_mode)
-            self._temp_root.add(ids)
+            if not self._temp_scopes:
+                return False  # outside ``temp_root`` only the grace period protects
+            if ids:
+                if self._temp_root is None:
+                    self._temp_root = locks.TempRoot(self._root_fd, self._tmp_fd,
+                                                     self.dir_mode)
+                self._temp_root.add(ids)
+            return True
+
+    def claim(self, ids: Iterable[ObjectId]) -> list[ObjectId]:
+        """Rely on stored objects this operation did not store itself (a dedup hit, the
+        objects a dumpfile or an image names): call it *before* relying on them.
+
+        Under the store lock shared (no GC is sweeping), each id goes into this store's
+        temp root (inside ``temp_root``; outside, its mtime is refreshed for the grace
+        period where this user may), and only then is it checked to be still stored: a
+        GC that ran between
+        the caller's lookup and this call may have removed it.  Returns the ids that are
+        not stored (sorted): the caller stores those again, or fails.  Once claimed, an
+        object stays until the ``temp_root`` block ends, whatever GC runs meanwhile.
+        """
+        wanted: dict[ObjectId, int | None] = dict.fromkeys(sorted(set(ids)))
+        with _store_errors(self.path), self.publishing(wanted) as rooted:
+            return self._unstored(wanted, touch=not rooted, strict=False)
+
+    def claim_sha256(self, sha: Sha256) -> ObjectId | None:
+        """The stored object whose SHA-256 is ``sha``, claimed (``claim``); None if there
+        is none — or no longer one, so the caller fetches the bytes again."""
+        oid = self.lookup_sha256(sha)
+        if oid is None or self.claim([oid]):
+            return None
+        return oid
 
     @contextlib.contextmanager
     def temp_root(self) -> Iterator[None]:
@@ -561,35 +578,37 @@ class Store:
         """
         data = images.encode(image)
         images.decode(data)
-        needed = image.object_ids()
-        with _store_errors(self.path), self.publishing(needed):
-            missing = self._first_missing(needed)
-        if missing is not None:
-            raise errors.ObjectNotFound(object_id=missing)
+        missing = self.claim(image.object_ids())
+        if missing:
+            raise errors.ObjectNotFound(object_id=missing[0])
         return self.add_bytes(data).object_id
 
-    def _first_missing(self, ids: set[ObjectId]) -> ObjectId | None:
-        """The first of ``ids`` that is not a stored regular file: one open per shard and
-        one ``fstatat`` per object (an image of a 20,000-file tree checks them all)."""
+    def _unstored(self, wanted: dict[ObjectId, int | None], *, touch: bool,
+                  strict: bool = True) -> list[ObjectId]:
+        """The ids of ``wanted`` (id → size, None for any) with no stored regular file of
+        that size; with ``touch`` the others get a fresh mtime (``_refresh_at``: with
+        ``strict``, one whose mtime this user may not set counts as not stored).  One open
+        per shard and one ``fstatat`` per object (an image of a 20,000-file tree checks
+        them all)."""
         by_shard: dict[str, list[str]] = {}
-        for oid in sorted(ids):
+        for oid in sorted(wanted):
             by_shard.setdefault(oid[:2], []).append(oid[2:])
+        missing: list[ObjectId] = []
         for shard_name, rests in by_shard.items():
             try:
                 shard_fd = self._open_shard(self._objects_fd, shard_name)
             except FileNotFoundError:
-                return ObjectId(shard_name + rests[0])
+                missing += (ObjectId(shard_name + rest) for rest in rests)
+                continue
             try:
                 for rest in rests:
-                    try:
-                        st = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
-                    except FileNotFoundError:
-                        return ObjectId(shard_name + rest)
-                    if not stat.S_ISREG(st.st_mode):
-                        return ObjectId(shard_name + rest)
+                    oid = ObjectId(shard_name + rest)
+                    if not _refresh_at(shard_fd, rest, wanted[oid], touch=touch,
+                                       strict=strict):
+                        missing.append(oid)
             finally:
                 os.close(shard_fd)
-        return None
+        return missing
 
     def get_image(self, oid: ObjectId) -> Image:
         """Read a metadata image, check its bytes against its name, and parse it."""
@@ -911,21 +930,25 @@ def _hint_key(st: os.stat_result) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _refresh_at(shard_fd: int, rest: str, size: int) -> bool:
-    """Dedup check: a regular file of the right size is there; refresh its mtime so a GC
-    grace period covers this writer too.  Anything else there counts as missing — and so
-    does another user's object in a shared store, whose mtime only its owner may set: the
-    caller's own, just hashed copy then takes its place (same bytes, a fresh mtime)."""
+def _refresh_at(shard_fd: int, rest: str, size: int | None, *, touch: bool = True,
+                strict: bool = True) -> bool:
+    """Dedup check: a regular file of the right size (if given) is there; with ``touch``
+    refresh its mtime so a GC grace period covers this writer too.  Anything else there
+    counts as missing — and so, with ``touch`` and ``strict``, does another user's object
+    in a shared store, whose mtime only its owner may set: the caller's own, just hashed
+    copy then takes its place (same bytes, a fresh mtime)."""
     try:
         existing = os.stat(rest, dir_fd=shard_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    if not stat.S_ISREG(existing.st_mode) or existing.st_size != size:
+    if not stat.S_ISREG(existing.st_mode) or size not in (None, existing.st_size):
         return False
+    if not touch:
+        return True
     try:
         os.utime(rest, dir_fd=shard_fd, follow_symlinks=False)
     except PermissionError:
-        return False
+        return not strict
     return True
 
 

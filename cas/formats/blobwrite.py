@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from cas.core import fsio
 from cas.core.digest import ObjectId
+from cas.core.hashing import Progress
 from cas.core.linkmode import Fill, LinkMode, Name, place_object, write_new
 from cas.core.store import Store
 
@@ -29,16 +30,20 @@ Content = ObjectId | bytes
 @dataclass(slots=True)
 class Written:
     """What an export wrote: files, bytes, and how each was made (``reflink``,
-    ``hardlink``, ``copy``, ``inline``, or ``kept`` when an intact one was there)."""
+    ``hardlink``, ``copy``, ``inline``, or ``kept`` when an intact one was there);
+    ``progress`` counts the bytes too."""
 
     files: int = 0
     bytes: int = 0
     methods: Counter[str] = field(default_factory=Counter)
+    progress: Progress | None = None
 
     def add(self, method: str, size: int) -> None:
         self.files += 1
         self.bytes += size
         self.methods[method] += 1
+        if self.progress is not None:
+            self.progress.advance(size)
 
     def to_json(self) -> dict[str, object]:
         return {"files": self.files, "bytes": self.bytes,

@@ -217,12 +217,13 @@ def check_revision(revision: str) -> str:
 
 
 def import_cache(store: Store, cache: Path, ref: str | None, *,
-                 one: bool = False) -> Imported:
+                 one: bool = False, progress: hashing.Progress | None = None) -> Imported:
     """Import the snapshots of one revision (``org/name@revision``: errors raised), of a
     repository (``org/name``) or of the whole cache (``None``) — each snapshot on its own,
     a failure recorded next to the (cas name, image) pairs of the others.  With ``one``
     there must be exactly one snapshot: checked before the batch's objects are published,
-    so a refusal stores nothing."""
+    so a refusal stores nothing.  ``progress`` counts the bytes of the blobs stored as
+    objects (its total grows by each as it is found)."""
     repo_text, at, revision = (ref or "").rpartition("@") if "@" in (ref or "") else (
         ref or "", "", "")
     wanted = check_revision(revision) if at else None
@@ -236,7 +237,7 @@ def import_cache(store: Store, cache: Path, ref: str | None, *,
         with store.batch() as batch:
             for repo in repos:
                 try:
-                    with _RepoReader(store, batch, cache, cache_fd, repo) as reader:
+                    with _RepoReader(store, batch, cache, cache_fd, repo, progress) as reader:
                         reader.import_into(result, named, wanted)
                 except (errors.BadInput, errors.SourceChanged) as exc:
                     if ref is not None:
@@ -264,8 +265,9 @@ class _RepoReader:
     """Reads one repository folder: its refs, its snapshots, its blobs (each once)."""
 
     def __init__(self, store: Store, batch: Batch, cache: Path, cache_fd: int,
-                 repo: RepoRef) -> None:
+                 repo: RepoRef, progress: hashing.Progress | None) -> None:
         self.store, self.batch, self.cache, self.cache_fd = store, batch, cache, cache_fd
+        self.progress = progress
         self.repo, self.root = repo, cache / repo.folder
         self.added: dict[str, AddResult | bytes] = {}  # a blob shared by snapshots: read once
         with contextlib.ExitStack() as fds:
@@ -424,8 +426,11 @@ class _RepoReader:
                 if len(etag) == 40:
                     raise BadCacheEntry(path=path, reason=f"over {MAX_GIT_BLOB} bytes: too "
                                         "large for a git blob") from None
+                if self.progress is not None:
+                    self.progress.expect(os.stat(name, dir_fd=dir_fd).st_size)
                 added = self.store.add_path(name, dir_fd=dir_fd, batch=self.batch,
-                                            expect=Expected(str(path), Sha256(etag)))
+                                            expect=Expected(str(path), Sha256(etag)),
+                                            progress=self.progress)
                 if added.size <= INLINE_MAX:
                     raise errors.SourceChanged(path=path, what="it shrank") from None
                 return added
@@ -503,14 +508,18 @@ class _Snapshot:
 
 
 def export_cache(store: Store, image: Image, cache: Path, *,
-                 link: LinkMode = LinkMode.AUTO) -> Written:
+                 link: LinkMode = LinkMode.AUTO,
+                 progress: hashing.Progress | None = None) -> Written:
     """Write the snapshot of ``image`` into the cache at ``cache`` (created if needed):
     blobs (an intact one is kept; others are made from objects as ``link`` says, a
     hardlink being the store's read-only object itself), the snapshot's symlinks
-    (replacing what is there), then the refs."""
+    (replacing what is there), then the refs.  ``progress`` counts the blobs' bytes."""
     snap = _snapshot_record(image)
     _refuse_nesting(cache)
-    written = Written()
+    written = Written(progress=progress)
+    blobs = {etag: entry for etag, entry in snap.files.values()}
+    if progress is not None:
+        progress.expect(sum(entry.size for entry in blobs.values()))
     with contextlib.ExitStack() as fds:
         def subdir(dir_fd: int, name: str, path: Path) -> int:
             return fds.enter_context(closing(open_dir(
@@ -521,7 +530,7 @@ def export_cache(store: Store, image: Image, cache: Path, *,
         cache_fd = fds.enter_context(closing(userpath.destination_dir(cache, create=True)))
         repo_fd = subdir(cache_fd, snap.repo.folder, root)
         blobs_fd = subdir(repo_fd, "blobs", root / "blobs")
-        for etag, entry in {etag: entry for etag, entry in snap.files.values()}.items():
+        for etag, entry in blobs.items():
             written.add(_export_blob(store, blobs_fd, etag, entry, root / "blobs" / etag, link),
                         entry.size)
         if store.fsync:

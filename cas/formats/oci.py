@@ -42,7 +42,7 @@ from typing import Any, Self
 
 from cas.core import fsio, hashing, strictjson, userpath
 from cas.core.digest import ObjectId, Sha256, is_hex64
-from cas.core.hashing import Digests
+from cas.core.hashing import Digests, Progress
 from cas.core.image import INLINE_MAX, MAX_MEDIA_TYPE, MAX_SIZE, Blob, Image, build, file_entry
 from cas.core.store import AddResult, Batch, Expected, Store
 from cas.core.treepath import case_collisions, check_name
@@ -259,10 +259,12 @@ class _Layout(_LayoutDir):
         self.expect(desc, what).check(hashing.hash_bytes(data))
         return data
 
-    def add_blob(self, store: Store, desc: Descriptor, what: str) -> AddResult:
+    def add_blob(self, store: Store, desc: Descriptor, what: str,
+                 progress: Progress | None = None) -> AddResult:
         """Store a blob as one object (reflinked where the filesystem allows), verified."""
         self._check_blob(desc, what)
-        return store.add_path(desc.sha256, dir_fd=self._blobs, expect=self.expect(desc, what))
+        return store.add_path(desc.sha256, dir_fd=self._blobs, expect=self.expect(desc, what),
+                              progress=progress)
 
     @contextlib.contextmanager
     def open_blob(self, desc: Descriptor, what: str) -> Iterator[_VerifiedReader]:
@@ -313,14 +315,16 @@ class _VerifiedReader:
 
 
 def import_layout(store: Store, layout: Path, tag: str | None, *, keep_compressed: bool = True,
-                  limits: Limits = DEFAULT_LIMITS) -> Image:
+                  limits: Limits = DEFAULT_LIMITS, progress: Progress | None = None) -> Image:
     """Import the manifest tagged ``tag`` (or the only one) and return its image.
 
     Nothing is named: the caller stores the image and names it, so a failure here leaves
-    at most unreferenced objects (each under its true digest) for GC.
+    at most unreferenced objects (each under its true digest) for GC.  ``progress``
+    counts the layers' bytes (a tar layer's once it is unpacked).
     """
     with _Layout(Path(layout), create=False) as reader:
-        return _Importer(store, reader, keep_compressed, limits).run(_select(reader, tag))
+        return _Importer(store, reader, keep_compressed, limits, progress).run(
+            _select(reader, tag))
 
 
 class _StoredBlobs:
@@ -331,7 +335,7 @@ class _StoredBlobs:
         self._store, self._where = store, where
 
     def _object(self, desc: Descriptor, what: str) -> ObjectId:
-        oid = self._store.lookup_sha256(desc.sha256)
+        oid = self._store.claim_sha256(desc.sha256)
         if oid is None:
             raise BadLayout(path=self._where, reason=f"{what} {desc.digest} was not fetched")
         return oid
@@ -346,7 +350,9 @@ class _StoredBlobs:
             hashing.hash_bytes(data))
         return data
 
-    def add_blob(self, store: Store, desc: Descriptor, what: str) -> AddResult:
+    def add_blob(self, store: Store, desc: Descriptor, what: str,
+                 progress: Progress | None = None) -> AddResult:
+        """The stored blob (fetched before, and counted then: ``progress`` is unused)."""
         oid = self._object(desc, what)
         size = store.stat_object(oid).size
         if size != desc.size:  # the sha256 matched when it was stored: a size can't differ
@@ -439,6 +445,7 @@ class _Importer:
     layout: _Layout | _StoredBlobs
     keep_compressed: bool
     limits: Limits
+    progress: Progress | None = None
     blobs: list[Blob] = field(default_factory=list)
     members: list[AddResult] = field(default_factory=list)
     tree: Tree = field(default_factory=Tree)
@@ -456,6 +463,8 @@ class _Importer:
         if config.media_type in IMAGE_CONFIG_TYPES and any(
                 _is_tar(d) for d in layers):
             diff_ids = [*_diff_ids(config_bytes, len(layers), self.layout.where(config))]
+        if self.progress is not None:
+            self.progress.expect(sum(d.size for d in layers))
         self._keep(self.store.add_bytes(manifest_bytes), desc.media_type)
         self._keep(self.store.add_bytes(config_bytes), config.media_type)
         records = []
@@ -477,7 +486,7 @@ class _Importer:
 
     def _file_layer(self, desc: Descriptor) -> dict[str, Any]:
         """A non-tar layer: one object, and a file in the tree if it has a title."""
-        added = self.layout.add_blob(self.store, desc, "layer")
+        added = self.layout.add_blob(self.store, desc, "layer", self.progress)
         self._keep(added, desc.media_type)
         title = desc.annotations.get(TITLE)
         if title is not None:
@@ -519,6 +528,8 @@ class _Importer:
                                       f"sha256:{diff_id}")
         self._keep(result.split, tarlayer.SPLIT_MEDIA_TYPE)
         self.members.extend(result.members)
+        if self.progress is not None:
+            self.progress.advance(desc.size)
         return {**desc.blob_record(), "diff_id": result.diff_id,
                 "tar_split": result.split.sha256}
 
@@ -537,18 +548,24 @@ class _Planned:
     tar_split: ObjectId | None  # re-create an uncompressed tar from this tar-split
 
 
-def export_layout(store: Store, image: Image, layout: Path, tag: str | None) -> None:
+def export_layout(store: Store, image: Image, layout: Path, tag: str | None, *,
+                  progress: Progress | None = None) -> None:
     """Write the image's manifest, config and layers into an OCI layout at ``layout``.
 
     Everything is planned (and refused, if it cannot be re-created exactly) before the
     first byte is written; blobs are published before ``index.json`` names them.
+    ``progress`` counts the blobs' bytes.
     """
     descriptor, plan = _plan(image)
     if tag is not None:
         descriptor["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
+    if progress is not None:
+        progress.expect(sum(blob.size for blob in plan))
     with _LayoutWriter(Path(layout), fsync=store.fsync) as writer:
         for blob in plan:
             writer.write_blob(blob, _filler(store, blob))
+            if progress is not None:
+                progress.advance(blob.size)
         writer.add_to_index(descriptor)
 
 

@@ -304,8 +304,10 @@ def _resolve(root: Path, root_fd: int, ref: ModelRef) -> ModelRef:
 class _Importer:
     """Imports models of one Ollama store inside one store batch."""
 
-    def __init__(self, store: Store, batch: Batch, root: Path, root_fd: int) -> None:
+    def __init__(self, store: Store, batch: Batch, root: Path, root_fd: int,
+                 progress: hashing.Progress | None) -> None:
         self.store, self.batch, self.root, self.root_fd = store, batch, root, root_fd
+        self.progress = progress  # counts the blobs' bytes (each announced as it is found)
         self.added: dict[Sha256, AddResult] = {}  # a blob shared by models is read once
         self.blobs_fd = open_dir(root_fd, "blobs", root / "blobs",
                                   NotAnOllamaStore(path=root, reason="no blobs/ directory"))
@@ -356,8 +358,11 @@ class _Importer:
         """Store a blob as an object (a reflink where the filesystem allows), verified."""
         path = self._check_blob(desc, ref)
         if (done := self.added.get(desc.sha256)) is None:
+            if self.progress is not None:
+                self.progress.expect(desc.size)
             done = self.store.add_path(desc.file_name, dir_fd=self.blobs_fd, batch=self.batch,
-                                       expect=Expected(str(path), desc.sha256, desc.size))
+                                       expect=Expected(str(path), desc.sha256, desc.size),
+                                       progress=self.progress)
             self.added[desc.sha256] = done
         return done
 
@@ -389,7 +394,7 @@ class _Importer:
 
 
 def import_models(store: Store, root: Path, model: str | None, *,
-                  one: bool = False) -> Imported:
+                  one: bool = False, progress: hashing.Progress | None = None) -> Imported:
     """Import one model (``model``, as ``parse_model`` reads it, found ignoring case) or
     every model of the Ollama store at ``root``.
 
@@ -412,7 +417,7 @@ def import_models(store: Store, root: Path, model: str | None, *,
         if not refs:
             return result
         with store.batch() as batch:
-            importer = _Importer(store, batch, root, root_fd)
+            importer = _Importer(store, batch, root, root_fd, progress)
             try:
                 if model is not None:
                     result.artifacts.append((refs[0].cas_name, importer.model(refs[0])))
@@ -440,7 +445,8 @@ def _import_each(importer: _Importer, refs: list[ModelRef], result: Imported) ->
 
 
 def export_model(store: Store, image: Image, root: Path, model: str | None = None, *,
-                 link: LinkMode = LinkMode.AUTO) -> Written:
+                 link: LinkMode = LinkMode.AUTO,
+                 progress: hashing.Progress | None = None) -> Written:
     """Write the model of ``image`` into the Ollama store at ``root`` (created if needed),
     under its recorded name or ``model`` (an Ollama reference: a rename).
 
@@ -449,20 +455,24 @@ def export_model(store: Store, image: Image, root: Path, model: str | None = Non
     and renamed into place; a blob already there is kept if its size and sha256 are right.
     The manifest, byte-identical to the imported one, comes last — Ollama never sees a
     model whose blobs are not all in place — under the spelling of the name the store
-    already has, if any (Ollama ignores case in names).
+    already has, if any (Ollama ignores case in names).  ``progress`` counts the blobs'
+    bytes.
     """
     recorded, manifest_sha = _source(image)
     target = recorded if model is None else parse_model(model)
     data = _read_object(store, image.blob(manifest_sha).object_id, manifest_sha)
     manifest = parse_manifest(data, f"stored manifest sha256:{manifest_sha}")
     contents = _contents(image)
-    written = Written()
+    written = Written(progress=progress)
+    blobs = {d.sha256: d for d in (manifest.config, *manifest.layers)}.values()
+    if progress is not None:
+        progress.expect(sum(d.size for d in blobs))
     with contextlib.ExitStack() as stack:
         # made if missing; never reached or entered through a symlink (cas.core.userpath)
         root_fd = stack.enter_context(closing(userpath.destination_dir(root, create=True)))
         blobs_fd = stack.enter_context(closing(open_dir(
             root_fd, "blobs", root / "blobs", errors.SourceMissing(path=root), create=True)))
-        for desc in {d.sha256: d for d in (manifest.config, *manifest.layers)}.values():
+        for desc in blobs:
             content = contents.get(desc.sha256)
             if content is None:
                 raise errors.BadImage(reason=f"no content for {oci_form(desc.sha256)}")

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cas.core import fsio, userpath
+from cas.core.hashing import Progress
 from cas.core.image import DEVICES, Entry, EntryType, Image, major_minor
 from cas.core.store import Store
 from cas.core.treepath import to_bytes
@@ -48,8 +49,10 @@ _TYPES = {EntryType.FILE: b"0", EntryType.SYMLINK: b"2", EntryType.DIR: b"5",
 HARDLINK = b"1"
 
 
-def export_tar(store: Store, image: Image, dest: Path) -> int:
-    """Write the tree's tar layer at ``dest`` (which must not exist); returns its size."""
+def export_tar(store: Store, image: Image, dest: Path, *,
+               progress: Progress | None = None) -> int:
+    """Write the tree's tar layer at ``dest`` (which must not exist); returns its size.
+    ``progress`` counts the files' bytes."""
     parent_fd, name = userpath.destination_parent(dest)
     try:
         if fsio.exists(parent_fd, name):  # checked again when it is renamed into place
@@ -57,7 +60,7 @@ def export_tar(store: Store, image: Image, dest: Path) -> int:
         with fsio.temp_file(parent_fd, f".{name}.cas-tar") as temp:
             with os.fdopen(os.dup(temp.fd), "wb", buffering=1 << 20) as out:
                 size = 0
-                for chunk in tar_stream(store, image):
+                for chunk in tar_stream(store, image, progress):
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
@@ -74,13 +77,18 @@ def export_tar(store: Store, image: Image, dest: Path) -> int:
     return size
 
 
-def tar_stream(store: Store, image: Image) -> Iterator[bytes]:
-    """The layer's bytes, in pieces."""
+def tar_stream(store: Store, image: Image,
+               progress: Progress | None = None) -> Iterator[bytes]:
+    """The layer's bytes, in pieces; ``progress`` counts the files' (its total: all)."""
     written = 0
+    if progress is not None:
+        progress.expect(image.total_size)
     for index, entry in enumerate(image.entries[1:]):  # not the root
         for chunk in _member(store, entry, index):
             written += len(chunk)
             yield chunk
+        if progress is not None and entry.type is EntryType.FILE and entry.hardlink is None:
+            progress.advance(entry.size)
     end = 2 * BLOCK
     end += -(written + end) % RECORD
     yield bytes(end)

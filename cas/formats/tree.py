@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cas.core import fsio, userpath
+from cas.core.hashing import Progress
 from cas.core.image import (
     INLINE_MAX,
     MAX_RDEV,
@@ -49,9 +50,11 @@ _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFCHR: EntryType.CHAR,
             stat.S_IFBLK: EntryType.BLOCK}
 
 
-def import_tree(store: Store, root: Path, *, xattrs: bool = True) -> Image:
+def import_tree(store: Store, root: Path, *, xattrs: bool = True,
+                progress: Progress | None = None) -> Image:
     """An image of the directory ``root``: its contents, and its own metadata as the root
-    entry.  ``xattrs=False`` leaves extended attributes out."""
+    entry.  ``xattrs=False`` leaves extended attributes out.  ``progress`` counts the
+    bytes of the files stored as objects; its total grows as the walk finds them."""
     try:
         root_fd = userpath.source_dir(root)
     except FileNotFoundError:
@@ -60,14 +63,15 @@ def import_tree(store: Store, root: Path, *, xattrs: bool = True) -> Image:
         raise NotARegularFile(path=root, kind="not a directory") from None
     try:
         with store.batch() as batch, ThreadPoolExecutor(WORKERS) as pool:
-            walk = _Walk(store, batch, pool, root, root_fd, xattrs)
+            walk = _Walk(store, batch, pool, root, root_fd, xattrs, progress)
             entries = walk.run()
     finally:
         os.close(root_fd)
     return build(entries, [], {"type": "tree"})
 
 
-def import_files(store: Store, paths: list[Path], *, xattrs: bool = True) -> Image:
+def import_files(store: Store, paths: list[Path], *, xattrs: bool = True,
+                 progress: Progress | None = None) -> Image:
     """An image holding the given files side by side, by their base names."""
     names = [check_name(from_bytes(os.fsencode(p.name))) for p in paths]
     if len(set(names)) != len(names):
@@ -86,7 +90,8 @@ def import_files(store: Store, paths: list[Path], *, xattrs: bool = True) -> Ima
                 if not stat.S_ISREG(st.st_mode):
                     raise NotARegularFile(path=path, kind=fsio.file_kind(st.st_mode))
                 attrs = _xattrs_at(dir_fd, base, path) if xattrs else {}
-                entries.append(_file(store, batch, dir_fd, base, name, st, attrs))
+                _expect(progress, st)
+                entries.append(_file(store, batch, dir_fd, base, name, st, attrs, progress))
             except FileNotFoundError:
                 raise SourceMissing(path=path) from None
             finally:
@@ -104,9 +109,9 @@ class _Pending:
 
 class _Walk:
     def __init__(self, store: Store, batch: Batch, pool: ThreadPoolExecutor, root: Path,
-                 root_fd: int, xattrs: bool) -> None:
+                 root_fd: int, xattrs: bool, progress: Progress | None) -> None:
         self.store, self.batch, self.pool, self.root = store, batch, pool, root
-        self.root_fd, self.xattrs = root_fd, xattrs
+        self.root_fd, self.xattrs, self.progress = root_fd, xattrs, progress
         self.entries: list[Entry] = []
         self.budget = Budget()
         self.pending: collections.deque[_Pending] = collections.deque()
@@ -155,8 +160,9 @@ class _Walk:
             elif self._seen_inode(st, child):
                 continue
             elif kind == stat.S_IFREG:
+                _expect(self.progress, st)
                 held.files.append(self.pool.submit(
-                    _file, self.store, self.batch, fd, name, child, st, attrs))
+                    _file, self.store, self.batch, fd, name, child, st, attrs, self.progress))
             elif kind == stat.S_IFLNK:
                 target = from_bytes(os.readlink(os.fsencode(name), dir_fd=fd))
                 check_symlink_target(child, target)
@@ -268,14 +274,20 @@ def _read_xattrs(target: bytes | int, shown: Path) -> dict[str, bytes]:
     return found
 
 
+def _expect(progress: Progress | None, st: os.stat_result) -> None:
+    """Announce a file's bytes to ``progress`` as it is found, if it becomes an object."""
+    if progress is not None and st.st_size > INLINE_MAX:
+        progress.expect(st.st_size)
+
+
 def _file(store: Store, batch: Batch, dir_fd: int, name: str, path: str,
-          st: os.stat_result, attrs: dict[str, bytes]) -> Entry:
+          st: os.stat_result, attrs: dict[str, bytes], progress: Progress | None) -> Entry:
     meta: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
                                "gid": st.st_gid, "mtime_ns": st.st_mtime_ns, "xattrs": attrs}
     if st.st_size <= INLINE_MAX:
         data = _read_small_file(dir_fd, name, st)
         return file_entry(path, size=len(data), data=data, **meta)
-    result = store.add_path(name, dir_fd=dir_fd, batch=batch)
+    result = store.add_path(name, dir_fd=dir_fd, batch=batch, progress=progress)
     return file_entry(path, size=result.size, object_id=result.object_id, sha256=result.sha256,
                       **meta)
 

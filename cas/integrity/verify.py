@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from cas import errors
 from cas.core import damage, fsio, fsverity
 from cas.core.digest import ObjectId, Sha256, is_hex64
+from cas.core.hashing import Progress
 from cas.core.proof import ProofRecord
 from cas.core.store import OBJECT_XATTR, OBJECTS, Store
 from cas.integrity import quarantine, verify_state
@@ -100,11 +101,12 @@ class Limits:
 
 def sweep(store: Store, *, mode: str = "full", limits: Limits = Limits(), wait: float = 0.0,
           act: bool = True, workers: int = WORKERS,
-          clock: Callable[[], float] = time.monotonic) -> Report:
+          clock: Callable[[], float] = time.monotonic,
+          progress: Progress | None = None) -> Report:
     """Run one sweep (``mode``: see the module docstring) under the sweep lock;
     ``act=False`` reports without quarantining, marking or enabling fs-verity (a
     metadata image proven corrupt is still marked by ``Store.get_image``, as by any
-    reader)."""
+    reader).  ``progress`` counts the bytes of the objects this run gets to."""
     if mode not in MODES:
         raise ValueError(f"sweep mode {mode!r} is not one of {MODES}")
     with verify_state.sweep_lock(store, wait):
@@ -120,7 +122,8 @@ def sweep(store: Store, *, mode: str = "full", limits: Limits = Limits(), wait: 
         state = verify_state.load(store, report.started, _state_file(mode))
         inodes: dict[ObjectId, tuple[int, int] | None] = {}  # corrupt object → its file
         if mode != "structural":
-            _Checker(store, state, report, limits, workers, clock, act).run(listed, refs, inodes)
+            _Checker(store, state, report, limits, workers, clock, act, progress).run(
+                listed, refs, inodes)
         report.cycle = state.cycle.number if not report.cycle_complete else state.cycle.number - 1
         report.last_full_coverage = state.last_full_coverage
         if act:
@@ -403,9 +406,10 @@ class _Checker:
     """One bounded pass over the sorted object ids, after the cycle's cursor."""
 
     def __init__(self, store: Store, state: verify_state.SweepState, report: Report,
-                 limits: Limits, workers: int, clock: Callable[[], float], act: bool) -> None:
+                 limits: Limits, workers: int, clock: Callable[[], float], act: bool,
+                 progress: Progress | None) -> None:
         self.store, self.state, self.report, self.limits = store, state, report, limits
-        self.workers, self.clock, self.act = workers, clock, act
+        self.workers, self.clock, self.act, self.progress = workers, clock, act, progress
         self.run_time = report.started   # lower bound of every check made in this run
         self.last: str = ""
         self.saved_at = clock()
@@ -417,6 +421,8 @@ class _Checker:
         self.refs, self.inodes = refs, inodes
         self.known = {f.object for f in report.findings if f.kind == "corrupt-object"}
         todo = [o for o in listed if o.oid > self.state.cycle.cursor]
+        if self.progress is not None:
+            self.progress.expect(sum(o.size for o in todo))
         window: collections.deque[tuple[Listed, Future[Outcome] | None]] = collections.deque()
         submitted_bytes, finished = 0, True
         with ThreadPoolExecutor(self.workers, thread_name_prefix="cas-verify") as pool:
@@ -496,6 +502,8 @@ class _Checker:
                     detail=out.detail))
                 self.inodes[obj.oid] = out.inode
         self.last = obj.oid
+        if self.progress is not None:
+            self.progress.advance(obj.size)
         if self.clock() - self.saved_at >= CHECKPOINT_SECONDS:  # a crash loses little
             self.state.record_run(self.last, self.run_time)
             self._save()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cas.core import names as names_mod
+from cas.core.hashing import Progress
 from cas.core.image import DEVICES, Entry, Image, major_minor
 from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
@@ -91,36 +92,41 @@ class ImportResult(list[NameRecord]):
 
 def import_artifacts(store: Store, sources: Sequence[Source], name: str | None = None, *,
                      keep_compressed: bool = True, gate: Gate | None = None,
-                     xattrs: bool = True, options: Options | None = None) -> ImportResult:
+                     xattrs: bool = True, options: Options | None = None,
+                     progress: Progress | None = None) -> ImportResult:
     """Import ``sources`` and name the result(s); returns the names written.
 
     One source may hold several artifacts (an Ollama store, a Hugging Face cache); several
     sources must be plain files, imported side by side as one artifact.  ``gate`` judges a
     registry source (``docker://``) as ``cas pull`` does, reached with ``options``.
     ``xattrs=False`` leaves the extended attributes of directories and files out.
+    ``progress`` counts the bytes stored (or downloaded); its total grows as the importer
+    finds them.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
     with store.temp_root():  # GC keeps what this import stored until its names exist
-        return _import_and_name(store, sources, name, keep_compressed, gate, xattrs, options)
+        return _import_and_name(store, sources, name, keep_compressed, gate, xattrs, options,
+                                progress)
 
 
 def _import_and_name(store: Store, sources: Sequence[Source], name: str | None,
                      keep_compressed: bool, gate: Gate | None, xattrs: bool,
-                     options: Options | None) -> ImportResult:
+                     options: Options | None, progress: Progress | None) -> ImportResult:
     """Every name is decided (and refused, if it must be) before the first object is
     published: a refusal never leaves objects behind."""
     locations = [location_of(s) for s in sources]
     if len(locations) == 1:
         scheme = locations[0].scheme
-        imported = _import(store, locations[0], name, keep_compressed, gate, xattrs, options)
+        imported = _import(store, locations[0], name, keep_compressed, gate, xattrs, options,
+                           progress)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
         from cas.formats import tree
         paths = [loc.path for loc in locations]
-        scheme, imported = "tree", Imported([(name, tree.import_files(store, paths,
-                                                                      xattrs=xattrs))])
+        scheme, imported = "tree", Imported([(name, tree.import_files(
+            store, paths, xattrs=xattrs, progress=progress))])
     records = ImportResult(failures=imported.failures)
     for default_name, image in imported.artifacts:
         image_id = store.put_image(image)
@@ -131,31 +137,36 @@ def _import_and_name(store: Store, sources: Sequence[Source], name: str | None,
 
 
 def _import(store: Store, location: Location, name: str | None, keep_compressed: bool,
-            gate: Gate | None, xattrs: bool, options: Options | None) -> Imported:
+            gate: Gate | None, xattrs: bool, options: Options | None,
+            progress: Progress | None) -> Imported:
     if location.scheme == "ollama":
         from cas.formats import ollama
-        return ollama.import_models(store, location.path, location.ref, one=name is not None)
+        return ollama.import_models(store, location.path, location.ref, one=name is not None,
+                                    progress=progress)
     if location.scheme == "hf":
         from cas.formats import hf
-        return hf.import_cache(store, location.path, location.ref, one=name is not None)
+        return hf.import_cache(store, location.path, location.ref, one=name is not None,
+                               progress=progress)
     if location.scheme == "docker":
         from cas.transport import registry
         named = name or registry.default_name(registry.parse_reference(location.ref or ""))
         _, image = registry.pull_image(store, location.ref or "", options or registry.Options(),
+                                       progress,
                                        keep_compressed=keep_compressed, gate=gate)
         return Imported([(named, image)])
     named = name or _default_name(location.path, location.ref)
     if location.scheme == "oci":
         from cas.formats import oci
         return Imported([(named, oci.import_layout(store, location.path, location.ref,
-                                                   keep_compressed=keep_compressed))])
+                                                   keep_compressed=keep_compressed,
+                                                   progress=progress))])
     if location.scheme == "dump":
         from cas.formats.composefs import to_image
         return Imported([(named, to_image.import_dump(store, location.path, xattrs=xattrs))])
     from cas.formats import tree
     path = location.path
-    image = (tree.import_tree(store, path, xattrs=xattrs) if path.is_dir()
-             else tree.import_files(store, [path], xattrs=xattrs))
+    image = (tree.import_tree(store, path, xattrs=xattrs, progress=progress) if path.is_dir()
+             else tree.import_files(store, [path], xattrs=xattrs, progress=progress))
     return Imported([(named, image)])
 
 
@@ -176,16 +187,20 @@ def tag(store: Store, source: str, target: str) -> NameRecord:
 
 
 def export_artifact(store: Store, name: str, destination: str, *,
-                    link: LinkMode = LinkMode.AUTO) -> dict[str, Any]:
+                    link: LinkMode = LinkMode.AUTO,
+                    progress: Progress | None = None) -> dict[str, Any]:
     """Export artifact ``name``; ``link`` says how Ollama and Hugging Face blobs are made
-    from objects (the other destinations write their own bytes)."""
+    from objects (the other destinations write their own bytes).  ``progress`` counts
+    the bytes of the files or blobs written (``dump:`` and ``composefs:`` write only
+    metadata: nothing to count)."""
     record = store.names.get(name)
     image = store.get_image(record.image)
     result: dict[str, Any] = {"name": record.name, "destination": destination}
     if destination.startswith("tar:"):  # export only: a reproducible tar layer of the tree
         from cas.formats import tarexport
         _link_unsupported(link, destination)
-        size = tarexport.export_tar(store, image, Path(destination[len("tar:"):]))
+        size = tarexport.export_tar(store, image, Path(destination[len("tar:"):]),
+                                    progress=progress)
         return {**result, "size": size}
     if destination.startswith("dump:"):  # export only: the composefs dumpfile
         from cas.ops import composefs
@@ -200,22 +215,24 @@ def export_artifact(store: Store, name: str, destination: str, *,
     location = parse_location(destination)
     if location.scheme == "ollama":
         from cas.formats import ollama
-        written = ollama.export_model(store, image, location.path, location.ref, link=link)
+        written = ollama.export_model(store, image, location.path, location.ref, link=link,
+                                      progress=progress)
         return {**result, **written.to_json()}
     if location.scheme == "hf":
         from cas.formats import hf
         if location.ref is not None:
             raise BadInput(message=f"{destination}: export writes the artifact's own "
                            "repository; name only the cache directory")
-        return {**result, **hf.export_cache(store, image, location.path, link=link).to_json()}
+        return {**result, **hf.export_cache(store, image, location.path, link=link,
+                                            progress=progress).to_json()}
     _link_unsupported(link, destination)
     if location.scheme == "oci":
         from cas.formats import oci
         tag = location.ref or record.name.rpartition(":")[2]
-        oci.export_layout(store, image, location.path, tag)
+        oci.export_layout(store, image, location.path, tag, progress=progress)
     elif location.scheme == "docker":
         from cas.transport import registry
-        digest, _ = push(store, record, location.ref or "", registry.Options())
+        digest, _ = push(store, record, location.ref or "", registry.Options(), progress=progress)
         return {**result, "digest": digest}
     else:
         raise UnsupportedSource(location=destination)
@@ -223,7 +240,7 @@ def export_artifact(store: Store, name: str, destination: str, *,
 
 
 def push(store: Store, record: NameRecord, ref: str, options: Options, *,
-         mount_from: str | None = None) -> tuple[str, int]:
+         mount_from: str | None = None, progress: Progress | None = None) -> tuple[str, int]:
     """Push the artifact ``record`` names to registry reference ``ref`` (the artifact's
     tag when ``ref`` has none), then its stored signatures; returns the manifest digest
     and how many signatures were attached."""
@@ -233,7 +250,7 @@ def push(store: Store, record: NameRecord, ref: str, options: Options, *,
     attach, count = signing.attacher(store, image)
     digest = registry.push_image(store, image, ref, options,
                                  default_tag=record.name.rpartition(":")[2],
-                                 mount_from=mount_from, attach=attach)
+                                 mount_from=mount_from, attach=attach, progress=progress)
     return digest, count
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cas.core import fsio, userpath
+from cas.core.hashing import Progress
 from cas.core.image import Entry, EntryType, Image
 from cas.core.linkmode import Fill, LinkMode, Name, place_object, write_new
 from cas.core.proof import Verifier, policy_age
@@ -87,7 +88,8 @@ class CheckoutResult:
 
 def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.AUTO, *,
              verify: bool = True, same_owner: bool | None = None,
-             trust_proven: float | None = None) -> CheckoutResult:
+             trust_proven: float | None = None, progress: Progress | None = None
+             ) -> CheckoutResult:
     """Create ``dest`` (which must not exist) holding the image's tree.
 
     With ``verify`` (the default) every object is checked against its name before it is
@@ -96,6 +98,7 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
     Copies are always checked: they are hashed as they land.  ``same_owner`` restores
     recorded owners (default: when running as root).  ``trust_proven`` (seconds, else
     the store's policy) skips rehashing objects proven that recently (``cas.core.proof``).
+    ``progress`` counts the files' bytes as each is made (its total: all of them).
     """
     owners = os.geteuid() == 0 if same_owner is None else same_owner
     parent_fd, name = userpath.destination_parent(dest)
@@ -114,10 +117,12 @@ def checkout(store: Store, image: Image, dest: Path, mode: LinkMode = LinkMode.A
     result = CheckoutResult(dest, owners=owners)
     if verify:
         result.verifier = Verifier(store, policy_age(store, trust_proven), "checkout")
+    if progress is not None:
+        progress.expect(image.total_size)
     try:
         root_fd = fsio.open_dir(staging, parent_fd)
         try:
-            _Builder(store, image, root_fd, mode, verify, result).run()
+            _Builder(store, image, root_fd, mode, verify, result, progress).run()
         finally:
             os.close(root_fd)
             if result.verifier is not None:
@@ -170,6 +175,7 @@ class _Builder:
     mode: LinkMode
     verify: bool
     result: CheckoutResult
+    progress: Progress | None
     left_out: set[str] = field(default_factory=set)  # entries not made (devices)
 
     def run(self) -> None:
@@ -262,6 +268,8 @@ class _Builder:
             if method == "hardlink":
                 self.result.missed("object-metadata", entry.path)
         self.result.methods[method] += 1
+        if self.progress is not None:
+            self.progress.advance(entry.size)
 
     def _restore(self, entry: Entry, node: _Node) -> None:
         """Owner first (chown clears setuid bits and capabilities), then mode, xattrs

@@ -54,6 +54,7 @@ from pathlib import Path
 
 from cas.core import fsio, fsverity
 from cas.core.digest import ObjectId
+from cas.core.hashing import Progress
 from cas.core.image import Image
 from cas.core.names import NameRecord
 from cas.core.proof import Verifier, policy_age
@@ -114,22 +115,32 @@ def write_image(store: Store, image: Image) -> ObjectId:
 
 def mount(store: Store, name: str, mountpoint: Path, *, verify: bool = True,
           admit: Callable[[NameRecord, Image], object] | None = None,
-          allow_suid_dev: bool = False, trust_proven: float | None = None) -> MountResult:
+          allow_suid_dev: bool = False, trust_proven: float | None = None,
+          progress: Progress | None = None) -> MountResult:
     """Mount artifact ``name`` read-only at ``mountpoint``.  ``admit`` may refuse the
     artifact (its trust policy) before anything is mounted.  Both mounts are ``nosuid,
     nodev`` unless ``allow_suid_dev`` (for images meant to run as system trees): an
     untrusted image's setuid-root file or ``security.capability`` xattr has no effect.
-    ``trust_proven`` (seconds, else the store's policy): see the module docstring."""
+    ``trust_proven`` (seconds, else the store's policy): see the module docstring.
+    ``progress`` counts the bytes rehashed (without kernel fs-verity)."""
     start = time.monotonic()
     target = _mountpoint(mountpoint)
     record = store.names.get(name)
     image = store.get_image(record.image)
     if admit is not None:
         admit(record, image)
+    with store.temp_root():  # GC keeps the EROFS image (maybe stored before) until mounted
+        return _mount(store, record, image, target, verify, allow_suid_dev, trust_proven,
+                      start, progress)
+
+
+def _mount(store: Store, record: NameRecord, image: Image, target: Path, verify: bool,
+           allow_suid_dev: bool, trust_proven: float | None, start: float,
+           progress: Progress | None) -> MountResult:
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
     verifier = Verifier(store, policy_age(store, trust_proven), "mount") if verify else None
-    mode = _verify(verifier, [image_id, *needed]) if verifier is not None else "none"
+    mode = _verify(verifier, [image_id, *needed], progress) if verifier is not None else "none"
     without = 0 if mode == "kernel" else sum(not _has_verity(store, oid)
                                              for oid in [image_id, *needed])
     private = _private_dir(store, target)
@@ -207,13 +218,18 @@ def _mount_image(fd: int, dir_fd: int, target: Path, flags: str) -> None:
         _run(argv, target, (fd, dir_fd))
 
 
-def _verify(verifier: Verifier, ids: list[ObjectId]) -> str:
+def _verify(verifier: Verifier, ids: list[ObjectId], progress: Progress | None) -> str:
     """``kernel`` if every object has fs-verity, else check them all (``userspace``:
     rehashed, or trusted from a recent proof where the verifier may)."""
-    if all(_has_verity(verifier.store, oid) for oid in ids):
+    store = verifier.store
+    if all(_has_verity(store, oid) for oid in ids):
         return "kernel"
+    if progress is not None:
+        progress.expect(sum(store.stat_object(oid).size for oid in ids))
     for oid in ids:
         verifier.check(oid)
+        if progress is not None:
+            progress.advance(store.stat_object(oid).size)
     verifier.finish()
     return "userspace"
 

@@ -400,13 +400,19 @@ class Client:
             return store.add_stream(cast(IO[bytes], body), expect=expect, progress=progress,
                                     method="registry")
 
-    def upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None) -> str:
+    def upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None,
+               progress: Progress | None = None) -> str:
         """Put one blob unless the registry has it; returns what was done.  The whole
-        upload ends within ``blob_timeout``."""
+        upload ends within ``blob_timeout``.  ``progress`` counts the blob's bytes (all
+        at once when they need no upload)."""
         with deadline.within(self.options.blob_timeout):
-            return self._upload(store, blob, mount_from)
+            done = self._upload(store, blob, mount_from, progress)
+        if progress is not None and done != "uploaded":
+            progress.advance(blob.size)
+        return done
 
-    def _upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None) -> str:
+    def _upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None,
+                progress: Progress | None) -> str:
         digest = f"sha256:{blob.sha256}"
         if self.has_blob(blob.sha256):
             return "exists"
@@ -430,6 +436,8 @@ class Client:
                 "Content-Range": f"{offset}-{offset + len(piece) - 1}"})
             self._expect_status(response, f"upload {digest}", 202)
             location, offset = self._location(response), offset + len(piece)
+            if progress is not None:
+                progress.advance(len(piece))
         else:
             piece = b""
         Expected(f"blob {digest} (from the store)", blob.sha256, blob.size).check(
@@ -439,6 +447,8 @@ class Client:
                                 headers={"Content-Type": "application/octet-stream"})
         self._expect_status(response, f"finish upload of {digest}", 201)
         response.close()
+        if progress is not None:
+            progress.advance(len(piece))
         return "uploaded"
 
     def _location(self, response: httpx.Response) -> str:
@@ -705,8 +715,11 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
         if gate is not None:
             gate.admit(client, ref, data)
         store.add_bytes(data)
+        # a blob already stored is claimed before the pull relies on it (GC may run now)
         wanted = {d.sha256: d for d in [config, *layers]
-                  if store.lookup_sha256(d.sha256) is None}
+                  if store.claim_sha256(d.sha256) is None}
+        if progress is not None:  # the bytes to download: a total for the caller's bar
+            progress.expect(sum(d.size for d in wanted.values()))
 
         def fetch(desc: oci.Descriptor) -> AddResult:
             expect = Expected(f"{ref.host}/{ref.repository}@{desc.digest}", desc.sha256,
@@ -765,16 +778,19 @@ def _pick(client: Client, data: bytes, index: dict[str, Any],
 
 def push_image(store: Store, image: Image, text: str, options: Options, *,
                default_tag: str | None = None, mount_from: str | None = None,
-               attach: Callable[[Client, Sha256], object] | None = None) -> str:
+               attach: Callable[[Client, Sha256], object] | None = None,
+               progress: Progress | None = None) -> str:
     """Upload the image's blobs, then its manifest, then ``attach`` (signatures) what
-    refers to it; returns the manifest digest."""
+    refers to it; returns the manifest digest.  ``progress`` counts the blobs' bytes."""
     ref = parse_reference(text)
     descriptor, data = oci.manifest_of(store, image)
     *blobs, manifest = oci.export_plan(image)[1]
     distinct = list({b.sha256: b for b in blobs}.values())
+    if progress is not None:
+        progress.expect(sum(b.size for b in distinct))
     with Client(ref, options, push=True, mount_from=mount_from) as client:
         with ThreadPoolExecutor(max(1, options.workers)) as pool:
-            list(pool.map(lambda b: client.upload(store, b, mount_from), distinct))
+            list(pool.map(lambda b: client.upload(store, b, mount_from, progress), distinct))
         reference = ref.reference if (ref.tag or ref.digest or not default_tag) else default_tag
         returned = client.put_manifest(reference, data, descriptor["mediaType"])
         if returned and returned != f"sha256:{manifest.sha256}":

@@ -189,8 +189,13 @@ class _Converter:
                                   detail=f"object {oid} holds {stored} bytes, not {size}")
 
     def check_objects(self) -> None:
-        """Every object the tree needs is stored, and of the size the dump says."""
+        """Every object the tree needs is stored, and of the size the dump says; the
+        stored ones are claimed for this import (``Store.claim``) before that check."""
+        gone = set(self.store.claim(oid for oid in self.needed if oid not in self.inlined))
         for oid, (path, size) in self.needed.items():
+            if oid in gone:
+                self.missing.append((path, oid))
+                continue
             try:
                 self._check_size(oid, path, size)
             except ObjectNotFound:
