@@ -550,7 +550,7 @@ def _add_header(h: http.server.BaseHTTPRequestHandler, key: str, value: str) -> 
     return send_header
 
 
-@pytest.mark.parametrize("title", ["../escape", "/etc/passwd", "a/b", ".."])
+@pytest.mark.parametrize("title", ["../escape", "/etc/passwd", "a/../../b", ".."])
 def test_traversal_title(fake: FakeRegistry, store: Store, title: str) -> None:
     ref = fake.artifact({title: b"payload"})
     with pytest.raises(errors.BadPath, match="layer title"):
