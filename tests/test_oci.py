@@ -342,6 +342,42 @@ def test_docker_schema2_exports_as_oci_that_skopeo_and_umoci_read(store: Store,
     assert [e.path for e in again.entries] == [e.path for e in image.entries]
 
 
+def test_a_docker_manifest_list_exports_as_an_oci_index(store: Store, tmp_path: Path) -> None:
+    """Kept whole (``keep_all``), a Docker list and its manifests become an OCI index of
+    OCI manifests that skopeo copies, every platform; configs and layers unchanged."""
+    src = LayoutBuilder(tmp_path / "src")
+    docker = "application/vnd.docker"
+    entries = []
+    for arch, tool in (("amd64", b"x86"), ("arm64", b"arm")):
+        raw = make_tar([{"name": "tool", "data": tool * 20}])  # inline: 60 bytes
+        config = {"architecture": arch, "os": "linux",
+                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha256(raw)]}}
+        doc = {"schemaVersion": 2, "mediaType": f"{docker}.distribution.manifest.v2+json",
+               "config": src.blob(json.dumps(config).encode(), f"{docker}.container.image.v1+json"),
+               "layers": [src.blob(gzip_bytes(raw), f"{docker}.image.rootfs.diff.tar.gzip")]}
+        data = json.dumps(doc).encode()
+        entries.append({**src.blob(data, doc["mediaType"]),
+                        "platform": {"architecture": arch, "os": "linux"}})
+    listing = {"schemaVersion": 2, "mediaType": f"{docker}.distribution.manifest.list.v2+json",
+               "manifests": entries}
+    src.add(json.dumps(listing).encode(), listing["mediaType"], "v1")
+    image = round_trip(store, import_layout(store, src.root, "v1", keep_all=True,
+                                            platform="linux/arm64"))
+    assert {e.path: e.inline for e in image.entries} == {"tool": b"arm" * 20}
+    out = tmp_path / "out"
+    export_layout(store, image, out, "v1")
+    [entry] = json.loads((out / "index.json").read_text())["manifests"]
+    index = json.loads(blob_files(out)[entry["digest"][7:]])
+    assert entry["mediaType"] == index["mediaType"] == INDEX
+    for child, original in zip(index["manifests"], entries, strict=True):
+        assert child["mediaType"] == MANIFEST and child["platform"] == original["platform"]
+        manifest = json.loads(blob_files(out)[child["digest"][7:]])
+        assert manifest["config"]["mediaType"] == CONFIG
+        assert manifest["layers"][0]["mediaType"] == LAYER + "+gzip"
+    skopeo("copy", "-q", "--all", f"oci:{out}:v1", f"oci:{tmp_path / 'again'}:v1")
+    assert blob_files(tmp_path / "again") == blob_files(out)
+
+
 def test_unknown_media_types_are_kept_opaque(store: Store, tmp_path: Path) -> None:
     src = LayoutBuilder(tmp_path / "src")
     chart = gzip_bytes(LOWER)
