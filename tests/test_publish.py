@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_oci import EMPTY, INDEX, LAYER, MANIFEST, TITLE, LayoutBuilder, sha256
-from test_registry import reference_registry, skopeo, tree_files
+from test_registry import alice_registry, oras_pull, reference_registry, skopeo, tree_files
 from test_tarlayer import make_tar
 
 from cas import Store, errors
@@ -49,11 +49,7 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def alice_reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Basic auth: ``alice`` / ``s3cret-pw`` (htpasswd made with PyPI ``bcrypt``)."""
-    bcrypt = pytest.importorskip("bcrypt")
-    root = tmp_path_factory.mktemp("alice-registry")
-    (root / "htpasswd").write_bytes(b"alice:" + bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(4)))
-    with reference_registry(root, root / "htpasswd") as host:
+    with alice_registry(tmp_path_factory.mktemp("alice-registry")) as host:
         yield host
 
 
@@ -132,12 +128,7 @@ def test_a_tree_pushes_as_an_oras_artifact_and_comes_back_from_every_client(
         "empty", "empty/deeper"]
 
     # the oras SDK pulls the same files, link and directories
-    oras_sdk = pytest.importorskip("oras.client")
-    out = tmp_path / "oras-out"
-    out.mkdir()
-    monkeypatch.chdir(out)
-    oras_sdk.OrasClient(hostname=reg, insecure=True).pull(target=f"{reg}/pub/tree:v1",
-                                                      outdir=str(out))
+    out = oras_pull(reg, f"{reg}/pub/tree:v1", tmp_path / "oras-out", monkeypatch)
     assert disk_tree(out) == disk_tree(src)
     # skopeo copies it to a layout, which cas imports as the same tree
     skopeo("copy", "--src-tls-verify=false", f"docker://{reg}/pub/tree:v1",
