@@ -1,53 +1,68 @@
-"""OCI image layouts: import one manifest into the store, export it back bit for bit.
+"""OCI image layouts: import one artifact into the store, export it back bit for bit.
 
 A layout (image-spec ``image-layout.md``) is ``oci-layout``, ``index.json`` and
 ``blobs/<alg>/<hex>``.  It is untrusted input: it is opened once, every file is reached
 from a directory descriptor with ``O_NOFOLLOW`` (a symlinked blob is an error), every
-JSON document is size-capped and parsed strictly, every digest is checked by grammar, and
-every blob is hashed while it is read — a wrong digest or size is ``ContentMismatch``.
+JSON document is size-capped and parsed strictly (``cas.formats.ocidoc``), every digest
+is checked by grammar, and every blob is hashed while it is read — a wrong digest or size
+is ``ContentMismatch``.  A registry pull (``cas.transport.registry``) stores the blobs
+first and then runs the same importer over them (``import_stored``).
 
 Import stores the manifest and config bytes as objects, every non-tar layer as one object
 (an artifact: a GGUF file, an Ollama layer; a file of the tree named by its
-``org.opencontainers.image.title``), and unpacks tar layers into the tree
-(``cas.formats.tarlayer``), keeping a tar-split per layer and, by default, the compressed blob.
-The returned image's ``source`` says how to write the same blobs again::
+``org.opencontainers.image.title``, a path such as ``docs/README.txt``), unpacks tar
+layers into the tree (``cas.formats.tarlayer``), keeping a tar-split per layer and, by
+default, the compressed blob, and unpacks ORAS directory layers below their titles
+(``cas.formats.oras``).  A manifest in Ollama's format becomes an Ollama model
+(``cas.formats.ollama.stored_model``).  The returned image's ``source`` says how to write
+the same blobs again — a *node*::
 
     {"type": "oci", "version": 1,
      "descriptor": {...},        the index.json entry (mediaType, digest, size,
                                  annotations, platform, artifactType, urls)
      "manifest": BLOB, "config": BLOB,
      "layers": [BLOB + {"diff_id": hex, "tar_split": hex}   (tar layers)
-                | BLOB, ...]}                               (other layers)
+                | BLOB, ...]                                (other layers)
+     "referrers": [NODE + {"subject": hex[, "tag": str]}]}  (--with-referrers)
+    or, for an index kept whole (``keep_all``), "manifest": BLOB, "manifests": [NODE, ...]
     BLOB = {"digest": <64 hex>, "size": int, "media_type": str}
 
-Every hex string names a blob of ``image.blobs``.  Export writes each blob from its
-object (an uncompressed tar layer from its tar-split), checks its sha256 while writing,
-publishes it by rename, and only then adds the manifest to ``index.json``.  A manifest
-reached through a nested index is exported as a direct entry of ``index.json``.
+Every hex string names a blob of ``image.blobs``.  Export writes what the image publishes
+as (``cas.formats.ociplan``; Docker documents rewritten as OCI by
+``cas.formats.ociconvert``): each blob from its object, tar-split or bytes, its sha256
+checked while writing, published by rename, and only then the top manifest added to
+``index.json``.  A manifest reached through a nested index is exported as a direct entry
+of ``index.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import platform
-import re
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from cas.core import fsio, hashing, strictjson
-from cas.core.digest import ObjectId, Sha256, is_hex64
+from cas.core import fsio, hashing
+from cas.core.digest import ObjectId, Sha256
 from cas.core.hashing import Digests
-from cas.core.image import INLINE_MAX, MAX_SIZE, Blob, Image, build, file_entry
+from cas.core.image import INLINE_MAX, Blob, Image, build, file_entry
 from cas.core.store import AddResult, Expected, Store
 from cas.core.treepath import case_collisions, check_path
-from cas.errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch
-from cas.formats import ociconvert, ollama, ollama_push, oras, tarlayer
+from cas.errors import BadLayout, BadPath, CasError, ContentMismatch
+from cas.formats import ociconvert, ociplan, ollama, oras, tarlayer
+from cas.formats.ocidoc import MAX_JSON, Descriptor, no_platform, parse_digest, pick_platform
+from cas.formats.ocidoc import diff_ids as _diff_ids
+from cas.formats.ocidoc import get_field as _get
+from cas.formats.ocidoc import load_json as _load_json
+from cas.formats.ocidoc import parse_descriptor as _descriptor
+from cas.formats.ocidoc import parse_descriptors as _descriptors
+from cas.formats.ocidoc import parse_document as _document
+from cas.formats.ocidoc import read_capped as _read_capped
+from cas.formats.ociplan import export_plan, manifest_of, referrer_plans
 from cas.formats.ocitypes import (
     CONTENT_DIGEST,
     IMAGE_CONFIG_TYPES,
@@ -57,142 +72,19 @@ from cas.formats.ocitypes import (
     REF_NAME,
     TITLE,
     PlannedBlob,
-    Publication,
-    Referrer,
     blob_chunks,
 )
 from cas.formats.ollama_names import ModelRef
 from cas.formats.tarlayer import COMPRESSION, LayerResult, Limits, Reader, Tree
 
-__all__ = ["DEFAULT_LIMITS", "blob_chunks", "export_layout", "export_plan", "import_layout",
-           "import_stored", "manifest_of", "referrer_plans"]
+__all__ = ["DEFAULT_LIMITS", "MAX_JSON", "Descriptor", "blob_chunks", "export_layout",
+           "export_plan", "import_layout", "import_stored", "manifest_of", "no_platform",
+           "parse_digest", "pick_platform", "referrer_plans"]
 
-MAX_JSON = 4 << 20
-MAX_NESTING = 4
+MAX_NESTING = ociplan.MAX_NESTING
 MAX_DOCUMENTS = 1024  # manifests and indexes one artifact may keep (--all, referrers)
 LAYOUT_VERSION = "1.0.0"
 DEFAULT_LIMITS = Limits()
-_DIGEST = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
-_DESCRIPTOR_FIELDS = ("mediaType", "digest", "size", "annotations", "platform",
-                      "artifactType", "urls")
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}  # uname -m → OCI name
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
-
-# -- documents: strict JSON, descriptors ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    media_type: str
-    sha256: Sha256
-    size: int
-    annotations: dict[str, str]
-    doc: dict[str, Any]  # the validated JSON form, to write back into an index
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.sha256
-
-    def blob_record(self) -> dict[str, Any]:
-        return {"digest": self.sha256, "size": self.size, "media_type": self.media_type}
-
-    def with_ref_name(self, name: str | None) -> Descriptor:
-        if name is None:
-            return self
-        annotations = {**self.annotations, REF_NAME: name}
-        return Descriptor(self.media_type, self.sha256, self.size, annotations,
-                          {**self.doc, "annotations": annotations})
-
-
-def _load_json(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        return strictjson.load_object(data)
-    except ValueError as exc:
-        raise BadLayout(path=where, reason=f"malformed JSON: {exc}") from None
-
-
-def _get(doc: dict[str, Any], key: str, kind: type, where: str, *, required: bool = True) -> Any:
-    value = doc.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        shown = repr(value)[:100]
-        raise BadLayout(path=where, reason=f"{key}: expected a {kind.__name__}, got {shown}")
-    return value
-
-
-def parse_digest(text: str, where: str) -> Sha256:
-    """An OCI digest by the spec's grammar; only sha256 is supported here."""
-    match = _DIGEST.fullmatch(text)
-    if match is None:
-        raise BadLayout(path=where, reason=f"malformed digest {text[:80]!r}")
-    algorithm, encoded = match.groups()
-    if algorithm == "sha256" and is_hex64(encoded):
-        return Sha256(encoded)
-    if algorithm == "sha256":
-        raise BadLayout(path=where, reason=f"{text!r}: sha256 needs 64 lowercase hex digits")
-    if algorithm == "sha512" and re.fullmatch(r"[0-9a-f]{128}", encoded):
-        raise BadLayout(path=where, reason=f"{text[:20]}…: sha512 digests are valid OCI but "
-                        "not supported by cas")
-    raise BadLayout(path=where, reason=f"unsupported digest algorithm {algorithm!r}")
-
-
-def _descriptor(value: Any, where: str) -> Descriptor:
-    if not isinstance(value, dict):
-        raise BadLayout(path=where, reason="a descriptor must be a JSON object")
-    media_type = _get(value, "mediaType", str, where)
-    sha = parse_digest(_get(value, "digest", str, where), where)
-    size = _get(value, "size", int, where)
-    if not 0 <= size <= MAX_SIZE:
-        raise BadLayout(path=where, reason=f"size {size} is negative or too large")
-    annotations = _get(value, "annotations", dict, where, required=False) or {}
-    platform_doc = _get(value, "platform", dict, where, required=False) or {}
-    urls = _get(value, "urls", list, where, required=False) or []
-    _get(value, "artifactType", str, where, required=False)
-    strings = [*annotations, *annotations.values(), *platform_doc, *urls]
-    for item in platform_doc.values():
-        strings.extend(item if isinstance(item, list) else [item])
-    if not all(isinstance(s, str) for s in strings):
-        raise BadLayout(path=where, reason="annotations, platform and urls hold strings only")
-    doc = {key: value[key] for key in _DESCRIPTOR_FIELDS if key in value}
-    return Descriptor(media_type, sha, size, annotations, doc)
-
-
-def _document(data: bytes, where: str, media_type: str | None) -> dict[str, Any]:
-    """An index or manifest: schemaVersion 2, and its own mediaType (if any) as declared."""
-    doc = _load_json(data, where)
-    if doc.get("schemaVersion") != 2:
-        raise BadLayout(path=where, reason=f"schemaVersion {doc.get('schemaVersion')!r}, not 2")
-    own = _get(doc, "mediaType", str, where, required=False)
-    if media_type is not None and own is not None and own != media_type:
-        raise BadLayout(path=where, reason=f"mediaType {own!r} does not match the "
-                        f"descriptor's {media_type!r}")
-    return doc
-
-
-def _descriptors(doc: dict[str, Any], key: str, where: str) -> list[Descriptor]:
-    items = _get(doc, key, list, where)
-    return [_descriptor(item, f"{where} {key}[{i}]") for i, item in enumerate(items)]
-
-
-def _diff_ids(data: bytes, count: int, where: str) -> list[Sha256]:
-    rootfs = _get(_load_json(data, where), "rootfs", dict, where)
-    diff_ids = _get(rootfs, "diff_ids", list, where)
-    if len(diff_ids) != count or not all(isinstance(d, str) for d in diff_ids):
-        raise BadLayout(path=where, reason=f"rootfs.diff_ids must list {count} digests")
-    return [parse_digest(d, where) for d in diff_ids]
-
-
-def _read_capped(dir_fd: int, name: str, where: str) -> bytes:
-    try:
-        return fsio.read_small(dir_fd, name, MAX_JSON)
-    except FileNotFoundError:
-        raise BadLayout(path=where, reason="missing") from None
-    except OSError as exc:
-        reason = (f"over the {MAX_JSON}-byte limit" if exc.errno == errno.EFBIG
-                  else exc.strerror or str(exc))
-        raise BadLayout(path=where, reason=reason) from None
 
 
 # -- layout directories ---------------------------------------------------------------------
@@ -420,29 +312,6 @@ def _select(layout: _Layout, tag: str | None, keep_all: bool,
             raise BadLayout(path=where, reason=no_platform(inner, wanted))
         desc = chosen.with_ref_name(desc.annotations.get(REF_NAME))
     raise BadLayout(path=layout.path, reason=f"indexes nested more than {MAX_NESTING} deep")
-
-
-def pick_platform(entries: list[Descriptor], wanted: str | None) -> Descriptor | None:
-    """The entry for ``wanted`` (``os/arch[/variant]``), or with none asked for the only
-    entry, else the only one for this machine; None unless exactly one matches."""
-    if wanted is None:
-        if len(entries) == 1:
-            return entries[0]
-        wanted = f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
-    os_name, _, arch = wanted.partition("/")
-    arch, _, variant = arch.partition("/")
-    found = [d for d in entries if d.doc.get("platform", {}).get("os") == os_name
-             and d.doc.get("platform", {}).get("architecture") == arch
-             and (not variant or d.doc.get("platform", {}).get("variant") == variant)]
-    return found[0] if len(found) == 1 else None
-
-
-def no_platform(entries: list[Descriptor], wanted: str | None) -> str:
-    """Why ``pick_platform`` found nothing, listing what there is."""
-    arch = _ARCH.get(platform.machine(), platform.machine())
-    found = ", ".join("/".join(str(p[k]) for k in ("os", "architecture", "variant") if k in p)
-                      for p in (d.doc.get("platform", {}) for d in entries))
-    return f"no single manifest for {wanted or f'linux/{arch}'} among [{found}]"
 
 
 def _is_tar(layer: Descriptor) -> bool:
@@ -686,7 +555,7 @@ def export_layout(store: Store, image: Image, layout: Path, tag: str | None) -> 
     Everything is planned (and refused, if it cannot be re-created exactly) before the
     first byte is written; blobs are published before ``index.json`` names them.
     """
-    descriptor, plan = ociconvert.to_oci(store, _plan(store, image))
+    descriptor, plan = ociconvert.to_oci(store, ociplan.export_plan(store, image))
     if tag is not None:
         descriptor["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
     path = Path(layout)
@@ -700,111 +569,6 @@ def export_layout(store: Store, image: Image, layout: Path, tag: str | None) -> 
         for blob in plan:
             writer.write_blob(blob, _filler(store, blob))
         writer.add_to_index(descriptor)
-
-
-def export_plan(store: Store, image: Image) -> Publication:
-    """What the image publishes as: the descriptor of its manifest (or index) and the
-    blobs that re-create it, documents after what they name, the top one last.
-
-    An OCI import or pull replays its source record (the same bytes, the same digests);
-    an Ollama model is the manifest ``ollama push`` sends (``cas.formats.ollama_push``);
-    a tree is an ORAS-style artifact (``cas.formats.oras``)."""
-    return _plan(store, image)
-
-
-def manifest_of(store: Store, image: Image) -> tuple[dict[str, Any], bytes]:
-    """The manifest this image exports and pushes as (its descriptor and its bytes, checked
-    against the digest): what a push uploads and what a signature signs."""
-    descriptor, plan = _plan(store, image)
-    manifest = plan[-1]
-    data = b"".join(blob_chunks(store, manifest))
-    Expected(f"{manifest.what} (from the store)", manifest.sha256, manifest.size).check(
-        hashing.hash_bytes(data))
-    return descriptor, data
-
-
-def referrer_plans(store: Store, image: Image) -> list[Referrer]:
-    """The referrers kept with the artifact (``--with-referrers``), each with its blobs."""
-    records = image.source.get("referrers", [])
-    try:
-        return [Referrer(dict(_descriptor(r["descriptor"], "referrer").doc),
-                         _source_sha(r["subject"]), _tag(r.get("tag")),
-                         _unique(_plan_node(image, r))) for r in records]
-    except (KeyError, TypeError, AttributeError, BadLayout) as exc:
-        raise BadImage(reason=f"malformed referrer record: {exc}") from None
-
-
-def _plan(store: Store, image: Image) -> Publication:
-    """The index entry and the blobs to write, from the image's source record."""
-    src = image.source
-    kind = src.get("type")
-    if kind == "ollama":
-        return ollama_push.publication(store, image)
-    if kind in ("tree", "hf"):
-        artifact_type = src.get("artifact_type")
-        if artifact_type is not None and not isinstance(artifact_type, str):
-            raise BadImage(reason=f"artifact_type {artifact_type!r} is not a string")
-        return oras.publication(store, image, artifact_type)
-    if kind != "oci" or src.get("version") != 1:
-        raise BadImage(reason=f"no OCI form for a {kind!r} source")
-    try:
-        descriptor = dict(_descriptor(src.get("descriptor"), "image source").doc)
-        return descriptor, _unique(_plan_node(image, src))
-    except (KeyError, TypeError, AttributeError, BadLayout) as exc:
-        raise BadImage(reason=f"malformed OCI source record: {exc}") from None
-
-
-def _plan_node(image: Image, node: Mapping[str, Any], depth: int = 1) -> list[PlannedBlob]:
-    """A manifest's layers, config and itself; an index's manifests, then itself."""
-    desc = _descriptor(node["descriptor"], "image source")
-    manifest = _plan_object(image, node["manifest"], "manifest", desc.media_type)
-    if manifest.sha256 != desc.sha256 or depth > MAX_NESTING:
-        raise BadImage(reason="source descriptor and manifest disagree")
-    if "manifests" in node:
-        return [*(b for child in node["manifests"] for b in _plan_node(image, child, depth + 1)),
-                manifest]
-    layers = [_plan_layer(image, layer) for layer in node["layers"]]
-    return [*layers, _plan_object(image, node["config"], "config"), manifest]
-
-
-def _unique(blobs: list[PlannedBlob]) -> list[PlannedBlob]:
-    """Each blob once, where it first appears (layers shared between platforms)."""
-    first: dict[Sha256, PlannedBlob] = {}
-    for blob in blobs:
-        first.setdefault(blob.sha256, blob)
-    return list(first.values())
-
-
-def _plan_object(image: Image, record: dict[str, Any], what: str,
-                 manifest_type: str | None = None) -> PlannedBlob:
-    sha = _source_sha(record["digest"])
-    if type(record["size"]) is not int:
-        raise TypeError(f"{what} size {record['size']!r}")
-    return PlannedBlob(sha, record["size"], f"{what} sha256:{sha}",
-                       object_id=image.blob(sha).object_id, manifest_type=manifest_type)
-
-
-def _plan_layer(image: Image, record: dict[str, Any]) -> PlannedBlob:
-    sha = _source_sha(record["digest"])
-    if any(b.sha256 == sha for b in image.blobs):
-        return _plan_object(image, record, "layer")
-    if "tar_split" in record and COMPRESSION.get(record["media_type"]) == "none":
-        split = image.blob(_source_sha(record["tar_split"])).object_id
-        return PlannedBlob(sha, record["size"], f"layer sha256:{sha}", tar_split=split)
-    raise BadImage(reason=f"layer sha256:{sha} was imported without its compressed blob "
-                   "(keep_compressed off), so it cannot be re-created byte for byte")
-
-
-def _source_sha(value: Any) -> Sha256:
-    if not isinstance(value, str) or not is_hex64(value):
-        raise TypeError(f"not a sha256 hex digest: {value!r}")
-    return Sha256(value)
-
-
-def _tag(value: Any) -> str | None:
-    if value is not None and not (isinstance(value, str) and _TAG.fullmatch(value)):
-        raise TypeError(f"not a tag: {value!r}")
-    return value
 
 
 def _filler(store: Store, blob: PlannedBlob) -> Callable[[int], Digests]:

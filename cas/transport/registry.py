@@ -1,16 +1,19 @@
 """OCI distribution API: pull an artifact from a registry into the store, push one back.
 
-A pull resolves a reference to a manifest (through an index, by platform), refuses unsafe
-titles, then downloads every blob the store lacks (dedup by sha256 first) straight into
-``Store.add_stream``: the native hasher sees the bytes as they arrive, and the object is
-published only if its digest and size match the manifest.  A broken download resumes with
-``Range`` from the byte it reached, feeding the same hasher.  Only when every blob is
-stored does ``cas.formats.oci.import_stored`` build the image; the caller names it last.
+A pull resolves a reference to a manifest (through an index, by platform — or keeps the
+whole index), gathers the documents it needs (``cas.transport.ocigraph``: an index's
+manifests, referrers), refuses unsafe titles, then downloads every blob the store lacks
+(dedup by sha256 first) straight into ``Store.add_stream``: the native hasher sees the
+bytes as they arrive, and the object is published only if its digest and size match the
+manifest.  A broken download resumes with ``Range`` from the byte it reached, feeding the
+same hasher.  Only when every blob is stored does ``cas.formats.oci.import_stored`` build
+the image; the caller names it last.
 
-A push plans the blobs with ``cas.formats.oci.export_plan`` (the exact bytes of the import),
-skips blobs the registry has (HEAD), mounts them from another repository when told one,
-uploads the rest (monolithic up to ``chunk_size``, else POST/PATCH/PUT) while hashing
-them, and puts the manifest last.
+A push plans the blobs with ``cas.formats.oci.export_plan`` (what the artifact publishes
+as: the exact bytes of an import, a tree's ORAS-style artifact, an Ollama model's
+manifest), skips blobs the registry has (HEAD), mounts them from another repository when
+told one, uploads the rest (monolithic up to ``chunk_size``, else POST/PATCH/PUT) while
+hashing them, and puts the manifests last (an index after its manifests), then referrers.
 
 Documents are capped (``MAX_MANIFEST``) and parsed strictly; a manifest pulled by digest
 must hash to it, and ``Docker-Content-Digest`` must agree when a registry sends it.
@@ -37,8 +40,7 @@ from cas.core.names import NameRecord
 from cas.core.store import AddResult, Expected, Store
 from cas.errors import BadInput, RegistryError, RegistryNotFound
 from cas.formats import oci, ocitypes, ollama
-from cas.formats.ocitypes import json_bytes
-from cas.transport import auth
+from cas.transport import auth, ocigraph
 
 MAX_MANIFEST = 4 << 20
 MANIFEST_TYPES = [*sorted(ocitypes.MANIFEST_TYPES), *sorted(ocitypes.INDEX_TYPES)]
@@ -48,8 +50,6 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DOCKER_HUB = "registry-1.docker.io"
-#: cosign's tag-schema attachments of a manifest: ``sha256-<hex>`` + suffix.
-ATTACHMENT_SUFFIXES = (".sig", ".att", ".sbom")
 _DIGEST_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
 
@@ -577,7 +577,7 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
     ref = parse_reference(text)
     with Client(ref, options) as client:
         data, media_type = client.get_manifest(ref.reference, ref.digest)
-        descriptor = _own_descriptor(data, media_type)
+        descriptor = ocigraph.own_descriptor(data, media_type)
         for _ in range(oci.MAX_NESTING):
             if keep_all or descriptor["mediaType"] not in ocitypes.INDEX_TYPES:
                 break
@@ -586,12 +586,12 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
                                                    Sha256(descriptor["digest"][7:]))
         if gate is not None:
             gate.admit(client, ref, data)
-        graph = _Graph(client, store, options.platform)
+        graph = ocigraph.Graph(client, store, options.platform)
         graph.add(descriptor, data, tree=True)
         referrers = []
         if with_referrers:
             for subject in graph.manifests if keep_all else graph.manifests[:1]:
-                for found, tag, found_data in _referrers_of(client, subject):
+                for found, tag, found_data in ocigraph.referrers_of(client, subject):
                     graph.add(found, found_data, tree=False)
                     referrers.append((found, subject, tag))
         wanted = [d for d in graph.blobs.values() if store.lookup_sha256(d.sha256) is None]
@@ -607,47 +607,6 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
     return ref, oci.import_stored(store, descriptor, str(ref), keep_compressed=keep_compressed,
                                   platform=options.platform, referrers=referrers,
                                   ollama_name=name)
-
-
-class _Graph:
-    """The documents of one pull — fetched (capped, digest-checked), parsed and stored as
-    they come — and the blobs they need.  Only the manifest that gives the tree has its
-    titles checked: the others are kept as blobs and never become paths."""
-
-    def __init__(self, client: Client, store: Store, platform: str | None) -> None:
-        self.client, self.store, self.platform = client, store, platform
-        self.blobs: dict[Sha256, oci.Descriptor] = {}
-        self.manifests: list[Sha256] = []  # the top one first
-        self._documents = 0
-
-    def add(self, desc: dict[str, Any], data: bytes, *, tree: bool, depth: int = 1) -> None:
-        self._documents += 1
-        if self._documents > oci.MAX_DOCUMENTS or depth > oci.MAX_NESTING:
-            raise self.client.fail(f"{self.client.ref}: more than {oci.MAX_DOCUMENTS} "
-                                   f"manifests, or indexes nested over {oci.MAX_NESTING} deep")
-        where = f"{self.client.ref.host}/{self.client.ref.repository}@{desc['digest']}"
-        doc = oci.parse_document(data, where, desc["mediaType"])
-        self.manifests.append(Sha256(desc["digest"][7:]))
-        if desc["mediaType"] in ocitypes.INDEX_TYPES:
-            children = oci.parse_descriptors(doc, "manifests", where)
-            chosen = oci.pick_platform(children, self.platform) if tree else None
-            self.store.add_bytes(data)
-            for child in children:
-                child_data, _ = self.client.get_manifest(child.digest, child.sha256)
-                self.add(child.doc, child_data, tree=child is chosen, depth=depth + 1)
-            return
-        if desc["mediaType"] not in ocitypes.MANIFEST_TYPES:
-            raise self.client.fail(f"{where}: media type {desc['mediaType']!r} is neither an "
-                                   "image manifest nor an index")
-        config = oci.parse_descriptor(doc.get("config"), f"{where} config")
-        layers = oci.parse_descriptors(doc, "layers", where)
-        if tree:
-            oci.check_titles(layers)  # before any download
-            if config.size > oci.MAX_JSON:
-                raise self.client.fail(f"{where}: config of {config.size} bytes is too large")
-        self.store.add_bytes(data)
-        for blob in (config, *layers):
-            self.blobs.setdefault(blob.sha256, blob)
 
 
 def pull(store: Store, text: str, name: str | None, options: Options,
@@ -673,16 +632,6 @@ def default_name(ref: Reference) -> str:
     return names.normalize(f"{ref.host}/{ref.repository}:{tag}")
 
 
-def _own_descriptor(data: bytes, media_type: str) -> dict[str, Any]:
-    """The descriptor of a fetched document; its mediaType field beats Content-Type."""
-    own = oci.parse_document(data, "manifest", None).get("mediaType")
-    kind = own if isinstance(own, str) else media_type
-    if not kind:
-        raise BadInput(message="manifest without a media type")
-    sha = hashing.hash_bytes(data).sha256.hex()
-    return {"mediaType": kind, "digest": f"sha256:{sha}", "size": len(data)}
-
-
 def _pick(client: Client, data: bytes, index: dict[str, Any],
           wanted: str | None) -> dict[str, Any]:
     where = f"{client.ref} index"
@@ -706,89 +655,17 @@ def push_image(store: Store, image: Image, text: str, options: Options, *,
     manifest = blobs[-1]
     referrers = oci.referrer_plans(store, image) if with_referrers else []
     with Client(ref, options, push=True, mount_from=mount_from) as client:
-        _upload(client, store, blobs[:-1], mount_from)
+        ocigraph.upload(client, store, blobs[:-1], mount_from)
         reference = ref.reference
         if not (ref.tag or ref.digest) and default_tag:
             reference = (f"sha256:{manifest.sha256}" if _DIGEST_TAG.fullmatch(default_tag)
                          else default_tag)
-        _put(client, store, manifest, reference)
+        ocigraph.put(client, store, manifest, reference)
         for referrer in referrers:
-            _push_referrer(client, store, referrer, mount_from)
+            ocigraph.push_referrer(client, store, referrer, mount_from)
         if attach is not None:
             attach(client, manifest.sha256)
     return str(descriptor["digest"])
-
-
-def _upload(client: Client, store: Store, blobs: list[ocitypes.PlannedBlob],
-            mount_from: str | None) -> None:
-    """Blobs in parallel, then the manifests among them in order (children first)."""
-    plain = {b.sha256: b for b in blobs if b.manifest_type is None}
-    with ThreadPoolExecutor(max(1, client.options.workers)) as pool:
-        list(pool.map(lambda b: client.upload(store, b, mount_from), plain.values()))
-    for blob in blobs:
-        if blob.manifest_type is not None:
-            _put(client, store, blob, f"sha256:{blob.sha256}")
-
-
-def _put(client: Client, store: Store, blob: ocitypes.PlannedBlob, reference: str) -> httpx.Headers:
-    """PUT a planned manifest, checked against its digest before and after."""
-    assert blob.manifest_type is not None
-    data = b"".join(oci.blob_chunks(store, blob))
-    Expected(f"{blob.what} (from the store)", blob.sha256, blob.size).check(
-        hashing.hash_bytes(data))
-    headers = client.put_manifest(reference, data, blob.manifest_type)
-    returned = headers.get("Docker-Content-Digest", "")
-    if returned and returned != f"sha256:{blob.sha256}":
-        raise client.fail(f"the registry stored {blob.what} as {returned[:80]}")
-    return headers
-
-
-def _push_referrer(client: Client, store: Store, referrer: ocitypes.Referrer,
-                   mount_from: str | None) -> None:
-    """A referrer by digest — and, where the registry has no referrers API (it does not
-    answer ``OCI-Subject``), listed in the subject's ``sha256-<hex>`` fallback index — or
-    a tag-schema attachment by its tag, unless the registry already has one there (it is
-    left alone: ``cas.transport.sigstore`` adds signatures to an existing one)."""
-    *needed, top = referrer.blobs
-    if referrer.tag is not None and client.manifest_digest(referrer.tag) is not None:
-        return
-    _upload(client, store, needed, mount_from)
-    headers = _put(client, store, top, referrer.tag or f"sha256:{top.sha256}")
-    if referrer.tag is None and "OCI-Subject" not in headers:
-        _list_in_fallback(client, referrer.subject, referrer.descriptor)
-
-
-def _list_in_fallback(client: Client, subject: Sha256, descriptor: dict[str, Any]) -> None:
-    tag = f"sha256-{subject}"
-    where = f"{client.ref.host}/{client.ref.repository}:{tag}"
-    try:
-        data, _ = client.get_manifest(tag, None)
-        doc = oci.parse_document(data, where, None)
-        listed = oci.parse_descriptors(doc, "manifests", where)
-    except RegistryNotFound:
-        doc, listed = {"schemaVersion": 2, "mediaType": ocitypes.OCI_INDEX, "manifests": []}, []
-    if any(d.digest == descriptor["digest"] for d in listed):
-        return
-    doc["manifests"] = [*doc["manifests"], descriptor]
-    client.put_manifest(tag, json_bytes(doc), ocitypes.OCI_INDEX)
-
-
-def _referrers_of(client: Client, subject: Sha256) -> list[tuple[dict[str, Any], str | None,
-                                                                  bytes]]:
-    """(descriptor, tag, bytes) of every manifest that refers to ``subject``: listed by
-    the referrers API (or its fallback index), and the tag-schema attachments."""
-    found: list[tuple[dict[str, Any], str | None, bytes]] = []
-    for desc in _list_referrers(client, subject):
-        data, _ = client.get_manifest(desc["digest"], Sha256(desc["digest"][7:]))
-        found.append((desc, None, data))
-    for suffix in ATTACHMENT_SUFFIXES:
-        tag = f"sha256-{subject}{suffix}"
-        try:
-            data, media_type = client.get_manifest(tag, None)
-        except RegistryNotFound:
-            continue
-        found.append((_own_descriptor(data, media_type), tag, data))
-    return found
 
 
 def fetch_blob(client: Client, store: Store, expect: Expected) -> AddResult | None:
@@ -819,25 +696,4 @@ def referrers(text: str, options: Options) -> list[dict[str, Any]]:
         if sha is None:
             data, _ = client.get_manifest(ref.reference, None)
             sha = Sha256(hashing.hash_bytes(data).sha256.hex())
-        return _list_referrers(client, sha)
-
-
-def _list_referrers(client: Client, sha: Sha256) -> list[dict[str, Any]]:
-    response = client.request("GET", f"referrers/sha256:{sha}",
-                              headers={"Accept": ocitypes.OCI_INDEX})
-    if response.status_code == 200 and response.headers.get(
-            "Content-Type", "").startswith(ocitypes.OCI_INDEX):
-        response.read()
-        response.close()
-        if len(response.content) > MAX_MANIFEST:
-            raise client.fail("referrers index is too large")
-        data = response.content
-    else:
-        response.close()
-        try:
-            data, _ = client.get_manifest(f"sha256-{sha}", None)
-        except RegistryNotFound:
-            return []
-    where = f"{client.ref} referrers"
-    doc = oci.parse_document(data, where, None)
-    return [d.doc for d in oci.parse_descriptors(doc, "manifests", where)]
+        return ocigraph.list_referrers(client, sha)
