@@ -251,12 +251,14 @@ def oras_dir_layer(title: str, members: list[dict[str, Any]],
 
 
 def dir_artifact(root: Path, members: list[dict[str, Any]], title: str = "docs",
-                 declared: str | None = None, files: dict[str, bytes] | None = None) -> Path:
+                 declared: str | None = None, files: dict[str, bytes] | None = None,
+                 directory_first: bool = False) -> Path:
     builder = LayoutBuilder(root)
     blob, annotations = oras_dir_layer(title, members, declared)
     layers = [builder.blob(data, LAYER, **{TITLE: name}) for name, data in
               (files or {}).items()]
-    builder.manifest([*layers, builder.blob(blob, LAYER + "+gzip", **annotations)],
+    directory = builder.blob(blob, LAYER + "+gzip", **annotations)
+    builder.manifest([directory, *layers] if directory_first else [*layers, directory],
                      artifactType="application/vnd.acme.docs")
     return root
 
@@ -302,6 +304,15 @@ def test_bad_oras_directories_are_refused(store: Store, tmp_path: Path,
     layout = dir_artifact(tmp_path / "layout", members, title, declared,
                           files={"model.gguf": b"g" * 100, "notes/n.txt": b"n"})
     with pytest.raises(error, match=match):
+        artifacts.import_artifacts(store, [f"oci:{layout}:v1"], "bad")
+    assert list(store.names) == []
+
+
+def test_a_file_layer_may_not_overwrite_what_a_directory_layer_wrote(store: Store,
+                                                                    tmp_path: Path) -> None:
+    layout = dir_artifact(tmp_path / "layout", [{"name": "notes/n.txt", "data": "first"}],
+                          "notes", files={"notes/n.txt": b"second"}, directory_first=True)
+    with pytest.raises(errors.BadPath, match="another layer already wrote it"):
         artifacts.import_artifacts(store, [f"oci:{layout}:v1"], "bad")
     assert list(store.names) == []
 
@@ -528,6 +539,9 @@ def test_an_ollama_model_goes_registry_cas_ollama_cas_registry_unchanged(
     assert converted["mediaType"] == MANIFEST
     assert [x["digest"] for x in converted["layers"]] == \
         [x["digest"] for x in json.loads(remote)["layers"]]
+    # read back, its files are named as an Ollama store import names them
+    [layout] = artifacts.import_artifacts(store, [f"oci:{tmp_path / 'layout'}:q4"], "oci/tiny")
+    assert tree_files(store, layout.name) == tree_files(store, local.name)
 
 
 def test_a_manifest_not_in_gos_form_is_pushed_as_it_is(reg: str, store: Store,

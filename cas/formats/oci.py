@@ -356,6 +356,22 @@ class _Manifest:
     data: bytes
     config: Descriptor
     layers: list[Descriptor]
+    names: list[str | None]  # each layer's "name" field (Ollama's), if it is a string
+
+    @property
+    def ollama_layers(self) -> bool:
+        """Is every layer an untitled Ollama layer (named as an Ollama store names it)?"""
+        return ollama.is_model_layers([(d.media_type, TITLE in d.annotations)
+                                       for d in self.layers])
+
+    def titles(self) -> list[str | None]:
+        """The tree path of each layer: its title, or for Ollama layers the file name an
+        Ollama store import gives it (``model.gguf``, ``template``, a layer's name)."""
+        if not self.ollama_layers:
+            return [d.annotations.get(TITLE) for d in self.layers]
+        return list(ollama.layer_paths([ollama.Descriptor(d.media_type, d.sha256, d.size, name)
+                                        for d, name in zip(self.layers, self.names,
+                                                           strict=True)]))
 
 
 @dataclass
@@ -386,8 +402,7 @@ class _Importer:
             record = self._index(desc, 1)
         else:
             manifest = self._read(desc)
-            if ollama.is_model(desc.media_type, [(d.media_type, TITLE in d.annotations)
-                                                 for d in manifest.layers]):
+            if desc.media_type == ollama.MANIFEST_MEDIA_TYPE and manifest.ollama_layers:
                 return self._ollama_model(manifest, ollama_name, extra)
             record = self._manifest(manifest)
         entries = self.tree.entries()
@@ -402,8 +417,11 @@ class _Importer:
         data = self.layout.read_document(desc, "manifest")
         where = self.layout.where(desc)
         doc = _document(data, where, desc.media_type)
+        layers = _descriptors(doc, "layers", where)
+        names = [raw.get("name") if isinstance(raw.get("name"), str) else None
+                 for raw in doc["layers"]]
         return _Manifest(desc, data, _descriptor(doc.get("config"), f"{where} config"),
-                         _descriptors(doc, "layers", where))
+                         layers, names)
 
     def _count(self, desc: Descriptor) -> None:
         self.documents += 1
@@ -423,11 +441,11 @@ class _Importer:
         self._keep(self.store.add_bytes(manifest.data), manifest.desc.media_type)
         self._keep(self.store.add_bytes(config_bytes), config.media_type)
         records = []
-        for layer, diff_id in zip(layers, diff_ids, strict=True):
+        for layer, diff_id, title in zip(layers, diff_ids, manifest.titles(), strict=True):
             self.tree.next_layer()
             records.append(self._directory_layer(layer) if oras.is_directory(layer.annotations)
                            else self._tar_layer(layer, diff_id) if _is_tar(layer)
-                           else self._file_layer(layer))
+                           else self._file_layer(layer, title))
         return {"descriptor": manifest.desc.doc, "manifest": manifest.desc.blob_record(),
                 "config": config.blob_record(), "layers": records}
 
@@ -489,12 +507,15 @@ class _Importer:
     def _keep(self, added: AddResult, media_type: str) -> None:
         self.blobs.append(Blob(added.sha256, added.object_id, added.size, media_type))
 
-    def _file_layer(self, desc: Descriptor) -> dict[str, Any]:
-        """A non-tar layer: one object, and a file in the tree if it has a title."""
+    def _file_layer(self, desc: Descriptor, title: str | None) -> dict[str, Any]:
+        """A non-tar layer: one object, and a file of the tree if it has a title (which
+        no other layer may have written: an ORAS directory, a tar layer)."""
         added = self.layout.add_blob(self.store, desc, "layer")
         self._keep(added, desc.media_type)
-        title = desc.annotations.get(TITLE)
         if title is not None:
+            if self.tree.get(title) is not None:
+                raise BadPath(what="layer title", path=title, reason="another layer "
+                              "already wrote it")
             data = None
             if added.size <= INLINE_MAX:
                 with self.store.open_object(added.object_id) as f:

@@ -281,11 +281,12 @@ def stored_model(store: Store, data: bytes, added: Mapping[Sha256, AddResult],
                   **extra)
 
 
-def is_model(media_type: str, layers: Sequence[tuple[str, bool]]) -> bool:
-    """Is a manifest (its media type, and each layer's media type and whether it has a
-    title) a model in Ollama's format: Docker schema 2, every layer an Ollama layer?"""
-    return media_type == MANIFEST_MEDIA_TYPE and bool(layers) and all(
-        kind.startswith(LAYER_MEDIA_PREFIX) and not titled for kind, titled in layers)
+def is_model_layers(layers: Sequence[tuple[str, bool]]) -> bool:
+    """Are a manifest's layers (each one's media type, and whether it has a title) a
+    model's: at least one, every one an untitled Ollama layer?  With a Docker schema 2
+    manifest, that is a model in Ollama's format."""
+    return bool(layers) and all(kind.startswith(LAYER_MEDIA_PREFIX) and not titled
+                                for kind, titled in layers)
 
 
 def registry_name(host: str, repository: str, tag: str) -> ModelRef | None:
