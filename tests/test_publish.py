@@ -477,6 +477,47 @@ def test_referrers_and_attachments_come_and_go_with_the_artifact(
     assert len(sig["layers"]) == 1
 
 
+def test_referrers_of_a_whole_index_one_level(reg: str, store: Store, tmp_path: Path,
+                                              multi_platform: Path) -> None:
+    """With --all, each platform's referrers come too; a referrer's own referrers do not."""
+    skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{multi_platform}:v1",
+           f"docker://{reg}/ri/a:v1")
+    index = raw_manifest(f"{reg}/ri/a:v1")
+    child = json.loads(index)["manifests"][1]
+    builder = LayoutBuilder(tmp_path / "refs")
+    first = referrer(builder, reg, "first", {"mediaType": INDEX, "digest": digest_of(index),
+                                             "size": len(index)})
+    of_child = referrer(builder, reg, "of-child", child)
+    second = referrer(builder, reg, "second", first)
+    record = registry.pull(store, f"{reg}/ri/a:v1", None, FAST, keep_all=True,
+                           with_referrers=True)
+    kept = {r["descriptor"]["digest"]: r["subject"]
+            for r in store.get_image(record.image).source["referrers"]}
+    assert kept == {first["digest"]: sha256(index),
+                    of_child["digest"]: child["digest"].removeprefix("sha256:")}
+    assert second["digest"] not in kept
+    registry.push_image(store, store.get_image(record.image), f"{reg}/ri/b:v1", FAST,
+                        with_referrers=True)
+    assert [d["digest"] for d in registry.referrers(f"{reg}/ri/b:v1", FAST)] == \
+        [first["digest"]]
+    assert [d["digest"] for d in registry.referrers(
+        f"{reg}/ri/b@{child['digest']}", FAST)] == [of_child["digest"]]
+
+
+def referrer(builder: LayoutBuilder, reg: str, name: str,
+             subject: dict[str, Any]) -> dict[str, Any]:
+    """An artifact referring to ``subject`` in ``ri/a``, listed in its fallback index."""
+    desc = builder.manifest([builder.blob(name.encode(), "application/vnd.acme.note")],
+                            tag=name, artifactType="application/vnd.acme.note",
+                            subject={k: subject[k] for k in ("mediaType", "digest", "size")})
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{builder.root}:{name}",
+           f"docker://{reg}/ri/a:{name}")
+    listed = {**{k: desc[k] for k in ("mediaType", "digest", "size")},
+              "artifactType": "application/vnd.acme.note"}
+    put_index(reg, "ri/a", subject["digest"].replace(":", "-"), [listed])
+    return listed
+
+
 def ec_key() -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
     return ec.generate_private_key(ec.SECP256R1())

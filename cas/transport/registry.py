@@ -589,8 +589,9 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
         graph = ocigraph.Graph(client, store, options.platform)
         graph.add(descriptor, data, tree=True)
         referrers = []
-        if with_referrers:
-            for subject in graph.manifests if keep_all else graph.manifests[:1]:
+        if with_referrers:  # of the artifact's own documents (not of referrers: one level)
+            subjects = graph.manifests[:] if keep_all else graph.manifests[:1]
+            for subject in subjects:
                 for found, tag, found_data in ocigraph.referrers_of(client, subject):
                     graph.add(found, found_data, tree=False)
                     referrers.append((found, subject, tag))
