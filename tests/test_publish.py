@@ -633,14 +633,14 @@ def test_import_and_export_docker_take_the_registry_options(reg: str, store: Sto
                                                             tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src")
     assert cas(store, "import", str(src), "--name", "local/t:v1") == 0
-    # plain HTTP needs --insecure, as cas push does
-    assert cas(store, "export", "local/t:v1", f"docker://{reg}/opts/t:v1") == 1
-    assert cas(store, "export", "local/t:v1", f"docker://{reg}/opts/t:v1", "--insecure") == 0
+    # plain HTTP needs --insecure, as cas push and pull say
+    plain = f"docker://http://{reg}/opts/t:v1"
+    assert cas(store, "export", "local/t:v1", plain) == 2
+    assert cas(store, "export", "local/t:v1", plain, "--insecure") == 0
     policy = accept_all(tmp_path)
-    assert cas(store, "import", f"docker://{reg}/opts/t:v1", "--name", "back/t:v1",
-               "--policy", str(policy)) == 1
-    assert cas(store, "import", f"docker://{reg}/opts/t:v1", "--name", "back/t:v1",
-               "--policy", str(policy), "--insecure") == 0
+    assert cas(store, "import", plain, "--name", "back/t:v1", "--policy", str(policy)) == 2
+    assert cas(store, "import", plain, "--name", "back/t:v1", "--policy", str(policy),
+               "--insecure") == 0
     assert image_tree(store, "back/t:v1") == disk_tree(src)
 
 
@@ -675,8 +675,13 @@ def test_repair_from_a_registry(reg: str, store: Store, tmp_path: Path) -> None:
     for oid in [*file_oids(store, "m:v1"), manifest_object]:
         flip(obj_path(store, oid), 10)
     assert not sweep(store).clean
-    assert cas(store, "repair", "--from", f"docker://{reg}/repair/m:v1") == 6  # no --insecure
-    assert cas(store, "repair", "--from", f"docker://{reg}/repair/m:v1", "--insecure") == 0
+    source = f"docker://http://{reg}/repair/m:v1"
+    config = obj_path(store, image.blob(image.source["config"]["digest"]).object_id)
+    config.chmod(0o644)  # a mode repair fixes in place ...
+    assert cas(store, "repair", "--from", source) == 2  # plain HTTP needs --insecure
+    assert config.stat().st_mode & 0o777 == 0o644  # ... but not with a bad source
+    assert cas(store, "repair", "--from", source, "--insecure") == 0
+    assert config.stat().st_mode & 0o777 == 0o444
     assert sweep(store).clean
     assert cas(store, "repair", "--from", f"docker://{reg}/repair/elsewhere:v1",
                "--insecure") == 0  # nothing left to repair

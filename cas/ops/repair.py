@@ -114,9 +114,9 @@ def repair(store: Store, source: str | None = None,
     """Fix object modes in place; restore every marked object from ``source`` (without
     one, marked objects are reported as not found; ``options`` say how to reach a
     ``docker://`` one); clear the marks of restored ones."""
+    src = None if source is None else _Source(source, options)  # a bad one changes nothing
     report = RepairReport(source)
     report.modes_fixed = fix_modes(store)
-    src = None if source is None else _Source(source, options)
     try:
         for m in marks(store):
             state = intact(store, m.object)

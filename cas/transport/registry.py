@@ -672,13 +672,16 @@ def push_image(store: Store, image: Image, text: str, options: Options, *,
 def fetch_blob(client: Client, store: Store, expect: Expected) -> AddResult | None:
     """The blob ``expect`` names from ``client``'s repository — or its manifest of that
     digest (registries keep manifests apart from blobs) — stored only if its digest and
-    size match; None if the repository has neither (``cas repair --from docker://``)."""
+    size match; None if the repository has neither, or the size is not known (nothing
+    would bound the download) — ``cas repair --from docker://``."""
     assert expect.sha256 is not None
+    if expect.size is None:
+        return None
     try:
         return client.download(store, expect, None)
     except RegistryNotFound:
         pass
-    if expect.size is not None and expect.size > MAX_MANIFEST:
+    if expect.size > MAX_MANIFEST:
         return None
     try:
         data, _ = client.get_manifest(f"sha256:{expect.sha256}", expect.sha256)
