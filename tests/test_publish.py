@@ -685,3 +685,32 @@ def test_repair_from_a_registry(reg: str, store: Store, tmp_path: Path) -> None:
     assert sweep(store).clean
     assert cas(store, "repair", "--from", f"docker://{reg}/repair/elsewhere:v1",
                "--insecure") == 0  # nothing left to repair
+
+
+def test_hostile_source_records_are_refused_before_anything_is_written(
+        store: Store, tmp_path: Path) -> None:
+    """A source record is image data: a publication plan checks it whole first."""
+    import dataclasses
+    builder = LayoutBuilder(tmp_path / "layout")
+    builder.manifest([builder.blob(b"x" * 100, LAYER, **{TITLE: "x"})])
+    [record] = artifacts.import_artifacts(store, [f"oci:{builder.root}:v1"], "t")
+    image = store.get_image(record.image)
+    node = dict(image.source)
+    deep: dict[str, Any] = node
+    for _ in range(6):
+        deep = {"descriptor": node["descriptor"], "manifest": node["manifest"],
+                "manifests": [deep]}
+    bad = [({**node, "type": "tree", "artifact_type": 7}, "artifact_type 7"),
+           ({**node, "type": "mystery"}, "no OCI form for a 'mystery' source"),
+           ({**node, "version": 1, **deep}, "nested more than"),
+           ({**node, "layers": [{"digest": "0" * 63}]}, "malformed OCI source record")]
+    for source, match in bad:
+        hostile = dataclasses.replace(image, source=source)
+        with pytest.raises(errors.BadImage, match=match):
+            oci.export_layout(store, hostile, tmp_path / "never", None)
+    assert not (tmp_path / "never").exists()
+    for referrer, match in ((dict(node, subject="0" * 64, tag="../x"), "not a tag"),
+                            (dict(node, subject="nope"), "not a sha256")):
+        hostile = dataclasses.replace(image, source={**node, "referrers": [referrer]})
+        with pytest.raises(errors.BadImage, match=match):
+            oci.referrer_plans(store, hostile)

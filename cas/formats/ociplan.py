@@ -79,9 +79,11 @@ def referrer_plans(store: Store, image: Image) -> list[Referrer]:
 
 def _plan_node(image: Image, node: Mapping[str, Any], depth: int = 1) -> list[PlannedBlob]:
     """A manifest's layers, config and itself; an index's manifests, then itself."""
+    if depth > MAX_NESTING:
+        raise BadImage(reason=f"indexes nested more than {MAX_NESTING} deep")
     desc = parse_descriptor(node["descriptor"], "image source")
     manifest = _plan_object(image, node["manifest"], "manifest", desc.media_type)
-    if manifest.sha256 != desc.sha256 or depth > MAX_NESTING:
+    if manifest.sha256 != desc.sha256:
         raise BadImage(reason="source descriptor and manifest disagree")
     if "manifests" in node:
         return [*(b for child in node["manifests"] for b in _plan_node(image, child, depth + 1)),
