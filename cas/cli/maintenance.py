@@ -8,7 +8,16 @@ from pathlib import Path
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, emit, json_option, parse_size, policy_option
+from cas.cli.common import (
+    Context,
+    cli,
+    emit,
+    json_option,
+    parse_size,
+    policy_option,
+    registry_options,
+    registry_settings,
+)
 
 
 @cli.command()
@@ -132,17 +141,22 @@ def verify(obj: Context, full: bool, max_duration: str | None, max_bytes: str | 
 
 @cli.command()
 @click.option("--from", "source", metavar="SOURCE",
-              help="A cas store path, oci:PATH or ollama:PATH holding good copies.")
+              help="A cas store path, oci:PATH, ollama:PATH or docker://REF holding good "
+              "copies.")
+@registry_options
 @json_option
 @click.pass_obj
-def repair(obj: Context, source: str | None, as_json: bool) -> None:
+def repair(obj: Context, source: str | None, insecure: bool, username: str | None,
+           password: str | None, password_stdin: bool, as_json: bool) -> None:
     """Fix what can be fixed in place (object files with a write bit get mode 0444) and
     restore damaged objects from SOURCE (digests checked before they enter the store);
-    exit 6 if some remain damaged (always, without --from, while any is marked)."""
+    exit 6 if some remain damaged (always, without --from, while any is marked).  A
+    registry (docker://REF) serves the blobs of REF's repository by digest."""
     from cas.integrity.verify_state import sweep_lock
     from cas.ops.repair import repair as repair_store
+    options = registry_settings(insecure, username, password, password_stdin)
     with obj.open_store() as store, store.write_errors(), sweep_lock(store):
-        report = repair_store(store, source)
+        report = repair_store(store, source, options)
     emit(as_json, report.to_json(), report.human())
     if not report.complete:
         raise click.exceptions.Exit(errors.PROBLEMS_FOUND)

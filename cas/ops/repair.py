@@ -8,10 +8,10 @@ Nothing else is changed in place: a stray file may be someone's data, and a dama
 object needs its bytes back from a source.
 
 ``repair`` fetches each marked object (``cas.integrity.quarantine``) from another store, an
-OCI layout or an Ollama store through ``Store.add_*`` with the expected sha256/size checked
-before anything is published, accepts it only if its object id is the wanted one, and
-clears the mark.  It sits above the importers (it parses their locations), which is why it
-is an operation rather than part of the integrity layer.
+OCI layout, an Ollama store or a registry through ``Store.add_*`` with the expected
+sha256/size checked before anything is published, accepts it only if its object id is the
+wanted one, and clears the mark.  It sits above the importers (it parses their locations),
+which is why it is an operation rather than part of the integrity layer.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas import errors
 from cas.core import fsio
@@ -28,6 +28,9 @@ from cas.core.digest import shard
 from cas.core.store import AddResult, Expected, Store
 from cas.integrity.quarantine import DamageMark, clear, intact, marks, quarantine
 from cas.ops.artifacts import parse_location
+
+if TYPE_CHECKING:
+    from cas.transport.registry import Client, Options
 
 
 @dataclass
@@ -64,19 +67,29 @@ class RepairReport:
 
 
 class _Source:
-    """Where repair looks for an object: another store, an OCI layout, an Ollama store."""
+    """Where repair looks for an object: another store, an OCI layout, an Ollama store, a
+    registry repository (its blobs and manifests by digest)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, options: Options | None) -> None:
         location = parse_location(text)
-        self.scheme, self.path = location.scheme, location.path
-        self.store = None if self.scheme in ("oci", "ollama") else Store.open(self.path)
+        self.scheme, self.path, self.text = location.scheme, location.path, text
+        self.store: Store | None = None
+        self.client: Client | None = None
+        if self.scheme == "docker":
+            from cas.transport import registry
+            self.client = registry.Client(registry.parse_reference(location.ref or ""),
+                                          options or registry.Options())
+        elif self.scheme not in ("oci", "ollama"):
+            self.store = Store.open(self.path)
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self.client is not None:
+            self.client.close()
 
     def fetch(self, into: Store, m: DamageMark) -> AddResult | None:
-        expect = Expected(what=f"{self.path}: object {m.object}", sha256=m.sha256, size=m.size)
+        expect = Expected(what=f"{self.text}: object {m.object}", sha256=m.sha256, size=m.size)
         if self.store is not None:
             try:
                 with self.store.open_verified(m.object) as f:
@@ -84,7 +97,10 @@ class _Source:
             except errors.ObjectNotFound:
                 return None
         if m.sha256 is None:
-            return None  # layouts are addressed by sha256 only
+            return None  # layouts and registries are addressed by sha256 only
+        if self.client is not None:
+            from cas.transport import registry
+            return registry.fetch_blob(self.client, into, expect)
         blob = (self.path / "blobs" / "sha256" / m.sha256 if self.scheme == "oci"
                 else self.path / "blobs" / f"sha256-{m.sha256}")
         try:
@@ -93,12 +109,14 @@ class _Source:
             return None
 
 
-def repair(store: Store, source: str | None = None) -> RepairReport:
+def repair(store: Store, source: str | None = None,
+           options: Options | None = None) -> RepairReport:
     """Fix object modes in place; restore every marked object from ``source`` (without
-    one, marked objects are reported as not found); clear the marks of restored ones."""
+    one, marked objects are reported as not found; ``options`` say how to reach a
+    ``docker://`` one); clear the marks of restored ones."""
+    src = None if source is None else _Source(source, options)  # a bad one changes nothing
     report = RepairReport(source)
     report.modes_fixed = fix_modes(store)
-    src = None if source is None else _Source(source)
     try:
         for m in marks(store):
             state = intact(store, m.object)
