@@ -363,7 +363,7 @@ def test_a_docker_manifest_list_exports_as_an_oci_index(store: Store, tmp_path: 
     src.add(json.dumps(listing).encode(), listing["mediaType"], "v1")
     image = round_trip(store, import_layout(store, src.root, "v1", keep_all=True,
                                             platform="linux/arm64"))
-    assert {e.path: e.inline for e in image.entries} == {"tool": b"arm" * 20}
+    assert {e.path: e.inline for e in image.entries if e.path} == {"tool": b"arm" * 20}
     out = tmp_path / "out"
     export_layout(store, image, out, "v1")
     [entry] = json.loads((out / "index.json").read_text())["manifests"]
