@@ -276,6 +276,19 @@ def test_a_tree_without_sha256s_publishes_after_its_objects_are_hashed(
     assert not (tmp_path / "never").exists()
 
 
+def test_a_damaged_object_is_never_pushed(reg: str, store: Store, tmp_path: Path) -> None:
+    """The bytes a push streams from an object are checked against the object's name in
+    the same pass: bit rot is CorruptObject, and the blob is never committed."""
+    [record] = artifacts.import_artifacts(store, [str(make_tree(tmp_path / "src"))], "tree")
+    image = store.get_image(record.image)
+    big = max(image.files(), key=lambda e: e.size)
+    assert big.object_id is not None and big.sha256 is not None
+    flip(store.path / "objects" / big.object_id[:2] / big.object_id[2:], 10)
+    with pytest.raises(errors.CorruptObject, match=big.object_id):
+        registry.push_image(store, image, f"{reg}/pub/rotten:v1", FAST)
+    assert httpx.head(f"http://{reg}/v2/pub/rotten/blobs/sha256:{big.sha256}").status_code == 404
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=200_000))
 def test_stored_gzip_is_gzip(data: bytes) -> None:

@@ -73,6 +73,7 @@ from cas.formats.ocitypes import (
     TITLE,
     PlannedBlob,
     blob_chunks,
+    check_object,
 )
 from cas.formats.ollama_names import ModelRef
 from cas.formats.tarlayer import COMPRESSION, LayerResult, Limits, Reader, Tree
@@ -597,7 +598,9 @@ def _filler(store: Store, blob: PlannedBlob) -> Callable[[int], Digests]:
     def from_object(fd: int) -> Digests:
         assert blob.object_id is not None
         with store.open_object(blob.object_id) as f:
-            return hashing.import_fd(f.fileno(), fd)[0]  # reflink when it can
+            digests = hashing.import_fd(f.fileno(), fd)[0]  # reflink when it can
+        check_object(store, blob, digests)
+        return digests
 
     def from_chunks(fd: int) -> Digests:
         hasher = hashing.StreamHasher()

@@ -5,8 +5,9 @@ manifest (or index) and the blobs that re-create it, each a ``PlannedBlob`` — 
 before the documents that name them, the top manifest last.  A planned blob's bytes come
 from an object, a tar-split (an uncompressed tar layer re-created byte for byte), or
 bytes cas made (manifests of trees, an empty config, small inline files).  Writers
-(``cas.formats.oci`` layouts, ``cas.transport.registry`` pushes) check every blob's
-sha256 and size while they write it.
+(``cas.formats.oci`` layouts, ``cas.transport.registry`` pushes) hash every blob once,
+while they write it, and check both digests: an object's against its name (the image's
+object id: a damaged object is ``CorruptObject``), then the blob's sha256 and size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from cas.core import hashing
 from cas.core.digest import ObjectId, Sha256
+from cas.core.hashing import Digests
 from cas.core.store import Store
 from cas.formats import tarlayer
 
@@ -89,6 +91,12 @@ def blob_chunks(store: Store, blob: PlannedBlob) -> Iterator[bytes]:
         with store.open_object(blob.object_id) as f:
             while chunk := f.read(1 << 20):
                 yield chunk
+
+
+def check_object(store: Store, blob: PlannedBlob, digests: Digests) -> None:
+    """Were the bytes just written from a blob's object the object the image names?"""
+    if blob.object_id is not None and digests.verity.hex() != blob.object_id:
+        raise store.corrupt(blob.object_id)
 
 
 def json_bytes(doc: dict[str, Any]) -> bytes:

@@ -355,8 +355,9 @@ class Client:
             location, offset = _location(response, self.base), offset + len(piece)
         else:
             piece = b""
-        Expected(f"blob {digest} (from the store)", blob.sha256, blob.size).check(
-            hasher.finalize())  # never commit bytes that are not the blob
+        digests = hasher.finalize()  # never commit bytes that are not the blob
+        ocitypes.check_object(store, blob, digests)
+        Expected(f"blob {digest} (from the store)", blob.sha256, blob.size).check(digests)
         url = httpx.URL(location).copy_merge_params({"digest": digest})
         response = self.request("PUT", str(url), content=piece,
                                 headers={"Content-Type": "application/octet-stream"})
