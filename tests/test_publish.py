@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import stat
 import subprocess
 import tarfile
 import zlib
@@ -32,11 +33,11 @@ from test_verify import flip
 
 from cas import Store, errors
 from cas.cli import main
-from cas.core.image import EntryType
+from cas.core.image import EntryType, Image
 from cas.formats import oci, oras
 from cas.ops import artifacts, signing
 from cas.transport import registry
-from conftest import need_tool
+from conftest import need_root, need_tool
 
 FAST = registry.Options(insecure=True, retries=2, backoff=0.0)
 UNPACK, CONTENT = "io.deis.oras.content.unpack", "io.deis.oras.content.digest"
@@ -273,6 +274,78 @@ def test_a_tree_without_sha256s_publishes_after_its_objects_are_hashed(
     flip(store.path / "objects" / oid[:2] / oid[2:], 10)
     with pytest.raises(errors.CorruptObject):
         oci.export_layout(store, image, tmp_path / "never", None)
+    assert not (tmp_path / "never").exists()
+
+
+def v2_tree(root: Path) -> Path:
+    """``make_tree`` and what image format 2 adds: a root of its own mode, a file and a
+    FIFO under two names each, a character device, an xattr, and a name and a symlink
+    target that are not UTF-8 (below the top, where a directory layer carries them)."""
+    need_root("a character device is made with mknod")
+    make_tree(root)
+    root.chmod(0o700)
+    os.link(root / "model.gguf", root / "docs" / "model-again.gguf")
+    os.mkfifo(root / "docs" / "pipe")
+    os.link(root / "docs" / "pipe", root / "docs" / "sub" / "pipe")
+    os.mknod(root / "docs" / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.setxattr(root / "docs" / "README.txt", "user.note", b"not carried by ORAS")
+    os.symlink(b"\xfetarget", os.fsencode(root / "empty") + b"/\xffname")
+    return root
+
+
+def dump_import(store: Store, src: Path, tmp_path: Path) -> tuple[Image, Image]:
+    """``src`` imported as a tree, and again from that tree's composefs dumpfile."""
+    artifacts.import_artifacts(store, [str(src)], "from-tree")
+    artifacts.export_artifact(store, "from-tree", f"dump:{tmp_path / 'tree.dump'}")
+    [dumped] = artifacts.import_artifacts(store, [f"dump:{tmp_path / 'tree.dump'}"], "dumped")
+    return (store.get_image(store.names.get("from-tree").image),
+            store.get_image(dumped.image))
+
+
+def published_shape(image: Image) -> dict[str, tuple[Any, ...]]:
+    """What an ORAS artifact carries of a tree: names, types, bytes, targets, devices."""
+    return {e.path: (e.type, e.inline, e.object_id, e.target, e.rdev)
+            for e in image.entries if e.path}
+
+
+def test_a_dump_imported_tree_publishes_as_its_tree_does(
+        reg: str, store: Store, tmp_path: Path) -> None:
+    """Every entry image format 2 holds below the top is published (FIFOs, devices and
+    names that are not UTF-8 in directory layers) and comes back from the registry and
+    from a layout; the manifest is the one the directory import gives."""
+    tree_image, image = dump_import(store, v2_tree(tmp_path / "src"), tmp_path)
+    assert image.root.mode == 0o700
+    assert {e.type for e in image.entries if e.hardlink} == {EntryType.FILE, EntryType.FIFO}
+    _, manifest = oci.manifest_of(store, tree_image)
+    registry.push_image(store, image, f"{reg}/pub/dumped:v1", FAST)
+    assert raw_manifest(f"{reg}/pub/dumped:v1") == manifest
+    pulled = registry.pull(store, f"{reg}/pub/dumped:v1", "pulled", FAST)
+    assert cas(store, "export", "dumped", f"oci:{tmp_path / 'out'}:v1") == 0
+    [entry] = json.loads((tmp_path / "out" / "index.json").read_text())["manifests"]
+    assert entry["digest"] == digest_of(manifest)
+    [back] = artifacts.import_artifacts(store, [f"oci:{tmp_path / 'out'}:v1"], "back")
+    expected = published_shape(image)
+    for record in (pulled, back):
+        shape = published_shape(store.get_image(record.image))
+        assert shape == expected
+        assert shape["empty/\udcffname"][3] == "\udcfetarget"
+
+
+def test_a_title_that_is_not_utf8_is_refused_before_anything_is_hashed(
+        reg: str, store: Store, tmp_path: Path) -> None:
+    """A top-level directory whose name is not UTF-8 would title a directory layer: refused
+    (NotPublishable) before an object is read or a byte is sent or written."""
+    src = make_tree(tmp_path / "src")
+    os.mkdir(os.fsencode(src) + b"/\xff")
+    os.symlink(b"x", os.fsencode(src) + b"/\xff/link")
+    _, image = dump_import(store, src, tmp_path)
+    for e in image.files():
+        if e.object_id is not None:  # were an object read, this would be CorruptObject
+            flip(store.path / "objects" / e.object_id[:2] / e.object_id[2:], 10)
+    with pytest.raises(errors.NotPublishable, match="UTF-8"):
+        registry.push_image(store, image, f"{reg}/pub/notutf8:v1", FAST)
+    assert httpx.get(f"http://{reg}/v2/pub/notutf8/tags/list").status_code == 404
+    assert cas(store, "export", "dumped", f"oci:{tmp_path / 'never'}") != 0
     assert not (tmp_path / "never").exists()
 
 

@@ -29,7 +29,10 @@ type 0: no compression) in a gzip member with mtime 0 — bytes that depend on n
 the tar.  These layers hold metadata only (no file contents), so nothing is lost.
 
 File modes, owners and mtimes are not carried by file layers (ORAS writes files with
-the puller's umask), as with ``oras push``.
+the puller's umask), as with ``oras push``; nor is the root entry (a puller names the
+directory) or an xattr.  A file's other names are layers of their own on the same blob.
+A title is JSON text, so a file or top-level directory whose name is not UTF-8 is
+refused before any object is read; names and link targets below a title are tar bytes.
 
 Pulling, an ORAS directory layer (a titled layer marked for unpacking) is unpacked like a
 tar layer — the same bounded decompression and safety rules — into a tree of its own,
@@ -46,7 +49,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cas.core import hashing
-from cas.core.digest import Sha256
+from cas.core.digest import ObjectId, Sha256
 from cas.core.image import Entry, EntryType, Image
 from cas.core.store import Store
 from cas.errors import BadLayer, BadPath, NotPublishable
@@ -75,14 +78,18 @@ def publication(store: Store, image: Image, artifact_type: str | None = None) ->
     """The artifact manifest of ``image``'s tree and the blobs it needs (manifest last)."""
     artifact_type = artifact_type or DEFAULT_ARTIFACT_TYPE
     entries = [e for e in image.entries if e.path]  # not the root (image format 2)
+    files = [e for e in entries if e.type is EntryType.FILE]
+    directories = _directories(image, entries)
+    for title in [*(e.path for e in files), *directories]:  # refused before any hashing
+        _title(title)
     layers: list[dict[str, Any]] = []
     blobs: list[PlannedBlob] = []
-    for entry in entries:
-        if entry.type is EntryType.FILE:
-            blob = _file_blob(store, entry)
-            blobs.append(blob)
-            layers.append(blob.descriptor(FILE_MEDIA_TYPE, annotations={TITLE: _title(entry)}))
-    for top, members in _directories(image, entries).items():
+    hashed: dict[ObjectId, Sha256] = {}
+    for entry in files:
+        blob = _file_blob(store, entry, hashed)
+        blobs.append(blob)
+        layers.append(blob.descriptor(FILE_MEDIA_TYPE, annotations={TITLE: entry.path}))
+    for top, members in directories.items():
         tar = b"".join(tarexport.tar_stream(store, members))
         blob = PlannedBlob.of_bytes(stored_gzip(tar), f"directory layer {top!r}")
         blobs.append(blob)
@@ -100,28 +107,30 @@ def publication(store: Store, image: Image, artifact_type: str | None = None) ->
     return planned.descriptor(OCI_MANIFEST, artifactType=artifact_type), [*blobs, config, planned]
 
 
-def _title(entry: Entry) -> str:
+def _title(path: str) -> None:
+    """Refuse a layer title JSON (hence a manifest) cannot carry: one that is not UTF-8.
+    Names below a directory layer's title are tar member names, carried as bytes."""
     try:
-        entry.path.encode("utf-8")
+        path.encode("utf-8")
     except UnicodeEncodeError:
-        raise NotPublishable(path=repr(entry.path), reason="an OCI title must be UTF-8 "
+        raise NotPublishable(path=repr(path), reason="an OCI title must be UTF-8 "
                              "text") from None
-    return entry.path
 
 
-def _file_blob(store: Store, entry: Entry) -> PlannedBlob:
+def _file_blob(store: Store, entry: Entry, hashed: dict[ObjectId, Sha256]) -> PlannedBlob:
     """A file's layer: its object, or its inline bytes (an image's small files)."""
     if entry.inline is not None:
         return PlannedBlob.of_bytes(entry.inline, f"file {entry.path!r}")
-    assert entry.object_id is not None
-    sha = entry.sha256
-    if sha is None:  # a dump import has none: hash the object, checked against its id
-        with store.open_object(entry.object_id) as f:
+    oid = entry.object_id
+    assert oid is not None
+    sha = entry.sha256 or hashed.get(oid)
+    if sha is None:  # a dump import has none: one pass gives both digests, the id checked
+        with store.open_object(oid) as f:
             digests = hashing.hash_fd(f.fileno())
-        if digests.verity.hex() != entry.object_id:
-            raise store.corrupt(entry.object_id)
-        sha = Sha256(digests.sha256.hex())
-    return PlannedBlob(sha, entry.size, f"file {entry.path!r}", object_id=entry.object_id)
+        if digests.verity.hex() != oid:
+            raise store.corrupt(oid)
+        sha = hashed[oid] = Sha256(digests.sha256.hex())
+    return PlannedBlob(sha, entry.size, f"file {entry.path!r}", object_id=oid)
 
 
 def _directories(image: Image, entries: list[Entry]) -> dict[str, Image]:
