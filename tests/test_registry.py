@@ -530,6 +530,17 @@ def test_oversized_manifest(fake: FakeRegistry, store: Store) -> None:
     assert_nothing_named(store)
 
 
+def test_a_referrers_index_is_read_no_further_than_its_limit(fake: FakeRegistry) -> None:
+    """A referrers body claiming a gigabyte is cut at the JSON limit, not read whole."""
+    subject = "1" * 64
+    body = b"[" * ((4 << 20) + (1 << 16))
+    fake.routes[f"/v2/bad/art/referrers/sha256:{subject}"] = lambda h: send(
+        h, 200, body, {"Content-Type": "application/vnd.oci.image.index.v1+json"},
+        length=1 << 30)
+    with pytest.raises(errors.RegistryError, match="referrers index is over the"):
+        registry.referrers(f"{fake.host}/bad/art@sha256:{subject}", FAST)
+
+
 def test_manifest_digest_checked(fake: FakeRegistry, store: Store) -> None:
     ref = fake.artifact({"f.bin": b"x"})
     good = fake.routes["/v2/bad/art/manifests/v1"]

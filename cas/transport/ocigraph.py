@@ -171,15 +171,11 @@ def referrers_of(client: Client, subject: Sha256) -> list[tuple[dict[str, Any], 
 
 def list_referrers(client: Client, sha: Sha256) -> list[dict[str, Any]]:
     """The descriptors the referrers API lists for ``sha``, else its fallback index."""
-    response = client.request("GET", f"referrers/sha256:{sha}",
+    response = client.request("GET", f"referrers/sha256:{sha}", stream=True,
                               headers={"Accept": OCI_INDEX})
     if response.status_code == 200 and response.headers.get(
             "Content-Type", "").startswith(OCI_INDEX):
-        response.read()
-        response.close()
-        if len(response.content) > MAX_JSON:
-            raise client.fail("referrers index is too large")
-        data = response.content
+        data = client.read_capped(response, "referrers index", MAX_JSON)
     else:
         response.close()
         try:

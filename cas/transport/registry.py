@@ -246,17 +246,7 @@ class Client:
         what = f"manifest {reference}"
         response = self.request("GET", f"manifests/{reference}", stream=True,
                                 headers={"Accept": ", ".join(MANIFEST_TYPES)})
-        try:
-            self._expect_status(response, what, 200)
-            data = b""
-            for chunk in response.iter_bytes():
-                data += chunk
-                if len(data) > MAX_MANIFEST:
-                    raise self.fail(f"{what} is over the {MAX_MANIFEST}-byte limit")
-        except httpx.TransportError as exc:
-            raise self.fail(f"{what}: {type(exc).__name__}: {exc}") from None
-        finally:
-            response.close()
+        data = self.read_capped(response, what, MAX_MANIFEST)
         sha = Sha256(hashing.hash_bytes(data).sha256.hex())
         declared = response.headers.get("Docker-Content-Digest")
         if expect is not None:
@@ -266,6 +256,22 @@ class Client:
                             f"the bytes (sha256:{sha})")
         media_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
         return data, media_type
+
+    def read_capped(self, response: httpx.Response, what: str, limit: int) -> bytes:
+        """A streamed 200 response's body, read no further than ``limit`` bytes whatever
+        its length says; the response is closed."""
+        try:
+            self._expect_status(response, what, 200)
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    raise self.fail(f"{what} is over the {limit}-byte limit")
+        except httpx.TransportError as exc:
+            raise self.fail(f"{what}: {type(exc).__name__}: {exc}") from None
+        finally:
+            response.close()
+        return bytes(data)
 
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> httpx.Headers:
         """PUT a manifest or index; returns the response's headers (``Docker-Content-Digest``,
