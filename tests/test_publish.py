@@ -208,15 +208,27 @@ def test_artifact_type_is_chosen_at_import(store: Store, tmp_path: Path,
     assert "bad" not in {r.name for r in store.names}
 
 
-def test_a_symlink_at_the_top_cannot_be_published(reg: str, store: Store,
-                                                  tmp_path: Path) -> None:
+TOP_LEVEL_SPECIALS: dict[str, Any] = {
+    "symlink": lambda path: path.symlink_to("model.gguf"),
+    "fifo": os.mkfifo,
+    "char": lambda path: os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3)),
+}
+
+
+@pytest.mark.parametrize("kind", TOP_LEVEL_SPECIALS)
+def test_a_special_file_at_the_top_cannot_be_published(reg: str, store: Store,
+                                                       tmp_path: Path, kind: str) -> None:
+    """ORAS has no layer that puts a symlink, FIFO or device at the top of the tree:
+    NotPublishable names it, and nothing is uploaded or written."""
+    if kind == "char":
+        need_root("a character device is made with mknod")
     src = tmp_path / "src"
     src.mkdir()
     (src / "model.gguf").write_bytes(b"m" * 100)
-    (src / "current").symlink_to("model.gguf")
+    TOP_LEVEL_SPECIALS[kind](src / "current")
     [record] = artifacts.import_artifacts(store, [str(src)], "local/linked:v1")
     image = store.get_image(record.image)
-    with pytest.raises(errors.NotPublishable, match="'current': cannot be published"):
+    with pytest.raises(errors.NotPublishable, match=f"'current': cannot be published.*{kind}"):
         registry.push_image(store, image, f"{reg}/pub/linked:v1", FAST)
     response = httpx.get(f"http://{reg}/v2/pub/linked/tags/list")
     assert response.status_code == 404  # nothing was uploaded
