@@ -11,14 +11,16 @@ lists the names written and the artifacts that failed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cas.core import names as names_mod
-from cas.core.image import DEVICES, Entry, major_minor
+from cas.core.image import DEVICES, Entry, Image, major_minor
 from cas.core.linkmode import LinkMode
 from cas.core.names import NameRecord
 from cas.core.store import Store
@@ -26,7 +28,10 @@ from cas.errors import BadInput, UnsupportedSource
 from cas.formats.results import Failure, Imported
 
 if TYPE_CHECKING:
-    from cas.transport.registry import Gate
+    from cas.transport.registry import Gate, Options
+
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/"
+                         r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,30 +83,55 @@ class ImportResult(list[NameRecord]):
         self.failures = list(failures)
 
 
+@dataclass(frozen=True, slots=True)
+class Fetching:
+    """How an import reads a registry or a layout: ``registry`` (transport options, with
+    the platform), ``keep_all`` (a whole index), ``with_referrers``, ``gate`` (the trust
+    policy, as ``cas pull`` applies it), ``keep_compressed``."""
+
+    registry: Options | None = None
+    keep_all: bool = False
+    with_referrers: bool = False
+    gate: Gate | None = None
+    keep_compressed: bool = True
+
+
 def import_artifacts(store: Store, sources: list[str], name: str | None = None, *,
-                     keep_compressed: bool = True, gate: Gate | None = None,
-                     xattrs: bool = True) -> ImportResult:
+                     fetching: Fetching = Fetching(), xattrs: bool = True,
+                     artifact_type: str | None = None) -> ImportResult:
     """Import ``sources`` and name the result(s); returns the names written.
 
     One source may hold several artifacts (an Ollama store, a Hugging Face cache); several
-    sources must be plain files, imported side by side as one artifact.  ``gate`` judges a
-    registry source (``docker://``) as ``cas pull`` does.  ``xattrs=False`` leaves the
-    extended attributes of directories and files out.
+    sources must be plain files, imported side by side as one artifact.  ``fetching``
+    says how registries and layouts are read.  ``xattrs=False`` leaves the extended
+    attributes of directories, files and dumpfiles out.  ``artifact_type`` is the OCI
+    artifact type a tree (or Hugging Face snapshot) will publish as.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
+    if artifact_type is not None:
+        check_media_type(artifact_type)
     with store.temp_root():  # GC keeps what this import stored until its names exist
-        return _import_and_name(store, sources, name, keep_compressed, gate, xattrs)
+        return _import_and_name(store, sources, name, fetching, xattrs, artifact_type)
+
+
+def check_media_type(text: str) -> str:
+    """A media type as RFC 6838 spells one (``type/subtype``), as OCI requires of an
+    ``artifactType``."""
+    if not _MEDIA_TYPE.fullmatch(text):
+        raise BadInput(message=f"{text!r} is not a media type (type/subtype, RFC 6838)")
+    return text
 
 
 def _import_and_name(store: Store, sources: list[str], name: str | None,
-                     keep_compressed: bool, gate: Gate | None, xattrs: bool) -> ImportResult:
+                     fetching: Fetching, xattrs: bool,
+                     artifact_type: str | None) -> ImportResult:
     """Every name is decided (and refused, if it must be) before the first object is
     published: a refusal never leaves objects behind."""
     locations = [parse_location(s) for s in sources]
     if len(locations) == 1:
         scheme = locations[0].scheme
-        imported = _import(store, locations[0], name, keep_compressed, gate, xattrs)
+        imported = _import(store, locations[0], name, fetching, xattrs)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
@@ -111,15 +141,25 @@ def _import_and_name(store: Store, sources: list[str], name: str | None,
                                                                       xattrs=xattrs))])
     records = ImportResult(failures=imported.failures)
     for default_name, image in imported.artifacts:
+        if artifact_type is not None:
+            image = _typed(image, artifact_type)
         image_id = store.put_image(image)
-        if gate is not None and scheme == "docker":
-            gate.keep(store)
+        if fetching.gate is not None and scheme == "docker":
+            fetching.gate.keep(store)
         records.append(store.names.set(name or default_name, image_id, scheme))
     return records
 
 
-def _import(store: Store, location: Location, name: str | None, keep_compressed: bool,
-            gate: Gate | None, xattrs: bool) -> Imported:
+def _typed(image: Image, artifact_type: str) -> Image:
+    """A tree's image recording the artifact type it publishes as (``cas.formats.oras``)."""
+    if image.source.get("type") not in ("tree", "hf"):
+        raise BadInput(message="--artifact-type is for directories, files and Hugging Face "
+                       "snapshots (an OCI or Ollama artifact keeps its own manifest)")
+    return dataclasses.replace(image, source={**image.source, "artifact_type": artifact_type})
+
+
+def _import(store: Store, location: Location, name: str | None, fetching: Fetching,
+            xattrs: bool) -> Imported:
     if location.scheme == "ollama":
         from cas.formats import ollama
         return ollama.import_models(store, location.path, location.ref, one=name is not None)
@@ -129,14 +169,19 @@ def _import(store: Store, location: Location, name: str | None, keep_compressed:
     if location.scheme == "docker":
         from cas.transport import registry
         named = name or registry.default_name(registry.parse_reference(location.ref or ""))
-        _, image = registry.pull_image(store, location.ref or "", registry.Options(),
-                                       keep_compressed=keep_compressed, gate=gate)
+        _, image = registry.pull_image(
+            store, location.ref or "", fetching.registry or registry.Options(),
+            keep_compressed=fetching.keep_compressed, gate=fetching.gate,
+            keep_all=fetching.keep_all, with_referrers=fetching.with_referrers)
         return Imported([(named, image)])
     named = name or _default_name(location.path, location.ref)
     if location.scheme == "oci":
         from cas.formats import oci
+        platform = fetching.registry.platform if fetching.registry else None
         return Imported([(named, oci.import_layout(store, location.path, location.ref,
-                                                   keep_compressed=keep_compressed))])
+                                                   keep_compressed=fetching.keep_compressed,
+                                                   keep_all=fetching.keep_all,
+                                                   platform=platform))])
     if location.scheme == "dump":
         from cas.formats.composefs import to_image
         return Imported([(named, to_image.import_dump(store, location.path, xattrs=xattrs))])
@@ -164,9 +209,11 @@ def tag(store: Store, source: str, target: str) -> NameRecord:
 
 
 def export_artifact(store: Store, name: str, destination: str, *,
-                    link: LinkMode = LinkMode.AUTO) -> dict[str, Any]:
+                    link: LinkMode = LinkMode.AUTO, registry_options: Options | None = None,
+                    with_referrers: bool = False) -> dict[str, Any]:
     """Export artifact ``name``; ``link`` says how Ollama and Hugging Face blobs are made
-    from objects (the other destinations write their own bytes)."""
+    from objects (the other destinations write their own bytes).  ``registry_options``
+    and ``with_referrers`` are for ``docker://``, as ``cas push`` takes them."""
     record = store.names.get(name)
     image = store.get_image(record.image)
     result: dict[str, Any] = {"name": record.name, "destination": destination}
@@ -204,9 +251,11 @@ def export_artifact(store: Store, name: str, destination: str, *,
     elif location.scheme == "docker":
         from cas.ops import signing
         from cas.transport import registry
-        digest = registry.push_image(store, image, location.ref or "", registry.Options(),
+        digest = registry.push_image(store, image, location.ref or "",
+                                     registry_options or registry.Options(),
                                      default_tag=record.name.rpartition(":")[2],
-                                     attach=signing.attacher(store, image)[0])
+                                     attach=signing.attacher(store, image)[0],
+                                     with_referrers=with_referrers)
         return {**result, "digest": digest}
     else:
         raise UnsupportedSource(location=destination)
