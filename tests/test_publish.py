@@ -27,12 +27,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_oci import EMPTY, INDEX, LAYER, MANIFEST, TITLE, LayoutBuilder, sha256
-from test_registry import alice_registry, oras_pull, reference_registry, skopeo, tree_files
+from test_registry import (
+    FakeRegistry,
+    alice_registry,
+    drip,
+    oras_pull,
+    reference_registry,
+    skopeo,
+    tree_files,
+)
 from test_tarlayer import make_tar
 from test_verify import flip
 
 from cas import Store, errors
 from cas.cli import main
+from cas.core.digest import Sha256
 from cas.core.image import EntryType, Image
 from cas.formats import oci, oras
 from cas.ops import artifacts, signing
@@ -461,6 +470,19 @@ def test_bad_oras_directories_are_refused(store: Store, tmp_path: Path,
     assert list(store.names) == []
 
 
+def test_a_refused_oras_directory_publishes_none_of_its_members(store: Store,
+                                                                 tmp_path: Path) -> None:
+    """Its members stay temp files of one batch until the declared digest is proven (as a
+    tar layer's until its diff_id is): a directory that is not what it says leaves none."""
+    member = "m" * 10_000  # above INLINE_MAX: a member of its own, an object
+    layout = dir_artifact(tmp_path / "layout", [{"name": "docs/big.bin", "data": member}],
+                          declared=digest_of(b"other"))
+    with pytest.raises(errors.ContentMismatch, match="declared"):
+        artifacts.import_artifacts(store, [f"oci:{layout}:v1"], "bad")
+    assert store.lookup_sha256(Sha256(sha256(member.encode()))) is None
+    assert list(store.names) == []
+
+
 def test_a_file_layer_may_not_overwrite_what_a_directory_layer_wrote(store: Store,
                                                                     tmp_path: Path) -> None:
     layout = dir_artifact(tmp_path / "layout", [{"name": "notes/n.txt", "data": "first"}],
@@ -838,6 +860,51 @@ def test_repair_from_a_registry(reg: str, store: Store, tmp_path: Path) -> None:
     assert sweep(store).clean
     assert cas(store, "repair", "--from", f"docker://{reg}/repair/elsewhere:v1",
                "--insecure") == 0  # nothing left to repair
+
+
+@pytest.fixture
+def dripping() -> Iterator[tuple[FakeRegistry, str, bytes]]:
+    """A fake registry whose artifact is served normally until a test sets its one blob's
+    route to ``drip`` (a byte every 50 ms: under any minimum rate)."""
+    server = FakeRegistry()
+    data = os.urandom(4096)
+    try:
+        yield server, server.artifact({"f.bin": data}), data
+    finally:
+        server.close()
+
+
+def drip_blob(server: FakeRegistry, data: bytes) -> None:
+    server.routes[f"/v2/bad/art/blobs/sha256:{sha256(data)}"] = drip(
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode(), 0.05)
+
+
+def test_import_and_repair_from_docker_take_the_blob_deadline(
+        dripping: tuple[FakeRegistry, str, bytes], store: Store, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--blob-timeout`` (and the rest of the registry bounds) reach ``cas import
+    docker://`` and ``cas repair --from docker://`` as they reach ``cas pull``."""
+    from test_verify import file_oids, flip, obj_path
+
+    from cas.integrity.verify import sweep
+    server, ref, data = dripping
+    source = f"docker://http://{ref}"
+    policy = str(accept_all(tmp_path))
+    assert cas(store, "import", source, "--name", "m:v1", "--policy", policy,
+               "--insecure") == 0
+    [oid] = file_oids(store, "m:v1")
+    flip(obj_path(store, oid), 10)
+    assert not sweep(store).clean
+    drip_blob(server, data)
+    capsys.readouterr()
+    assert cas(store, "import", source, "--name", "again:v1", "--policy", policy,
+               "--insecure", "--blob-timeout", "1.5s") == errors.RegistryError.exit_code
+    assert "not received within 1.5s" in capsys.readouterr().err
+    assert "again:v1" not in [r.name for r in store.names]
+    assert cas(store, "repair", "--json", "--from", source, "--insecure",
+               "--blob-timeout", "1.5s") == errors.PROBLEMS_FOUND
+    [failed] = json.loads(capsys.readouterr().out)["failed"]
+    assert failed["object"] == oid and "not received within 1.5s" in failed["reason"]
 
 
 def test_hostile_source_records_are_refused_before_anything_is_written(

@@ -711,6 +711,29 @@ def test_a_dripping_server_meets_deadlines_and_the_minimum_rate(
     assert_nothing_named(store)
 
 
+def test_a_pull_with_referrers_reads_their_index_capped_and_in_time(fake: FakeRegistry,
+                                                                     store: Store) -> None:
+    """``--with-referrers`` asks the referrers API through the client's document read, as
+    ``cas referrers`` does: a flood stops at the cap, a drip at the document deadline."""
+    ref = fake.artifact({"f.bin": b"x" * 100})
+    manifest = httpx.get(f"http://{fake.host}/v2/bad/art/manifests/v1").content
+    path = f"/v2/bad/art/referrers/sha256:{sha256(manifest)}"
+    index = "application/vnd.oci.image.index.v1+json"
+    sent = [0]
+    fake.routes[path] = flood(200, {"Content-Type": index}, sent)
+    with pytest.raises(errors.RegistryError, match="referrers index is over"):
+        registry.pull(store, ref, None, FAST, with_referrers=True)
+    assert sent[0] < 16 << 20, sent
+    # 100 bytes at 20 a second: whole after 5 s, were there no deadline (then not JSON)
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {index}\r\nContent-Length: 100\r\n\r\n"
+    fake.routes[path] = drip(head.encode(), 0.05)
+    short = registry.Options(insecure=True, retries=1, backoff=0.0, timeout=1.5)
+    with pytest.raises(errors.RegistryError, match=r"referrers index: (ReadTimeout|not "
+                       r"received in the time allowed)"):
+        registry.pull(store, ref, None, short, with_referrers=True)
+    assert_nothing_named(store)
+
+
 def test_signature_payloads_come_within_one_deadline(fake: FakeRegistry) -> None:
     """A pull's trust gate fetches attached signatures: a payload that drips keeps it no
     longer than a document may take (they are documents, not model blobs)."""
