@@ -288,6 +288,8 @@ def _try_probe_file(dir_fd: int) -> int | None:
     try:
         try:
             fsio.write_all(fd, b"cas")
+        except OSError as exc:  # a full disk: an answer ("error"), not a failed sweep
+            return exc.errno or errno.EIO
         finally:
             os.close(fd)
         fd = os.open(name, fsio.READ_FLAGS, dir_fd=dir_fd)
