@@ -12,6 +12,7 @@ digest.  The table gives median wall seconds, MiB/s and the ratio to skopeo (tar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -85,15 +86,32 @@ def start_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("docker-registry did not start")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=None)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="cas-bench-pull-", dir=args.dir))
+@contextlib.contextmanager
+def registry_workdir(prefix: str, parent: Path | None) -> Iterator[tuple[Path, str]]:
+    """A scratch directory and a docker-registry serving from it; both gone afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     proc, host = start_registry(work)
     try:
+        yield work, host
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_arguments(description: str, **sizes: int) -> argparse.Namespace:
+    """``--<size> N`` for each of ``sizes`` (their defaults), ``--repeat``, ``--dir``."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    for name, default in sizes.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = bench_arguments(__doc__ or "", size_mib=1024)
+    with registry_workdir("cas-bench-pull-", args.dir) as (work, host):
         make_layout(work / "layout", args.size_mib << 20)
         ref = f"{host}/bench/model:v1"
         run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{work / 'layout'}:v1",
@@ -136,10 +154,6 @@ def main() -> None:
             med = statistics.median(values)
             print(f"  {name:30s} {med:7.2f} s  {args.size_mib / med:7.0f} MiB/s  "
                   f"ratio {med / base:.2f}")
-    finally:
-        proc.terminate()
-        proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -172,8 +172,9 @@ def remove(store: Store, names: str | Iterable[str]) -> list[NameRecord]:
 def import_artifacts(store: Store, sources: PathArg | Sequence[PathArg], *,
                      name: str | None = None, format: Format | None = None,
                      keep_compressed: bool = True, xattrs: bool = True,
-                     policy: PathArg | None = None,
-                     registry: Options | None = None) -> ImportResult:
+                     policy: PathArg | None = None, registry: Options | None = None,
+                     keep_all: bool = False, with_referrers: bool = False,
+                     artifact_type: str | None = None) -> ImportResult:
     """Import one source (or several plain files as one artifact) and name the result.
 
     A source is text as the CLI takes it (``oci:PATH[:TAG]``, ``ollama:[PATH][/model:tag]``,
@@ -183,6 +184,8 @@ def import_artifacts(store: Store, sources: PathArg | Sequence[PathArg], *,
     (an Ollama store, a Hugging Face cache) yields a name per artifact; those that
     failed are in ``result.failures``.  A ``docker://`` source is judged by the trust
     policy (``policy``, else the default one) before anything is stored, as ``pull`` does.
+    ``keep_all`` keeps a whole index (every platform), ``with_referrers`` the artifacts
+    that refer to it; ``artifact_type`` is the OCI artifact type a tree publishes as.
     """
     from cas.ops import artifacts
     items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
@@ -191,25 +194,30 @@ def import_artifacts(store: Store, sources: PathArg | Sequence[PathArg], *,
     if any(artifacts.location_of(s).scheme == "docker" for s in located):
         from cas.transport.sigstore import PolicyGate
         gate = PolicyGate(_policy(policy))
+    fetching = artifacts.Fetching(registry, keep_all=keep_all, with_referrers=with_referrers,
+                                  gate=gate, keep_compressed=keep_compressed)
     with store.write_errors():
-        return artifacts.import_artifacts(store, located, name, keep_compressed=keep_compressed,
-                                          gate=gate, xattrs=xattrs, options=registry)
+        return artifacts.import_artifacts(store, located, name, fetching=fetching,
+                                          xattrs=xattrs, artifact_type=artifact_type)
 
 
 def export(store: Store, name: str, destination: PathArg, *, format: Format | None = None,
-           link: LinkMode | str = LinkMode.AUTO) -> dict[str, Any]:
+           link: LinkMode | str = LinkMode.AUTO, registry: Options | None = None,
+           with_referrers: bool = False) -> dict[str, Any]:
     """Export artifact ``name`` to ``destination``: text with a scheme (``oci:PATH[:TAG]``,
     ``ollama:PATH[/model:tag]``, ``hf:CACHE``, ``tar:PATH``, ``dump:PATH``,
     ``composefs:PATH``, ``docker://REF``), or any path with ``format``.  ``link`` says how
     Ollama and Hugging Face blobs are made from objects (``LinkMode``).  Returns what
     ``cas export --json`` prints: ``name``, ``destination`` and, by form, ``size``,
-    ``fsverity``, ``digest`` or ``files``/``bytes``/``methods``."""
+    ``fsverity``, ``digest`` or ``files``/``bytes``/``methods``.  ``registry`` and
+    ``with_referrers`` apply to ``docker://``, as :func:`push` takes them."""
     from cas.ops import artifacts
     text = _with_format(destination, format)
     if not isinstance(text, str):
         raise errors.BadInput(message=f"{os.fspath(text)}: say which form to export to "
                               "(format=..., or a scheme: prefix)")
-    return artifacts.export_artifact(store, name, text, link=LinkMode(link))
+    return artifacts.export_artifact(store, name, text, link=LinkMode(link),
+                                     registry_options=registry, with_referrers=with_referrers)
 
 
 def checkout(store: Store, name: str, dest: PathArg, *, link: LinkMode | str = LinkMode.AUTO,
@@ -302,23 +310,26 @@ def registry_options(*, insecure: bool = False, username: str | None = None,
 
 
 def pull(store: Store, ref: str, *, name: str | None = None, policy: PathArg | None = None,
-         registry: Options | None = None, progress: Progress | None = None) -> PullResult:
+         registry: Options | None = None, keep_all: bool = False,
+         with_referrers: bool = False, progress: Progress | None = None) -> PullResult:
     """Pull ``ref`` (``[docker://]HOST/REPO[:TAG|@sha256:...]``) and name it (default:
     ``HOST/REPO:TAG``).  The trust policy (``policy``, else the default one) judges the
     manifest and its signatures before anything is stored; a refusal raises
-    :class:`~cas.errors.SignatureRefused` and names nothing."""
+    :class:`~cas.errors.SignatureRefused` and names nothing.  ``keep_all`` keeps a whole
+    index (every platform), ``with_referrers`` the artifacts that refer to it."""
     from cas.transport import registry as registry_mod
     from cas.transport.sigstore import PolicyGate
     gate = PolicyGate(_policy(policy))
     with store.write_errors():
         record = registry_mod.pull(store, ref, name, registry or registry_mod.Options(),
-                                   progress, gate=gate)
+                                   progress, gate=gate, keep_all=keep_all,
+                                   with_referrers=with_referrers)
     assert gate.verdict is not None  # pull raises unless the gate admitted the manifest
     return PullResult(record, gate.verdict, len(gate.signatures))
 
 
 def push(store: Store, name: str, ref: str, *, mount_from: str | None = None,
-         registry: Options | None = None) -> PushResult:
+         registry: Options | None = None, with_referrers: bool = False) -> PushResult:
     """Push artifact ``name`` to ``ref`` (same manifest and digests as imported), then
     its stored signatures; ``mount_from`` names a repository of the same registry to
     mount blobs from instead of uploading them."""
@@ -326,7 +337,7 @@ def push(store: Store, name: str, ref: str, *, mount_from: str | None = None,
     from cas.transport.registry import Options
     record = store.names.get(name)
     digest, count = artifacts.push(store, record, ref, registry or Options(),
-                                   mount_from=mount_from)
+                                   mount_from=mount_from, with_referrers=with_referrers)
     return PushResult(record.name, ref, digest, count)
 
 
@@ -401,15 +412,17 @@ def verify(store: Store, *, mode: SweepMode = "full", max_duration: float | None
     return report
 
 
-def repair(store: Store, source: PathArg | None = None) -> RepairReport:
+def repair(store: Store, source: PathArg | None = None, *,
+           registry: Options | None = None) -> RepairReport:
     """Give object files with a write bit mode 0444 again and restore every object a
-    sweep marked damaged from ``source`` (a store path, ``oci:PATH`` or ``ollama:PATH``;
-    digests are checked before anything enters the store).  A corrupt copy is moved to
+    sweep marked damaged from ``source`` (a store path, ``oci:PATH``, ``ollama:PATH`` or
+    ``docker://REF``, reached with ``registry``; digests are checked before anything
+    enters the store).  A corrupt copy is moved to
     ``quarantine/`` before its good copy replaces it."""
     from cas.integrity.verify_state import sweep_lock
     from cas.ops.repair import repair as repair_store
     with store.write_errors(), sweep_lock(store):
-        return repair_store(store, source)
+        return repair_store(store, source, registry)
 
 
 def gc(store: Store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,

@@ -219,6 +219,10 @@ class NotSignable(BadInput):
     """{name}: cannot be signed: {reason}"""
 
 
+class NotPublishable(BadInput):
+    """{path}: cannot be published as an OCI artifact: {reason}"""
+
+
 class SourceChanged(CasError):
     """{path}: the file changed while it was being imported ({what}); nothing was stored"""
 

@@ -305,19 +305,78 @@ def test_without_compressed_blobs_only_plain_tar_layers_export(store: Store,
     assert not (tmp_path / "never").exists()  # refused before writing anything
 
 
-def test_docker_schema2_manifests_and_layers_are_understood(store: Store,
-                                                           tmp_path: Path) -> None:
+def test_docker_schema2_exports_as_oci_that_skopeo_and_umoci_read(store: Store,
+                                                                   tmp_path: Path) -> None:
+    """An OCI layout holds OCI documents: a Docker schema 2 manifest with Docker media
+    types in index.json is refused by skopeo ("no descriptor found") and umoci; export
+    rewrites it as OCI (config and layer bytes unchanged) and both tools read it."""
     src = LayoutBuilder(tmp_path / "src")
     docker = "application/vnd.docker"
-    config = {"rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha256(LOWER)]}}
+    config_doc = {"architecture": "amd64", "os": "linux", "container_config": {"Cmd": ["sh"]},
+                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha256(LOWER)]}}
+    config = src.blob(json.dumps(config_doc).encode(), f"{docker}.container.image.v1+json")
+    layer = src.blob(gzip_bytes(LOWER), f"{docker}.image.rootfs.diff.tar.gzip")
     doc = {"schemaVersion": 2, "mediaType": f"{docker}.distribution.manifest.v2+json",
-           "config": src.blob(json.dumps(config).encode(), f"{docker}.container.image.v1+json"),
-           "layers": [src.blob(gzip_bytes(LOWER), f"{docker}.image.rootfs.diff.tar.gzip")]}
+           "config": config, "layers": [layer]}
     src.add(json.dumps(doc).encode(), doc["mediaType"], "v1")
     image = round_trip(store, import_layout(store, src.root, "v1"))
     assert "bin/tool" in {e.path for e in image.entries}
-    export_layout(store, image, tmp_path / "out", "v1")
-    assert_blobs_identical(tmp_path / "out", src.root, manifest_digest(src.root, "v1"))
+    out = tmp_path / "out"
+    export_layout(store, image, out, "v1")
+
+    [entry] = json.loads((out / "index.json").read_text())["manifests"]
+    raw = blob_files(out)[entry["digest"].removeprefix("sha256:")]
+    manifest = json.loads(raw)
+    assert entry["mediaType"] == manifest["mediaType"] == MANIFEST
+    assert entry["size"] == len(raw) and entry["digest"] == "sha256:" + sha256(raw)
+    assert manifest["config"] == {**config, "mediaType": CONFIG}
+    assert manifest["layers"] == [{**layer, "mediaType": LAYER + "+gzip"}]
+    for desc in (config, layer):  # the same bytes under the same digests
+        assert blob_files(out)[desc["digest"][7:]] == src.path(desc).read_bytes()
+    assert skopeo("inspect", "--raw", f"oci:{out}:v1").encode() == raw
+    skopeo("copy", "-q", f"oci:{out}:v1", f"oci:{tmp_path / 'again'}:v1")
+    assert manifest_digest(tmp_path / "again", "v1") == entry["digest"]
+    subprocess.run([need_tool("umoci"), "unpack", "--rootless", "--image", f"{out}:v1",
+                    str(tmp_path / "bundle")], check=True, capture_output=True)
+    assert (tmp_path / "bundle" / "rootfs" / "bin" / "tool").read_bytes() == BIG
+    again = round_trip(store, import_layout(store, out, "v1"))  # and back into cas
+    assert [e.path for e in again.entries] == [e.path for e in image.entries]
+
+
+def test_a_docker_manifest_list_exports_as_an_oci_index(store: Store, tmp_path: Path) -> None:
+    """Kept whole (``keep_all``), a Docker list and its manifests become an OCI index of
+    OCI manifests that skopeo copies, every platform; configs and layers unchanged."""
+    src = LayoutBuilder(tmp_path / "src")
+    docker = "application/vnd.docker"
+    entries = []
+    for arch, tool in (("amd64", b"x86"), ("arm64", b"arm")):
+        raw = make_tar([{"name": "tool", "data": tool * 20}])  # inline: 60 bytes
+        config = {"architecture": arch, "os": "linux",
+                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha256(raw)]}}
+        doc = {"schemaVersion": 2, "mediaType": f"{docker}.distribution.manifest.v2+json",
+               "config": src.blob(json.dumps(config).encode(), f"{docker}.container.image.v1+json"),
+               "layers": [src.blob(gzip_bytes(raw), f"{docker}.image.rootfs.diff.tar.gzip")]}
+        data = json.dumps(doc).encode()
+        entries.append({**src.blob(data, doc["mediaType"]),
+                        "platform": {"architecture": arch, "os": "linux"}})
+    listing = {"schemaVersion": 2, "mediaType": f"{docker}.distribution.manifest.list.v2+json",
+               "manifests": entries}
+    src.add(json.dumps(listing).encode(), listing["mediaType"], "v1")
+    image = round_trip(store, import_layout(store, src.root, "v1", keep_all=True,
+                                            platform="linux/arm64"))
+    assert {e.path: e.inline for e in image.entries if e.path} == {"tool": b"arm" * 20}
+    out = tmp_path / "out"
+    export_layout(store, image, out, "v1")
+    [entry] = json.loads((out / "index.json").read_text())["manifests"]
+    index = json.loads(blob_files(out)[entry["digest"][7:]])
+    assert entry["mediaType"] == index["mediaType"] == INDEX
+    for child, original in zip(index["manifests"], entries, strict=True):
+        assert child["mediaType"] == MANIFEST and child["platform"] == original["platform"]
+        manifest = json.loads(blob_files(out)[child["digest"][7:]])
+        assert manifest["config"]["mediaType"] == CONFIG
+        assert manifest["layers"][0]["mediaType"] == LAYER + "+gzip"
+    skopeo("copy", "-q", "--all", f"oci:{out}:v1", f"oci:{tmp_path / 'again'}:v1")
+    assert blob_files(tmp_path / "again") == blob_files(out)
 
 
 def test_unknown_media_types_are_kept_opaque(store: Store, tmp_path: Path) -> None:
@@ -413,7 +472,7 @@ def test_export_checks_every_blob_it_writes(store: Store, tmp_path: Path,
     obj = store.path / "objects" / layer.object_id[:2] / layer.object_id[2:]
     obj.chmod(0o644)
     obj.write_bytes(b"M" * 1000)  # damaged in the store, same size
-    with pytest.raises(errors.ContentMismatch, match=layer.sha256):
+    with pytest.raises(errors.CorruptObject, match=layer.object_id):
         export_layout(store, artifact, tmp_path / "out", "v1")
     assert os.listdir(tmp_path / "out" / "blobs" / "sha256") == []
     assert not (tmp_path / "out" / "index.json").exists()

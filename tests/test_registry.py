@@ -82,15 +82,20 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield host
 
 
-@pytest.fixture(scope="module")
-def auth_reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def alice_registry(root: Path) -> Iterator[str]:
     """With htpasswd basic auth (user ``alice``, password ``s3cret-pw``; hashed with the
     ``bcrypt`` PyPI package)."""
     bcrypt = pytest.importorskip("bcrypt")
-    root = tmp_path_factory.mktemp("auth-registry")
     hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=4)).decode()
     (root / "htpasswd").write_text(f"alice:{hashed}\n")
     with reference_registry(root, root / "htpasswd") as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def auth_reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with alice_registry(tmp_path_factory.mktemp("auth-registry")) as host:
         yield host
 
 
@@ -218,13 +223,17 @@ def test_push_read_back_by_skopeo_and_oras(reg: str, store: Store, tmp_path: Pat
     mounted = registry.push_image(store, image, f"{reg}/other/art", FAST,
                                   default_tag="v2", mount_from="pushed/art")
     assert remote_digest(f"{reg}/other/art:v2") == mounted == digest
+    out = oras_pull(reg, f"{reg}/pushed/art:v1", tmp_path / "oras-out", monkeypatch)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def oras_pull(host: str, ref: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pull ``ref`` with the oras SDK into the new directory ``out``."""
     oras = pytest.importorskip("oras.client")
-    out = tmp_path / "oras-out"
     out.mkdir()
     monkeypatch.chdir(out)
-    oras.OrasClient(hostname=reg, insecure=True).pull(target=f"{reg}/pushed/art:v1",
-                                                      outdir=str(out))
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    oras.OrasClient(hostname=host, insecure=True).pull(target=ref, outdir=str(out))
+    return out
 
 
 def test_pull_twice_downloads_nothing(reg: str, store: Store, tmp_path: Path,
@@ -563,6 +572,17 @@ def test_oversized_manifest(fake: FakeRegistry, store: Store) -> None:
     assert_nothing_named(store)
 
 
+def test_a_referrers_index_is_read_no_further_than_its_limit(fake: FakeRegistry) -> None:
+    """A referrers body claiming a gigabyte is cut at the JSON limit, not read whole."""
+    subject = "1" * 64
+    body = b"[" * ((4 << 20) + (1 << 16))
+    fake.routes[f"/v2/bad/art/referrers/sha256:{subject}"] = lambda h: send(
+        h, 200, body, {"Content-Type": "application/vnd.oci.image.index.v1+json"},
+        length=1 << 30)
+    with pytest.raises(errors.RegistryError, match="referrers index is over the"):
+        registry.referrers(f"{fake.host}/bad/art@sha256:{subject}", FAST)
+
+
 def test_manifest_digest_checked(fake: FakeRegistry, store: Store) -> None:
     ref = fake.artifact({"f.bin": b"x"})
     good = fake.routes["/v2/bad/art/manifests/v1"]
@@ -592,7 +612,7 @@ def _add_header(h: http.server.BaseHTTPRequestHandler, key: str, value: str) -> 
     return send_header
 
 
-@pytest.mark.parametrize("title", ["../escape", "/etc/passwd", "a/b", ".."])
+@pytest.mark.parametrize("title", ["../escape", "/etc/passwd", "a/../../b", ".."])
 def test_traversal_title(fake: FakeRegistry, store: Store, title: str) -> None:
     ref = fake.artifact({title: b"payload"})
     with pytest.raises(errors.BadPath, match="layer title"):
@@ -727,6 +747,29 @@ def test_a_dripping_server_meets_deadlines_and_the_minimum_rate(
     short = registry.Options(insecure=True, retries=1, backoff=0.0, timeout=1.5)
     with pytest.raises(errors.RegistryError, match="no answer in the time allowed"):
         registry.pull(store, ref, None, short)
+    assert_nothing_named(store)
+
+
+def test_a_pull_with_referrers_reads_their_index_capped_and_in_time(fake: FakeRegistry,
+                                                                     store: Store) -> None:
+    """``--with-referrers`` asks the referrers API through the client's document read, as
+    ``cas referrers`` does: a flood stops at the cap, a drip at the document deadline."""
+    ref = fake.artifact({"f.bin": b"x" * 100})
+    manifest = httpx.get(f"http://{fake.host}/v2/bad/art/manifests/v1").content
+    path = f"/v2/bad/art/referrers/sha256:{sha256(manifest)}"
+    index = "application/vnd.oci.image.index.v1+json"
+    sent = [0]
+    fake.routes[path] = flood(200, {"Content-Type": index}, sent)
+    with pytest.raises(errors.RegistryError, match="referrers index is over"):
+        registry.pull(store, ref, None, FAST, with_referrers=True)
+    assert sent[0] < 16 << 20, sent
+    # 100 bytes at 20 a second: whole after 5 s, were there no deadline (then not JSON)
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {index}\r\nContent-Length: 100\r\n\r\n"
+    fake.routes[path] = drip(head.encode(), 0.05)
+    short = registry.Options(insecure=True, retries=1, backoff=0.0, timeout=1.5)
+    with pytest.raises(errors.RegistryError, match=r"referrers index: (ReadTimeout|not "
+                       r"received in the time allowed)"):
+        registry.pull(store, ref, None, short, with_referrers=True)
     assert_nothing_named(store)
 
 

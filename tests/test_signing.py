@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from test_oci import GGUF, TITLE, LayoutBuilder
+from test_oci import GGUF, TITLE, LayoutBuilder, sha256
 
 from cas import Store
 from cas.cli import main
 from cas.core import signatures
 from cas.errors import NotSignable
+from cas.formats import oci
 from cas.integrity import keys, policy, signature
 from cas.ops import artifacts, gc, signing
 from conftest import need_root
@@ -111,11 +112,32 @@ def test_sign_with_wrong_passphrase_or_identity(store: Store, tmp_path: Path,
     assert str(ref) == "mirror.example/model:v1"
 
 
-def test_trees_cannot_be_signed_yet(store: Store, tmp_path: Path) -> None:
+def test_trees_are_signed_as_the_artifact_they_push_as(store: Store, tmp_path: Path,
+                                                      signer: tuple[Path, ...]) -> None:
+    key, pub, passphrase = signer
+    (tmp_path / "tree" / "docs").mkdir(parents=True)
+    (tmp_path / "tree" / "model.gguf").write_bytes(b"x" * 100)
+    (tmp_path / "tree" / "docs" / "README").write_bytes(b"read me\n")
+    artifacts.import_artifacts(store, [str(tmp_path / "tree")], NAME)
+    assert cli(store, "sign", NAME, "--key", str(key), "--passphrase-file",
+               str(passphrase)) == 0
+    image = store.get_image(store.names.get(NAME).image)
+    descriptor, data = oci.manifest_of(store, image)
+    manifest = signing.manifest_digest(store, image)
+    assert descriptor["digest"] == f"sha256:{manifest}" == "sha256:" + sha256(data)
+    assert len(signing.stored(store, manifest)[0]) == 1  # type: ignore[arg-type]
+    rules = policy.load(write_policy(tmp_path / "p.json", signed_scope(pub)))
+    verdict = signing.judge(store, NAME, store.names.get(NAME).image, rules)
+    assert verdict.accepted and verdict.signed, verdict.reason
+
+
+def test_a_tree_with_a_symlink_at_its_top_cannot_be_signed(store: Store,
+                                                           tmp_path: Path) -> None:
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree" / "f").write_bytes(b"x" * 100)
+    (tmp_path / "tree" / "latest").symlink_to("f")
     artifacts.import_artifacts(store, [str(tmp_path / "tree")], "local/tree:v1")
-    with pytest.raises(NotSignable, match="no OCI manifest"):
+    with pytest.raises(NotSignable, match="'latest': cannot be published"):
         signing.sign(store, "local/tree:v1", ec.generate_private_key(ec.SECP256R1()))
     rules = policy.parse(json.dumps({"default": [{"type": "sigstoreSigned",
                                                    "keyData": "YQ=="}]}).encode(), "p")

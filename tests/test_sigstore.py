@@ -16,7 +16,6 @@ the tests use it for that too.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import subprocess
@@ -234,8 +233,7 @@ CASES = ["wrong key", "tampered payload", "another digest", "another repository"
 
 @pytest.mark.parametrize("case", CASES)
 def test_pull_refuses(case: str, reg: str, tools: dict[str, Path], store: Store,
-                      tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = "refused/" + case.replace(" ", "-")
     ref = f"{reg}/{repo}:v1"
     staged, digest = stage(tools, tmp_path, "d", {"model.gguf": case.encode() * 300})
@@ -258,9 +256,9 @@ def test_pull_refuses(case: str, reg: str, tools: dict[str, Path], store: Store,
             "another repository": "is not accepted",
             "missing signature": "no signature exists"}[case] in err
     assert list(store.names) == [] and object_files(store.path) == []
-    # the same through cas import docker:// (which has no --insecure), and --json
-    monkeypatch.setattr(registry, "Options", functools.partial(registry.Options, insecure=True))
-    assert cas(store, "import", f"docker://{ref}", "--policy", str(policy), "--json") == 10
+    # the same through cas import docker:// (with the same registry options), and --json
+    assert cas(store, "import", f"docker://{ref}", "--policy", str(policy), "--insecure",
+               "--json") == 10
     assert json.loads(capsys.readouterr().err)["error"] == "signature-refused"
     assert list(store.names) == []
 

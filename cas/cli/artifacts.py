@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,8 +16,12 @@ from cas.cli.common import (
     complete_names,
     emit,
     json_option,
+    keep_options,
     parse_age,
     policy_option,
+    referrers_option,
+    registry_options,
+    registry_settings,
     trust_check,
     trust_options,
     trust_proven_option,
@@ -40,29 +45,39 @@ LINK_MODES = ("auto", "reflink", "hardlink", "copy")
               help="Do not keep compressed tar layers (export then cannot be bit-exact).")
 @click.option("--no-xattrs", is_flag=True,
               help="Leave extended attributes out of a directory, file or dumpfile import.")
+@click.option("--artifact-type", metavar="MEDIA_TYPE",
+              help="The OCI artifactType a directory or files publish as (push, export "
+              "oci:; default application/vnd.unknown.artifact.v1, as oras).")
+@keep_options
 @policy_option
+@registry_options
 @json_option
 @click.pass_obj
-def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_compressed: bool,
-            no_xattrs: bool, policy_path: Path | None, as_json: bool) -> None:
+def import_(obj: Context, /, sources: tuple[str, ...], name: str | None,
+            no_keep_compressed: bool, no_xattrs: bool, artifact_type: str | None,
+            platform: str | None, keep_all: bool, with_referrers: bool,
+            policy_path: Path | None, as_json: bool, **connection: Any) -> None:
     """Import an artifact: a directory, files, oci:PATH[:TAG], ollama:[PATH][/model:tag],
     hf:[CACHE][/org/name[@revision]], docker://REF (pulled under the trust policy, as
-    cas pull does) or dump:PATH (a composefs dumpfile, whose objects must be in the
-    store already).
+    cas pull does, with the same registry options) or dump:PATH (a composefs dumpfile,
+    whose objects must be in the store already).
 
     A source of many artifacts (an Ollama store, a Hugging Face cache) is imported one
     artifact at a time: each that fails is reported on stderr and skipped, and the exit
     code is 9 if any did."""
     from cas.ops import artifacts
-    gate = None
+    fetching = artifacts.Fetching(
+        registry_settings(platform=platform, **connection),
+        keep_all=keep_all, with_referrers=with_referrers,
+        keep_compressed=not no_keep_compressed)
     if any(s.startswith("docker:") for s in sources):
         from cas.integrity import policy
         from cas.transport.sigstore import PolicyGate
-        gate = PolicyGate(policy.load(policy_path))
+        fetching = dataclasses.replace(fetching, gate=PolicyGate(policy.load(policy_path)))
     with obj.open_store() as store, store.write_errors():
         records = run_with_progress("import", None, lambda progress: artifacts.import_artifacts(
-            store, list(sources), name, keep_compressed=not no_keep_compressed, gate=gate,
-            xattrs=not no_xattrs, progress=progress), show=not as_json)
+            store, list(sources), name, fetching=fetching, xattrs=not no_xattrs,
+            artifact_type=artifact_type, progress=progress), show=not as_json)
     emit(as_json, [r.to_json() for r in records],
          "\n".join(f"{r.name}  {r.image}" for r in records))
     for failure in records.failures:
@@ -78,19 +93,25 @@ def import_(obj: Context, sources: tuple[str, ...], name: str | None, no_keep_co
 @click.option("--link", type=click.Choice(LINK_MODES), default="auto",
               show_default=True, help="How ollama: and hf: blobs are made from objects "
               "(hardlink: the store's read-only objects themselves).")
+@referrers_option
+@registry_options
 @json_option
 @click.pass_obj
-def export(obj: Context, name: str, destination: str, link: str, as_json: bool) -> None:
-    """Export artifact NAME to oci:PATH[:TAG], ollama:PATH[/model:tag] (a new model name:
-    a rename), hf:CACHE, tar:PATH (a reproducible tar layer of its tree: sorted, mtime 0,
+def export(obj: Context, /, name: str, destination: str, link: str, with_referrers: bool,
+           as_json: bool, **connection: Any) -> None:
+    """Export artifact NAME to oci:PATH[:TAG] (Docker schema 2 manifests become OCI ones
+    there), docker://REF (as cas push), ollama:PATH[/model:tag] (a new model name: a
+    rename), hf:CACHE, tar:PATH (a reproducible tar layer of its tree: sorted, mtime 0,
     uid/gid 0), dump:PATH (its composefs dumpfile, as composefs-info dump prints it) or
     composefs:PATH (its composefs image, as mkcomposefs writes it)."""
     from cas.core.linkmode import LinkMode
     from cas.ops import artifacts
     mode = LinkMode(link)
+    options = registry_settings(**connection)
     with obj.open_store() as store:
         result = run_with_progress("export", None, lambda progress: artifacts.export_artifact(
-            store, name, destination, link=mode, progress=progress), show=not as_json)
+            store, name, destination, link=mode, registry_options=options,
+            with_referrers=with_referrers, progress=progress), show=not as_json)
     human = f"exported {result['name']} to {destination}"
     if "methods" in result:
         human += f": {result['files']} blobs ({result['bytes']} bytes), " + ", ".join(

@@ -171,6 +171,27 @@ def registry_settings(*, insecure: bool, insecure_hosts: tuple[str, ...], userna
                    blob_timeout=parse_duration(blob_timeout), min_rate=parse_size(min_rate))
 
 
+def keep_options(fn: F) -> F:
+    """``--platform``, ``--all``, ``--with-referrers``: what a pull keeps of what it finds."""
+    for option in reversed([
+            click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+                         help="The manifest of an index to use (default: this machine's)."),
+            click.option("--all", "keep_all", is_flag=True,
+                         help="Keep a whole index: every platform's manifest and blobs "
+                         "(the tree is the --platform one's; push gives the same index)."),
+            referrers_option]):
+        fn = option(fn)
+    return fn
+
+
+def referrers_option(fn: F) -> F:
+    """``--with-referrers``: carry the manifests that refer to the artifact's."""
+    return click.option("--with-referrers", is_flag=True,
+                        help="Also carry what refers to the manifest: referrers (API or "
+                        "sha256-<hex> index) and sha256-<hex>.sig/.att/.sbom "
+                        "attachments.")(fn)
+
+
 POLICY_HELP = ("Trust policy, containers-policy.json(5) (default: ~/.config/containers/"
                "policy.json, else /etc/containers/policy.json).")
 

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cas import errors
-from cas.cli.common import Context, cli, emit, json_option, parse_size, policy_option, verity_line
+from cas.cli.common import (
+    Context,
+    cli,
+    emit,
+    json_option,
+    parse_size,
+    policy_option,
+    registry_options,
+    registry_settings,
+    verity_line,
+)
 from cas.cli.progress import run_with_progress
 
 
@@ -148,17 +159,21 @@ def verify(obj: Context, mode: str, max_duration: str | None, max_bytes: str | N
 
 @cli.command()
 @click.option("--from", "source", metavar="SOURCE",
-              help="A cas store path, oci:PATH or ollama:PATH holding good copies.")
+              help="A cas store path, oci:PATH, ollama:PATH or docker://REF holding good "
+              "copies.")
+@registry_options
 @json_option
 @click.pass_obj
-def repair(obj: Context, source: str | None, as_json: bool) -> None:
+def repair(obj: Context, /, source: str | None, as_json: bool, **connection: Any) -> None:
     """Fix what can be fixed in place (object files with a write bit get mode 0444) and
     restore damaged objects from SOURCE (digests checked before they enter the store);
-    exit 6 if some remain damaged (always, without --from, while any is marked)."""
+    exit 6 if some remain damaged (always, without --from, while any is marked).  A
+    registry (docker://REF) serves the blobs of REF's repository by digest."""
     from cas.integrity.verify_state import sweep_lock
     from cas.ops.repair import repair as repair_store
+    options = registry_settings(**connection)
     with obj.open_store() as store, store.write_errors(), sweep_lock(store):
-        report = repair_store(store, source)
+        report = repair_store(store, source, options)
     emit(as_json, report.to_json(), report.human())
     if not report.complete:
         raise click.exceptions.Exit(errors.PROBLEMS_FOUND)

@@ -13,7 +13,9 @@ from cas.cli.common import (
     complete_names,
     emit,
     json_option,
+    keep_options,
     policy_option,
+    referrers_option,
     registry_options,
     registry_settings,
 )
@@ -23,14 +25,16 @@ from cas.errors import printable
 
 @cli.command()
 @click.argument("ref", metavar="REF")
-@click.option("--name", "-n", help="Name for the artifact (default: HOST/REPO:TAG).")
-@click.option("--platform", metavar="OS/ARCH", help="Pick this platform from an index.")
+@click.option("--name", "-n", help="Name for the artifact (default: HOST/REPO:TAG; "
+              "HOST/REPO:sha256-HEX for REPO@sha256:HEX).")
+@keep_options
 @policy_option
 @registry_options
 @json_option
 @click.pass_obj
-def pull(obj: Context, /, ref: str, name: str | None, platform: str | None,
-         policy_path: Path | None, as_json: bool, **connection: Any) -> None:
+def pull(obj: Context, /, ref: str, name: str | None, platform: str | None, keep_all: bool,
+         with_referrers: bool, policy_path: Path | None, as_json: bool,
+         **connection: Any) -> None:
     """Pull REF ([docker://]HOST[:PORT]/REPO[:TAG|@sha256:...]) from a registry and name it.
 
     The trust policy judges the manifest and its sigstore signatures before anything is
@@ -41,7 +45,8 @@ def pull(obj: Context, /, ref: str, name: str | None, platform: str | None,
     gate = sigstore.PolicyGate(policy.load(policy_path))
     with obj.open_store() as store, store.write_errors():
         record = run_with_progress("pull", None, lambda progress: registry.pull(
-            store, ref, name, options, progress, gate=gate), show=not as_json)
+            store, ref, name, options, progress, gate=gate, keep_all=keep_all,
+            with_referrers=with_referrers), show=not as_json)
     assert gate.verdict is not None
     trust = {**gate.verdict.to_json(), "signatures": len(gate.signatures)}
     emit(as_json, {**record.to_json(), "trust": trust},
@@ -54,20 +59,26 @@ def pull(obj: Context, /, ref: str, name: str | None, platform: str | None,
 @click.argument("ref", metavar="REF")
 @click.option("--mount-from", metavar="REPO",
               help="Mount blobs the registry holds in REPO instead of uploading them.")
+@referrers_option
 @registry_options
 @json_option
 @click.pass_obj
-def push(obj: Context, /, name: str, ref: str, mount_from: str | None, as_json: bool,
-         **connection: Any) -> None:
-    """Push artifact NAME to REF (same manifest, same digests as it was imported with),
-    then its stored signatures (the sha256-<hex>.sig attachment, as skopeo writes it)."""
+def push(obj: Context, /, name: str, ref: str, mount_from: str | None, with_referrers: bool,
+         as_json: bool, **connection: Any) -> None:
+    """Push artifact NAME to REF, then its stored signatures (the sha256-<hex>.sig
+    attachment, as skopeo writes it).
+
+    An OCI import or pull pushes the same manifest (or index), digest for digest; an
+    Ollama model the manifest ollama push sends; a tree an OCI artifact as oras push
+    makes one (a layer per file, titled by its path).  Without a tag in REF, NAME's tag
+    is used (a NAME:sha256-HEX goes by digest)."""
     from cas.ops import artifacts
     options = registry_settings(**connection)
     with obj.open_store() as store:
         record = store.names.get(name)
         digest, count = run_with_progress("push", None, lambda progress: artifacts.push(
-            store, record, ref, options, mount_from=mount_from, progress=progress),
-            show=not as_json)
+            store, record, ref, options, mount_from=mount_from,
+            with_referrers=with_referrers, progress=progress), show=not as_json)
     emit(as_json, {"name": record.name, "destination": ref, "digest": digest,
                    "signatures": count},
          f"pushed {record.name} to {ref} ({digest}, {count} signatures attached)")

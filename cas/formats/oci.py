@@ -1,191 +1,91 @@
-"""OCI image layouts: import one manifest into the store, export it back bit for bit.
+"""OCI image layouts: import one artifact into the store, export it back bit for bit.
 
 A layout (image-spec ``image-layout.md``) is ``oci-layout``, ``index.json`` and
 ``blobs/<alg>/<hex>``.  It is untrusted input: it is opened once, every file is reached
 from a directory descriptor with ``O_NOFOLLOW`` (a symlinked blob is an error), every
-JSON document is size-capped and parsed strictly, every digest is checked by grammar, and
-every blob is hashed while it is read — a wrong digest or size is ``ContentMismatch``.
+JSON document is size-capped and parsed strictly (``cas.formats.ocidoc``), every digest
+is checked by grammar, and every blob is hashed while it is read — a wrong digest or size
+is ``ContentMismatch``.  A registry pull (``cas.transport.registry``) stores the blobs
+first and then runs the same importer over them (``import_stored``).
 
 Import stores the manifest and config bytes as objects, every non-tar layer as one object
 (an artifact: a GGUF file, an Ollama layer; a file of the tree named by its
-``org.opencontainers.image.title``), and unpacks tar layers into the tree
-(``cas.formats.tarlayer``), keeping a tar-split per layer and, by default, the compressed blob.
-The returned image's ``source`` says how to write the same blobs again::
+``org.opencontainers.image.title``, a path such as ``docs/README.txt``), unpacks tar
+layers into the tree (``cas.formats.tarlayer``), keeping a tar-split per layer and, by
+default, the compressed blob, and unpacks ORAS directory layers below their titles
+(``cas.formats.oras``).  A manifest in Ollama's format becomes an Ollama model
+(``cas.formats.ollama.stored_model``).  The returned image's ``source`` says how to write
+the same blobs again — a *node*::
 
     {"type": "oci", "version": 1,
      "descriptor": {...},        the index.json entry (mediaType, digest, size,
                                  annotations, platform, artifactType, urls)
      "manifest": BLOB, "config": BLOB,
      "layers": [BLOB + {"diff_id": hex, "tar_split": hex}   (tar layers)
-                | BLOB, ...]}                               (other layers)
+                | BLOB, ...]                                (other layers)
+     "referrers": [NODE + {"subject": hex[, "tag": str]}]}  (--with-referrers)
+    or, for an index kept whole (``keep_all``), "manifest": BLOB, "manifests": [NODE, ...]
     BLOB = {"digest": <64 hex>, "size": int, "media_type": str}
 
-Every hex string names a blob of ``image.blobs``.  Export writes each blob from its
-object (an uncompressed tar layer from its tar-split), checks its sha256 while writing,
-publishes it by rename, and only then adds the manifest to ``index.json``.  A manifest
-reached through a nested index is exported as a direct entry of ``index.json``.
+Every hex string names a blob of ``image.blobs``.  Export writes what the image publishes
+as (``cas.formats.ociplan``; Docker documents rewritten as OCI by
+``cas.formats.ociconvert``): each blob from its object, tar-split or bytes, its sha256
+checked while writing, published by rename, and only then the top manifest added to
+``index.json``.  A manifest reached through a nested index is exported as a direct entry
+of ``index.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import platform
-import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from cas.core import fsio, hashing, strictjson, userpath
-from cas.core.digest import ObjectId, Sha256, is_hex64
+from cas.core import fsio, hashing, userpath
+from cas.core.digest import ObjectId, Sha256
 from cas.core.hashing import Digests, Progress
-from cas.core.image import INLINE_MAX, MAX_MEDIA_TYPE, MAX_SIZE, Blob, Image, build, file_entry
+from cas.core.image import INLINE_MAX, Blob, Image, build, file_entry
 from cas.core.store import AddResult, Batch, Expected, Store
-from cas.core.treepath import case_collisions, check_name
-from cas.errors import BadImage, BadLayout, BadPath, CasError, ContentMismatch, listing
-from cas.formats import tarlayer
+from cas.core.treepath import case_collisions, check_path
+from cas.errors import BadLayout, BadPath, CasError, ContentMismatch, listing
+from cas.formats import ociconvert, ociplan, ollama, oras, tarlayer
+from cas.formats.ocidoc import MAX_JSON, Descriptor, no_platform, parse_digest, pick_platform
+from cas.formats.ocidoc import diff_ids as _diff_ids
+from cas.formats.ocidoc import get_field as _get
+from cas.formats.ocidoc import load_json as _load_json
+from cas.formats.ocidoc import parse_descriptor as _descriptor
+from cas.formats.ocidoc import parse_descriptors as _descriptors
+from cas.formats.ocidoc import parse_document as _document
+from cas.formats.ocidoc import read_capped as _read_capped
+from cas.formats.ociplan import export_plan, manifest_of, referrer_plans
+from cas.formats.ocitypes import (
+    CONTENT_DIGEST,
+    IMAGE_CONFIG_TYPES,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    REF_NAME,
+    TITLE,
+    PlannedBlob,
+    blob_chunks,
+    check_object,
+)
+from cas.formats.ollama_names import ModelRef
 from cas.formats.tarlayer import COMPRESSION, LayerResult, Limits, Reader, Tree
 
-__all__ = ["DEFAULT_LIMITS", "export_layout", "import_layout", "import_stored"]
+__all__ = ["DEFAULT_LIMITS", "MAX_JSON", "Descriptor", "blob_chunks", "export_layout",
+           "export_plan", "import_layout", "import_stored", "manifest_of", "no_platform",
+           "parse_digest", "pick_platform", "referrer_plans"]
 
-MAX_JSON = 4 << 20
-MAX_NESTING = 4
+MAX_NESTING = ociplan.MAX_NESTING
+MAX_DOCUMENTS = 1024  # manifests and indexes one artifact may keep (--all, referrers)
 LAYOUT_VERSION = "1.0.0"
-REF_NAME = "org.opencontainers.image.ref.name"
-TITLE = "org.opencontainers.image.title"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-INDEX_TYPES = {OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"}
-MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v2+json"}
-IMAGE_CONFIG_TYPES = {"application/vnd.oci.image.config.v1+json",
-                      "application/vnd.docker.container.image.v1+json"}
 DEFAULT_LIMITS = Limits()
-_DIGEST = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
-_DESCRIPTOR_FIELDS = ("mediaType", "digest", "size", "annotations", "platform",
-                      "artifactType", "urls")
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}  # uname -m → OCI name
-
-
-# -- documents: strict JSON, descriptors ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    media_type: str
-    sha256: Sha256
-    size: int
-    annotations: dict[str, str]
-    doc: dict[str, Any]  # the validated JSON form, to write back into an index
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.sha256
-
-    def blob_record(self) -> dict[str, Any]:
-        return {"digest": self.sha256, "size": self.size, "media_type": self.media_type}
-
-    def with_ref_name(self, name: str | None) -> Descriptor:
-        if name is None:
-            return self
-        annotations = {**self.annotations, REF_NAME: name}
-        return Descriptor(self.media_type, self.sha256, self.size, annotations,
-                          {**self.doc, "annotations": annotations})
-
-
-def _load_json(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        return strictjson.load_object(data)
-    except ValueError as exc:
-        raise BadLayout(path=where, reason=f"malformed JSON: {exc}") from None
-
-
-def _get(doc: dict[str, Any], key: str, kind: type, where: str, *, required: bool = True) -> Any:
-    value = doc.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        shown = repr(value)[:100]
-        raise BadLayout(path=where, reason=f"{key}: expected a {kind.__name__}, got {shown}")
-    return value
-
-
-def parse_digest(text: str, where: str) -> Sha256:
-    """An OCI digest by the spec's grammar; only sha256 is supported here."""
-    match = _DIGEST.fullmatch(text)
-    if match is None:
-        raise BadLayout(path=where, reason=f"malformed digest {text[:80]!r}")
-    algorithm, encoded = match.groups()
-    if algorithm == "sha256" and is_hex64(encoded):
-        return Sha256(encoded)
-    if algorithm == "sha256":
-        raise BadLayout(path=where, reason=f"{text!r}: sha256 needs 64 lowercase hex digits")
-    if algorithm == "sha512" and re.fullmatch(r"[0-9a-f]{128}", encoded):
-        raise BadLayout(path=where, reason=f"{text[:20]}…: sha512 digests are valid OCI but "
-                        "not supported by cas")
-    raise BadLayout(path=where, reason=f"unsupported digest algorithm {algorithm!r}")
-
-
-def _descriptor(value: Any, where: str) -> Descriptor:
-    if not isinstance(value, dict):
-        raise BadLayout(path=where, reason="a descriptor must be a JSON object")
-    media_type = _get(value, "mediaType", str, where)
-    if len(media_type) > MAX_MEDIA_TYPE:
-        raise BadLayout(path=where, reason=f"mediaType longer than {MAX_MEDIA_TYPE} characters")
-    sha = parse_digest(_get(value, "digest", str, where), where)
-    size = _get(value, "size", int, where)
-    if not 0 <= size <= MAX_SIZE:
-        raise BadLayout(path=where, reason=f"size {size} is negative or too large")
-    annotations = _get(value, "annotations", dict, where, required=False) or {}
-    platform_doc = _get(value, "platform", dict, where, required=False) or {}
-    urls = _get(value, "urls", list, where, required=False) or []
-    _get(value, "artifactType", str, where, required=False)
-    strings = [*annotations, *annotations.values(), *platform_doc, *urls]
-    for item in platform_doc.values():
-        strings.extend(item if isinstance(item, list) else [item])
-    if not all(isinstance(s, str) for s in strings):
-        raise BadLayout(path=where, reason="annotations, platform and urls hold strings only")
-    doc = {key: value[key] for key in _DESCRIPTOR_FIELDS if key in value}
-    return Descriptor(media_type, sha, size, annotations, doc)
-
-
-def _document(data: bytes, where: str, media_type: str | None) -> dict[str, Any]:
-    """An index or manifest: schemaVersion 2, and its own mediaType (if any) as declared."""
-    doc = _load_json(data, where)
-    if doc.get("schemaVersion") != 2:
-        raise BadLayout(path=where, reason=f"schemaVersion {doc.get('schemaVersion')!r}, not 2")
-    own = _get(doc, "mediaType", str, where, required=False)
-    if media_type is not None and own is not None and own != media_type:
-        raise BadLayout(path=where, reason=f"mediaType {own!r} does not match the "
-                        f"descriptor's {media_type!r}")
-    return doc
-
-
-def _descriptors(doc: dict[str, Any], key: str, where: str) -> list[Descriptor]:
-    items = _get(doc, key, list, where)
-    return [_descriptor(item, f"{where} {key}[{i}]") for i, item in enumerate(items)]
-
-
-def _diff_ids(data: bytes, count: int, where: str) -> list[Sha256]:
-    rootfs = _get(_load_json(data, where), "rootfs", dict, where)
-    diff_ids = _get(rootfs, "diff_ids", list, where)
-    if len(diff_ids) != count or not all(isinstance(d, str) for d in diff_ids):
-        raise BadLayout(path=where, reason=f"rootfs.diff_ids must list {count} digests")
-    return [parse_digest(d, where) for d in diff_ids]
-
-
-def _read_capped(dir_fd: int, name: str, where: str) -> bytes:
-    try:
-        return fsio.read_small(dir_fd, name, MAX_JSON)
-    except FileNotFoundError:
-        raise BadLayout(path=where, reason="missing") from None
-    except OSError as exc:
-        reason = (f"over the {MAX_JSON}-byte limit" if exc.errno == errno.EFBIG
-                  else exc.strerror or str(exc))
-        raise BadLayout(path=where, reason=reason) from None
 
 
 # -- layout directories ---------------------------------------------------------------------
@@ -315,16 +215,20 @@ class _VerifiedReader:
 
 
 def import_layout(store: Store, layout: Path, tag: str | None, *, keep_compressed: bool = True,
-                  limits: Limits = DEFAULT_LIMITS, progress: Progress | None = None) -> Image:
+                  limits: Limits = DEFAULT_LIMITS, keep_all: bool = False,
+                  platform: str | None = None, progress: Progress | None = None) -> Image:
     """Import the manifest tagged ``tag`` (or the only one) and return its image.
 
-    Nothing is named: the caller stores the image and names it, so a failure here leaves
-    at most unreferenced objects (each under its true digest) for GC.  ``progress``
-    counts the layers' bytes (a tar layer's once it is unpacked).
+    An index is resolved to the manifest for ``platform`` (``os/arch[/variant]``, default
+    this machine); with ``keep_all`` it is kept whole (every manifest and blob) and that
+    manifest gives the tree.  Nothing is named: the caller stores the image and names it,
+    so a failure here leaves at most unreferenced objects (each under its true digest)
+    for GC.  ``progress`` counts the layers' bytes (a tar layer's once it is unpacked).
     """
     with _Layout(Path(layout), create=False) as reader:
-        return _Importer(store, reader, keep_compressed, limits, progress).run(
-            _select(reader, tag))
+        desc = _select(reader, tag, keep_all, platform)
+        return _Importer(store, reader, keep_compressed, limits, platform, "oci-layout",
+                         progress).run(desc)
 
 
 class _StoredBlobs:
@@ -371,16 +275,27 @@ class _StoredBlobs:
 
 
 def import_stored(store: Store, descriptor: dict[str, Any], where: str, *,
-                  keep_compressed: bool = True, limits: Limits = DEFAULT_LIMITS) -> Image:
-    """Import the manifest ``descriptor`` names when it and all its blobs are already in
-    the store (``cas.transport.registry`` fetches them first); ``where`` names the source in errors.
-    As with ``import_layout``, nothing is named."""
+                  keep_compressed: bool = True, limits: Limits = DEFAULT_LIMITS,
+                  platform: str | None = None,
+                  referrers: Sequence[tuple[dict[str, Any], Sha256, str | None]] = (),
+                  ollama_name: ModelRef | None = None) -> Image:
+    """Import the manifest or index ``descriptor`` names when it and all its blobs are
+    already in the store (``cas.transport.registry`` fetches them first); ``where`` names
+    the source in errors.  An index is kept whole, its manifest for ``platform`` giving
+    the tree.  ``referrers`` — (descriptor, subject, tag) of manifests that refer to it,
+    also fetched — are kept beside it.  A model in Ollama's format is named
+    ``ollama_name`` for Ollama.  As with ``import_layout``, nothing is named."""
     desc = _descriptor(descriptor, where)
-    return _Importer(store, _StoredBlobs(store, where), keep_compressed, limits).run(desc)
+    importer = _Importer(store, _StoredBlobs(store, where), keep_compressed, limits, platform,
+                         "registry")
+    return importer.run(desc, [(_descriptor(d, where), subject, tag)
+                               for d, subject, tag in referrers], ollama_name)
 
 
-def _select(layout: _Layout, tag: str | None) -> Descriptor:
-    """The manifest named by ``tag`` (or the only one), through nested indexes."""
+def _select(layout: _Layout, tag: str | None, keep_all: bool,
+            wanted: str | None) -> Descriptor:
+    """The manifest named by ``tag`` (or the only one), through nested indexes — or,
+    with ``keep_all``, the index itself."""
     entries = layout.index()
     tags = sorted({d.annotations[REF_NAME] for d in entries if REF_NAME in d.annotations})
     known = f"tags: {listing(tags) or 'none'}; {len(entries)} entries"
@@ -393,30 +308,19 @@ def _select(layout: _Layout, tag: str | None) -> Descriptor:
         raise BadLayout(path=layout.path, reason=f"{reason} ({known})")
     desc = matches[0]
     for _ in range(MAX_NESTING):
-        if desc.media_type in MANIFEST_TYPES:
+        if desc.media_type in MANIFEST_TYPES or (keep_all and desc.media_type in INDEX_TYPES):
             return desc
         where = layout.where(desc)
         if desc.media_type not in INDEX_TYPES:
             raise BadLayout(path=where, reason=f"media type {desc.media_type!r} is neither "
                             "an image manifest nor an index")
         doc = _document(layout.read_document(desc, "index"), where, desc.media_type)
-        inner = _pick_platform(_descriptors(doc, "manifests", where), where)
-        desc = inner.with_ref_name(desc.annotations.get(REF_NAME))
+        inner = _descriptors(doc, "manifests", where)
+        chosen = pick_platform(inner, wanted)
+        if chosen is None:
+            raise BadLayout(path=where, reason=no_platform(inner, wanted))
+        desc = chosen.with_ref_name(desc.annotations.get(REF_NAME))
     raise BadLayout(path=layout.path, reason=f"indexes nested more than {MAX_NESTING} deep")
-
-
-def _pick_platform(entries: list[Descriptor], where: str) -> Descriptor:
-    """The only entry, else the only one for this machine's platform."""
-    arch = _ARCH.get(platform.machine(), platform.machine())
-    platforms = [d.doc.get("platform", {}) for d in entries]
-    host = [d for d, p in zip(entries, platforms, strict=True)
-            if p.get("os") == "linux" and p.get("architecture") == arch]
-    for candidates in (entries, host):
-        if len(candidates) == 1:
-            return candidates[0]
-    found = ", ".join(f"{p.get('os')}/{p.get('architecture')}" for p in platforms)
-    raise BadLayout(path=where, reason=f"no single manifest for linux/{arch} among "
-                    f"[{found}]")
 
 
 def _is_tar(layer: Descriptor) -> bool:
@@ -426,13 +330,27 @@ def _is_tar(layer: Descriptor) -> bool:
 
 
 def _check_titles(layers: list[Descriptor]) -> None:
-    """Titles become file names: each a safe single component, unique even ignoring case."""
+    """Titles become tree paths: each safe (every component checked), unique, no file
+    where another needs a directory, and none differing from another only in case."""
     titles = [d.annotations[TITLE] for d in layers if TITLE in d.annotations]
-    for i, title in enumerate(titles):
-        check_name(title, what="layer title")
-        if title in titles[:i]:
+    files = {d.annotations[TITLE] for d in layers
+             if TITLE in d.annotations and not oras.is_directory(d.annotations)}
+    seen: set[str] = set()
+    for title in titles:
+        check_path(title, what="layer title")
+        if title in seen:
             raise BadPath(what="layer title", path=title, reason="duplicate title")
-    collisions = case_collisions(titles)
+        seen.add(title)
+    paths = set(seen)
+    for title in titles:
+        parent = title.rpartition("/")[0]
+        while parent:
+            if parent in files:
+                raise BadPath(what="layer title", path=title,
+                              reason=f"{parent!r} is a file of another layer")
+            paths.add(parent)
+            parent = parent.rpartition("/")[0]
+    collisions = case_collisions(sorted(paths))
     if collisions:
         first, second = collisions[0]
         raise BadPath(what="layer title", path=second,
@@ -440,23 +358,90 @@ def _check_titles(layers: list[Descriptor]) -> None:
 
 
 @dataclass
+class _Manifest:
+    """A manifest read and parsed (nothing stored yet)."""
+
+    desc: Descriptor
+    data: bytes
+    config: Descriptor
+    layers: list[Descriptor]
+    names: list[str | None]  # each layer's "name" field (Ollama's), if it is a string
+
+    @property
+    def ollama_layers(self) -> bool:
+        """Is every layer an untitled Ollama layer (named as an Ollama store names it)?"""
+        return ollama.is_model_layers([(d.media_type, TITLE in d.annotations)
+                                       for d in self.layers])
+
+    def titles(self) -> list[str | None]:
+        """The tree path of each layer: its title, or for Ollama layers the file name an
+        Ollama store import gives it (``model.gguf``, ``template``, a layer's name)."""
+        if not self.ollama_layers:
+            return [d.annotations.get(TITLE) for d in self.layers]
+        return list(ollama.layer_paths([ollama.Descriptor(d.media_type, d.sha256, d.size, name)
+                                        for d, name in zip(self.layers, self.names,
+                                                           strict=True)]))
+
+
+@dataclass
 class _Importer:
+    """Builds one image: the tree from one manifest, every other document and blob of the
+    artifact (an index's other manifests, referrers) kept as blobs beside it."""
+
     store: Store
     layout: _Layout | _StoredBlobs
     keep_compressed: bool
     limits: Limits
+    platform: str | None = None  # which manifest of an index gives the tree
+    origin: str = "oci-layout"   # where the documents come from (Ollama's push keeps them)
     progress: Progress | None = None
     blobs: list[Blob] = field(default_factory=list)
     members: list[AddResult] = field(default_factory=list)
     tree: Tree = field(default_factory=Tree)
+    documents: int = 0
 
-    def run(self, desc: Descriptor) -> Image:
-        """The manifest, config and titles are all checked before anything is stored."""
-        manifest_bytes = self.layout.read_document(desc, "manifest")
+    def run(self, desc: Descriptor, referrers: Sequence[tuple[Descriptor, Sha256, str | None]]
+            = (), ollama_name: ModelRef | None = None) -> Image:
+        """Every manifest is checked (titles too) before its blobs are stored."""
+        extra: dict[str, Any] = {}
+        if referrers:
+            extra["referrers"] = [{**self._node(d, 1), "subject": subject,
+                                   **({"tag": tag} if tag else {})}
+                                  for d, subject, tag in referrers]
+        if desc.media_type in INDEX_TYPES:
+            record = self._index(desc, 1)
+        else:
+            manifest = self._read(desc)
+            if desc.media_type == ollama.MANIFEST_MEDIA_TYPE and manifest.ollama_layers:
+                return self._ollama_model(manifest, ollama_name, extra)
+            record = self._manifest(manifest)
+        entries = self.tree.entries()
+        in_tree = {e.object_id for e in entries}
+        hidden = [Blob(m.sha256, m.object_id, m.size, tarlayer.MEMBER_MEDIA_TYPE)
+                  for m in self.members if m.object_id not in in_tree]
+        return build(entries, hidden + self.blobs,
+                     {"type": "oci", "version": 1, **record, **extra})
+
+    def _read(self, desc: Descriptor) -> _Manifest:
+        self._count(desc)
+        data = self.layout.read_document(desc, "manifest")
         where = self.layout.where(desc)
-        doc = _document(manifest_bytes, where, desc.media_type)
-        config = _descriptor(doc.get("config"), f"{where} config")
+        doc = _document(data, where, desc.media_type)
         layers = _descriptors(doc, "layers", where)
+        names = [raw.get("name") if isinstance(raw.get("name"), str) else None
+                 for raw in doc["layers"]]
+        return _Manifest(desc, data, _descriptor(doc.get("config"), f"{where} config"),
+                         layers, names)
+
+    def _count(self, desc: Descriptor) -> None:
+        self.documents += 1
+        if self.documents > MAX_DOCUMENTS:
+            raise BadLayout(path=self.layout.where(desc),
+                            reason=f"more than {MAX_DOCUMENTS} manifests and indexes")
+
+    def _manifest(self, manifest: _Manifest) -> dict[str, Any]:
+        """The manifest that gives the tree: its layers unpacked or named by title."""
+        config, layers = manifest.config, manifest.layers
         config_bytes = self.layout.read_document(config, "config")
         _check_titles(layers)
         diff_ids: list[Sha256 | None] = [None] * len(layers)
@@ -465,31 +450,84 @@ class _Importer:
             diff_ids = [*_diff_ids(config_bytes, len(layers), self.layout.where(config))]
         if self.progress is not None:
             self.progress.expect(sum(d.size for d in layers))
-        self._keep(self.store.add_bytes(manifest_bytes), desc.media_type)
+        self._keep(self.store.add_bytes(manifest.data), manifest.desc.media_type)
         self._keep(self.store.add_bytes(config_bytes), config.media_type)
         records = []
-        for layer, diff_id in zip(layers, diff_ids, strict=True):
+        for layer, diff_id, title in zip(layers, diff_ids, manifest.titles(), strict=True):
             self.tree.next_layer()
-            records.append(self._tar_layer(layer, diff_id) if _is_tar(layer)
-                           else self._file_layer(layer))
-        entries = self.tree.entries()
-        in_tree = {e.object_id for e in entries}
-        hidden = [Blob(m.sha256, m.object_id, m.size, tarlayer.MEMBER_MEDIA_TYPE)
-                  for m in self.members if m.object_id not in in_tree]
-        source = {"type": "oci", "version": 1, "descriptor": desc.doc,
-                  "manifest": desc.blob_record(), "config": config.blob_record(),
-                  "layers": records}
-        return build(entries, hidden + self.blobs, source)
+            records.append(self._directory_layer(layer) if oras.is_directory(layer.annotations)
+                           else self._tar_layer(layer, diff_id) if _is_tar(layer)
+                           else self._file_layer(layer, title))
+        return {"descriptor": manifest.desc.doc, "manifest": manifest.desc.blob_record(),
+                "config": config.blob_record(), "layers": records}
+
+    def _index(self, desc: Descriptor, depth: int) -> dict[str, Any]:
+        """An index kept whole: the manifest for the platform gives the tree (if exactly
+        one matches), every other one is kept as blobs."""
+        if depth > MAX_NESTING:
+            raise BadLayout(path=self.layout.where(desc),
+                            reason=f"indexes nested more than {MAX_NESTING} deep")
+        self._count(desc)
+        data = self.layout.read_document(desc, "index")
+        where = self.layout.where(desc)
+        children = _descriptors(_document(data, where, desc.media_type), "manifests", where)
+        self._keep(self.store.add_bytes(data), desc.media_type)
+        chosen = pick_platform(children, self.platform)
+        records = []
+        for child in children:
+            if child is not chosen:
+                records.append(self._node(child, depth + 1))
+            elif child.media_type in INDEX_TYPES:
+                records.append(self._index(child, depth + 1))
+            else:
+                records.append(self._manifest(self._read(child)))
+        return {"descriptor": desc.doc, "manifest": desc.blob_record(), "manifests": records}
+
+    def _node(self, desc: Descriptor, depth: int) -> dict[str, Any]:
+        """A manifest or index kept as it is: its documents and blobs, nothing unpacked."""
+        if depth > MAX_NESTING:
+            raise BadLayout(path=self.layout.where(desc),
+                            reason=f"indexes nested more than {MAX_NESTING} deep")
+        record = {"descriptor": desc.doc, "manifest": desc.blob_record()}
+        if desc.media_type in INDEX_TYPES:
+            self._count(desc)
+            data = self.layout.read_document(desc, "index")
+            where = self.layout.where(desc)
+            children = _descriptors(_document(data, where, desc.media_type), "manifests", where)
+            self._keep(self.store.add_bytes(data), desc.media_type)
+            return {**record, "manifests": [self._node(d, depth + 1) for d in children]}
+        if desc.media_type not in MANIFEST_TYPES:
+            raise BadLayout(path=self.layout.where(desc), reason=f"media type "
+                            f"{desc.media_type!r} is neither an image manifest nor an index")
+        manifest = self._read(desc)
+        self._keep(self.store.add_bytes(manifest.data), desc.media_type)
+        for blob in (manifest.config, *manifest.layers):
+            self._keep(self.layout.add_blob(self.store, blob, "blob"), blob.media_type)
+        return {**record, "config": manifest.config.blob_record(),
+                "layers": [d.blob_record() for d in manifest.layers]}
+
+    def _ollama_model(self, manifest: _Manifest, name: ModelRef | None,
+                      extra: dict[str, Any]) -> Image:
+        """A model in Ollama's format: named and exportable as Ollama names it."""
+        added = {manifest.desc.sha256: self.store.add_bytes(manifest.data)}
+        for blob in (manifest.config, *manifest.layers):
+            added[blob.sha256] = self.layout.add_blob(self.store, blob, "blob")
+        return ollama.stored_model(self.store, manifest.data, added, name,
+                                   self.layout.where(manifest.desc), origin=self.origin,
+                                   **extra)
 
     def _keep(self, added: AddResult, media_type: str) -> None:
         self.blobs.append(Blob(added.sha256, added.object_id, added.size, media_type))
 
-    def _file_layer(self, desc: Descriptor) -> dict[str, Any]:
-        """A non-tar layer: one object, and a file in the tree if it has a title."""
+    def _file_layer(self, desc: Descriptor, title: str | None) -> dict[str, Any]:
+        """A non-tar layer: one object, and a file of the tree if it has a title (which
+        no other layer may have written: an ORAS directory, a tar layer)."""
         added = self.layout.add_blob(self.store, desc, "layer", self.progress)
         self._keep(added, desc.media_type)
-        title = desc.annotations.get(TITLE)
         if title is not None:
+            if self.tree.get(title) is not None:
+                raise BadPath(what="layer title", path=title, reason="another layer "
+                              "already wrote it")
             data = None
             if added.size <= INLINE_MAX:
                 with self.store.open_object(added.object_id) as f:
@@ -498,13 +536,26 @@ class _Importer:
                                      sha256=added.sha256, data=data))
         return desc.blob_record()
 
-    def _tar_layer(self, desc: Descriptor, diff_id: Sha256 | None) -> dict[str, Any]:
-        """Unpack a tar layer; its members and tar-split are published (one batch) only
-        once the layer's digest and diff_id are proven."""
-        compression = COMPRESSION[desc.media_type]
+    def _directory_layer(self, desc: Descriptor) -> dict[str, Any]:
+        """An ORAS directory (tar+gzip): unpacked as a tar layer into a tree of its own,
+        checked against its uncompressed digest, merged below its title."""
+        declared = desc.annotations.get(CONTENT_DIGEST)
+        expected = parse_digest(declared, self.layout.where(desc)) if declared else None
+        directory = Tree()
+        record = self._tar_layer(desc, expected, into=directory, compression="gzip")
+        oras.merge_directory(self.tree, directory, desc.annotations[TITLE], desc.digest)
+        return record
+
+    def _tar_layer(self, desc: Descriptor, diff_id: Sha256 | None, *, into: Tree | None = None,
+                   compression: str | None = None) -> dict[str, Any]:
+        """Unpack a tar layer (into ``into``, else the artifact's tree); its members and
+        tar-split are published (one batch) only once the layer's digest and its diff_id
+        (or an ORAS directory's declared digest) are proven."""
+        compression = compression or COMPRESSION[desc.media_type]
+        tree = self.tree if into is None else into
 
         def unpack_from(raw: Reader, batch: Batch) -> LayerResult:
-            return tarlayer.unpack(self.store, raw, compression=compression, tree=self.tree,
+            return tarlayer.unpack(self.store, raw, compression=compression, tree=tree,
                                    limit=self.limits.total(desc.size), what=desc.digest,
                                    batch=batch)
 
@@ -524,8 +575,7 @@ class _Importer:
                     raw.finish()
             if diff_id is not None and result.diff_id != diff_id:
                 raise ContentMismatch(what=f"layer {desc.digest}", detail=f"uncompressed "
-                                      f"sha256:{result.diff_id}, config diff_id "
-                                      f"sha256:{diff_id}")
+                                      f"sha256:{result.diff_id}, declared sha256:{diff_id}")
         self._keep(result.split, tarlayer.SPLIT_MEDIA_TYPE)
         self.members.extend(result.members)
         if self.progress is not None:
@@ -537,26 +587,17 @@ class _Importer:
 # -- export ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    """One blob to write: its identity and where its bytes come from."""
-
-    sha256: Sha256
-    size: int
-    what: str
-    object_id: ObjectId | None  # copy this object, or
-    tar_split: ObjectId | None  # re-create an uncompressed tar from this tar-split
-
-
 def export_layout(store: Store, image: Image, layout: Path, tag: str | None, *,
                   progress: Progress | None = None) -> None:
-    """Write the image's manifest, config and layers into an OCI layout at ``layout``.
+    """Write what the image publishes as (its manifest or index, and every blob) into an
+    OCI layout at ``layout``; Docker schema 2 documents become OCI ones
+    (``cas.formats.ociconvert``), as an OCI layout must hold.
 
     Everything is planned (and refused, if it cannot be re-created exactly) before the
     first byte is written; blobs are published before ``index.json`` names them.
     ``progress`` counts the blobs' bytes.
     """
-    descriptor, plan = _plan(image)
+    descriptor, plan = ociconvert.to_oci(store, ociplan.export_plan(store, image))
     if tag is not None:
         descriptor["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
     if progress is not None:
@@ -569,93 +610,23 @@ def export_layout(store: Store, image: Image, layout: Path, tag: str | None, *,
         writer.add_to_index(descriptor)
 
 
-PlannedBlob = _Planned
-
-
-def export_plan(image: Image) -> tuple[dict[str, Any], list[PlannedBlob]]:
-    """The manifest's descriptor and the blobs that re-create it (the manifest last), for
-    a writer other than a layout (``cas.transport.registry`` push)."""
-    return _plan(image)
-
-
-def manifest_of(store: Store, image: Image) -> tuple[dict[str, Any], bytes]:
-    """The manifest this image exports and pushes as (its descriptor and its bytes, checked
-    against the digest): what a push uploads and what a signature signs."""
-    descriptor, plan = _plan(image)
-    manifest = plan[-1]
-    data = b"".join(blob_chunks(store, manifest))
-    Expected(f"{manifest.what} (from the store)", manifest.sha256, manifest.size).check(
-        hashing.hash_bytes(data))
-    return descriptor, data
-
-
-def blob_chunks(store: Store, blob: PlannedBlob) -> Iterator[bytes]:
-    """A planned blob's bytes; the caller checks their digest while it sends them."""
-    if blob.tar_split is not None:
-        yield from tarlayer.tar_chunks(store, blob.tar_split)
-        return
-    assert blob.object_id is not None
-    with store.open_object(blob.object_id) as f:
-        while chunk := f.read(1 << 20):
-            yield chunk
-
-
-def _plan(image: Image) -> tuple[dict[str, Any], list[_Planned]]:
-    """The index entry and the blobs to write, from the image's source record."""
-    src = image.source
-    if src.get("type") != "oci" or src.get("version") != 1:
-        raise BadImage(reason=f"not an OCI import (source type {src.get('type')!r})")
-    try:
-        descriptor = dict(_descriptor(src.get("descriptor"), "image source").doc)
-        if "sha256:" + _source_sha(src["manifest"]["digest"]) != descriptor["digest"]:
-            raise BadImage(reason="source descriptor and manifest disagree")
-        layers = [_plan_layer(image, layer) for layer in src["layers"]]
-        return descriptor, [*layers, _plan_object(image, src["config"], "config"),
-                            _plan_object(image, src["manifest"], "manifest")]
-    except (KeyError, TypeError, AttributeError, BadLayout) as exc:
-        raise BadImage(reason=f"malformed OCI source record: {exc}") from None
-
-
-def _plan_object(image: Image, record: dict[str, Any], what: str) -> _Planned:
-    sha = _source_sha(record["digest"])
-    if type(record["size"]) is not int:
-        raise TypeError(f"{what} size {record['size']!r}")
-    return _Planned(sha, record["size"], f"{what} sha256:{sha}", image.blob(sha).object_id, None)
-
-
-def _plan_layer(image: Image, record: dict[str, Any]) -> _Planned:
-    sha = _source_sha(record["digest"])
-    if any(b.sha256 == sha for b in image.blobs):
-        return _plan_object(image, record, "layer")
-    if "tar_split" in record and COMPRESSION.get(record["media_type"]) == "none":
-        split = image.blob(_source_sha(record["tar_split"])).object_id
-        return _Planned(sha, record["size"], f"layer sha256:{sha}", None, split)
-    raise BadImage(reason=f"layer sha256:{sha} was imported without its compressed blob "
-                   "(keep_compressed off), so it cannot be re-created byte for byte")
-
-
-def _source_sha(value: Any) -> Sha256:
-    if not isinstance(value, str) or not is_hex64(value):
-        raise TypeError(f"not a sha256 hex digest: {value!r}")
-    return Sha256(value)
-
-
-def _filler(store: Store, blob: _Planned) -> Callable[[int], Digests]:
+def _filler(store: Store, blob: PlannedBlob) -> Callable[[int], Digests]:
     """A function that writes the blob's bytes into an empty fd and returns their digests."""
     def from_object(fd: int) -> Digests:
         assert blob.object_id is not None
         with store.open_object(blob.object_id) as f:
-            return hashing.import_fd(f.fileno(), fd)[0]  # reflink when it can
+            digests = hashing.import_fd(f.fileno(), fd)[0]  # reflink when it can
+        check_object(store, blob, digests)
+        return digests
 
-    def from_tar_split(fd: int) -> Digests:
-        assert blob.tar_split is not None
+    def from_chunks(fd: int) -> Digests:
         hasher = hashing.StreamHasher()
-        for chunk in tarlayer.tar_chunks(store, blob.tar_split):
+        for chunk in blob_chunks(store, blob):
             hasher.update(chunk)
             fsio.write_all(fd, chunk)
         return hasher.finalize()
 
-    return from_object if blob.object_id is not None else from_tar_split
+    return from_object if blob.object_id is not None else from_chunks
 
 
 class _LayoutWriter(_LayoutDir):
@@ -688,7 +659,7 @@ class _LayoutWriter(_LayoutDir):
             self._index = _load_json(_read_capped(self._root, "index.json", where), where)
             _get(self._index, "manifests", list, where)
 
-    def write_blob(self, blob: _Planned, fill: Callable[[int], Digests]) -> None:
+    def write_blob(self, blob: PlannedBlob, fill: Callable[[int], Digests]) -> None:
         """Write to a temp file beside the blob, check its digest, then rename into place."""
         with fsio.temp_file(self._blobs, ".cas-tmp") as temp:
             Expected(blob.what, blob.sha256, blob.size).check(fill(temp.fd))
@@ -726,4 +697,3 @@ parse_document = _document
 parse_descriptor = _descriptor
 parse_descriptors = _descriptors
 check_titles = _check_titles
-pick_platform = _pick_platform

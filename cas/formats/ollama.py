@@ -43,7 +43,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -75,6 +75,7 @@ from cas.formats.foreign import (
     refusal,
 )
 from cas.formats.ollama_names import (
+    DEFAULT_NAMESPACE,
     KINDS,
     ModelRef,
     NotAnOllamaStore,
@@ -240,6 +241,67 @@ class _Taken:
         return True
 
 
+# -- images -----------------------------------------------------------------------------------
+
+
+def _image(stored: AddResult, manifest: Manifest, config: AddResult, ref: ModelRef | None,
+           layer: Callable[[Descriptor, str], Entry], **extra: Any) -> Image:
+    """A model's image: one file per layer (named as ``layer_paths`` says), the manifest
+    and config kept as blobs, and a source record with the name (if known) and layers."""
+    layers = list(zip(manifest.layers, layer_paths(manifest.layers), strict=True))
+    entries = [layer(desc, name) for desc, name in layers]
+    blobs = [Blob(stored.sha256, stored.object_id, stored.size, MANIFEST_MEDIA_TYPE),
+             Blob(config.sha256, config.object_id, config.size, manifest.config.media_type)]
+    name = dict(zip(KINDS, ref.parts, strict=True)) if ref is not None else {}
+    source = {"type": "ollama", **name, "manifest": stored.sha256,
+              "config": manifest.config.record(),
+              "layers": [desc.record(path=name) for desc, name in layers], **extra}
+    return build(entries, blobs, source)
+
+
+def stored_model(store: Store, data: bytes, added: Mapping[Sha256, AddResult],
+                 ref: ModelRef | None, where: str, **extra: Any) -> Image:
+    """The image of a model in Ollama's format whose manifest (``data``) and blobs are
+    already objects (``added``, by sha256: pulled from a registry, read from an OCI
+    layout), each verified.  ``ref`` is its Ollama name, if it has one; ``extra`` goes
+    into the source record (``origin``: where the manifest bytes came from — they are
+    then pushed as they are; ``referrers``)."""
+    manifest = parse_manifest(data, where)
+
+    def layer(desc: Descriptor, name: str) -> Entry:
+        done = added[desc.sha256]
+        if desc.size > INLINE_MAX:
+            return file_entry(name, size=done.size, object_id=done.object_id,
+                              sha256=done.sha256)
+        with store.open_object(done.object_id) as f:
+            return file_entry(name, size=desc.size, data=f.read(INLINE_MAX + 1))
+
+    manifest_sha = Sha256(hashlib.sha256(data).hexdigest())
+    return _image(added[manifest_sha], manifest, added[manifest.config.sha256], ref, layer,
+                  **extra)
+
+
+def is_model_layers(layers: Sequence[tuple[str, bool]]) -> bool:
+    """Are a manifest's layers (each one's media type, and whether it has a title) a
+    model's: at least one, every one an untitled Ollama layer?  With a Docker schema 2
+    manifest, that is a model in Ollama's format."""
+    return bool(layers) and all(kind.startswith(LAYER_MEDIA_PREFIX) and not titled
+                                for kind, titled in layers)
+
+
+def registry_name(host: str, repository: str, tag: str) -> ModelRef | None:
+    """The Ollama name of a model pulled from ``host/repository:tag``, as ``ollama pull``
+    would name it (``ns/model``; a one-part repository is in ``library``), or None when
+    the repository has more parts or a part Ollama refuses."""
+    parts = repository.split("/")
+    if len(parts) == 1:
+        parts.insert(0, DEFAULT_NAMESPACE)
+    try:
+        return ModelRef(host, parts[0], parts[1], tag) if len(parts) == 2 else None
+    except errors.BadInput:
+        return None
+
+
 # -- reading an Ollama store ------------------------------------------------------------------
 
 
@@ -321,15 +383,8 @@ class _Importer:
         manifest = parse_manifest(data, path)
         config = self._add(manifest.config, ref)
         stored = self.store.add_bytes(data, batch=self.batch)
-        layers = list(zip(manifest.layers, layer_paths(manifest.layers), strict=True))
-        entries = [self._layer(desc, name, ref) for desc, name in layers]
-        blobs = [Blob(stored.sha256, stored.object_id, stored.size, MANIFEST_MEDIA_TYPE),
-                 Blob(config.sha256, config.object_id, config.size, manifest.config.media_type)]
-        source = {"type": "ollama", "host": ref.host, "namespace": ref.namespace,
-                  "model": ref.model, "tag": ref.tag, "manifest": stored.sha256,
-                  "config": manifest.config.record(),
-                  "layers": [desc.record(path=name) for desc, name in layers]}
-        return build(entries, blobs, source)
+        return _image(stored, manifest, config, ref,
+                      lambda desc, name: self._layer(desc, name, ref))
 
     def _read_manifest(self, ref: ModelRef, path: Path) -> bytes:
         missing = ModelNotFound(model=str(ref), root=self.root)
@@ -458,11 +513,13 @@ def export_model(store: Store, image: Image, root: Path, model: str | None = Non
     already has, if any (Ollama ignores case in names).  ``progress`` counts the blobs'
     bytes.
     """
-    recorded, manifest_sha = _source(image)
-    target = recorded if model is None else parse_model(model)
-    data = _read_object(store, image.blob(manifest_sha).object_id, manifest_sha)
-    manifest = parse_manifest(data, f"stored manifest sha256:{manifest_sha}")
-    contents = _contents(image)
+    target = recorded(image)[0] if model is None else parse_model(model)
+    if target is None:
+        raise errors.BadInput(message="this model has no Ollama name (it came from an OCI "
+                              "layout or a registry path Ollama cannot name): export it as "
+                              "ollama:DIR/model:tag")
+    data, manifest = stored_manifest(store, image)
+    contents_of = contents(image)
     written = Written(progress=progress)
     blobs = {d.sha256: d for d in (manifest.config, *manifest.layers)}.values()
     if progress is not None:
@@ -473,7 +530,7 @@ def export_model(store: Store, image: Image, root: Path, model: str | None = Non
         blobs_fd = stack.enter_context(closing(open_dir(
             root_fd, "blobs", root / "blobs", errors.SourceMissing(path=root), create=True)))
         for desc in blobs:
-            content = contents.get(desc.sha256)
+            content = contents_of.get(desc.sha256)
             if content is None:
                 raise errors.BadImage(reason=f"no content for {oci_form(desc.sha256)}")
             method = _export_blob(store, blobs_fd, desc, content,
@@ -492,19 +549,32 @@ def export_model(store: Store, image: Image, root: Path, model: str | None = Non
     return written
 
 
-def _source(image: Image) -> tuple[ModelRef, Sha256]:
-    """The model name and manifest digest an image records (checked: images are input)."""
+def recorded(image: Image) -> tuple[ModelRef | None, Sha256]:
+    """The model name (None if the model has none) and manifest digest an image records
+    (checked: images are input)."""
     source = image.source
     if source.get("type") != "ollama":
         raise errors.BadImage(reason=f"not an Ollama model (source type {source.get('type')!r})")
-    values = [source.get(key) for key in (*KINDS, "manifest")]
-    strings = [value for value in values if isinstance(value, str)]
-    if len(strings) != len(values) or not is_hex64(strings[-1]):
-        raise errors.BadImage(reason="Ollama source record lacks its name or manifest digest")
-    return ModelRef(*strings[:-1]), Sha256(strings[-1])
+    sha = source.get("manifest")
+    if not isinstance(sha, str) or not is_hex64(sha):
+        raise errors.BadImage(reason="Ollama source record lacks its manifest digest")
+    parts = [source.get(key) for key in KINDS]
+    if all(part is None for part in parts):
+        return None, Sha256(sha)
+    strings = [part for part in parts if isinstance(part, str)]
+    if len(strings) != len(parts):
+        raise errors.BadImage(reason="Ollama source record lacks part of its name")
+    return ModelRef(*strings), Sha256(sha)
 
 
-def _contents(image: Image) -> dict[Sha256, Content]:
+def stored_manifest(store: Store, image: Image) -> tuple[bytes, Manifest]:
+    """The model's manifest bytes as imported (checked against their digest), parsed."""
+    sha = recorded(image)[1]
+    data = _read_object(store, image.blob(sha).object_id, sha)
+    return data, parse_manifest(data, f"stored manifest sha256:{sha}")
+
+
+def contents(image: Image) -> dict[Sha256, Content]:
     """Where the bytes of each digest are: an object, or a small file inline in the image."""
     contents: dict[Sha256, Content] = {b.sha256: b.object_id for b in image.blobs}
     for entry in image.files():

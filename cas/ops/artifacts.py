@@ -11,7 +11,9 @@ lists the names written and the artifacts that failed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
 #: An import source: ``scheme:rest`` text as the CLI takes it, or a path object (a plain path).
 Source = str | os.PathLike[str]
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/"
+                         r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,36 +94,58 @@ class ImportResult(list[NameRecord]):
         self.failures = list(failures)
 
 
+@dataclass(frozen=True, slots=True)
+class Fetching:
+    """How an import reads a registry or a layout: ``registry`` (transport options, with
+    the platform), ``keep_all`` (a whole index), ``with_referrers``, ``gate`` (the trust
+    policy, as ``cas pull`` applies it), ``keep_compressed``."""
+
+    registry: Options | None = None
+    keep_all: bool = False
+    with_referrers: bool = False
+    gate: Gate | None = None
+    keep_compressed: bool = True
+
+
 def import_artifacts(store: Store, sources: Sequence[Source], name: str | None = None, *,
-                     keep_compressed: bool = True, gate: Gate | None = None,
-                     xattrs: bool = True, options: Options | None = None,
+                     fetching: Fetching = Fetching(), xattrs: bool = True,
+                     artifact_type: str | None = None,
                      progress: Progress | None = None) -> ImportResult:
     """Import ``sources`` and name the result(s); returns the names written.
 
     One source may hold several artifacts (an Ollama store, a Hugging Face cache); several
-    sources must be plain files, imported side by side as one artifact.  ``gate`` judges a
-    registry source (``docker://``) as ``cas pull`` does, reached with ``options``.
-    ``xattrs=False`` leaves the extended attributes of directories and files out.
-    ``progress`` counts the bytes stored (or downloaded); its total grows as the importer
-    finds them.
+    sources must be plain files, imported side by side as one artifact.  ``fetching``
+    says how registries and layouts are read.  ``xattrs=False`` leaves the extended
+    attributes of directories, files and dumpfiles out.  ``artifact_type`` is the OCI
+    artifact type a tree (or Hugging Face snapshot) will publish as.  ``progress`` counts
+    the bytes stored (or downloaded); its total grows as the importer finds them.
     """
     if name is not None:
         name = names_mod.normalize(name)  # refuse a bad name before any work
+    if artifact_type is not None:
+        check_media_type(artifact_type)
     with store.temp_root():  # GC keeps what this import stored until its names exist
-        return _import_and_name(store, sources, name, keep_compressed, gate, xattrs, options,
+        return _import_and_name(store, sources, name, fetching, xattrs, artifact_type,
                                 progress)
 
 
+def check_media_type(text: str) -> str:
+    """A media type as RFC 6838 spells one (``type/subtype``), as OCI requires of an
+    ``artifactType``."""
+    if not _MEDIA_TYPE.fullmatch(text):
+        raise BadInput(message=f"{text!r} is not a media type (type/subtype, RFC 6838)")
+    return text
+
+
 def _import_and_name(store: Store, sources: Sequence[Source], name: str | None,
-                     keep_compressed: bool, gate: Gate | None, xattrs: bool,
-                     options: Options | None, progress: Progress | None) -> ImportResult:
+                     fetching: Fetching, xattrs: bool, artifact_type: str | None,
+                     progress: Progress | None) -> ImportResult:
     """Every name is decided (and refused, if it must be) before the first object is
     published: a refusal never leaves objects behind."""
     locations = [location_of(s) for s in sources]
     if len(locations) == 1:
         scheme = locations[0].scheme
-        imported = _import(store, locations[0], name, keep_compressed, gate, xattrs, options,
-                           progress)
+        imported = _import(store, locations[0], name, fetching, xattrs, progress)
     else:
         if any(loc.scheme != "tree" for loc in locations) or name is None:
             raise BadInput(message="several sources must be plain files, with --name")
@@ -129,16 +155,25 @@ def _import_and_name(store: Store, sources: Sequence[Source], name: str | None,
             store, paths, xattrs=xattrs, progress=progress))])
     records = ImportResult(failures=imported.failures)
     for default_name, image in imported.artifacts:
+        if artifact_type is not None:
+            image = _typed(image, artifact_type)
         image_id = store.put_image(image)
-        if gate is not None and scheme == "docker":
-            gate.keep(store)
+        if fetching.gate is not None and scheme == "docker":
+            fetching.gate.keep(store)
         records.append(store.names.set(name or default_name, image_id, scheme))
     return records
 
 
-def _import(store: Store, location: Location, name: str | None, keep_compressed: bool,
-            gate: Gate | None, xattrs: bool, options: Options | None,
-            progress: Progress | None) -> Imported:
+def _typed(image: Image, artifact_type: str) -> Image:
+    """A tree's image recording the artifact type it publishes as (``cas.formats.oras``)."""
+    if image.source.get("type") not in ("tree", "hf"):
+        raise BadInput(message="--artifact-type is for directories, files and Hugging Face "
+                       "snapshots (an OCI or Ollama artifact keeps its own manifest)")
+    return dataclasses.replace(image, source={**image.source, "artifact_type": artifact_type})
+
+
+def _import(store: Store, location: Location, name: str | None, fetching: Fetching,
+            xattrs: bool, progress: Progress | None) -> Imported:
     if location.scheme == "ollama":
         from cas.formats import ollama
         return ollama.import_models(store, location.path, location.ref, one=name is not None,
@@ -150,16 +185,19 @@ def _import(store: Store, location: Location, name: str | None, keep_compressed:
     if location.scheme == "docker":
         from cas.transport import registry
         named = name or registry.default_name(registry.parse_reference(location.ref or ""))
-        _, image = registry.pull_image(store, location.ref or "", options or registry.Options(),
-                                       progress,
-                                       keep_compressed=keep_compressed, gate=gate)
+        _, image = registry.pull_image(
+            store, location.ref or "", fetching.registry or registry.Options(), progress,
+            keep_compressed=fetching.keep_compressed, gate=fetching.gate,
+            keep_all=fetching.keep_all, with_referrers=fetching.with_referrers)
         return Imported([(named, image)])
     named = name or _default_name(location.path, location.ref)
     if location.scheme == "oci":
         from cas.formats import oci
+        platform = fetching.registry.platform if fetching.registry else None
         return Imported([(named, oci.import_layout(store, location.path, location.ref,
-                                                   keep_compressed=keep_compressed,
-                                                   progress=progress))])
+                                                   keep_compressed=fetching.keep_compressed,
+                                                   keep_all=fetching.keep_all,
+                                                   platform=platform, progress=progress))])
     if location.scheme == "dump":
         from cas.formats.composefs import to_image
         return Imported([(named, to_image.import_dump(store, location.path, xattrs=xattrs))])
@@ -187,12 +225,14 @@ def tag(store: Store, source: str, target: str) -> NameRecord:
 
 
 def export_artifact(store: Store, name: str, destination: str, *,
-                    link: LinkMode = LinkMode.AUTO,
+                    link: LinkMode = LinkMode.AUTO, registry_options: Options | None = None,
+                    with_referrers: bool = False,
                     progress: Progress | None = None) -> dict[str, Any]:
     """Export artifact ``name``; ``link`` says how Ollama and Hugging Face blobs are made
-    from objects (the other destinations write their own bytes).  ``progress`` counts
-    the bytes of the files or blobs written (``dump:`` and ``composefs:`` write only
-    metadata: nothing to count)."""
+    from objects (the other destinations write their own bytes).  ``registry_options``
+    and ``with_referrers`` are for ``docker://``, as ``cas push`` takes them.
+    ``progress`` counts the bytes of the files or blobs written (``dump:`` and
+    ``composefs:`` write only metadata: nothing to count)."""
     record = store.names.get(name)
     image = store.get_image(record.image)
     result: dict[str, Any] = {"name": record.name, "destination": destination}
@@ -232,7 +272,8 @@ def export_artifact(store: Store, name: str, destination: str, *,
         oci.export_layout(store, image, location.path, tag, progress=progress)
     elif location.scheme == "docker":
         from cas.transport import registry
-        digest, _ = push(store, record, location.ref or "", registry.Options(), progress=progress)
+        digest, _ = push(store, record, location.ref or "", registry_options or registry.Options(),
+                         with_referrers=with_referrers, progress=progress)
         return {**result, "digest": digest}
     else:
         raise UnsupportedSource(location=destination)
@@ -240,17 +281,19 @@ def export_artifact(store: Store, name: str, destination: str, *,
 
 
 def push(store: Store, record: NameRecord, ref: str, options: Options, *,
-         mount_from: str | None = None, progress: Progress | None = None) -> tuple[str, int]:
+         mount_from: str | None = None, with_referrers: bool = False,
+         progress: Progress | None = None) -> tuple[str, int]:
     """Push the artifact ``record`` names to registry reference ``ref`` (the artifact's
-    tag when ``ref`` has none), then its stored signatures; returns the manifest digest
-    and how many signatures were attached."""
+    tag when ``ref`` has none), then its stored signatures (and with ``with_referrers``
+    its referrers); returns the manifest digest and how many signatures were attached."""
     from cas.ops import signing
     from cas.transport import registry
     image = store.get_image(record.image)
     attach, count = signing.attacher(store, image)
     digest = registry.push_image(store, image, ref, options,
                                  default_tag=record.name.rpartition(":")[2],
-                                 mount_from=mount_from, attach=attach, progress=progress)
+                                 mount_from=mount_from, attach=attach,
+                                 with_referrers=with_referrers, progress=progress)
     return digest, count
 
 

@@ -8,10 +8,10 @@ Nothing else is changed in place: a stray file may be someone's data, and a dama
 object needs its bytes back from a source.
 
 ``repair`` fetches each marked object (``cas.core.damage``) from another store, an
-OCI layout or an Ollama store through ``Store.add_*`` with the expected sha256/size checked
-before anything is published, accepts it only if its object id is the wanted one, and
-clears the mark.  It sits above the importers (it parses their locations), which is why it
-is an operation rather than part of the integrity layer.
+OCI layout, an Ollama store or a registry through ``Store.add_*`` with the expected
+sha256/size checked before anything is published, accepts it only if its object id is the
+wanted one, and clears the mark.  It sits above the importers (it parses their locations),
+which is why it is an operation rather than part of the integrity layer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas import errors
 from cas.core import fsio, userpath
@@ -30,6 +30,9 @@ from cas.core.digest import shard
 from cas.core.store import AddResult, Expected, Store
 from cas.integrity.quarantine import intact, quarantine
 from cas.ops.artifacts import Source, location_of
+
+if TYPE_CHECKING:
+    from cas.transport.registry import Client, Options
 
 
 @dataclass
@@ -66,17 +69,23 @@ class RepairReport:
 
 
 class _Source:
-    """Where repair looks for an object: another store, an OCI layout, an Ollama store.
+    """Where repair looks for an object: another store, an OCI layout, an Ollama store, a
+    registry repository (its blobs and manifests by digest).
 
     A layout's ``blobs`` directory is reached as an import reaches it: the root under
     ``cas.core.userpath``'s source rule, nothing below it through a symlink."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, options: Options | None) -> None:
         location = location_of(source)
-        self.scheme, self.path = location.scheme, location.path
+        self.scheme, self.path, self.text = location.scheme, location.path, os.fspath(source)
         self.store: Store | None = None
+        self.client: Client | None = None
         self._blobs = -1
-        if self.scheme == "oci":
+        if self.scheme == "docker":
+            from cas.transport import registry
+            self.client = registry.Client(registry.parse_reference(location.ref or ""),
+                                          options or registry.Options())
+        elif self.scheme == "oci":
             self._blobs = _open_blobs(self.path, ("blobs", "sha256"))
         elif self.scheme == "ollama":
             self._blobs = _open_blobs(self.path, ("blobs",))
@@ -88,17 +97,24 @@ class _Source:
             self.store.close()
         if self._blobs >= 0:
             os.close(self._blobs)
+        if self.client is not None:
+            self.client.close()
 
     def fetch(self, into: Store, m: DamageMark) -> AddResult | None:
-        expect = Expected(what=f"{self.path}: object {m.object}", sha256=m.sha256, size=m.size)
+        expect = Expected(what=f"{self.text}: object {m.object}", sha256=m.sha256, size=m.size)
         if self.store is not None:
             try:
                 with self.store.open_verified(m.object) as f:
                     return into.add_stream(f, expect=expect)
             except errors.ObjectNotFound:
                 return None
-        if m.sha256 is None or self._blobs < 0:
-            return None  # layouts are addressed by sha256 only
+        if m.sha256 is None:
+            return None  # layouts and registries are addressed by sha256 only
+        if self.client is not None:
+            from cas.transport import registry
+            return registry.fetch_blob(self.client, into, expect)
+        if self._blobs < 0:
+            return None
         name = m.sha256 if self.scheme == "oci" else f"sha256-{m.sha256}"
         try:
             return into.add_path(name, dir_fd=self._blobs, expect=expect)
@@ -131,12 +147,14 @@ def _open_blobs(root: Path, parts: tuple[str, ...]) -> int:
     return fd
 
 
-def repair(store: Store, source: Source | None = None) -> RepairReport:
+def repair(store: Store, source: Source | None = None,
+           options: Options | None = None) -> RepairReport:
     """Fix object modes in place; restore every marked object from ``source`` (without
-    one, marked objects are reported as not found); clear the marks of restored ones."""
+    one, marked objects are reported as not found; ``options`` say how to reach a
+    ``docker://`` one); clear the marks of restored ones."""
+    src = None if source is None else _Source(source, options)  # a bad one changes nothing
     report = RepairReport(None if source is None else os.fspath(source))
     report.modes_fixed = fix_modes(store)
-    src = None if source is None else _Source(source)
     try:
         for m in marks(store):
             state = intact(store, m.object)

@@ -1,10 +1,12 @@
 """Signing stored artifacts, and judging them by their stored signatures and a trust policy.
 
 A signature signs the digest of *the manifest the artifact pushes as*
-(``cas.formats.oci.manifest_of``, the function ``cas push`` uses), so a signature made
-here is valid for the same artifact in any registry, and one pulled with it is valid here.
-Artifacts without such a manifest (trees and Ollama models, until they can be pushed as
-OCI) cannot be signed yet; a policy that requires a signature refuses them.
+(``cas.formats.oci.manifest_of``, the function ``cas push`` uses: an OCI import's own
+manifest, the one ``ollama push`` sends for an Ollama model, an ORAS-style artifact for a
+tree), so a signature made here is valid for the same artifact in any registry, and one
+pulled with it is valid here.  An artifact with no such manifest (a tree with a symlink
+at its top, which no OCI artifact can carry) cannot be signed; a policy that requires a
+signature refuses it.
 
 A stored artifact is judged as the docker reference its *name* spells (``cas mount NAME``
 asks "is NAME trusted?"), by the policy's scope for that name; a pull is judged by the
@@ -27,6 +29,7 @@ from cas.errors import (
     BadSignature,
     CasError,
     ForeignEntry,
+    NotPublishable,
     NotSignable,
     SignatureRefused,
 )
@@ -39,12 +42,16 @@ from cas.integrity.verify_report import Finding
 
 
 def manifest_digest(store: Store, image: Image) -> Sha256 | None:
-    """The digest of the manifest ``image`` pushes as, or None if it has none yet."""
-    from cas.formats import oci
+    """The digest of the manifest ``image`` pushes as, or None if it has none."""
     try:
-        descriptor, _ = oci.manifest_of(store, image)
-    except BadImage:
+        return _pushed_as(store, image)
+    except (BadImage, NotPublishable):
         return None
+
+
+def _pushed_as(store: Store, image: Image) -> Sha256:
+    from cas.formats import oci
+    descriptor, _ = oci.manifest_of(store, image)
     return Sha256(descriptor["digest"].removeprefix("sha256:"))
 
 
@@ -53,10 +60,10 @@ def sign(store: Store, name: str, key: PrivateKey,
     """Sign artifact ``name``'s manifest as ``identity`` (default: the name) and keep the
     signature; returns it, the manifest digest and the signed reference."""
     record = store.names.get(name)
-    manifest = manifest_digest(store, store.get_image(record.image))
-    if manifest is None:
-        raise NotSignable(name=record.name, reason=f"a {record.kind} artifact has no OCI "
-                          "manifest yet (only OCI imports and pulls can be signed today)")
+    try:
+        manifest = _pushed_as(store, store.get_image(record.image))
+    except (BadImage, NotPublishable) as exc:
+        raise NotSignable(name=record.name, reason=exc.message()) from None
     reference = dockerref.parse(identity or record.name)
     if reference.name_only:
         raise BadInput(message=f"{identity}: the signed identity needs a tag or a digest")

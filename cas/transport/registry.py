@@ -1,16 +1,19 @@
 """OCI distribution API: pull an artifact from a registry into the store, push one back.
 
-A pull resolves a reference to a manifest (through an index, by platform), refuses unsafe
-titles, then downloads every blob the store lacks (dedup by sha256 first) straight into
-``Store.add_stream``: the native hasher sees the bytes as they arrive, and the object is
-published only if its digest and size match the manifest.  A broken download resumes with
-``Range`` from the byte it reached, feeding the same hasher.  Only when every blob is
-stored does ``cas.formats.oci.import_stored`` build the image; the caller names it last.
+A pull resolves a reference to a manifest (through an index, by platform — or keeps the
+whole index), gathers the documents it needs (``cas.transport.ocigraph``: an index's
+manifests, referrers), refuses unsafe titles, then downloads every blob the store lacks
+(dedup by sha256 first) straight into ``Store.add_stream``: the native hasher sees the
+bytes as they arrive, and the object is published only if its digest and size match the
+manifest.  A broken download resumes with ``Range`` from the byte it reached, feeding the
+same hasher.  Only when every blob is stored does ``cas.formats.oci.import_stored`` build
+the image; the caller names it last.
 
-A push plans the blobs with ``cas.formats.oci.export_plan`` (the exact bytes of the import),
-skips blobs the registry has (HEAD), mounts them from another repository when told one,
-uploads the rest (monolithic up to ``chunk_size``, else POST/PATCH/PUT) while hashing
-them, and puts the manifest last.
+A push plans the blobs with ``cas.formats.oci.export_plan`` (what the artifact publishes
+as: the exact bytes of an import, a tree's ORAS-style artifact, an Ollama model's
+manifest), skips blobs the registry has (HEAD), mounts them from another repository when
+told one, uploads the rest (monolithic up to ``chunk_size``, else POST/PATCH/PUT) while
+hashing them, and puts the manifests last (an index after its manifests), then referrers.
 
 Documents are capped (``MAX_MANIFEST``; tokens and errors too, ``cas.transport.bodies``)
 while they stream and parsed strictly; a manifest pulled by digest must hash to it, and
@@ -43,20 +46,21 @@ from cas.core.image import Image
 from cas.core.names import NameRecord
 from cas.core.store import AddResult, Expected, Store
 from cas.errors import BadInput, RegistryError, RegistryNotFound, printable
-from cas.formats import oci
-from cas.transport import auth, bodies, deadline
+from cas.formats import oci, ocitypes, ollama
+from cas.transport import auth, bodies, deadline, ocigraph
 
 MAX_MANIFEST = 4 << 20
 MAX_REDIRECTS = 10
 MAX_REALM = 2048  # characters of a token realm URL
 RATE_WINDOW = 30.0  # seconds over which a blob's transfer rate is measured
-MANIFEST_TYPES = [*sorted(oci.MANIFEST_TYPES), *sorted(oci.INDEX_TYPES)]
+MANIFEST_TYPES = [*sorted(ocitypes.MANIFEST_TYPES), *sorted(ocitypes.INDEX_TYPES)]
 _ALIGN = 1 << 20  # range boundaries fall on MiB multiples
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DOCKER_HUB = "registry-1.docker.io"
+_DIGEST_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,21 +340,33 @@ class Client:
         registry does not offer the API."""
         with deadline.within(self.options.timeout):
             response = self.request("GET", f"referrers/sha256:{sha}",
-                                    headers={"Accept": oci.OCI_INDEX})
+                                    headers={"Accept": ocitypes.OCI_INDEX})
             try:
                 if response.status_code == 200 and response.headers.get(
-                        "Content-Type", "").startswith(oci.OCI_INDEX):
+                        "Content-Type", "").startswith(ocitypes.OCI_INDEX):
                     return bodies.read_capped(response, MAX_MANIFEST, self.ref.host,
                                               "referrers index")
                 return None
             finally:
                 response.close()
 
-    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> httpx.Headers:
+        """PUT a manifest or index; returns the response's headers (``Docker-Content-Digest``,
+        ``OCI-Subject``)."""
         response = self.request("PUT", f"manifests/{reference}", content=data,
                                 headers={"Content-Type": media_type})
         self._expect_status(response, f"put manifest {reference}", 200, 201)
         response.close()
+        return response.headers
+
+    def manifest_digest(self, reference: str) -> str | None:
+        """The digest the registry gives ``reference`` (HEAD), or None if it has none."""
+        response = self.request("HEAD", f"manifests/{reference}",
+                                headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        response.close()
+        if response.status_code == 404:
+            return None
+        self._expect_status(response, f"HEAD manifest {reference}", 200)
         return str(response.headers.get("Docker-Content-Digest", ""))
 
     # -- blobs -------------------------------------------------------------------------
@@ -400,7 +416,7 @@ class Client:
             return store.add_stream(cast(IO[bytes], body), expect=expect, progress=progress,
                                     method="registry")
 
-    def upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None,
+    def upload(self, store: Store, blob: ocitypes.PlannedBlob, mount_from: str | None,
                progress: Progress | None = None) -> str:
         """Put one blob unless the registry has it; returns what was done.  The whole
         upload ends within ``blob_timeout``.  ``progress`` counts the blob's bytes (all
@@ -411,7 +427,7 @@ class Client:
             progress.advance(blob.size)
         return done
 
-    def _upload(self, store: Store, blob: oci.PlannedBlob, mount_from: str | None,
+    def _upload(self, store: Store, blob: ocitypes.PlannedBlob, mount_from: str | None,
                 progress: Progress | None) -> str:
         digest = f"sha256:{blob.sha256}"
         if self.has_blob(blob.sha256):
@@ -440,8 +456,9 @@ class Client:
                 progress.advance(len(piece))
         else:
             piece = b""
-        Expected(f"blob {digest} (from the store)", blob.sha256, blob.size).check(
-            hasher.finalize())  # never commit bytes that are not the blob
+        digests = hasher.finalize()  # never commit bytes that are not the blob
+        ocitypes.check_object(store, blob, digests)
+        Expected(f"blob {digest} (from the store)", blob.sha256, blob.size).check(digests)
         url = httpx.URL(location).copy_merge_params({"digest": digest})
         response = self.request("PUT", str(url), content=piece,
                                 headers={"Content-Type": "application/octet-stream"})
@@ -687,39 +704,41 @@ class Gate(Protocol):
 
 
 def pull_image(store: Store, text: str, options: Options, progress: Progress | None = None,
-               *, keep_compressed: bool = True,
-               gate: Gate | None = None) -> tuple[Reference, Image]:
+               *, keep_compressed: bool = True, gate: Gate | None = None,
+               keep_all: bool = False, with_referrers: bool = False) -> tuple[Reference, Image]:
     """Fetch the manifest ``text`` names and every blob the store lacks; build its image.
-    ``gate`` may refuse the manifest before anything is stored.  Nothing is named (the
-    caller names it, inside ``store.temp_root()``)."""
+
+    An index is resolved by platform — or, with ``keep_all``, kept whole: every manifest
+    and blob of every platform.  ``with_referrers`` also keeps the manifests that refer
+    to it (the referrers API or its tag-schema fallback, and ``sha256-<hex>.sig``/``.att``
+    /``.sbom`` attachments) with their blobs.  ``gate`` may refuse the manifest before
+    anything is stored; titles are checked before any blob is fetched.  Nothing is named
+    (the caller names it, inside ``store.temp_root()``)."""
     ref = parse_reference(text)
     with Client(ref, options) as client:
         data, media_type = client.get_manifest(ref.reference, ref.digest)
-        descriptor = _own_descriptor(data, media_type)
+        descriptor = ocigraph.own_descriptor(data, media_type)
         for _ in range(oci.MAX_NESTING):
-            if descriptor["mediaType"] not in oci.INDEX_TYPES:
+            if keep_all or descriptor["mediaType"] not in ocitypes.INDEX_TYPES:
                 break
             descriptor = _pick(client, data, descriptor, options.platform)
             data, media_type = client.get_manifest(descriptor["digest"],
                                                    Sha256(descriptor["digest"][7:]))
-        where = str(ref)
-        doc = oci.parse_document(data, where, descriptor["mediaType"])
-        if descriptor["mediaType"] not in oci.MANIFEST_TYPES:
-            raise client.fail(f"{where}: media type {descriptor['mediaType']!r} is not an "
-                              "image manifest")
-        config = oci.parse_descriptor(doc.get("config"), f"{where} config")
-        layers = oci.parse_descriptors(doc, "layers", where)
-        oci.check_titles(layers)  # before any download
-        if config.size > oci.MAX_JSON:
-            raise client.fail(f"{where}: config of {config.size} bytes is too large")
         if gate is not None:
             gate.admit(client, ref, data)
-        store.add_bytes(data)
+        graph = ocigraph.Graph(client, store, options.platform)
+        graph.add(descriptor, data, tree=True)
+        referrers = []
+        if with_referrers:  # of the artifact's own documents (not of referrers: one level)
+            subjects = graph.manifests[:] if keep_all else graph.manifests[:1]
+            for subject in subjects:
+                for found, tag, found_data in ocigraph.referrers_of(client, subject):
+                    graph.add(found, found_data, tree=False)
+                    referrers.append((found, subject, tag))
         # a blob already stored is claimed before the pull relies on it (GC may run now)
-        wanted = {d.sha256: d for d in [config, *layers]
-                  if store.claim_sha256(d.sha256) is None}
+        wanted = [d for d in graph.blobs.values() if store.claim_sha256(d.sha256) is None]
         if progress is not None:  # the bytes to download: a total for the caller's bar
-            progress.expect(sum(d.size for d in wanted.values()))
+            progress.expect(sum(d.size for d in wanted))
 
         def fetch(desc: oci.Descriptor) -> AddResult:
             expect = Expected(f"{ref.host}/{ref.repository}@{desc.digest}", desc.sha256,
@@ -727,17 +746,22 @@ def pull_image(store: Store, text: str, options: Options, progress: Progress | N
             return client.download(store, expect, progress)
 
         with ThreadPoolExecutor(max(1, options.workers)) as pool:
-            list(pool.map(fetch, wanted.values()))
-    return ref, oci.import_stored(store, descriptor, where, keep_compressed=keep_compressed)
+            list(pool.map(fetch, wanted))
+    name = ollama.registry_name(ref.host, ref.repository, ref.tag or "latest")
+    return ref, oci.import_stored(store, descriptor, str(ref), keep_compressed=keep_compressed,
+                                  platform=options.platform, referrers=referrers,
+                                  ollama_name=name)
 
 
 def pull(store: Store, text: str, name: str | None, options: Options,
-         progress: Progress | None = None, *, gate: Gate | None = None) -> NameRecord:
+         progress: Progress | None = None, *, gate: Gate | None = None,
+         keep_all: bool = False, with_referrers: bool = False) -> NameRecord:
     """Pull and name: the name is written last, when every object is stored."""
     # refuse a bad name, given or derived, before any download
     name = names.normalize(name) if name is not None else default_name(parse_reference(text))
     with store.temp_root():
-        _, image = pull_image(store, text, options, progress, gate=gate)
+        _, image = pull_image(store, text, options, progress, gate=gate, keep_all=keep_all,
+                              with_referrers=with_referrers)
         image_id = store.put_image(image)
         if gate is not None:
             gate.keep(store)
@@ -745,18 +769,11 @@ def pull(store: Store, text: str, name: str | None, options: Options,
 
 
 def default_name(ref: Reference) -> str:
-    """``host[:port]/repo:tag`` (``:latest`` for a digest reference)."""
-    return names.normalize(f"{ref.host}/{ref.repository}:{ref.tag or 'latest'}")
-
-
-def _own_descriptor(data: bytes, media_type: str) -> dict[str, Any]:
-    """The descriptor of a fetched document; its mediaType field beats Content-Type."""
-    own = oci.parse_document(data, "manifest", None).get("mediaType")
-    kind = own if isinstance(own, str) else media_type
-    if not kind:
-        raise BadInput(message="manifest without a media type")
-    sha = hashing.hash_bytes(data).sha256.hex()
-    return {"mediaType": kind, "digest": f"sha256:{sha}", "size": len(data)}
+    """``host[:port]/repo:tag``.  A cas name holds no ``@digest``: a reference by digest
+    alone is named with the tag ``sha256-<hex>`` (its digest, as the OCI tag schema spells
+    one), and a push of that name goes by digest again (``push_image``)."""
+    tag = ref.tag or (f"sha256-{ref.digest}" if ref.digest else "latest")
+    return names.normalize(f"{ref.host}/{ref.repository}:{tag}")
 
 
 def _pick(client: Client, data: bytes, index: dict[str, Any],
@@ -764,41 +781,57 @@ def _pick(client: Client, data: bytes, index: dict[str, Any],
     where = f"{client.ref} index"
     entries = oci.parse_descriptors(oci.parse_document(data, where, index["mediaType"]),
                                     "manifests", where)
-    if wanted is None:
-        return oci.pick_platform(entries, where).doc
-    os_name, _, arch = wanted.partition("/")
-    arch, _, variant = arch.partition("/")
-    found = [d for d in entries if d.doc.get("platform", {}).get("os") == os_name
-             and d.doc.get("platform", {}).get("architecture") == arch
-             and (not variant or d.doc.get("platform", {}).get("variant") == variant)]
-    if len(found) != 1:
-        raise client.fail(f"{where}: {len(found)} manifests for platform {wanted}")
-    return found[0].doc
+    chosen = oci.pick_platform(entries, wanted)
+    if chosen is None:
+        raise client.fail(f"{where}: {oci.no_platform(entries, wanted)}")
+    return chosen.doc
 
 
 def push_image(store: Store, image: Image, text: str, options: Options, *,
                default_tag: str | None = None, mount_from: str | None = None,
                attach: Callable[[Client, Sha256], object] | None = None,
-               progress: Progress | None = None) -> str:
-    """Upload the image's blobs, then its manifest, then ``attach`` (signatures) what
-    refers to it; returns the manifest digest.  ``progress`` counts the blobs' bytes."""
+               with_referrers: bool = False, progress: Progress | None = None) -> str:
+    """Upload the image's blobs, then its manifests (an index's last), then with
+    ``with_referrers`` the referrers it keeps, then ``attach`` (signatures) what refers to
+    it; returns the manifest digest.  ``progress`` counts the blobs' bytes."""
     ref = parse_reference(text)
-    descriptor, data = oci.manifest_of(store, image)
-    *blobs, manifest = oci.export_plan(image)[1]
-    distinct = list({b.sha256: b for b in blobs}.values())
-    if progress is not None:
-        progress.expect(sum(b.size for b in distinct))
+    descriptor, blobs = oci.export_plan(store, image)
+    manifest = blobs[-1]
+    referrers = oci.referrer_plans(store, image) if with_referrers else []
     with Client(ref, options, push=True, mount_from=mount_from) as client:
-        with ThreadPoolExecutor(max(1, options.workers)) as pool:
-            list(pool.map(lambda b: client.upload(store, b, mount_from, progress), distinct))
-        reference = ref.reference if (ref.tag or ref.digest or not default_tag) else default_tag
-        returned = client.put_manifest(reference, data, descriptor["mediaType"])
-        if returned and returned != f"sha256:{manifest.sha256}":
-            raise RegistryError(registry=ref.host, reason=f"the registry stored the manifest "
-                                f"as {returned[:80]}, not sha256:{manifest.sha256}")
+        ocigraph.upload(client, store, blobs[:-1], mount_from, progress)
+        reference = ref.reference
+        if not (ref.tag or ref.digest) and default_tag:
+            reference = (f"sha256:{manifest.sha256}" if _DIGEST_TAG.fullmatch(default_tag)
+                         else default_tag)
+        ocigraph.put(client, store, manifest, reference)
+        for referrer in referrers:
+            ocigraph.push_referrer(client, store, referrer, mount_from)
         if attach is not None:
             attach(client, manifest.sha256)
-    return f"sha256:{manifest.sha256}"
+    return str(descriptor["digest"])
+
+
+def fetch_blob(client: Client, store: Store, expect: Expected) -> AddResult | None:
+    """The blob ``expect`` names from ``client``'s repository — or its manifest of that
+    digest (registries keep manifests apart from blobs) — stored only if its digest and
+    size match; None if the repository has neither, or the size is not known (nothing
+    would bound the download) — ``cas repair --from docker://``."""
+    assert expect.sha256 is not None
+    if expect.size is None:
+        return None
+    try:
+        return client.download(store, expect, None)
+    except RegistryNotFound:
+        pass
+    if expect.size > MAX_MANIFEST:
+        return None
+    try:
+        data, _ = client.get_manifest(f"sha256:{expect.sha256}", expect.sha256)
+    except RegistryNotFound:
+        return None
+    expect.check(hashing.hash_bytes(data))
+    return store.add_bytes(data)
 
 
 def referrers(text: str, options: Options) -> list[dict[str, Any]]:
@@ -808,14 +841,6 @@ def referrers(text: str, options: Options) -> list[dict[str, Any]]:
     with Client(ref, options) as client:
         sha = ref.digest
         if sha is None:
-            subject, _ = client.get_manifest(ref.reference, None)
-            sha = Sha256(hashing.hash_bytes(subject).sha256.hex())
-        data = client.referrers_index(sha)
-        if data is None:  # no referrers API here: the tag schema
-            try:
-                data, _ = client.get_manifest(f"sha256-{sha}", None)
-            except RegistryNotFound:
-                return []
-        where = f"{ref} referrers"
-        doc = oci.parse_document(data, where, None)
-        return [d.doc for d in oci.parse_descriptors(doc, "manifests", where)]
+            data, _ = client.get_manifest(ref.reference, None)
+            sha = Sha256(hashing.hash_bytes(data).sha256.hex())
+        return ocigraph.list_referrers(client, sha)
