@@ -62,7 +62,8 @@ def test_tmpfs_has_no_verity() -> None:
     (errno.ENOTTY, "xfs", 4096, True, "filesystem", "mkfs.ext4 -b 4096 -O verity"),
     (errno.EOPNOTSUPP, "btrfs", 4096, False, "kernel", "CONFIG_FS_VERITY"),
     (errno.EROFS, "ext4", 4096, True, "read-only", ""),
-    (errno.ENOSPC, "ext4", 4096, True, "error", ""),
+    (errno.ENOSPC, "ext4", 4096, True, "full", ""),
+    (errno.EIO, "ext4", 4096, True, "error", ""),
 ])
 def test_each_refusal_is_explained_with_its_fix(
         monkeypatch: pytest.MonkeyPatch, err: int, fs: str, block: int, kernel: bool,
