@@ -2,13 +2,16 @@
 and `cas checkout --link reflink` of artifacts of growing size on XFS.
 
     python bench/compare_tree.py [--files 20000] [--repeat 3] [--checkout-gib 1 4]
+                                 [--dir DIR] [--no-ostree] [--against CHECKOUT]
                                  (--files 0: checkouts only)
 
 Import: the same tree (sizes log-uniform between 1 KiB and 1 MiB, seeded) goes into a
 fresh cas store and a fresh OSTree repository (bare-user mode) on the same filesystem,
 both with their default durability, and is copied by ``cp -r`` followed by ``sync`` (the
 floor: copying and making it durable, without hashing); the table gives files/s and the
-ratios.
+ratios, with the CPU seconds (user + system) of each command beside its wall time.
+``--against`` runs a second cas (another checkout of the source, e.g. the previous
+version) interleaved with this one, for an A/B comparison on a noisy machine.
 Checkout (root, loop-mounted XFS): the time to materialise a one-file artifact of each
 size — with reflinks it should not grow with the size; verified, it reads the bytes once
 (the fs-verity digest on every core), against one `openssl dgst -sha256` pass (target on
@@ -47,45 +50,68 @@ def make_tree(root: Path, files: int, seed: int = 1) -> int:
 
 
 def timed(argv: list[str]) -> float:
+    return measured(argv)[0]
+
+
+def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU (user + system, with children) seconds of one command."""
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(argv)}")
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
 def cas(*args: str) -> list[str]:
     return [sys.executable, "-m", "cas", *args]
 
 
-def bench_import(work: Path, files: int, repeat: int) -> None:
+def bench_import(work: Path, files: int, repeat: int, ostree: bool,
+                 against: Path | None) -> None:
     tree = work / "tree"
     total = make_tree(tree, files)
     subprocess.run(["cat", *map(str, tree.rglob("*.bin"))], stdout=subprocess.DEVNULL,
-                   check=True)  # both start from a warm page cache
-    results: dict[str, list[float]] = {"cas import": [], "ostree commit": [],
-                                       "cp -r + sync": []}
+                   check=True)  # all start from a warm page cache
+    store, repo, copy = work / "store", work / "repo", work / "copy"
+    importers = {"cas import": os.environ.copy()}
+    if against is not None:
+        importers[f"cas import ({against.name})"] = {**os.environ, "PYTHONPATH": str(against)}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in importers}
+    if ostree:
+        results["ostree commit"] = []
+    results["cp -r + sync"] = []
     for _ in range(repeat):
-        store, repo, copy = work / "store", work / "repo", work / "copy"
-        for old in (store, repo, copy):
-            shutil.rmtree(old, ignore_errors=True)
-        subprocess.run(cas("init", str(store)), check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=bare-user"], check=True)
+        for name, env in importers.items():
+            shutil.rmtree(store, ignore_errors=True)
+            subprocess.run(cas("init", str(store)), check=True, stdout=subprocess.DEVNULL,
+                           env=env)
+            os.sync()
+            results[name].append(measured(cas("--store", str(store), "import", str(tree),
+                                              "--name", "tree"), env))
+        if ostree:
+            shutil.rmtree(repo, ignore_errors=True)
+            subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=bare-user"],
+                           check=True)
+            os.sync()
+            results["ostree commit"].append(measured(
+                ["ostree", f"--repo={repo}", "commit", "--branch=tree", f"--tree=dir={tree}"]))
+        shutil.rmtree(copy, ignore_errors=True)
         os.sync()
-        results["cas import"].append(timed(cas("--store", str(store), "import", str(tree),
-                                               "--name", "tree")))
-        os.sync()
-        results["ostree commit"].append(timed(["ostree", f"--repo={repo}", "commit",
-                                               "--branch=tree", f"--tree=dir={tree}"]))
-        os.sync()
-        results["cp -r + sync"].append(timed(["sh", "-c", 'cp -r "$1" "$2" && sync', "cp",
-                                              str(tree), str(copy)]))
-    print(f"\nimport of {files} files ({total >> 20} MiB), median of {repeat}")
-    print("| tool | seconds | files/s |")
-    print("|---|---|---|")
-    medians = {k: statistics.median(v) for k, v in results.items()}
-    for name, seconds in medians.items():
-        print(f"| {name} | {seconds:.2f} | {files / seconds:,.0f} |")
-    print(f"cas is {medians['ostree commit'] / medians['cas import']:.2f}x as fast as ostree; "
-          f"cas / (cp -r + sync) = {medians['cas import'] / medians['cp -r + sync']:.2f}")
+        results["cp -r + sync"].append(measured(
+            ["sh", "-c", 'cp -r "$1" "$2" && sync', "cp", str(tree), str(copy)]))
+    print(f"\nimport of {files} files ({total >> 20} MiB) in {work}, median of {repeat}")
+    print("| tool | seconds | CPU seconds | files/s | / (cp -r + sync) |")
+    print("|---|---|---|---|---|")
+    wall = {k: statistics.median(w for w, _ in v) for k, v in results.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in results.items()}
+    floor = wall["cp -r + sync"]
+    for name, seconds in wall.items():
+        print(f"| {name} | {seconds:.2f} | {cpu[name]:.2f} | {files / seconds:,.0f} "
+              f"| {seconds / floor:.2f} |")
+    if ostree:
+        print(f"cas is {wall['ostree commit'] / wall['cas import']:.2f}x as fast as ostree")
 
 
 def bench_checkout(base: Path, sizes_gib: list[int], repeat: int) -> None:
@@ -123,12 +149,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--checkout-gib", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--no-ostree", dest="ostree", action="store_false")
+    parser.add_argument("--against", type=Path, help="another cas checkout, run interleaved")
     args = parser.parse_args()
-    if args.files > 0 and shutil.which("ostree") is None:
+    if args.files > 0 and args.ostree and shutil.which("ostree") is None:
         raise SystemExit("ostree is not installed (apt-get install ostree)")
     if args.files > 0:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            bench_import(Path(tmp), args.files, args.repeat)
+            bench_import(Path(tmp), args.files, args.repeat, args.ostree, args.against)
     if os.geteuid() == 0 and args.checkout_gib:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             bench_checkout(Path(tmp), args.checkout_gib, args.repeat)
