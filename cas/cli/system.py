@@ -23,7 +23,6 @@ from click.shell_completion import get_completion_class
 import cas
 from cas import errors
 from cas.cli.common import COMPLETE_VAR, Context, cli, emit, json_option
-from cas.cli.manpages import pages
 
 if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
     from cas.ops import schedule as sched
@@ -54,6 +53,7 @@ def completion(shell: str) -> None:
 def man_cmd(command: tuple[str, ...], directory: Path | None) -> None:
     """Show the man page of cas COMMAND (on a terminal through man(1), else as roff),
     or write all pages with --write DIR."""
+    from cas.cli.manpages import pages  # click_man and importlib.metadata: only here
     every = pages(cli)
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,7 @@ def systemd_install(obj: Context, /, unit_dir: Path, man_dir: Path, as_json: boo
     written = sched.install(sched.systemd_units(schedule), unit_dir)
     if not _man_finds("cas-gc"):
         man_dir.mkdir(parents=True, exist_ok=True)
+        from cas.cli.manpages import pages
         written += sched.install(pages(cli), man_dir)
     timers = [p.name for p in written if p.suffix == ".timer"]
     next_step = f"systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"
