@@ -139,10 +139,12 @@ def _mount(store: Store, record: NameRecord, image: Image, target: Path, verify:
            progress: Progress | None) -> MountResult:
     image_id = write_image(store, image)
     needed = sorted({e.object_id for e in image.files() if e.object_id is not None})
+    ids = [image_id, *needed]
+    without = [oid for oid in ids if not _has_verity(store, oid)]  # one measurement each
+    mode = "none" if not verify else "kernel" if not without else "userspace"
     verifier = Verifier(store, policy_age(store, trust_proven), "mount") if verify else None
-    mode = _verify(verifier, [image_id, *needed], progress) if verifier is not None else "none"
-    without = 0 if mode == "kernel" else sum(not _has_verity(store, oid)
-                                             for oid in [image_id, *needed])
+    if verifier is not None and mode == "userspace":
+        _check_all(verifier, ids, progress)
     private = _private_dir(store, target)
     flags = "ro" if allow_suid_dev else f"ro,{NOSUID}"
     # every store path handed to mount(8) is a descriptor opened here (/proc/self/fd/N):
@@ -184,7 +186,7 @@ def _mount(store: Store, record: NameRecord, image: Image, target: Path, verify:
     loop = (_mount_source(private) or b"").startswith(b"/dev/loop")
     return MountResult(target, record.name, image_id, mode, len(needed), loop,
                        allow_suid_dev, time.monotonic() - start, fsverity.probe(store.tmp_fd),
-                       without, verifier if mode == "userspace" else None)
+                       len(without), verifier if mode == "userspace" else None)
 
 
 def umount(store: Store, mountpoint: Path) -> Path:
@@ -218,20 +220,17 @@ def _mount_image(fd: int, dir_fd: int, target: Path, flags: str) -> None:
         _run(argv, target, (fd, dir_fd))
 
 
-def _verify(verifier: Verifier, ids: list[ObjectId], progress: Progress | None) -> str:
-    """``kernel`` if every object has fs-verity, else check them all (``userspace``:
-    rehashed, or trusted from a recent proof where the verifier may)."""
-    store = verifier.store
-    if all(_has_verity(store, oid) for oid in ids):
-        return "kernel"
+def _check_all(verifier: Verifier, ids: list[ObjectId], progress: Progress | None) -> None:
+    """Check every object in userspace (rehashed, or trusted from a recent proof where
+    the verifier may): some lack kernel fs-verity, so ``verity=require`` cannot be used."""
+    sizes = [verifier.store.stat_object(oid).size for oid in ids]
     if progress is not None:
-        progress.expect(sum(store.stat_object(oid).size for oid in ids))
-    for oid in ids:
+        progress.expect(sum(sizes))
+    for oid, size in zip(ids, sizes, strict=True):
         verifier.check(oid)
         if progress is not None:
-            progress.advance(store.stat_object(oid).size)
+            progress.advance(size)
     verifier.finish()
-    return "userspace"
 
 
 def _has_verity(store: Store, oid: ObjectId) -> bool:
