@@ -120,6 +120,7 @@ class ArtifactList:
     records: tuple[NameRecord, ...]
     damaged: dict[str, list[ObjectId]]
     unreadable: tuple[errors.StoreCorrupt, ...]
+    marks_unreadable: errors.CasError | None = None  # state/damaged unusable: damaged is {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +141,16 @@ class ArtifactInfo:
 
 
 def list_artifacts(store: Store) -> ArtifactList:
-    """Every readable name; a damaged name file is listed in ``unreadable``, not raised."""
+    """Every readable name; a damaged name file is listed in ``unreadable``, not raised,
+    and damage marks that cannot be read leave ``damaged`` empty and are said in
+    ``marks_unreadable`` (the names are listed anyway)."""
     from cas.core.damage import damaged_artifacts
     records, unreadable = store.names.scan()
-    return ArtifactList(tuple(records), damaged_artifacts(store), tuple(unreadable))
+    try:
+        damaged, problem = damaged_artifacts(store), None
+    except errors.CasError as exc:
+        damaged, problem = {}, exc
+    return ArtifactList(tuple(records), damaged, tuple(unreadable), problem)
 
 
 def inspect(store: Store, name: str) -> ArtifactInfo:

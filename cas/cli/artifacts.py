@@ -28,7 +28,7 @@ from cas.cli.common import (
     warn,
 )
 from cas.cli.progress import run_with_progress
-from cas.errors import CasError, printable
+from cas.errors import printable
 
 if TYPE_CHECKING:
     from cas.core.linkmode import LinkMode
@@ -191,21 +191,17 @@ def ls(obj: Context, as_json: bool) -> None:
 
     An unreadable name file is reported on stderr and the others are listed (cas verify
     reports it as bad-name)."""
-    from cas.core.damage import damaged_artifacts
+    from cas.api import list_artifacts
     with obj.open_store() as store:
-        records, bad_names = store.names.scan()  # a damaged name file is skipped and said
-        try:
-            damaged = damaged_artifacts(store)
-            unusable = None
-        except CasError as exc:  # state/damaged is unusable: list the names anyway
-            damaged, unusable = {}, exc
-    for problem in bad_names:
+        listing = list_artifacts(store)
+    for problem in listing.unreadable:
         warn(as_json, problem, "bad-name")
-    if unusable is not None:
-        warn(as_json, unusable)
-    emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in records],
+    if listing.marks_unreadable is not None:
+        warn(as_json, listing.marks_unreadable)
+    damaged = listing.damaged
+    emit(as_json, [{**r.to_json(), "damaged": damaged.get(r.name, [])} for r in listing.records],
          "\n".join(f"{r.name}\t{printable(r.kind)}\t{r.image}"
-                   + ("\tDAMAGED" if r.name in damaged else "") for r in records))
+                   + ("\tDAMAGED" if r.name in damaged else "") for r in listing.records))
 
 
 @cli.command()
