@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import pkgutil
 import pwd
 import random
 import shutil
@@ -15,6 +17,7 @@ from typing import BinaryIO
 
 import pytest
 
+import cas
 import cas.core.store
 from cas import Store
 from cas.core import fsverity
@@ -184,7 +187,15 @@ def run_as(user: tuple[int, int], argv: list[str],
 @contextlib.contextmanager
 def acting_as(user: tuple[int, int]) -> Iterator[None]:
     """Run the block in this process with ``user``'s effective ids (root's saved ids bring
-    them back after); cas's own code then meets the permissions that user would."""
+    them back after); cas's own code then meets the permissions that user would.
+
+    Every cas module (and so each library it loads lazily, such as httpx) is imported
+    first, as root: the interpreter may live where only root can read (``/root`` is 0700
+    on these machines), and what is tested is the store's permissions, not the Python
+    installation's."""
+    for module in pkgutil.walk_packages(cas.__path__, "cas."):
+        if not module.name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(module.name)
     groups = os.getgroups()
     os.setgroups([])
     os.setegid(user[1])
