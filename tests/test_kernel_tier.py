@@ -28,11 +28,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 #: Ordinary tests whose code paths change when objects have kernel fs-verity (adds enable
 #: it; mounts use verity=require; hardlink checkouts and open_verified measure; rot is a
-#: replaced file, since a verity file cannot be written).
+#: replaced file, since a verity file cannot be written).  test_proof.py is not here: it
+#: is about objects without kernel fs-verity (tests/kernel covers proofs beside it).
 ORDINARY = [
     "tests/test_store.py",
     "tests/test_mount.py",
     "tests/test_tree_checkout.py",
+    "tests/test_api.py",
     *(f"tests/test_verify.py::test_{name}" for name in (
         "clean_store_full_and_structural",
         "bit_rot_is_found_classified_quarantined_and_repaired",

@@ -13,9 +13,11 @@ import pytest
 from verityfs import MIB, LoopFs, cas, load_modules, loop_fs, measure, sh
 
 from cas import Store
-from cas.core import fsverity
+from cas.core import fsverity, proof
+from cas.core.linkmode import LinkMode
 from cas.integrity.verify import sweep
 from cas.ops.artifacts import import_artifacts
+from cas.ops.checkout import checkout
 
 
 @pytest.fixture(scope="module", params=["ext4", "btrfs"])
@@ -124,3 +126,37 @@ def test_probe_matches_the_kernel(verity_fs: LoopFs) -> None:
     assert support.available and support.block_size >= 4096
     assert support.filesystem == verity_fs.image.name.removesuffix(".img")
     assert fsverity.kernel_has_verity(support.filesystem) is True
+
+
+def test_objects_the_kernel_measures_need_no_proof(verity_fs: LoopFs, tmp_path: Path) -> None:
+    """With kernel fs-verity a checkout that trusts proofs measures every object instead
+    (O(1), and the kernel checks every later read); an object replaced by a plain copy of
+    the same bytes has no fs-verity, no proof of its new inode, so it is rehashed — and
+    the next sweep gives it fs-verity again."""
+    path = verity_fs.mountpoint / f"store-{tmp_path.name}"
+    assert cas(path, "init", path).returncode == 0
+    with Store.open(path) as store:
+        oids = fill(store, tmp_path, seed=3)
+        assert sweep(store).clean
+        image = store.get_image(store.names.get("t/3").image)
+
+        def checkout_trusting(dest: str) -> proof.Verifier:
+            done = checkout(store, image, verity_fs.mountpoint / dest, LinkMode.HARDLINK,
+                            trust_proven=3600)
+            assert done.verifier is not None
+            return done.verifier
+
+        measured = checkout_trusting(f"a-{tmp_path.name}")
+        assert (measured.kernel, measured.rehashed, measured.trusted) == (len(oids), 0, [])
+        plain = path / "objects" / oids[0][:2] / oids[0][2:]
+        copy = plain.with_name(plain.name + ".new")
+        copy.write_bytes(plain.read_bytes())
+        copy.chmod(0o444)
+        os.rename(copy, plain)
+        assert measure(plain) is None
+        mixed = checkout_trusting(f"b-{tmp_path.name}")
+        assert (mixed.kernel, mixed.rehashed, mixed.trusted) == (len(oids) - 1, 1, [])
+        again = sweep(store)  # the copy is sound; the sha256 index still links the old inode
+        assert [f.kind for f in again.findings] == ["bad-index-entry"]
+        assert again.verity_enabled == 1
+    assert measure(plain) == oids[0]
