@@ -477,6 +477,57 @@ int cas_pipeline_finish(struct cas_pipeline *pl, int err,
     return err;
 }
 
+/* ---- a file the caller fills (cas_filler_*, see cas_native.h) ---------- */
+
+cas_filler *cas_filler_new(int fd, struct cas_progress *progress)
+{
+    return cas_pipeline_new(fd, 0, progress);
+}
+
+int cas_filler_mark(cas_filler *f, uint64_t mark)
+{
+    int backwards, err;
+
+    if (f == NULL)
+        return -EINVAL;
+    pthread_mutex_lock(&f->mu);
+    backwards = mark < f->mark;
+    pthread_mutex_unlock(&f->mu);
+    if (backwards)
+        return -EINVAL;
+    if (!f->w[0].started && mark >= CAS_FILLER_THREADED) {
+        err = cas_pipeline_spawn(f, 0);
+        if (err != 0) {
+            cas_pipeline_fail(f, err);
+            return err;
+        }
+    }
+    cas_pipeline_publish(f, mark);
+    return cas_pipeline_status(f);
+}
+
+int cas_filler_finish(cas_filler *f, int abort, struct cas_digests *out)
+{
+    struct cas_digests unused;
+    int i;
+
+    if (f == NULL)
+        return -EINVAL;
+    if (out == NULL)
+        return cas_pipeline_finish(f, -EINVAL, &unused);
+    memset(out, 0, sizeof(*out));
+    if (abort)
+        return cas_pipeline_finish(f, -ECANCELED, out);
+    if (!f->w[0].started) {  /* a small file: hash it here, to the last mark */
+        pthread_mutex_lock(&f->mu);
+        f->finished = 1;
+        pthread_mutex_unlock(&f->mu);
+        for (i = 0; i < CAS_PIPELINE_WORKERS; i++)
+            cas_worker_main(&f->w[i]);
+    }
+    return cas_pipeline_finish(f, 0, out);
+}
+
 /* ---- whole file -------------------------------------------------------- */
 
 int cas_hash_fd(int fd, unsigned flags, struct cas_digests *out,
