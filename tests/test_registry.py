@@ -516,6 +516,40 @@ def test_parallel_ranges_fall_back_and_stay_verified(fake: FakeRegistry, store: 
     assert os.listdir(store.path / "tmp") == []
 
 
+def test_a_failing_range_stops_the_others(fake: FakeRegistry, store: Store) -> None:
+    """One range fails for good while another drips (it would take hours): the pull
+    fails at once with the first range's error, nothing stored, no temp file left."""
+    options = registry.Options(insecure=True, retries=1, backoff=0.0, ranges=3,
+                               ranged_min=1 << 20, min_rate=1)  # dripping is allowed
+    data = os.urandom(3 << 20)
+
+    def route(body: bytes) -> Route:
+        def serve(h: http.server.BaseHTTPRequestHandler) -> None:
+            first, last = (int(x) for x in h.headers["Range"][6:].split("-"))
+            if first == 2 << 20:  # the last range: a server error, every time
+                send(h, 500, b"{}")
+                return
+            h.send_response(206)
+            h.send_header("Content-Length", str(last + 1 - first))
+            h.send_header("Content-Range", f"bytes {first}-{last}/{len(body)}")
+            h.end_headers()
+            try:
+                for at in range(first, last + 1):  # a byte every 10 ms
+                    h.wfile.write(body[at:at + 1])
+                    h.wfile.flush()
+                    time.sleep(0.01)
+            except OSError:
+                pass  # the client hung up
+            h.close_connection = True
+        return serve
+
+    ref = fake.artifact({"f.bin": data}, blob_route=route)
+    with pytest.raises(errors.RegistryError, match="HTTP 500"):
+        registry.pull(store, ref, None, options)
+    assert_nothing_named(store)
+    assert os.listdir(store.path / "tmp") == []
+
+
 @pytest.mark.parametrize("ranged", [True, False])
 def test_broken_download_resumes_with_range(fake: FakeRegistry, store: Store,
                                             ranged: bool) -> None:
