@@ -35,7 +35,8 @@ int cas_import_fd(int, int, unsigned, struct cas_digests *, unsigned *,
 int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress *);
 
 typedef struct cas_pipeline cas_filler;
-cas_filler *cas_filler_new(int, struct cas_progress *);
+#define CAS_FILLER_WRITEBACK ...
+cas_filler *cas_filler_new(int, unsigned, struct cas_progress *);
 int cas_filler_mark(cas_filler *, uint64_t);
 int cas_filler_finish(cas_filler *, int, struct cas_digests *);
 

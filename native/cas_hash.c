@@ -231,6 +231,7 @@ struct cas_pipeline {
     pthread_cond_t cv;
     int fd;
     int to_eof;
+    int writeback;      /* start writeback of what the Merkle worker hashed */
     uint64_t mark;      /* under mu: readable bytes (mark mode) */
     int finished;       /* under mu: mark is final */
     int err;            /* first error; written under mu, read atomically */
@@ -363,6 +364,9 @@ static int cas_worker_run(struct cas_worker *w)
         if (got < 0)
             return (int)got;
         cas_worker_consume(w, w->buf, (size_t)got);
+        if (pl->writeback && w->kind == CAS_WORKER_MERKLE)
+            (void)sync_file_range(pl->fd, (off64_t)w->pos, (off64_t)got,
+                                  SYNC_FILE_RANGE_WRITE);
         cas_worker_advance(w, (uint64_t)got);
         if (got < want)
             return pl->to_eof ? 0 : -CAS_ECHANGED;
@@ -479,9 +483,16 @@ int cas_pipeline_finish(struct cas_pipeline *pl, int err,
 
 /* ---- a file the caller fills (cas_filler_*, see cas_native.h) ---------- */
 
-cas_filler *cas_filler_new(int fd, struct cas_progress *progress)
+cas_filler *cas_filler_new(int fd, unsigned flags, struct cas_progress *progress)
 {
-    return cas_pipeline_new(fd, 0, progress);
+    struct cas_pipeline *pl;
+
+    if ((flags & ~CAS_FILLER_WRITEBACK) != 0)
+        return NULL;
+    pl = cas_pipeline_new(fd, 0, progress);
+    if (pl != NULL)
+        pl->writeback = (flags & CAS_FILLER_WRITEBACK) != 0;
+    return pl;
 }
 
 int cas_filler_mark(cas_filler *f, uint64_t mark)

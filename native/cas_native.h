@@ -153,10 +153,16 @@ int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
  * (out->size == the last mark); with abort != 0 it stops the threads and
  * returns -ECANCELED. Either way it joins the threads and frees f (NULL
  * returns -EINVAL). progress->done counts hashed bytes.
+ *
+ * With CAS_FILLER_WRITEBACK (a caller that will fsync) the Merkle thread starts
+ * the writeback of each chunk it has hashed (sync_file_range, best effort), so
+ * the disk writes while the rest arrives and the final fsync has little left.
+ * Unknown flags: NULL.
  */
 #define CAS_FILLER_THREADED (4u << 20)
+#define CAS_FILLER_WRITEBACK 1u
 typedef struct cas_pipeline cas_filler;
-cas_filler *cas_filler_new(int fd, struct cas_progress *progress);  /* NULL: ENOMEM */
+cas_filler *cas_filler_new(int fd, unsigned flags, struct cas_progress *progress);
 int cas_filler_mark(cas_filler *f, uint64_t mark);
 int cas_filler_finish(cas_filler *f, int abort, struct cas_digests *out);
 

@@ -31,10 +31,11 @@ def fd(tmp_path: Path) -> Iterator[int]:
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4097, THREADED - 1, THREADED, THREADED + 1,
                                   9 * MIB + 7])
-def test_digests_as_written_in_pieces(fd: int, size: int) -> None:
+@pytest.mark.parametrize("writeback", [False, True], ids=["", "writeback"])
+def test_digests_as_written_in_pieces(fd: int, size: int, writeback: bool) -> None:
     data = random.Random(size).randbytes(size)
     progress = Progress()
-    with FileHasher(fd, progress) as hasher:
+    with FileHasher(fd, progress, writeback=writeback) as hasher:
         at, rng = 0, random.Random(size + 1)
         while at < size:
             piece = data[at:at + rng.randint(1, 3 * MIB)]

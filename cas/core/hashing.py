@@ -234,11 +234,13 @@ class FileHasher:
     thread (native) hash them from the page cache on other cores meanwhile, so a download
     is not slowed by hashing on its own thread.  A file under a few MiB is hashed by
     ``finalize`` instead (no threads).  ``progress`` counts hashed bytes; its cancel makes
-    the next ``filled`` raise ``HashCancelled``.  Use as a context manager: leaving it
-    without ``finalize`` stops the threads.
+    the next ``filled`` raise ``HashCancelled``.  ``writeback`` (for a caller that will
+    fsync) starts writing each hashed chunk to disk meanwhile.  Use as a context manager:
+    leaving it without ``finalize`` stops the threads.
     """
 
-    def __init__(self, fd: int, progress: Progress | None = None) -> None:
+    def __init__(self, fd: int, progress: Progress | None = None, *,
+                 writeback: bool = False) -> None:
         self._fd, self._progress = fd, progress
         self._lock = threading.Lock()  # filled() may come from several writer threads
         self._mark = 0
@@ -248,7 +250,8 @@ class FileHasher:
         if _BACKEND is None:
             self._ref = StreamHasher()  # the reference twin: hashes in filled()
         else:
-            self._f = _lib.cas_filler_new(fd, _c_progress(progress))
+            flags = _lib.CAS_FILLER_WRITEBACK if writeback else 0
+            self._f = _lib.cas_filler_new(fd, flags, _c_progress(progress))
             if self._f == _ffi.NULL:
                 raise MemoryError("cas_filler_new")
 

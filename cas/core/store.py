@@ -407,7 +407,7 @@ class Store:
         threads) and returns when the file is complete; the bytes are hashed behind it and
         checked against ``expect`` before anything is published."""
         with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp, \
-                hashing.FileHasher(temp.fd, progress) as hasher:
+                hashing.FileHasher(temp.fd, progress, writeback=self.fsync) as hasher:
             fill(temp.fd, hasher)
             digests = hasher.finalize()
             if expect is not None:
