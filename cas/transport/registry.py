@@ -637,6 +637,8 @@ class _Prefix:
             if self._stopped:
                 raise _Stopped()
             self._done[index] += count
+            if index != self._complete:
+                return  # beyond the complete prefix: nothing new for the hasher
             bounds, done = self._bounds, self._done
             while (self._complete < len(bounds)
                    and done[self._complete] == bounds[self._complete][1]):
