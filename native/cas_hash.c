@@ -397,8 +397,9 @@ static void cas_pipeline_free(struct cas_pipeline *pl)
     free(pl);
 }
 
-struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
-                                      struct cas_progress *progress)
+/* A pipeline without its read buffers (cas_pipeline_buffers adds them). */
+static struct cas_pipeline *cas_pipeline_alloc(int fd, int to_eof,
+                                               struct cas_progress *progress)
 {
     struct cas_pipeline *pl = calloc(1, sizeof(*pl));
     int i;
@@ -414,13 +415,32 @@ struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
     cas_merkle_init(&pl->w[0].u.merkle);
     pl->w[1].kind = CAS_WORKER_FLAT;
     SHA256_Init(&pl->w[1].u.flat);
-    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++)
         pl->w[i].pl = pl;
-        pl->w[i].buf = aligned_alloc(CAS_BLOCK, CAS_READ_CHUNK);
-        if (pl->w[i].buf == NULL) {
-            cas_pipeline_free(pl);
-            return NULL;
-        }
+    return pl;
+}
+
+static int cas_pipeline_buffers(struct cas_pipeline *pl)
+{
+    int i;
+
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
+        if (pl->w[i].buf == NULL)
+            pl->w[i].buf = aligned_alloc(CAS_BLOCK, CAS_READ_CHUNK);
+        if (pl->w[i].buf == NULL)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
+                                      struct cas_progress *progress)
+{
+    struct cas_pipeline *pl = cas_pipeline_alloc(fd, to_eof, progress);
+
+    if (pl != NULL && cas_pipeline_buffers(pl) != 0) {
+        cas_pipeline_free(pl);
+        return NULL;
     }
     return pl;
 }
@@ -483,13 +503,16 @@ int cas_pipeline_finish(struct cas_pipeline *pl, int err,
 
 /* ---- a file the caller fills (cas_filler_*, see cas_native.h) ---------- */
 
+/* Bytes per pread when a small file is hashed in the calling thread. */
+#define CAS_FILLER_PIECE (64u * 1024u)
+
 cas_filler *cas_filler_new(int fd, unsigned flags, struct cas_progress *progress)
 {
     struct cas_pipeline *pl;
 
     if ((flags & ~CAS_FILLER_WRITEBACK) != 0)
         return NULL;
-    pl = cas_pipeline_new(fd, 0, progress);
+    pl = cas_pipeline_alloc(fd, 0, progress);  /* buffers only with the threads */
     if (pl != NULL)
         pl->writeback = (flags & CAS_FILLER_WRITEBACK) != 0;
     return pl;
@@ -507,7 +530,9 @@ int cas_filler_mark(cas_filler *f, uint64_t mark)
     if (backwards)
         return -EINVAL;
     if (!f->w[0].started && mark >= CAS_FILLER_THREADED) {
-        err = cas_pipeline_spawn(f, 0);
+        err = cas_pipeline_buffers(f);
+        if (err == 0)
+            err = cas_pipeline_spawn(f, 0);
         if (err != 0) {
             cas_pipeline_fail(f, err);
             return err;
@@ -517,10 +542,46 @@ int cas_filler_mark(cas_filler *f, uint64_t mark)
     return cas_pipeline_status(f);
 }
 
+/* A file that stayed small: both digests in one pass here, no threads. */
+static int cas_filler_hash_here(cas_filler *f, struct cas_digests *out)
+{
+    uint64_t pos = 0, mark = f->mark;
+    cas_hasher *h = NULL;
+    uint8_t *buf = NULL;
+    int err = cas_pipeline_status(f);
+
+    if (err == 0) {
+        h = cas_hasher_new();
+        buf = malloc(CAS_FILLER_PIECE);
+        if (h == NULL || buf == NULL)
+            err = -ENOMEM;
+    }
+    while (err == 0 && pos < mark) {
+        size_t want = mark - pos < CAS_FILLER_PIECE ? (size_t)(mark - pos)
+                                                    : CAS_FILLER_PIECE;
+        int64_t got = cas_pread_full(f->fd, buf, want, pos);
+
+        if (got < 0)
+            err = (int)got;
+        else if ((size_t)got < want)
+            err = -CAS_ECHANGED;
+        else
+            err = cas_hasher_update(h, buf, (size_t)got);
+        pos += want;
+    }
+    if (err == 0)
+        err = cas_hasher_final(h, out);
+    if (err == 0 && f->progress != NULL)
+        __atomic_fetch_add(&f->progress->done, mark, __ATOMIC_RELAXED);
+    free(buf);
+    cas_hasher_free(h);
+    return err;
+}
+
 int cas_filler_finish(cas_filler *f, int abort, struct cas_digests *out)
 {
     struct cas_digests unused;
-    int i;
+    int err;
 
     if (f == NULL)
         return -EINVAL;
@@ -529,12 +590,10 @@ int cas_filler_finish(cas_filler *f, int abort, struct cas_digests *out)
     memset(out, 0, sizeof(*out));
     if (abort)
         return cas_pipeline_finish(f, -ECANCELED, out);
-    if (!f->w[0].started) {  /* a small file: hash it here, to the last mark */
-        pthread_mutex_lock(&f->mu);
-        f->finished = 1;
-        pthread_mutex_unlock(&f->mu);
-        for (i = 0; i < CAS_PIPELINE_WORKERS; i++)
-            cas_worker_main(&f->w[i]);
+    if (!f->w[0].started) {
+        err = cas_filler_hash_here(f, out);
+        cas_pipeline_free(f);
+        return err;
     }
     return cas_pipeline_finish(f, 0, out);
 }
