@@ -6,7 +6,8 @@ A local docker-registry (127.0.0.1, free port, storage under --dir) gets one art
 with one random --size-mib layer (pushed by skopeo from an OCI layout).  Then, interleaved
 --repeat times, each tool pulls it into a fresh destination: `cas pull` into a new store
 (with and without fsync) and `skopeo copy` into a new OCI layout.  Both verify every
-digest.  The table gives median wall seconds, MiB/s and the ratio to skopeo (target ≤ 1.0).
+digest.  The table gives median wall seconds, MiB/s and the ratio to skopeo (target ≤ 0.7),
+and the 1-minute load average seen between rounds (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -144,12 +145,15 @@ def main() -> None:
         tools = {"skopeo copy docker:// oci:": skopeo, "cas pull": cas_pull(),
                  "cas pull (store --no-fsync)": cas_pull("--no-fsync")}
         times: dict[str, list[float]] = {name: [] for name in tools}
+        load = [os.getloadavg()[0]]
         for _ in range(args.repeat):
             for name, go in tools.items():
                 times[name].append(go())
+            load.append(os.getloadavg()[0])
         base = statistics.median(times["skopeo copy docker:// oci:"])
         print(f"pull of one {args.size_mib} MiB artifact from a local docker-registry, "
-              f"median of {args.repeat}")
+              f"median of {args.repeat} (interleaved); load average "
+              f"{min(load):.1f}-{max(load):.1f}")
         for name, values in times.items():
             med = statistics.median(values)
             print(f"  {name:30s} {med:7.2f} s  {args.size_mib / med:7.0f} MiB/s  "

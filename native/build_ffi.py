@@ -34,6 +34,12 @@ int cas_import_fd(int, int, unsigned, struct cas_digests *, unsigned *,
                   struct cas_progress *);
 int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress *);
 
+typedef struct cas_pipeline cas_filler;
+#define CAS_FILLER_WRITEBACK ...
+cas_filler *cas_filler_new(int, unsigned, struct cas_progress *);
+int cas_filler_mark(cas_filler *, uint64_t);
+int cas_filler_finish(cas_filler *, int, struct cas_digests *);
+
 #define CAS_CFS_RECORD_HEADER ...
 int cas_cfs_write(const uint8_t *, size_t, uint32_t, int, int, uint8_t **, size_t *);
 void cas_cfs_free(uint8_t *);

@@ -231,6 +231,7 @@ struct cas_pipeline {
     pthread_cond_t cv;
     int fd;
     int to_eof;
+    int writeback;      /* start writeback of what the Merkle worker hashed */
     uint64_t mark;      /* under mu: readable bytes (mark mode) */
     int finished;       /* under mu: mark is final */
     int err;            /* first error; written under mu, read atomically */
@@ -363,6 +364,9 @@ static int cas_worker_run(struct cas_worker *w)
         if (got < 0)
             return (int)got;
         cas_worker_consume(w, w->buf, (size_t)got);
+        if (pl->writeback && w->kind == CAS_WORKER_MERKLE)
+            (void)sync_file_range(pl->fd, (off64_t)w->pos, (off64_t)got,
+                                  SYNC_FILE_RANGE_WRITE);
         cas_worker_advance(w, (uint64_t)got);
         if (got < want)
             return pl->to_eof ? 0 : -CAS_ECHANGED;
@@ -393,8 +397,9 @@ static void cas_pipeline_free(struct cas_pipeline *pl)
     free(pl);
 }
 
-struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
-                                      struct cas_progress *progress)
+/* A pipeline without its read buffers (cas_pipeline_buffers adds them). */
+static struct cas_pipeline *cas_pipeline_alloc(int fd, int to_eof,
+                                               struct cas_progress *progress)
 {
     struct cas_pipeline *pl = calloc(1, sizeof(*pl));
     int i;
@@ -410,13 +415,32 @@ struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
     cas_merkle_init(&pl->w[0].u.merkle);
     pl->w[1].kind = CAS_WORKER_FLAT;
     SHA256_Init(&pl->w[1].u.flat);
-    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++)
         pl->w[i].pl = pl;
-        pl->w[i].buf = aligned_alloc(CAS_BLOCK, CAS_READ_CHUNK);
-        if (pl->w[i].buf == NULL) {
-            cas_pipeline_free(pl);
-            return NULL;
-        }
+    return pl;
+}
+
+static int cas_pipeline_buffers(struct cas_pipeline *pl)
+{
+    int i;
+
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
+        if (pl->w[i].buf == NULL)
+            pl->w[i].buf = aligned_alloc(CAS_BLOCK, CAS_READ_CHUNK);
+        if (pl->w[i].buf == NULL)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
+                                      struct cas_progress *progress)
+{
+    struct cas_pipeline *pl = cas_pipeline_alloc(fd, to_eof, progress);
+
+    if (pl != NULL && cas_pipeline_buffers(pl) != 0) {
+        cas_pipeline_free(pl);
+        return NULL;
     }
     return pl;
 }
@@ -475,6 +499,103 @@ int cas_pipeline_finish(struct cas_pipeline *pl, int err,
         err = cas_pipeline_collect(pl, out);
     cas_pipeline_free(pl);
     return err;
+}
+
+/* ---- a file the caller fills (cas_filler_*, see cas_native.h) ---------- */
+
+/* Bytes per pread when a small file is hashed in the calling thread. */
+#define CAS_FILLER_PIECE (64u * 1024u)
+
+cas_filler *cas_filler_new(int fd, unsigned flags, struct cas_progress *progress)
+{
+    struct cas_pipeline *pl;
+
+    if ((flags & ~CAS_FILLER_WRITEBACK) != 0)
+        return NULL;
+    pl = cas_pipeline_alloc(fd, 0, progress);  /* buffers only with the threads */
+    if (pl != NULL)
+        pl->writeback = (flags & CAS_FILLER_WRITEBACK) != 0;
+    return pl;
+}
+
+int cas_filler_mark(cas_filler *f, uint64_t mark)
+{
+    int backwards, err;
+
+    if (f == NULL)
+        return -EINVAL;
+    pthread_mutex_lock(&f->mu);
+    backwards = mark < f->mark;
+    pthread_mutex_unlock(&f->mu);
+    if (backwards)
+        return -EINVAL;
+    if (!f->w[0].started && mark >= CAS_FILLER_THREADED) {
+        err = cas_pipeline_buffers(f);
+        if (err == 0)
+            err = cas_pipeline_spawn(f, 0);
+        if (err != 0) {
+            cas_pipeline_fail(f, err);
+            return err;
+        }
+    }
+    cas_pipeline_publish(f, mark);
+    return cas_pipeline_status(f);
+}
+
+/* A file that stayed small: both digests in one pass here, no threads. */
+static int cas_filler_hash_here(cas_filler *f, struct cas_digests *out)
+{
+    uint64_t pos = 0, mark = f->mark;
+    cas_hasher *h = NULL;
+    uint8_t *buf = NULL;
+    int err = cas_pipeline_status(f);
+
+    if (err == 0) {
+        h = cas_hasher_new();
+        buf = malloc(CAS_FILLER_PIECE);
+        if (h == NULL || buf == NULL)
+            err = -ENOMEM;
+    }
+    while (err == 0 && pos < mark) {
+        size_t want = mark - pos < CAS_FILLER_PIECE ? (size_t)(mark - pos)
+                                                    : CAS_FILLER_PIECE;
+        int64_t got = cas_pread_full(f->fd, buf, want, pos);
+
+        if (got < 0)
+            err = (int)got;
+        else if ((size_t)got < want)
+            err = -CAS_ECHANGED;
+        else
+            err = cas_hasher_update(h, buf, (size_t)got);
+        pos += want;
+    }
+    if (err == 0)
+        err = cas_hasher_final(h, out);
+    if (err == 0 && f->progress != NULL)
+        __atomic_fetch_add(&f->progress->done, mark, __ATOMIC_RELAXED);
+    free(buf);
+    cas_hasher_free(h);
+    return err;
+}
+
+int cas_filler_finish(cas_filler *f, int abort, struct cas_digests *out)
+{
+    struct cas_digests unused;
+    int err;
+
+    if (f == NULL)
+        return -EINVAL;
+    if (out == NULL)
+        return cas_pipeline_finish(f, -EINVAL, &unused);
+    memset(out, 0, sizeof(*out));
+    if (abort)
+        return cas_pipeline_finish(f, -ECANCELED, out);
+    if (!f->w[0].started) {
+        err = cas_filler_hash_here(f, out);
+        cas_pipeline_free(f);
+        return err;
+    }
+    return cas_pipeline_finish(f, 0, out);
 }
 
 /* ---- whole file -------------------------------------------------------- */

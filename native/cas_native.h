@@ -137,6 +137,35 @@ int cas_import_fd(int src_fd, int dst_fd, unsigned allowed,
 int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
                 unsigned *method_used, struct cas_progress *progress);
 
+/* ---- a file the caller fills, hashed behind it ---------------------------
+ * For bytes that arrive from elsewhere (a download) and are written to a file
+ * anyway: the caller writes fd and reports with cas_filler_mark how many
+ * leading bytes are now written (monotone; writes at higher offsets may land
+ * in any order); a Merkle thread and a SHA-256 thread pread fd up to that mark,
+ * on other cores than the writer's. The threads start once the mark passes
+ * CAS_FILLER_THREADED; a smaller file is hashed by cas_filler_finish in the
+ * calling thread, so many small files cost no thread creations.
+ *
+ * cas_filler_mark returns 0 while all is well, else the first error of a
+ * hashing thread or -ECANCELED (progress->cancel): the caller stops writing
+ * and calls cas_filler_finish. A mark below the previous one is -EINVAL.
+ * cas_filler_finish(f, 0, out) hashes up to the last mark and fills out
+ * (out->size == the last mark); with abort != 0 it stops the threads and
+ * returns -ECANCELED. Either way it joins the threads and frees f (NULL
+ * returns -EINVAL). progress->done counts hashed bytes.
+ *
+ * With CAS_FILLER_WRITEBACK (a caller that will fsync) the Merkle thread starts
+ * the writeback of each chunk it has hashed (sync_file_range, best effort), so
+ * the disk writes while the rest arrives and the final fsync has little left.
+ * Unknown flags: NULL.
+ */
+#define CAS_FILLER_THREADED (4u << 20)
+#define CAS_FILLER_WRITEBACK 1u
+typedef struct cas_pipeline cas_filler;
+cas_filler *cas_filler_new(int fd, unsigned flags, struct cas_progress *progress);
+int cas_filler_mark(cas_filler *f, uint64_t mark);
+int cas_filler_finish(cas_filler *f, int abort, struct cas_digests *out);
+
 /* ---- composefs images (cas_composefs.c) ---------------------------------
  * cas_cfs_write writes the composefs EROFS image of a tree given as `count`
  * records, byte for byte what mkcomposefs writes (the pure-Python twin and the

@@ -247,28 +247,27 @@ def test_pull_twice_downloads_nothing(reg: str, store: Store, tmp_path: Path,
     assert calls == []
 
 
-class _GcAtFirstByte(hashing.Progress):
-    """A pull's progress counter that, at the first byte downloaded (the "already stored"
-    decisions are made by then), runs a real ``cas gc --grace 0`` in another process and
-    waits for it: the pull resumes only after that GC finished."""
+def gc_at_first_download(store_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """As a pull starts downloading its first blob (the "already stored" decisions are
+    made by then), run a real ``cas gc --grace 0`` in another process and wait for it: the
+    pull goes on only after that GC finished.  Returns the list its JSON report is put in."""
+    reports: list[Any] = []
+    real_download = registry.Client.download
 
-    def __init__(self, store_path: Path) -> None:
-        super().__init__()
-        self.store_path = store_path
-        self.gc_report: dict[str, Any] | None = None
-        self._once = threading.Lock()
-
-    def advance(self, nbytes: int) -> None:
-        if self._once.acquire(blocking=False):
-            out = subprocess.run([sys.executable, "-m", "cas", "--store", str(self.store_path),
+    def download(self: registry.Client, *args: Any) -> Any:
+        if not reports:
+            out = subprocess.run([sys.executable, "-m", "cas", "--store", str(store_path),
                                   "--json", "gc", "--grace", "0"], check=True,
                                  capture_output=True, text=True).stdout
-            self.gc_report = json.loads(out)
-        super().advance(nbytes)
+            reports.append(json.loads(out))
+        return real_download(self, *args)
+
+    monkeypatch.setattr(registry.Client, "download", download)
+    return reports
 
 
-def test_gc_during_a_pull_keeps_the_layer_it_found_stored(reg: str, store: Store,
-                                                          tmp_path: Path) -> None:
+def test_gc_during_a_pull_keeps_the_layer_it_found_stored(
+        reg: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A layer already stored (no name holds it, past any grace period) is claimed by the
     pull before it relies on it: a GC while the other layer downloads keeps it."""
     stored, fetched = os.urandom(200_000), os.urandom(300_000)
@@ -276,9 +275,9 @@ def test_gc_during_a_pull_keeps_the_layer_it_found_stored(reg: str, store: Store
     ref = f"{reg}/claim/art:v1"
     skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{ref}")
     kept = store.add_bytes(stored).object_id  # stored before, by nothing named
-    progress = _GcAtFirstByte(store.path)
-    record = registry.pull(store, ref, None, FAST, progress)
-    assert progress.gc_report is not None and progress.gc_report["live_roots"] == 1
+    reports = gc_at_first_download(store.path, monkeypatch)
+    record = registry.pull(store, ref, None, FAST)
+    assert reports and reports[0]["live_roots"] == 1
     assert tree_files(store, record.name) == {"stored.bin": stored, "fetched.bin": fetched}
     assert store.has_object(kept)
     assert not list((store.path / "roots").iterdir())  # the pull's root ended with it
@@ -514,6 +513,40 @@ def test_parallel_ranges_fall_back_and_stay_verified(fake: FakeRegistry, store: 
         registry.pull(store, ref, "ranges/lied", options)
     assert [r.name for r in store.names] == ["ranges/ignored:latest"]
     assert_objects_sound(store.path)
+    assert os.listdir(store.path / "tmp") == []
+
+
+def test_a_failing_range_stops_the_others(fake: FakeRegistry, store: Store) -> None:
+    """One range fails for good while another drips (it would take hours): the pull
+    fails at once with the first range's error, nothing stored, no temp file left."""
+    options = registry.Options(insecure=True, retries=1, backoff=0.0, ranges=3,
+                               ranged_min=1 << 20, min_rate=1)  # dripping is allowed
+    data = os.urandom(3 << 20)
+
+    def route(body: bytes) -> Route:
+        def serve(h: http.server.BaseHTTPRequestHandler) -> None:
+            first, last = (int(x) for x in h.headers["Range"][6:].split("-"))
+            if first == 2 << 20:  # the last range: a server error, every time
+                send(h, 500, b"{}")
+                return
+            h.send_response(206)
+            h.send_header("Content-Length", str(last + 1 - first))
+            h.send_header("Content-Range", f"bytes {first}-{last}/{len(body)}")
+            h.end_headers()
+            try:
+                for at in range(first, last + 1):  # a byte every 10 ms
+                    h.wfile.write(body[at:at + 1])
+                    h.wfile.flush()
+                    time.sleep(0.01)
+            except OSError:
+                pass  # the client hung up
+            h.close_connection = True
+        return serve
+
+    ref = fake.artifact({"f.bin": data}, blob_route=route)
+    with pytest.raises(errors.RegistryError, match="HTTP 500"):
+        registry.pull(store, ref, None, options)
+    assert_nothing_named(store)
     assert os.listdir(store.path / "tmp") == []
 
 

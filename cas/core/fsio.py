@@ -113,6 +113,13 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def replace_file(dir_fd: int, name: str, data: bytes, *, tmp_dir_fd: int, fsync: bool,
                  mode: int = 0o644) -> None:
     """Atomically replace ``name`` with ``data`` (temp → fsync → rename → fsync dir)."""

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NewType, Protocol
 if TYPE_CHECKING:
     from cas.core import _reference
 
-__all__ = ["CopyMethod", "Digests", "HashCancelled", "Progress", "SortedIds", "StreamHasher",
-           "Swept", "SweptStatus", "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_fd",
-           "is_marked", "sort_ids", "sweep_shard"]
+__all__ = ["CopyMethod", "Digests", "FileHasher", "HashCancelled", "Progress", "SortedIds",
+           "StreamHasher", "Swept", "SweptStatus", "backend_name", "copy_fd", "hash_bytes",
+           "hash_fd", "import_fd", "is_marked", "sort_ids", "sweep_shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +224,86 @@ class StreamHasher:
             _check(_lib.cas_hasher_final(self._h, out))
             _ffi.release(self._h)
             return _digests(out, True)
+
+
+class FileHasher:
+    """Both digests of a file the caller is writing, hashed behind the writer.
+
+    The caller writes the file (at any offsets, from any threads) and says with
+    ``filled(n)`` that its first ``n`` bytes are written; a Merkle thread and a SHA-256
+    thread (native) hash them from the page cache on other cores meanwhile, so a download
+    is not slowed by hashing on its own thread.  A file under a few MiB is hashed by
+    ``finalize`` instead (no threads).  ``progress`` counts hashed bytes; its cancel makes
+    the next ``filled`` raise ``HashCancelled``.  ``writeback`` (for a caller that will
+    fsync) starts writing each hashed chunk to disk meanwhile.  Use as a context manager:
+    leaving it without ``finalize`` stops the threads.
+    """
+
+    def __init__(self, fd: int, progress: Progress | None = None, *,
+                 writeback: bool = False) -> None:
+        self._fd, self._progress = fd, progress
+        self._lock = threading.Lock()  # filled() may come from several writer threads
+        self._mark = 0
+        self._open = True
+        self._ref: StreamHasher | None = None
+        self._f: Any = None
+        if _BACKEND is None:
+            self._ref = StreamHasher()  # the reference twin: hashes in filled()
+        else:
+            flags = _lib.CAS_FILLER_WRITEBACK if writeback else 0
+            self._f = _lib.cas_filler_new(fd, flags, _c_progress(progress))
+            if self._f == _ffi.NULL:
+                raise MemoryError("cas_filler_new")
+
+    def filled(self, mark: int) -> None:
+        """The file's first ``mark`` bytes are written (marks never go back); raises
+        what a hashing thread met (an ``OSError``) or ``HashCancelled``."""
+        with self._lock:
+            if not self._open:
+                raise ValueError("filled() after finalize()")
+            if mark < self._mark:
+                raise ValueError(f"filled({mark}) after filled({self._mark})")
+            if self._ref is not None:
+                self._hash_reference(mark)
+            else:
+                _check(_lib.cas_filler_mark(self._f, mark))
+            self._mark = mark
+
+    def _hash_reference(self, mark: int) -> None:
+        while self._mark < mark:
+            data = os.pread(self._fd, min(mark - self._mark, 1 << 20), self._mark)
+            if not data:
+                raise OSError(errno.ESTALE, "the file shrank while it was hashed")
+            assert self._ref is not None
+            self._ref.update(data)
+            self._mark += len(data)
+            if self._progress is not None:
+                self._progress.advance(len(data))
+
+    def finalize(self) -> Digests:
+        """The digests of the first ``mark`` bytes (the last ``filled``)."""
+        with self._lock:
+            if not self._open:
+                raise ValueError("finalize() called twice")
+            self._open = False
+            if self._ref is not None:
+                return self._ref.finalize()
+            out = _ffi.new("struct cas_digests *")
+            _check(_lib.cas_filler_finish(self._f, 0, out))
+            return _digests(out, True)
+
+    def close(self) -> None:
+        """Stop hashing if ``finalize`` was not called (idempotent)."""
+        with self._lock:
+            if self._open and self._f is not None:
+                _lib.cas_filler_finish(self._f, 1, _ffi.new("struct cas_digests *"))
+            self._open = False
+
+    def __enter__(self) -> FileHasher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 _METHOD_BITS: dict[CopyMethod, int] = {}

@@ -33,7 +33,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -385,18 +385,30 @@ class Store:
                    expect: Expected | None = None, method: str = "stream",
                    batch: Batch | None = None) -> AddResult:
         """Import bytes read from a binary stream until EOF, hashing them as they pass."""
-        hasher = hashing.StreamHasher()
         # never read more than one byte past a declared size (an endless stream stops)
         budget = None if expect is None or expect.size is None else expect.size + 1
-        with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp:
+
+        def fill(fd: int, hasher: hashing.FileHasher) -> None:
+            written = 0
             while chunk := stream.read(STREAM_CHUNK if budget is None
-                                       else min(STREAM_CHUNK, budget)):
-                fsio.write_all(temp.fd, chunk)
-                hasher.update(chunk)
-                if budget is not None:
-                    budget -= len(chunk)
-                if progress is not None:
-                    progress.advance(len(chunk))
+                                       else min(STREAM_CHUNK, budget - written)):
+                fsio.write_all(fd, chunk)
+                written += len(chunk)
+                hasher.filled(written)
+
+        return self.add_filled(fill, progress=progress, expect=expect, method=method,
+                               batch=batch)
+
+    def add_filled(self, fill: Callable[[int, hashing.FileHasher], None], *,
+                   progress: Progress | None = None, expect: Expected | None = None,
+                   method: str = "stream", batch: Batch | None = None) -> AddResult:
+        """Import what ``fill(fd, hasher)`` writes into a new temp file: it calls
+        ``hasher.filled(n)`` as the first ``n`` bytes are written (any offsets, any
+        threads) and returns when the file is complete; the bytes are hashed behind it and
+        checked against ``expect`` before anything is published."""
+        with _store_errors(self.path), fsio.temp_file(self._tmp_fd, "obj") as temp, \
+                hashing.FileHasher(temp.fd, progress, writeback=self.fsync) as hasher:
+            fill(temp.fd, hasher)
             digests = hasher.finalize()
             if expect is not None:
                 expect.check(digests)

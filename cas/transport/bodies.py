@@ -1,7 +1,8 @@
 """What a registry — or anything it points at — sends besides blob bytes, read bounded.
 
 Every document (manifest, index, referrers list, token, error) is read as it streams,
-up to a cap, and never whole first: a 1 GiB token or error body costs at most the cap.
+up to a cap, and never whole first: a 1 GiB token or error body costs at most the cap
+and one read past it (``deadline.READ_BYTES``).
 cas asks for ``Accept-Encoding: identity``; a gzip or deflate body sent anyway is decoded
 under the same cap (a small bomb cannot expand past it), any other encoding is refused.
 Blob bytes are hashed as they arrive and must come unencoded (``blob_encoding``).

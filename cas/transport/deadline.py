@@ -22,6 +22,10 @@ import httpx
 
 _local = threading.local()
 
+#: Bytes a read may return: httpcore asks for 64 KiB, but a blob body then costs 16 times
+#: the Python calls (and h11 copies) per byte; whatever the socket holds, up to this.
+READ_BYTES = 1 << 20
+
 
 class Expired(Exception):
     """The calling thread's deadline passed during a network operation."""
@@ -62,7 +66,7 @@ class _Stream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _clamp(timeout))
+        return self._stream.read(max(max_bytes, READ_BYTES), _clamp(timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, _clamp(timeout))

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, Self, cast
 
@@ -407,11 +407,17 @@ class Client:
 
     def download(self, store: Store, expect: Expected, progress: Progress | None) -> AddResult:
         assert expect.sha256 is not None and expect.size is not None
-        body: _Body | _RangedBody
-        if self.options.ranges > 1 and expect.size >= self.options.ranged_min:
-            body = _RangedBody(self, expect.sha256, expect.size, store.tmp_fd)
+        sha, size = expect.sha256, expect.size
+        if self.options.ranges > 1 and size >= self.options.ranged_min:
+            bounds = _range_bounds(size, self.options.ranges)
+            with _Body(self, sha, bounds[0][1], part_of=(0, size)) as first:
+                if first.ranged:
+                    return store.add_filled(
+                        lambda fd, hasher: _fill_ranges(self, sha, first, bounds, fd, hasher),
+                        expect=expect, progress=progress, method="registry")
+            body = _Body(self, sha, size, until=first.until)  # Range ignored: one stream
         else:
-            body = _Body(self, expect.sha256, expect.size)
+            body = _Body(self, sha, size)
         with body:
             return store.add_stream(cast(IO[bytes], body), expect=expect, progress=progress,
                                     method="registry")
@@ -607,72 +613,81 @@ class _Body:
         self.close()
 
 
-class _RangedBody:
-    """One large blob fetched as several ranges at once, read back in order.
+def _range_bounds(size: int, ranges: int) -> list[tuple[int, int]]:
+    """(start, length) of ``ranges`` parts of ``size`` bytes, split on MiB boundaries."""
+    per_range = -(-size // ranges)  # ceil
+    step = -(-per_range // _ALIGN) * _ALIGN
+    return [(start, min(step, size - start)) for start in range(0, size, step)]
 
-    The first range streams straight to the reader (the store's hasher); the others land
-    in temp files beside the store's objects while it does, and are read in turn once
-    complete — the network is read once, and the hasher still sees one ordered stream.
-    A registry that ignores ``Range`` gets the plain single stream instead.
-    """
 
-    def __init__(self, client: Client, sha: Sha256, size: int, tmp_dir_fd: int) -> None:
-        per_range = -(-size // client.options.ranges)  # ceil
-        step = -(-per_range // _ALIGN) * _ALIGN
-        bounds = [(start, min(step, size - start)) for start in range(0, size, step)]
-        self._parts: list[Future[fsio.TempFile]] = []
-        self._files: list[fsio.TempFile] = []
-        first = _Body(client, sha, bounds[0][1], part_of=(0, size))
-        self._current: _Body | int = first
-        if not first.ranged:
-            first.close()
-            self._current, bounds = _Body(client, sha, size, until=first.until), []
-        self._pool = ThreadPoolExecutor(max(1, len(bounds) - 1))
-        for start, length in bounds[1:]:
-            temp = fsio.TempFile(tmp_dir_fd, "range")
-            self._files.append(temp)
-            self._parts.append(self._pool.submit(_fetch_range, client, sha, start, length,
-                                                 size, temp, first.until))
+class _Prefix:
+    """How much of a file filled by several range writers at once is complete from byte
+    0 on: the hasher is told as it grows.  Once ``stop`` is called, every writer's next
+    ``wrote`` raises ``_Stopped`` (another range failed: the rest is wasted work)."""
 
-    def read(self, n: int = -1) -> bytes:
-        while True:
-            if isinstance(self._current, _Body):
-                data = self._current.read(n)
+    def __init__(self, hasher: hashing.FileHasher, bounds: list[tuple[int, int]]) -> None:
+        self._hasher, self._bounds = hasher, bounds
+        self._done = [0] * len(bounds)
+        self._complete = 0  # ranges fully written, from the first on
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def wrote(self, index: int, count: int) -> None:
+        with self._lock:
+            if self._stopped:
+                raise _Stopped()
+            self._done[index] += count
+            if index != self._complete:
+                return  # beyond the complete prefix: nothing new for the hasher
+            bounds, done = self._bounds, self._done
+            while (self._complete < len(bounds)
+                   and done[self._complete] == bounds[self._complete][1]):
+                self._complete += 1
+            if self._complete == len(bounds):
+                mark = bounds[-1][0] + bounds[-1][1]
             else:
-                data = os.read(self._current, n if n >= 0 else 1 << 20)
-            if data or not self._parts:
-                return data
-            self._close_current()
-            self._current = self._parts.pop(0).result().fd
-            os.lseek(self._current, 0, os.SEEK_SET)
+                mark = bounds[self._complete][0] + done[self._complete]
+            self._hasher.filled(mark)
 
-    def _close_current(self) -> None:
-        if isinstance(self._current, _Body):
-            self._current.close()
-
-    def close(self) -> None:
-        self._close_current()
-        for future in self._parts:
-            future.cancel()
-        self._pool.shutdown(wait=True)
-        for temp in self._files:
-            with contextlib.suppress(OSError):
-                os.close(temp.fd)
-            temp.unlink()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
 
 
-def _fetch_range(client: Client, sha: Sha256, start: int, length: int, size: int,
-                 temp: fsio.TempFile, until: float) -> fsio.TempFile:
-    with _Body(client, sha, length, part_of=(start, size), until=until) as body:
-        while data := body.read(1 << 20):
-            fsio.write_all(temp.fd, data)
-    return temp
+class _Stopped(Exception):
+    """A range writer stopped because another range failed."""
+
+
+def _fill_ranges(client: Client, sha: Sha256, first: _Body, bounds: list[tuple[int, int]],
+                 fd: int, hasher: hashing.FileHasher) -> None:
+    """Fetch ``bounds`` of blob ``sha`` at once, each written where it belongs in ``fd``
+    (``first``, already open, is the first range); the hasher follows the complete
+    prefix.  The first failure stops the other ranges and is raised."""
+    prefix = _Prefix(hasher, bounds)
+    size = bounds[-1][0] + bounds[-1][1]
+
+    def fetch(index: int) -> None:
+        start, length = bounds[index]
+        body = first if index == 0 else _Body(client, sha, length, part_of=(start, size),
+                                               until=first.until)
+        with body:
+            offset = start
+            while data := body.read(_ALIGN):
+                fsio.pwrite_all(fd, data, offset)
+                offset += len(data)
+                prefix.wrote(index, len(data))
+
+    with ThreadPoolExecutor(len(bounds)) as pool:
+        futures = [pool.submit(fetch, index) for index in range(len(bounds))]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:  # the first failure (the others stop with _Stopped)
+            prefix.stop()
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
 
 
 def _path(url: str) -> str:
