@@ -1,13 +1,23 @@
 """Start-up cost: ``import cas`` and every ``cas ... --help`` load no heavy module (the
-store, msgpack, the native extension, the registry client, zstandard, tqdm). Checked
-through ``sys.modules`` in a fresh interpreter, not by timing."""
+store, msgpack, the native extension, the registry client, zstandard, tqdm), and
+``cas --help`` and completing a command name load no command module at all.  Checked
+through ``sys.modules`` in a fresh interpreter, not by timing.  The table the group lists
+commands from (``cas.cli.table``) is checked against the commands themselves."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
+
+import click
+import pytest
+
+import cas.cli
+from cas.cli.table import COMMANDS
 
 HEAVY = ("cas.core.store", "cas.core.image", "cas._native", "msgpack", "httpx",
          "zstandard", "tqdm", "cffi", "_cffi_backend", "cas.ops", "cas.transport")
@@ -45,6 +55,72 @@ def test_every_help_is_light() -> None:
             "for name in cli.commands:\n"
             "    assert main([name, '--help']) == 0, name\n")
     assert heavy(modules_after(code)) == []
+
+
+def command_modules(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.removeprefix("cas.cli.") in
+                  {entry.module for entry in COMMANDS.values()})
+
+
+def test_top_level_help_and_completion_load_no_command_module() -> None:
+    assert command_modules(modules_after(
+        "from cas.cli import main\nassert main(['--help']) == 0")) == []
+    completed = modules_after(
+        "import os\nfrom cas.cli import main\n"
+        "os.environ.update(_CAS_COMPLETE='zsh_complete', COMP_WORDS='cas g', COMP_CWORD='1')\n"
+        "assert main([]) == 0")
+    assert command_modules(completed) == []
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    loaded = command_modules(modules_after(
+        "from cas.cli import main\nassert main(['gc', '--help']) == 0"))
+    assert loaded == ["cas.cli.maintenance"]
+
+
+def real_commands() -> dict[str, click.Command]:
+    """Every top-level command the modules of ``cas.cli`` register, found by importing
+    them all (so a command in a module the table does not name is found too)."""
+    from cas.cli.common import cli
+    for info in pkgutil.iter_modules(cas.cli.__path__):
+        importlib.import_module(f"cas.cli.{info.name}")
+    return dict(cli.commands.items())
+
+
+def test_the_table_names_every_command_and_its_module() -> None:
+    real = real_commands()
+    assert sorted(real) == sorted(COMMANDS)
+    for name, command in real.items():
+        assert command.hidden == COMMANDS[name].hidden, name
+        assert command.callback is not None, name
+        assert command.callback.__module__ == f"cas.cli.{COMMANDS[name].module}", name
+
+
+@pytest.mark.parametrize("limit", [1, 3, 20, 45, 52, 60, 74, 200])
+def test_the_table_summaries_shorten_as_the_commands_help(limit: int) -> None:
+    for name, command in real_commands().items():
+        if not COMMANDS[name].hidden:
+            summary = click.Command(name, help=COMMANDS[name].summary)
+            assert summary.get_short_help_str(limit) == command.get_short_help_str(limit), \
+                (name, " ".join(inspect_first_paragraph(command)))
+
+
+def inspect_first_paragraph(command: click.Command) -> list[str]:
+    """What the table's summary should be (shown when the table is stale)."""
+    return (command.help or "").partition("\n\n")[0].split()
+
+
+@pytest.mark.parametrize("width", [40, 80, 120])
+def test_lazy_help_is_clicks_own(width: int) -> None:
+    """``cas --help`` lists the table; an eager group of the real commands renders the
+    same text at every width."""
+    from cas.cli.common import cli
+    eager = click.Group("cas", params=cli.params, help=cli.help, commands=real_commands())
+    texts = [group.get_help(click.Context(group, info_name="cas", terminal_width=width,
+                                          max_content_width=width))
+             for group in (cli, eager)]
+    assert texts[0] == texts[1]
+    assert "Commands:" in texts[0] and "gc" in texts[0]
 
 
 def test_checkout_link_choices_are_the_link_modes() -> None:

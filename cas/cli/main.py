@@ -4,8 +4,8 @@ Only ``main`` turns an error into output and an exit code: a one-line message on
 (a JSON object with ``--json``), the exit code carried by the error class (see
 ``cas.errors``), and a traceback only with ``--debug``.  Commands live in one module per
 group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``, ``system``,
-``signing``); importing
-them registers them on ``cas.cli.common.cli``.
+``signing``); ``cas.cli.common.cli`` imports a module (which registers its commands)
+only when one of its commands is used (``cas.cli.table`` lists them).
 """
 
 from __future__ import annotations
@@ -17,15 +17,6 @@ import click
 from click.shell_completion import shell_complete
 
 from cas import errors
-from cas.cli import (  # noqa: F401 (register the commands)
-    artifacts,
-    maintenance,
-    mount,
-    objects,
-    registry,
-    signing,
-    system,
-)
 from cas.cli.common import COMPLETE_VAR, Context, cli
 
 #: Longest error line shown to a human (``--json`` carries every field whole).
