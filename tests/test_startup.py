@@ -17,6 +17,7 @@ import click
 import pytest
 
 import cas.cli
+from cas.cli import fasthelp, helptext
 from cas.cli.table import COMMANDS
 
 HEAVY = ("cas.core.store", "cas.core.image", "cas._native", "msgpack", "httpx",
@@ -121,6 +122,76 @@ def test_lazy_help_is_clicks_own(width: int) -> None:
              for group in (cli, eager)]
     assert texts[0] == texts[1]
     assert "Commands:" in texts[0] and "gc" in texts[0]
+
+
+def test_helptext_is_clicks_current_rendering() -> None:
+    assert helptext.CLICK == fasthelp.click_dist()
+    assert helptext.TEXT == fasthelp.render(), \
+        "cas/cli/helptext.py is stale: run `python -m cas.cli.fasthelp` and commit it"
+
+
+def help_output(columns: str | None, through_click: bool, stdout: int | None = None) -> str:
+    """``cas --help`` printed by the entry point (``cas.cli.main``: always click) with
+    $COLUMNS set to ``columns`` (None: unset); to a pipe or the terminal ``stdout``."""
+    entry = "cas.cli.main" if through_click else "cas.cli"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
+    code = f"from {entry} import main; raise SystemExit(main(['--help']))"
+    if stdout is None:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env=env, timeout=60).stdout
+    subprocess.run([sys.executable, "-c", code], stdout=stdout, check=True, env=env,
+                   timeout=60)
+    return ""
+
+
+@pytest.mark.parametrize("columns", [None, "80", "81", "200", "79", "60", "0", "x", " 90"])
+def test_fast_help_prints_what_click_prints(columns: str | None) -> None:
+    fast = help_output(columns, through_click=False)
+    assert fast == help_output(columns, through_click=True)
+    assert (fast == helptext.TEXT) == (columns not in ("79", "60"))
+
+
+@pytest.mark.parametrize("width", [120, 80, 79, 70])
+def test_fast_help_on_a_terminal_prints_what_click_prints(width: int) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    def on_terminal(through_click: bool) -> bytes:
+        main, terminal = pty.openpty()
+        try:
+            fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+            help_output(None, through_click, stdout=terminal)
+            os.close(terminal)
+            terminal = -1
+            out = b""
+            while True:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the terminal side is closed and drained
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            return out
+        finally:
+            os.close(main)
+            if terminal >= 0:
+                os.close(terminal)
+
+    fast = on_terminal(through_click=False)
+    assert fast == on_terminal(through_click=True)
+    wide = fast.replace(b"\r\n", b"\n").decode() == helptext.TEXT
+    assert wide == (width >= 80)
+
+
+def test_fast_help_loads_no_click() -> None:
+    loaded = modules_after("from cas.cli import main\nassert main(['--help']) == 0")
+    assert "click" not in loaded and "cas.cli.common" not in loaded
+    assert "click" in modules_after("from cas.cli import main\nassert main(['-h', '-h']) == 0")
 
 
 def test_checkout_link_choices_are_the_link_modes() -> None:

@@ -21,8 +21,6 @@ if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
 
 F = TypeVar("F", bound=Callable[..., Any])
 STORE_ENV = "CAS_STORE"
-#: The environment variable click's completion scripts set (``cas completion SHELL``).
-COMPLETE_VAR = "_CAS_COMPLETE"
 
 
 class Context:

@@ -17,7 +17,8 @@ import click
 from click.shell_completion import shell_complete
 
 from cas import errors
-from cas.cli.common import COMPLETE_VAR, Context, cli
+from cas.cli.common import Context, cli
+from cas.cli.fasthelp import COMPLETE_VAR, reader_gone
 
 #: Longest error line shown to a human (``--json`` carries every field whole).
 MESSAGE_MAX = 4000
@@ -78,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("cas: interrupted", err=True)
         return 130
     except BrokenPipeError:
-        # the reader went away (cas cat | head): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reader_gone()
         return 0
     except Exception as exc:  # every other error: one line, mapped exit code
         return _report(exc, context.json, context.debug)
