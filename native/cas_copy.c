@@ -20,7 +20,7 @@
 #define CAS_COPY_ALL (CAS_COPY_REFLINK | CAS_COPY_RANGE | CAS_COPY_READWRITE)
 /* Bytes per copy_file_range call and per read/write round trip. */
 #define CAS_COPY_CHUNK (8u << 20)
-#define CAS_RW_CHUNK CAS_RING_CHUNK  /* the ring takes whole chunks */
+#define CAS_RW_CHUNK (1u << 20)
 
 /*
  * Where a copier reports progress: the hashing pipeline of cas_import_fd, or
@@ -123,36 +123,23 @@ static int cas_pwrite_full(int fd, const uint8_t *buf, size_t len,
     return 0;
 }
 
-/*
- * Read src into a buffer and write it to dst.  Under a hashing pipeline the
- * buffer is the pipeline's ring, so the hashing threads take the bytes from
- * it instead of reading dst again: one read of the data in all, not three.
- */
 static int cas_copy_readwrite(int src, int dst, struct cas_copy_ctx *ctx,
                               int *untouched)
 {
-    uint8_t *own = ctx->pl == NULL ? aligned_alloc(4096, CAS_RW_CHUNK) : NULL;
+    uint8_t *buf = aligned_alloc(4096, CAS_RW_CHUNK);
     uint64_t off = 0;
     int err = 0;
 
     *untouched = 1;
-    if (ctx->pl == NULL && own == NULL)
+    if (buf == NULL)
         return -ENOMEM;
     (void)posix_fadvise(src, 0, 0, POSIX_FADV_SEQUENTIAL);
     for (;;) {
-        uint8_t *buf = own;
         int64_t n;
 
         err = cas_ctx_status(ctx);
         if (err != 0)
             break;
-        if (ctx->pl != NULL) {
-            buf = cas_pipeline_slot(ctx->pl, off);
-            if (buf == NULL) {
-                err = cas_pipeline_status(ctx->pl);
-                break;
-            }
-        }
         n = cas_pread_full(src, buf, CAS_RW_CHUNK, off);
         if (n <= 0) {
             err = (int)n;
@@ -167,7 +154,7 @@ static int cas_copy_readwrite(int src, int dst, struct cas_copy_ctx *ctx,
         if ((size_t)n < CAS_RW_CHUNK)
             break;
     }
-    free(own);
+    free(buf);
     return err;
 }
 
@@ -181,27 +168,14 @@ static const struct {
     {CAS_COPY_READWRITE, cas_copy_readwrite, NULL},
 };
 
-/*
- * Which method to try at step `step`: reflink, copy_file_range, read/write —
- * but when hashing (ctx->pl), read/write before copy_file_range: its buffer
- * feeds the hashing threads, where after copy_file_range each would read dst.
- */
-static size_t cas_method_at(const struct cas_copy_ctx *ctx, size_t step)
-{
-    static const size_t hashing_order[] = {0, 2, 1};
-
-    return ctx->pl != NULL ? hashing_order[step] : step;
-}
-
 static int cas_copy_any(int src, int dst, unsigned allowed,
                         struct cas_copy_ctx *ctx, unsigned *used)
 {
-    size_t step;
+    size_t i;
     int err = -EINVAL;
 
-    for (step = 0; step < sizeof(cas_copy_methods) / sizeof(cas_copy_methods[0]);
-         step++) {
-        size_t i = cas_method_at(ctx, step);
+    for (i = 0; i < sizeof(cas_copy_methods) / sizeof(cas_copy_methods[0]);
+         i++) {
         int untouched = 0;
 
         if ((allowed & cas_copy_methods[i].method) == 0)

@@ -236,7 +236,6 @@ struct cas_pipeline {
     int err;            /* first error; written under mu, read atomically */
     struct cas_progress *progress;
     uint64_t reported;  /* bytes already added to progress->done */
-    uint8_t *ring;      /* set under mu before the first mark: workers hash it */
     struct cas_worker w[CAS_PIPELINE_WORKERS];  /* w[0]: Merkle, w[1]: flat */
 };
 
@@ -284,45 +283,6 @@ void cas_pipeline_publish(struct cas_pipeline *pl, uint64_t mark)
     pthread_mutex_unlock(&pl->mu);
 }
 
-/* The lowest position of the workers: every byte below it is hashed. */
-static uint64_t cas_pipeline_low(struct cas_pipeline *pl)
-{
-    uint64_t lo = UINT64_MAX;
-    int i;
-
-    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
-        uint64_t pos = __atomic_load_n(&pl->w[i].pos, __ATOMIC_ACQUIRE);
-
-        if (pos < lo)
-            lo = pos;
-    }
-    return lo;
-}
-
-uint8_t *cas_pipeline_slot(struct cas_pipeline *pl, uint64_t off)
-{
-    /* the slot last held the chunk ending at `free_at`: both workers past it */
-    uint64_t free_at = off > (CAS_RING_SLOTS - 1) * (uint64_t)CAS_RING_CHUNK
-                           ? off - (CAS_RING_SLOTS - 1) * (uint64_t)CAS_RING_CHUNK
-                           : 0;
-    uint8_t *slot = NULL;
-
-    if (off % CAS_RING_CHUNK != 0)
-        return NULL;
-    pthread_mutex_lock(&pl->mu);
-    if (pl->ring == NULL) {
-        pl->ring = aligned_alloc(CAS_BLOCK, CAS_RING_SLOTS * (size_t)CAS_RING_CHUNK);
-        if (pl->ring == NULL && pl->err == 0)
-            __atomic_store_n(&pl->err, -ENOMEM, __ATOMIC_RELAXED);
-    }
-    while (pl->err == 0 && cas_pipeline_low(pl) < free_at)
-        pthread_cond_wait(&pl->cv, &pl->mu);
-    if (pl->err == 0)
-        slot = pl->ring + (off / CAS_RING_CHUNK % CAS_RING_SLOTS) * (size_t)CAS_RING_CHUNK;
-    pthread_mutex_unlock(&pl->mu);
-    return slot;
-}
-
 /* Bytes the worker at `pos` may read next: > 0, 0 at the end, or -errno. */
 static int64_t cas_pipeline_wait(struct cas_pipeline *pl, uint64_t pos)
 {
@@ -350,11 +310,17 @@ static int64_t cas_pipeline_wait(struct cas_pipeline *pl, uint64_t pos)
  */
 static void cas_progress_catch_up(struct cas_pipeline *pl)
 {
-    uint64_t lo, old;
+    uint64_t lo = UINT64_MAX, old;
+    int i;
 
     if (pl->progress == NULL)
         return;
-    lo = cas_pipeline_low(pl);
+    for (i = 0; i < CAS_PIPELINE_WORKERS; i++) {
+        uint64_t pos = __atomic_load_n(&pl->w[i].pos, __ATOMIC_RELAXED);
+
+        if (pos < lo)
+            lo = pos;
+    }
     old = __atomic_load_n(&pl->reported, __ATOMIC_RELAXED);
     while (old < lo) {
         if (__atomic_compare_exchange_n(&pl->reported, &old, lo, 1,
@@ -367,16 +333,8 @@ static void cas_progress_catch_up(struct cas_pipeline *pl)
 
 static void cas_worker_advance(struct cas_worker *w, uint64_t n)
 {
-    struct cas_pipeline *pl = w->pl;
-
-    /* release: a ring producer that sees the new position may reuse the slot */
-    __atomic_store_n(&w->pos, w->pos + n, __ATOMIC_RELEASE);
-    if (pl->ring != NULL) {  /* wake the producer waiting for a free slot */
-        pthread_mutex_lock(&pl->mu);
-        pthread_cond_broadcast(&pl->cv);
-        pthread_mutex_unlock(&pl->mu);
-    }
-    cas_progress_catch_up(pl);
+    __atomic_store_n(&w->pos, w->pos + n, __ATOMIC_RELAXED);
+    cas_progress_catch_up(w->pl);
 }
 
 static void cas_worker_consume(struct cas_worker *w, const uint8_t *buf,
@@ -401,17 +359,6 @@ static int cas_worker_run(struct cas_worker *w)
         want = cas_pipeline_wait(pl, w->pos);
         if (want <= 0)
             return (int)want;
-        if (pl->ring != NULL) {  /* the bytes are in the producer's ring */
-            uint64_t in_chunk = w->pos % CAS_RING_CHUNK;
-            const uint8_t *at = pl->ring + (w->pos / CAS_RING_CHUNK % CAS_RING_SLOTS) *
-                                (size_t)CAS_RING_CHUNK + in_chunk;
-
-            if ((uint64_t)want > CAS_RING_CHUNK - in_chunk)
-                want = (int64_t)(CAS_RING_CHUNK - in_chunk);
-            cas_worker_consume(w, at, (size_t)want);
-            cas_worker_advance(w, (uint64_t)want);
-            continue;
-        }
         got = cas_pread_full(pl->fd, w->buf, (size_t)want, w->pos);
         if (got < 0)
             return (int)got;
@@ -441,7 +388,6 @@ static void cas_pipeline_free(struct cas_pipeline *pl)
 
     for (i = 0; i < CAS_PIPELINE_WORKERS; i++)
         free(pl->w[i].buf);
-    free(pl->ring);
     pthread_cond_destroy(&pl->cv);
     pthread_mutex_destroy(&pl->mu);
     free(pl);

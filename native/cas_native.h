@@ -255,15 +255,6 @@ struct cas_pipeline *cas_pipeline_new(int fd, int to_eof,
                                       struct cas_progress *progress);
 /* Starts the hashing threads; 0 or -errno (then call cas_pipeline_finish). */
 int cas_pipeline_start(struct cas_pipeline *pl);
-/* A producer that reads the bytes anyway (read/write copy) hands them to the
- * workers in a ring of CAS_RING_SLOTS chunks instead of having each of them
- * read fd again: cas_pipeline_slot gives the chunk buffer for offset `off` (a
- * multiple of CAS_RING_CHUNK, in order), waiting until both workers are done
- * with what it held; NULL on error (cas_pipeline_status says which). Once the
- * producer has used a slot, workers hash the ring, never fd. */
-#define CAS_RING_CHUNK (1u << 20)
-#define CAS_RING_SLOTS 8u
-uint8_t *cas_pipeline_slot(struct cas_pipeline *pl, uint64_t off);
 /* Producer side: `mark` bytes of fd may now be read (monotone). */
 void cas_pipeline_publish(struct cas_pipeline *pl, uint64_t mark);
 /* 0 while all is well, else the first error of a hashing thread, or
