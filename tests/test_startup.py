@@ -131,9 +131,9 @@ def test_helptext_is_clicks_current_rendering() -> None:
 
 
 def help_output(columns: str | None, through_click: bool, stdout: int | None = None) -> str:
-    """``cas --help`` printed by the entry point (``cas.cli.main``: always click) with
+    """``cas --help`` printed by the entry point (``cas.cli.run``: always click) with
     $COLUMNS set to ``columns`` (None: unset); to a pipe or the terminal ``stdout``."""
-    entry = "cas.cli.main" if through_click else "cas.cli"
+    entry = "cas.cli.run" if through_click else "cas.cli"
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     if columns is not None:
         env["COLUMNS"] = columns
@@ -186,6 +186,13 @@ def test_fast_help_on_a_terminal_prints_what_click_prints(width: int) -> None:
     assert fast == on_terminal(through_click=True)
     wide = fast.replace(b"\r\n", b"\n").decode() == helptext.TEXT
     assert wide == (width >= 80)
+
+
+def test_the_entry_point_stays_a_function_once_the_click_path_is_loaded() -> None:
+    """``cas.cli.main`` is the entry function (console script, tests); the module that
+    runs click must not share its name, or importing it would replace the function."""
+    modules_after("import cas.cli.run\nfrom cas.cli import main\n"
+                  "assert callable(main) and main(['rm', '--help']) == 0")
 
 
 def test_fast_help_loads_no_click() -> None:

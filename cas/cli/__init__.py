@@ -1,4 +1,4 @@
-"""The ``cas`` command line (see ``cas.cli.main``).
+"""The ``cas`` command line (see ``cas.cli.run``).
 
 ``cas --help`` alone, on an output at least 80 columns wide (a pipe counts as 80), prints
 click's own rendering of the top-level help from ``cas.cli.helptext`` without importing
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``cas`` command (see ``cas.cli.main.main``)."""
+    """Entry point of the ``cas`` command (see ``cas.cli.run.main``)."""
     from cas.cli.fasthelp import shown
     if shown(argv):
         return 0
-    from cas.cli.main import main as run
+    from cas.cli.run import main as run
     return run(argv)
 
 

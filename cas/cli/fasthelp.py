@@ -73,7 +73,7 @@ def reader_gone() -> None:
 def render() -> str:
     """``cas --help`` as click prints it on an output ``FULL_WIDTH`` columns wide."""
     import subprocess
-    code = "from cas.cli.main import main; raise SystemExit(main(['--help']))"
+    code = "from cas.cli.run import main; raise SystemExit(main(['--help']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env={**os.environ, "COLUMNS": str(FULL_WIDTH)})
     return done.stdout
