@@ -11,9 +11,6 @@ extension, httpx) load on first use of a name that needs them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
 from cas import errors
 from cas.errors import (
     BadInput,
@@ -33,7 +30,12 @@ from cas.errors import (
     UnsupportedSource,
 )
 
+#: typing.TYPE_CHECKING without importing typing (``cas --help`` start-up cost); type
+#: checkers take any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cas.api import (
         AddResult,
         ArtifactInfo,
@@ -119,6 +121,7 @@ if not TYPE_CHECKING:
         if name == "__version__":
             value = _version()
         elif name in __all__:
+            import importlib
             value = getattr(importlib.import_module(_ELSEWHERE.get(name, "cas.api")), name)
         else:
             raise AttributeError(f"module 'cas' has no attribute {name!r}")

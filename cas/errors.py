@@ -17,8 +17,11 @@ failed (each reported; the others were imported and named).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+#: typing.TYPE_CHECKING without importing typing (start-up cost, as in ``cas``)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 #: ``cas verify``/``cas repair``: the run completed and problems remain (not an error).
 PROBLEMS_FOUND = 6

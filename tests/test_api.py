@@ -15,7 +15,7 @@ from test_cli import cas as run_cas
 
 import cas
 from cas import api, errors
-from cas.cli.main import cli
+from cas.cli.common import cli
 from cas.core import damage
 from cas.core.store import Store
 from cas.ops import artifacts

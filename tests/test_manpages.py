@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from cas.cli.main import cli
+from cas.cli.common import cli
 from cas.cli.manpages import pages, roff
 from conftest import need_tool
 

@@ -11,7 +11,7 @@ import pytest
 from test_cli import cas
 
 from cas import Store
-from cas.cli.main import cli
+from cas.cli.common import cli
 from cas.cli.manpages import pages
 from conftest import write_random
 

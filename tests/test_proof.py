@@ -19,7 +19,7 @@ import pytest
 import test_mount
 
 from cas import Store, errors
-from cas.cli.main import main
+from cas.cli import main
 from cas.core import proof
 from cas.core.digest import ObjectId
 from cas.core.linkmode import LinkMode

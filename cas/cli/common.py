@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,6 +13,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from cas import errors
+from cas.cli.table import COMMANDS
 
 if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
     from cas.core.digest import ObjectId
@@ -19,8 +21,6 @@ if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
 
 F = TypeVar("F", bound=Callable[..., Any])
 STORE_ENV = "CAS_STORE"
-#: The environment variable click's completion scripts set (``cas completion SHELL``).
-COMPLETE_VAR = "_CAS_COMPLETE"
 
 
 class Context:
@@ -87,7 +87,60 @@ def warn(as_json: bool, error: errors.CasError, kind: str | None = None) -> None
                else f"cas: warning: {errors.printable(error.message())}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(MutableMapping[str, click.Command]):
+    """The group's commands: every name of the table, its module imported on first look-up
+    (importing it registers its commands on ``cli``).  Listing names imports nothing."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded and name in COMMANDS:
+            importlib.import_module(f"cas.cli.{COMMANDS[name].module}")
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS or name in self._loaded
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(COMMANDS.keys() | self._loaded.keys()))
+
+    def __len__(self) -> int:
+        return len(COMMANDS.keys() | self._loaded.keys())
+
+
+class LazyGroup(click.Group):
+    """The ``cas`` group: a command's module loads only when that command runs, is
+    completed or shows its own help.  The ``cas --help`` listing and the completion of
+    command names use the table's summaries, shortened by click exactly as it shortens
+    the commands' own help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands()
+
+    @staticmethod
+    def _summaries() -> click.Group:
+        return click.Group(commands=[click.Command(name, help=entry.summary)
+                                     for name, entry in COMMANDS.items() if not entry.hidden])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._summaries().format_commands(ctx, formatter)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        names = [CompletionItem(name, help=command.get_short_help_str())
+                 for name, command in self._summaries().commands.items()
+                 if name.startswith(incomplete)]
+        return names + click.Command.shell_complete(self, ctx, incomplete)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "-s", envvar=STORE_ENV, metavar="PATH",
               type=click.Path(file_okay=False), help=f"The store to use (default: ${STORE_ENV}).")
 @click.option("--json", "as_json", is_flag=True, callback=_remember_json,

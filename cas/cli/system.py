@@ -22,7 +22,8 @@ from click.shell_completion import get_completion_class
 
 import cas
 from cas import errors
-from cas.cli.common import COMPLETE_VAR, Context, cli, emit, json_option
+from cas.cli.common import Context, cli, emit, json_option
+from cas.cli.fasthelp import COMPLETE_VAR
 
 if TYPE_CHECKING:  # loaded when a command runs: `cas --help` needs no store
     from cas.ops import schedule as sched

@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 
@@ -73,7 +72,7 @@ def open_regular(name: str, dir_fd: int, flags: int = os.O_RDONLY, mode: int = 0
 
 def temp_name(prefix: str) -> str:
     """A temp file name unique across processes; it carries the pid for stale-file checks."""
-    return f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}"
+    return f"{prefix}-{os.getpid()}-{os.urandom(8).hex()}"
 
 
 class TempFile:
@@ -143,12 +142,13 @@ def create_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> No
         rename_noreplace(dir_fd, temp.name, dir_fd, name)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
+#: The C library, for the calls os lacks (dlopen(NULL): finding libc runs no ldconfig).
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding ``fd`` (one call instead of an fsync per file)."""
-    if _libc.syncfs(fd) != 0:
+    if LIBC.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -158,7 +158,7 @@ RENAME_NOREPLACE = 1
 
 def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
     """Rename that fails with FileExistsError instead of replacing ``dst``."""
-    if _libc.renameat2(src_dir_fd, src.encode(), dst_dir_fd, dst.encode(),
+    if LIBC.renameat2(src_dir_fd, src.encode(), dst_dir_fd, dst.encode(),
                        RENAME_NOREPLACE) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), dst)

@@ -24,7 +24,6 @@ Two strengths of check, and which one proves what:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -339,14 +338,12 @@ def _explain(err: int, fs_type: str, block_size: int, dev: int) -> Support:
 def filesystem_of(fd: int) -> tuple[str, int]:
     """The type name and block size of the filesystem holding ``fd`` (``fstatfs``)."""
     buf = ctypes.create_string_buffer(120)  # struct statfs: 15 longs on 64-bit Linux
-    if _libc.fstatfs(fd, buf) != 0:
+    if fsio.LIBC.fstatfs(fd, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     f_type, f_bsize = struct.unpack_from("=qq", buf)
     return _FS_MAGIC.get(f_type & 0xFFFFFFFF, f"0x{f_type & 0xFFFFFFFF:x}"), f_bsize
 
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def kernel_has_verity(fs_type: str) -> bool | None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas.cli.main import main
+from cas.cli import main
 
 MIB = 1 << 20
 BLOCK = 4096
@@ -133,7 +133,7 @@ class Ran:
 
 
 def cas(store: Path, *args: str | Path) -> Ran:
-    """The cas command line against ``store``, run in this process (``cas.cli.main``: the
+    """The cas command line against ``store``, run in this process (``cas.cli.run``: the
     same exit codes and output as the command; under TCG a Python start-up per command
     would cost more than the checks)."""
     out, err = io.BytesIO(), io.BytesIO()

@@ -4,8 +4,8 @@ Only ``main`` turns an error into output and an exit code: a one-line message on
 (a JSON object with ``--json``), the exit code carried by the error class (see
 ``cas.errors``), and a traceback only with ``--debug``.  Commands live in one module per
 group (``objects``, ``artifacts``, ``registry``, ``maintenance``, ``mount``, ``system``,
-``signing``); importing
-them registers them on ``cas.cli.common.cli``.
+``signing``); ``cas.cli.common.cli`` imports a module (which registers its commands)
+only when one of its commands is used (``cas.cli.table`` lists them).
 """
 
 from __future__ import annotations
@@ -17,16 +17,8 @@ import click
 from click.shell_completion import shell_complete
 
 from cas import errors
-from cas.cli import (  # noqa: F401 (register the commands)
-    artifacts,
-    maintenance,
-    mount,
-    objects,
-    registry,
-    signing,
-    system,
-)
-from cas.cli.common import COMPLETE_VAR, Context, cli
+from cas.cli.common import Context, cli
+from cas.cli.fasthelp import COMPLETE_VAR, reader_gone
 
 #: Longest error line shown to a human (``--json`` carries every field whole).
 MESSAGE_MAX = 4000
@@ -87,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("cas: interrupted", err=True)
         return 130
     except BrokenPipeError:
-        # the reader went away (cas cat | head): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reader_gone()
         return 0
     except Exception as exc:  # every other error: one line, mapped exit code
         return _report(exc, context.json, context.debug)
