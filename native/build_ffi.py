@@ -40,7 +40,8 @@ int cas_copy_fd(int, int, unsigned, uint64_t *, unsigned *, struct cas_progress 
 #define CAS_BATCH_NO_REFLINK ...
 enum { CAS_BATCH_OK, CAS_BATCH_OPEN, CAS_BATCH_TYPE, CAS_BATCH_CHANGED, CAS_BATCH_READ,
        CAS_BATCH_STORE };
-struct cas_batch_file { const char *name; uint64_t size; struct cas_digests digests;
+struct cas_batch_file { const char *name; uint64_t size; int64_t mtime_ns, ctime_ns;
+                        struct cas_digests digests;
                         unsigned method; int stage; uint32_t mode; int changed;
                         int64_t was, now; };
 int cas_import_batch(int, int, const char *, struct cas_batch_file *, size_t, unsigned,

@@ -144,8 +144,13 @@ static int cas_batch_open(struct cas_batch_call *c, struct cas_batch_file *f,
         f->mode = before->st_mode;
         return cas_batch_fail(f, CAS_BATCH_TYPE, -EINVAL);
     }
+    /* since it was listed */
     if ((uint64_t)before->st_size != f->size)
         return cas_batch_changed(f, 1, (int64_t)f->size, before->st_size);
+    if (cas_ns(&before->st_mtim) != f->mtime_ns)
+        return cas_batch_changed(f, 2, f->mtime_ns, cas_ns(&before->st_mtim));
+    if (cas_ns(&before->st_ctim) != f->ctime_ns)
+        return cas_batch_changed(f, 3, f->ctime_ns, cas_ns(&before->st_ctim));
     return 0;
 }
 

@@ -142,8 +142,8 @@ int cas_copy_fd(int src_fd, int dst_fd, unsigned allowed, uint64_t *copied,
  * thread, for the tree walk that would otherwise make a Python call (and
  * several GIL hand-offs) per file.  For each file:
  *   - `name` below src_dir_fd is opened O_NOFOLLOW | O_NONBLOCK and must be a
- *     regular file (fstat) of `size` bytes, its size when it was listed, and
- *     at most CAS_BATCH_MAX_FILE;
+ *     regular file (fstat) with the size, mtime and ctime it was listed with
+ *     (`size` at most CAS_BATCH_MAX_FILE);
  *   - a new temp file "<prefix>.<i in hex>" is made in tmp_dir_fd (O_EXCL,
  *     0600); with CAS_BATCH_REFLINK the source is cloned into it (FICLONE)
  *     and the bytes are read back from the source if its ctime is at least
@@ -178,7 +178,8 @@ enum { CAS_BATCH_OK, CAS_BATCH_OPEN, CAS_BATCH_TYPE, CAS_BATCH_CHANGED, CAS_BATC
        CAS_BATCH_STORE };
 struct cas_batch_file {
     const char *name;           /* in */
-    uint64_t size;              /* in: the size it was listed with */
+    uint64_t size;              /* in: as listed (st_size, st_mtime/st_ctime in ns) */
+    int64_t mtime_ns, ctime_ns;
     struct cas_digests digests; /* out */
     unsigned method;            /* out: CAS_COPY_REFLINK or CAS_COPY_READWRITE */
     int stage;                  /* out: CAS_BATCH_* of a failure, else 0 */

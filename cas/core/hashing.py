@@ -311,15 +311,16 @@ class BatchFailed(OSError):
 _CHANGED = ("", "size", "mtime", "ctime")
 
 
-def import_batch(src_dir_fd: int, files: list[tuple[bytes, int]], tmp_dir_fd: int,
+def import_batch(src_dir_fd: int, files: list[tuple[bytes, os.stat_result]], tmp_dir_fd: int,
                  prefix: str, *, reflink: bool, seal: bool, settle_ns: int,
                  progress: Progress | None = None
                  ) -> tuple[list[tuple[Digests, CopyMethod]], bool]:
-    """Import small files (name below ``src_dir_fd``, size when listed; each at most
-    ``BATCH_MAX_FILE``) into the new temp files ``<prefix>.<index in hex>`` of
+    """Import small files (name below ``src_dir_fd``, its stat when listed; each at most
+    ``BATCH_MAX_FILE`` bytes) into the new temp files ``<prefix>.<index in hex>`` of
     ``tmp_dir_fd``, in one native call (see ``cas_import_batch`` in cas_native.h): each
-    source opened without following a symlink, a regular file that does not change while
-    it is read, copied by reflink (if ``reflink``) or one read and write, both digests
+    source opened without following a symlink, a regular file that has not changed since
+    it was listed nor changes while it is read (size, mtime, ctime), copied by reflink
+    (if ``reflink``) or one read and write, both digests
     from the bytes stored, the ``user.cas.*`` xattrs set and, with ``seal``, mode 0444.
 
     Returns each file's digests and copy method, and whether reflink was refused for
@@ -330,8 +331,9 @@ def import_batch(src_dir_fd: int, files: list[tuple[bytes, int]], tmp_dir_fd: in
         raise NotImplementedError("import_batch needs the native backend")
     names = [_ffi.new("char[]", name) for name, _ in files]
     items = _ffi.new("struct cas_batch_file[]", len(files))
-    for item, name, (_, size) in zip(items, names, files, strict=True):
-        item.name, item.size = name, size
+    for item, name, (_, st) in zip(items, names, files, strict=True):
+        item.name, item.size = name, st.st_size
+        item.mtime_ns, item.ctime_ns = st.st_mtime_ns, st.st_ctime_ns
     flags_out = _ffi.new("unsigned *")
     failed = _ffi.new("size_t *")
     rc = _lib.cas_import_batch(

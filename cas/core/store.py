@@ -316,14 +316,14 @@ class Store:
         finally:
             os.close(src_fd)
 
-    def add_files(self, dir_fd: int, files: list[tuple[str, int]], *, batch: Batch,
-                  progress: Progress | None = None, where: Path = Path()
+    def add_files(self, dir_fd: int, files: list[tuple[str, os.stat_result]], *,
+                  batch: Batch, progress: Progress | None = None, where: Path = Path()
                   ) -> list[AddResult]:
-        """``add_path`` of many small regular files below ``dir_fd`` (name, and size when
-        listed: at most ``hashing.BATCH_MAX_FILE``) into ``batch``, in one native call: the
-        same source rules (no symlink followed, a regular file, unchanged while read),
-        errors (paths shown below ``where``) and publish protocol, without a Python call,
-        temp file object and GIL hand-off per file."""
+        """``add_path`` of many small regular files below ``dir_fd`` (name, and its stat
+        when listed: at most ``hashing.BATCH_MAX_FILE`` bytes) into ``batch``, in one
+        native call: the same source rules (no symlink followed, a regular file, unchanged
+        since listed and while read), errors (paths shown below ``where``) and publish
+        protocol, without a Python call, temp file object and GIL hand-off per file."""
         if hashing.backend_name() != "native":
             return [self.add_path(name, dir_fd=dir_fd, batch=batch, progress=progress)
                     for name, _ in files]
@@ -333,7 +333,7 @@ class Store:
         with _store_errors(self.path):
             try:
                 done, no_reflink = hashing.import_batch(
-                    dir_fd, [(os.fsencode(name), size) for name, size in files], self._tmp_fd,
+                    dir_fd, [(os.fsencode(name), st) for name, st in files], self._tmp_fd,
                     prefix, reflink=dev not in self._no_reflink_from, seal=not verity,
                     settle_ns=SETTLE_NS, progress=progress)
             except hashing.BatchFailed as exc:

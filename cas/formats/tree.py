@@ -240,7 +240,7 @@ class _Walk:
             return [_file(self.store, self.batch, dir_fd, f.name, f.path, f.st, f.xattrs,
                           self.progress)]
         where = (self.root / files[0].path).parent
-        added = self.store.add_files(dir_fd, [(f.name, f.st.st_size) for f in files],
+        added = self.store.add_files(dir_fd, [(f.name, f.st) for f in files],
                                      batch=self.batch, progress=self.progress, where=where)
         return [file_entry(f.path, size=result.size, object_id=result.object_id,
                            sha256=result.sha256, **_meta(f.st, f.xattrs))
