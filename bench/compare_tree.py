@@ -53,10 +53,11 @@ def timed(argv: list[str]) -> float:
     return measured(argv)[0]
 
 
-def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+def measured(argv: list[str], env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> tuple[float, float]:
     """Wall and CPU (user + system, with children) seconds of one command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -86,10 +87,12 @@ def bench_import(work: Path, files: int, repeat: int, ostree: bool,
         for name, env in importers.items():
             shutil.rmtree(store, ignore_errors=True)
             subprocess.run(cas("init", str(store)), check=True, stdout=subprocess.DEVNULL,
-                           env=env)
+                           env=env, cwd=work)
             os.sync()
+            # run from `work`: `python -m cas` puts the working directory before
+            # PYTHONPATH, so run from a checkout both importers would be that checkout
             results[name].append(measured(cas("--store", str(store), "import", str(tree),
-                                              "--name", "tree"), env))
+                                              "--name", "tree"), env, cwd=work))
         if ostree:
             shutil.rmtree(repo, ignore_errors=True)
             subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=bare-user"],
@@ -156,7 +159,7 @@ def main() -> None:
         raise SystemExit("ostree is not installed (apt-get install ostree)")
     if args.files > 0:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            bench_import(Path(tmp), args.files, args.repeat, args.ostree, args.against)
+            bench_import(Path(tmp).resolve(), args.files, args.repeat, args.ostree, args.against)
     if os.geteuid() == 0 and args.checkout_gib:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             bench_checkout(Path(tmp), args.checkout_gib, args.repeat)

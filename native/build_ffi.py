@@ -40,6 +40,19 @@ cas_filler *cas_filler_new(int, unsigned, struct cas_progress *);
 int cas_filler_mark(cas_filler *, uint64_t);
 int cas_filler_finish(cas_filler *, int, struct cas_digests *);
 
+#define CAS_BATCH_MAX_FILE ...
+#define CAS_BATCH_REFLINK ...
+#define CAS_BATCH_SEAL ...
+#define CAS_BATCH_NO_REFLINK ...
+enum { CAS_BATCH_OK, CAS_BATCH_OPEN, CAS_BATCH_TYPE, CAS_BATCH_CHANGED, CAS_BATCH_READ,
+       CAS_BATCH_STORE };
+struct cas_batch_file { const char *name; uint64_t size; int64_t mtime_ns, ctime_ns;
+                        struct cas_digests digests;
+                        unsigned method; int stage; uint32_t mode; int changed;
+                        int64_t was, now; };
+int cas_import_batch(int, int, const char *, struct cas_batch_file *, size_t, unsigned,
+                     int64_t, unsigned *, size_t *, struct cas_progress *);
+
 #define CAS_CFS_RECORD_HEADER ...
 int cas_cfs_write(const uint8_t *, size_t, uint32_t, int, int, uint8_t **, size_t *);
 void cas_cfs_free(uint8_t *);
@@ -66,7 +79,8 @@ def make_builder(root: str = "") -> FFI:
         "cas._native",
         '#include "cas_native.h"',
         sources=[os.path.join(native, name) for name in
-                 ("cas_hash.c", "cas_copy.c", "cas_verity.c", "cas_sweep.c", "cas_composefs.c")],
+                 ("cas_hash.c", "cas_copy.c", "cas_batch.c", "cas_verity.c", "cas_sweep.c",
+                  "cas_composefs.c")],
         include_dirs=[native],
         depends=[os.path.join(native, "cas_native.h")],
         libraries=["crypto", "pthread"],

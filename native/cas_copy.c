@@ -56,7 +56,7 @@ static void cas_ctx_publish(struct cas_copy_ctx *ctx, uint64_t mark)
 typedef int (*cas_copy_fn)(int src, int dst, struct cas_copy_ctx *ctx,
                            int *untouched);
 
-static int cas_reflink_unsupported(int err)
+int cas_reflink_unsupported(int err)
 {
     return err == EOPNOTSUPP || err == ENOTSUP || err == EXDEV ||
            err == EINVAL || err == ENOTTY || err == ENOSYS || err == EBADF;
@@ -106,8 +106,7 @@ static int cas_copy_range(int src, int dst, struct cas_copy_ctx *ctx,
     }
 }
 
-static int cas_pwrite_full(int fd, const uint8_t *buf, size_t len,
-                           uint64_t off)
+int cas_pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t off)
 {
     while (len > 0) {
         ssize_t n = pwrite(fd, buf, len, (off_t)off);

@@ -166,6 +166,61 @@ cas_filler *cas_filler_new(int fd, unsigned flags, struct cas_progress *progress
 int cas_filler_mark(cas_filler *f, uint64_t mark);
 int cas_filler_finish(cas_filler *f, int abort, struct cas_digests *out);
 
+/* ---- import of many small files (cas_batch.c) -----------------------------
+ * cas_import_batch imports files[0..n) one after another on the calling
+ * thread, for the tree walk that would otherwise make a Python call (and
+ * several GIL hand-offs) per file.  For each file:
+ *   - `name` below src_dir_fd is opened O_NOFOLLOW | O_NONBLOCK and must be a
+ *     regular file (fstat) with the size, mtime and ctime it was listed with
+ *     (`size` at most CAS_BATCH_MAX_FILE);
+ *   - a new temp file "<prefix>.<i in hex>" is made in tmp_dir_fd (O_EXCL,
+ *     0600); with CAS_BATCH_REFLINK the source is cloned into it (FICLONE)
+ *     and the bytes are read back from the source if its ctime is at least
+ *     settle_ns old, else from the clone.  FICLONE errnos meaning "not
+ *     supported here" (cas_import_fd's list) fall back to read/write, and
+ *     CAS_BATCH_NO_REFLINK in *flags_out says so (not tried again in this
+ *     call); otherwise the source is read once into a buffer that is written
+ *     to the temp file;
+ *   - both digests are computed from that buffer (the bytes of the object);
+ *   - the source must still have the size, mtime and ctime it had when it was
+ *     opened, and have given exactly `size` bytes;
+ *   - the temp file gets the xattrs user.cas.object and user.cas.sha256 (best
+ *     effort: a filesystem without user xattrs is fine) and, with
+ *     CAS_BATCH_SEAL, mode 0444; then both fds are closed.
+ * progress->done counts each file's bytes once it is stored; a set cancel
+ * stops the call before the next file (-ECANCELED).
+ * Returns 0 when every file is in its temp file (the caller publishes them
+ * and removes those it does not keep).  Otherwise the -errno of the first
+ * failure: *failed is the index of the file (n for a failure of the call), and
+ * its `stage` says what failed: CAS_BATCH_OPEN (opening the source),
+ * CAS_BATCH_TYPE (not a regular file: `mode` is its st_mode),
+ * CAS_BATCH_CHANGED (-CAS_ECHANGED: `changed` is 1 size, 2 mtime, 3 ctime and
+ * `was`/`now` the values), CAS_BATCH_READ (reading the source),
+ * CAS_BATCH_STORE (making or writing the temp file); every temp file this call
+ * made is removed again.
+ */
+#define CAS_BATCH_MAX_FILE (1u << 20)
+#define CAS_BATCH_REFLINK 1u
+#define CAS_BATCH_SEAL 2u
+#define CAS_BATCH_NO_REFLINK 1u
+enum { CAS_BATCH_OK, CAS_BATCH_OPEN, CAS_BATCH_TYPE, CAS_BATCH_CHANGED, CAS_BATCH_READ,
+       CAS_BATCH_STORE };
+struct cas_batch_file {
+    const char *name;           /* in */
+    uint64_t size;              /* in: as listed (st_size, st_mtime/st_ctime in ns) */
+    int64_t mtime_ns, ctime_ns;
+    struct cas_digests digests; /* out */
+    unsigned method;            /* out: CAS_COPY_REFLINK or CAS_COPY_READWRITE */
+    int stage;                  /* out: CAS_BATCH_* of a failure, else 0 */
+    uint32_t mode;              /* out: st_mode, for CAS_BATCH_TYPE */
+    int changed;                /* out: for CAS_BATCH_CHANGED */
+    int64_t was, now;
+};
+int cas_import_batch(int src_dir_fd, int tmp_dir_fd, const char *prefix,
+                     struct cas_batch_file *files, size_t n, unsigned flags,
+                     int64_t settle_ns, unsigned *flags_out, size_t *failed,
+                     struct cas_progress *progress);
+
 /* ---- composefs images (cas_composefs.c) ---------------------------------
  * cas_cfs_write writes the composefs EROFS image of a tree given as `count`
  * records, byte for byte what mkcomposefs writes (the pure-Python twin and the
@@ -296,6 +351,10 @@ int cas_pipeline_finish(struct cas_pipeline *pl, int err,
 /* pread that retries EINTR and short reads; returns bytes read (< len only at
  * EOF) or -errno. */
 int64_t cas_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
+/* pwrite all of buf, retrying EINTR and short writes; 0 or -errno. */
+int cas_pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t off);
+/* Does FICLONE's errno mean "not between these two files"? (cas_import_fd) */
+int cas_reflink_unsupported(int err);
 #endif
 
 #endif /* CAS_NATIVE_H */

@@ -84,6 +84,13 @@ class TempFile:
                           | os.O_CLOEXEC, 0o600, dir_fd=tmp_dir_fd)
         self.keep = False  # set when someone else takes over unlinking the name
 
+    @classmethod
+    def adopt(cls, tmp_dir_fd: int, name: str) -> TempFile:
+        """A temp file another writer made (``hashing.import_batch``), closed (fd -1)."""
+        temp = cls.__new__(cls)
+        temp.dir_fd, temp.name, temp.fd, temp.keep = tmp_dir_fd, name, -1, False
+        return temp
+
     def unlink(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.name, dir_fd=self.dir_fd)

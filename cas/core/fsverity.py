@@ -65,6 +65,12 @@ _unsupported_devices: dict[int, float] = {}
 RETRY_SECONDS = 60.0
 
 
+def known_unsupported(dev: int) -> bool:
+    """Did the filesystem of device ``dev`` refuse fs-verity lately (``enable_on_temp``
+    would not ask it)?"""
+    return _known_unsupported(dev)
+
+
 def _known_unsupported(dev: int) -> bool:
     since = _unsupported_devices.get(dev)
     return since is not None and time.monotonic() - since < RETRY_SECONDS

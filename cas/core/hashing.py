@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NewType, Protocol
 if TYPE_CHECKING:
     from cas.core import _reference
 
-__all__ = ["CopyMethod", "Digests", "FileHasher", "HashCancelled", "Progress", "SortedIds",
-           "StreamHasher", "Swept", "SweptStatus", "backend_name", "copy_fd", "hash_bytes",
-           "hash_fd", "import_fd", "is_marked", "sort_ids", "sweep_shard"]
+__all__ = ["BATCH_MAX_FILE", "BatchFailed", "BatchStage", "CopyMethod", "Digests",
+           "FileHasher", "HashCancelled", "Progress", "SortedIds", "StreamHasher", "Swept",
+           "SweptStatus", "backend_name", "copy_fd", "hash_bytes", "hash_fd", "import_batch",
+           "import_fd", "is_marked", "sort_ids", "sweep_shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +359,78 @@ def copy_fd(src_fd: int, dst_fd: int, *,
     _check(_lib.cas_copy_fd(src_fd, dst_fd, _allowed_bits(methods), copied, used,
                             _c_progress(progress)))
     return int(copied[0]), _METHOD_OF_BIT[int(used[0])]
+
+
+#: The largest file ``import_batch`` takes (read into one buffer).
+BATCH_MAX_FILE = 1 << 20
+
+
+class BatchStage(enum.IntEnum):
+    """What failed for one file of ``import_batch`` (the C enum's values)."""
+
+    CALL = 0      # the call itself (bad arguments, no memory)
+    OPEN = 1      # opening the source
+    TYPE = 2      # the source is not a regular file
+    CHANGED = 3   # the source changed while it was read
+    READ = 4      # reading the source
+    STORE = 5     # making or writing the temp file
+
+
+class BatchFailed(OSError):
+    """``import_batch`` stopped at file ``index``; ``stage`` says where.  ``mode`` is the
+    source's st_mode (``TYPE``); ``what`` (size/mtime/ctime) went from ``was`` to ``now``
+    (``CHANGED``).  No temp file of the call is left."""
+
+    def __init__(self, err: int, index: int, stage: BatchStage, mode: int = 0,
+                 what: str = "", was: int = 0, now: int = 0) -> None:
+        super().__init__(err, os.strerror(err))
+        self.index, self.stage, self.mode = index, stage, mode
+        self.what, self.was, self.now = what, was, now
+
+
+_CHANGED = ("", "size", "mtime", "ctime")
+
+
+def import_batch(src_dir_fd: int, files: list[tuple[bytes, os.stat_result]], tmp_dir_fd: int,
+                 prefix: str, *, reflink: bool, seal: bool, settle_ns: int,
+                 progress: Progress | None = None
+                 ) -> tuple[list[tuple[Digests, CopyMethod]], bool]:
+    """Import small files (name below ``src_dir_fd``, its stat when listed; each at most
+    ``BATCH_MAX_FILE`` bytes) into the new temp files ``<prefix>.<index in hex>`` of
+    ``tmp_dir_fd``, in one native call (see ``cas_import_batch`` in cas_native.h): each
+    source opened without following a symlink, a regular file that has not changed since
+    it was listed nor changes while it is read (size, mtime, ctime), copied by reflink
+    (if ``reflink``) or one read and write, both digests
+    from the bytes stored, the ``user.cas.*`` xattrs set and, with ``seal``, mode 0444.
+
+    Returns each file's digests and copy method, and whether reflink was refused for
+    these files (then tried no further).  ``BatchFailed`` names the first file that
+    failed; ``HashCancelled`` if ``progress`` was cancelled.  Native backend only.
+    """
+    if _BACKEND is None:
+        raise NotImplementedError("import_batch needs the native backend")
+    names = [_ffi.new("char[]", name) for name, _ in files]
+    items = _ffi.new("struct cas_batch_file[]", len(files))
+    for item, name, (_, st) in zip(items, names, files, strict=True):
+        item.name, item.size = name, st.st_size
+        item.mtime_ns, item.ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+    flags_out = _ffi.new("unsigned *")
+    failed = _ffi.new("size_t *")
+    rc = _lib.cas_import_batch(
+        src_dir_fd, tmp_dir_fd, prefix.encode(), items, len(files),
+        (_lib.CAS_BATCH_REFLINK if reflink else 0) | (_lib.CAS_BATCH_SEAL if seal else 0),
+        settle_ns, flags_out, failed, _c_progress(progress))
+    if rc != 0 and -rc != errno.ECANCELED:
+        index = int(failed[0])
+        item = items[index] if index < len(files) else None
+        if item is None:
+            raise BatchFailed(-rc, index, BatchStage.CALL)
+        raise BatchFailed(-rc, index, BatchStage(item.stage), int(item.mode),
+                          _CHANGED[item.changed], int(item.was), int(item.now))
+    _check(rc)
+    no_reflink = bool(flags_out[0] & _lib.CAS_BATCH_NO_REFLINK)
+    return [(_digests(item.digests, True), _METHOD_OF_BIT[int(item.method)])
+            for item in items], no_reflink
 
 
 class SweptStatus(enum.IntEnum):

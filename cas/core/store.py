@@ -316,6 +316,54 @@ class Store:
         finally:
             os.close(src_fd)
 
+    def add_files(self, dir_fd: int, files: list[tuple[str, os.stat_result]], *,
+                  batch: Batch, progress: Progress | None = None, where: Path = Path()
+                  ) -> list[AddResult]:
+        """``add_path`` of many small regular files below ``dir_fd`` (name, and its stat
+        when listed: at most ``hashing.BATCH_MAX_FILE`` bytes) into ``batch``, in one
+        native call: the same source rules (no symlink followed, a regular file, unchanged
+        since listed and while read), errors (paths shown below ``where``) and publish
+        protocol, without a Python call, temp file object and GIL hand-off per file."""
+        if hashing.backend_name() != "native":
+            return [self.add_path(name, dir_fd=dir_fd, batch=batch, progress=progress)
+                    for name, _ in files]
+        dev = os.fstat(dir_fd).st_dev
+        verity = not fsverity.known_unsupported(os.fstat(self._tmp_fd).st_dev)
+        prefix = fsio.temp_name("obj")
+        with _store_errors(self.path):
+            try:
+                done, no_reflink = hashing.import_batch(
+                    dir_fd, [(os.fsencode(name), st) for name, st in files], self._tmp_fd,
+                    prefix, reflink=dev not in self._no_reflink_from, seal=not verity,
+                    settle_ns=SETTLE_NS, progress=progress)
+            except hashing.BatchFailed as exc:
+                if exc.index >= len(files):
+                    raise
+                raise _source_error(exc, where / files[exc.index][0]) from None
+            if no_reflink:
+                self._no_reflink_from.add(dev)
+            temps = [fsio.TempFile.adopt(self._tmp_fd, f"{prefix}.{i:x}")
+                     for i in range(len(files))]
+            try:
+                return [self._hold_batched(temp, digests, method.value, batch, verity)
+                        for temp, (digests, method) in zip(temps, done, strict=True)]
+            finally:
+                for temp in temps:
+                    if not temp.keep:
+                        temp.unlink()
+
+    def _hold_batched(self, temp: fsio.TempFile, digests: Digests, method: str, batch: Batch,
+                      verity: bool) -> AddResult:
+        """A temp file of ``import_batch`` into ``batch``; one it did not seal (the
+        filesystem may have fs-verity) goes the whole ``_publish`` way."""
+        if not verity:
+            return self._hold(temp, digests, method, batch)
+        temp.fd = os.open(temp.name, fsio.READ_FLAGS, dir_fd=temp.dir_fd)
+        try:
+            return self._publish(temp, digests, method, batch)
+        finally:
+            os.close(temp.fd)
+
     def _fill(self, src_fd: int, dst_fd: int, before: os.stat_result,
               methods: frozenset[CopyMethod], progress: Progress | None
               ) -> tuple[Digests, str]:
@@ -433,9 +481,9 @@ class Store:
             with _store_errors(self.path):
                 if self.fsync and batch.pending:
                     fsio.syncfs(self._tmp_fd)
-                with self.publishing(batch.pending):
+                with self.publishing(batch.pending), _Shards(self) as shards:
                     for temp, digests in batch.pending.values():
-                        self._link(temp, digests, sync=False)
+                        self._link(temp, digests, sync=False, shards=shards)
                 if self.fsync and batch.pending:
                     fsio.syncfs(self._tmp_fd)
         finally:
@@ -452,12 +500,18 @@ class Store:
         temp.fd = fsverity.enable_on_temp(temp.dir_fd, temp.name, temp.fd)
         os.fchmod(temp.fd, 0o444)  # after the xattr: a 0444 file refuses it to non-root
         if batch is not None:
-            new = batch.hold(temp, digests) and not self._exists(oid)
-            return AddResult(oid, sha, digests.size, method, new)
+            return self._hold(temp, digests, method, batch)
         if self.fsync:
             os.fsync(temp.fd)
         with self.publishing([oid]):
             new = self._link(temp, digests, self.fsync)
+        return AddResult(oid, sha, digests.size, method, new)
+
+    def _hold(self, temp: fsio.TempFile, digests: Digests, method: str,
+              batch: Batch) -> AddResult:
+        """Leave a sealed temp file to ``batch`` to publish."""
+        oid, sha = ObjectId(digests.verity.hex()), Sha256(digests.sha256.hex())
+        new = batch.hold(temp, digests) and not self._exists(oid)
         return AddResult(oid, sha, digests.size, method, new)
 
     # -- the GC protocol (docs/design.md "Garbage collection") ----------------------------
@@ -524,59 +578,64 @@ class Store:
             if root is not None:
                 root.close()
 
-    def _link(self, temp: fsio.TempFile, digests: Digests, sync: bool) -> bool:
+    def _link(self, temp: fsio.TempFile, digests: Digests, sync: bool,
+              shards: _Shards | None = None) -> bool:
         oid = ObjectId(digests.verity.hex())
-        new = self._link_object(temp.name, oid, digests.size, sync)
-        self._index(Sha256(digests.sha256.hex()), oid, sync)
+        with contextlib.ExitStack() as stack:
+            if shards is None:
+                shards = stack.enter_context(_Shards(self))
+            new = self._link_object(temp.name, oid, digests.size, sync, shards)
+            self._index(Sha256(digests.sha256.hex()), oid, sync, shards)
         return new
 
-    def _link_object(self, tmp: str, oid: ObjectId, size: int, sync: bool) -> bool:
+    def _link_object(self, tmp: str, oid: ObjectId, size: int, sync: bool,
+                     shards: _Shards) -> bool:
         """Give the temp file its object name; False if an intact copy was already there."""
         shard_name, rest = shard(oid)
-        shard_fd = self._open_shard(self._objects_fd, shard_name, create=True)
+        shard_fd = shards.open(self._objects_fd, shard_name)
         try:
-            try:
-                os.link(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd,
-                        follow_symlinks=False)
-            except FileExistsError:
-                if _refresh_at(shard_fd, rest, size):
-                    return False
-                # the stored copy is visibly damaged; ours was just hashed: replace it
-                os.rename(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd)
-            if sync:
-                os.fsync(shard_fd)
-            return True
-        finally:
-            os.close(shard_fd)
+            os.link(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            if _refresh_at(shard_fd, rest, size):
+                return False
+            # the stored copy is visibly damaged; ours was just hashed: replace it
+            os.rename(tmp, rest, src_dir_fd=self._tmp_fd, dst_dir_fd=shard_fd)
+        if sync:
+            os.fsync(shard_fd)
+        return True
 
-    def _index(self, sha: Sha256, oid: ObjectId, sync: bool) -> None:
+    def _index(self, sha: Sha256, oid: ObjectId, sync: bool,
+               shards: _Shards | None = None) -> None:
         """Hard-link the object as ``index/sha256/XX/<rest>`` (see the module docstring)."""
+        with contextlib.ExitStack() as stack:
+            if shards is None:
+                shards = stack.enter_context(_Shards(self))
+            self._index_in(sha, oid, sync, shards)
+
+    def _index_in(self, sha: Sha256, oid: ObjectId, sync: bool, shards: _Shards) -> None:
         obj_shard, obj_rest = shard(oid)
         idx_shard, idx_rest = shard(sha)
-        obj_fd = self._open_shard(self._objects_fd, obj_shard)
-        idx_fd = self._open_shard(self._index_fd, idx_shard, create=True)
+        obj_fd = shards.open(self._objects_fd, obj_shard, create=False)
+        idx_fd = shards.open(self._index_fd, idx_shard)
         try:
+            os.link(obj_rest, idx_rest, src_dir_fd=obj_fd, dst_dir_fd=idx_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            if _same_inode(obj_fd, obj_rest, idx_fd, idx_rest):
+                return
+            # an entry for other bytes (damage, or an object replaced): re-point it
+            tmp = fsio.temp_name("idx")
+            os.link(obj_rest, tmp, src_dir_fd=obj_fd, dst_dir_fd=self._tmp_fd,
+                    follow_symlinks=False)
             try:
-                os.link(obj_rest, idx_rest, src_dir_fd=obj_fd, dst_dir_fd=idx_fd,
-                        follow_symlinks=False)
-            except FileExistsError:
-                if _same_inode(obj_fd, obj_rest, idx_fd, idx_rest):
-                    return
-                # an entry for other bytes (damage, or an object replaced): re-point it
-                tmp = fsio.temp_name("idx")
-                os.link(obj_rest, tmp, src_dir_fd=obj_fd, dst_dir_fd=self._tmp_fd,
-                        follow_symlinks=False)
-                try:
-                    os.rename(tmp, idx_rest, src_dir_fd=self._tmp_fd, dst_dir_fd=idx_fd)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp, dir_fd=self._tmp_fd)
-                    raise
-            if sync:
-                os.fsync(idx_fd)
-        finally:
-            os.close(idx_fd)
-            os.close(obj_fd)
+                os.rename(tmp, idx_rest, src_dir_fd=self._tmp_fd, dst_dir_fd=idx_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=self._tmp_fd)
+                raise
+        if sync:
+            os.fsync(idx_fd)
 
     # -- metadata images ------------------------------------------------------------------
 
@@ -864,6 +923,30 @@ class Store:
                 "kernel_verity": fsverity.probe(self._tmp_fd).to_json()}
 
 
+class _Shards:
+    """Fan-out directories (``objects/XX``, ``index/sha256/XX``) held open while objects
+    are linked: a batch's publish loop opens each once, not three per object."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._fds: dict[tuple[int, str], int] = {}
+
+    def open(self, parent_fd: int, name: str, *, create: bool = True) -> int:
+        """The shard ``name`` of ``parent_fd`` (made if missing and ``create``)."""
+        fd = self._fds.get((parent_fd, name))
+        if fd is None:
+            fd = self._fds[parent_fd, name] = self._store._open_shard(parent_fd, name,
+                                                                       create=create)
+        return fd
+
+    def __enter__(self) -> _Shards:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+
+
 class ObjectFile(io.BufferedReader):
     """An object open for reading (``Store.open_object``, ``open_verified``).
 
@@ -929,6 +1012,20 @@ def _claim_root(path: Path, root_fd: int, mode: int, group: int | None) -> None:
             raise errors.BadInput(message=f"{path}: cannot give the store to group {group}: "
                                   "you are not a member") from None
     os.fchmod(root_fd, mode)
+
+
+def _source_error(exc: hashing.BatchFailed, path: Path) -> Exception:
+    """The error ``add_path`` raises for what ``import_batch`` found wrong with a source;
+    a failure on the store side stays an OSError (``_store_errors`` maps it)."""
+    if exc.stage is hashing.BatchStage.OPEN and exc.errno == errno.ENOENT:
+        return errors.SourceMissing(path=path)
+    if exc.stage in (hashing.BatchStage.OPEN, hashing.BatchStage.READ):
+        return errors.SourceUnreadable(path=path, reason=exc.strerror)
+    if exc.stage is hashing.BatchStage.TYPE:
+        return errors.NotARegularFile(path=path, kind=fsio.file_kind(exc.mode))
+    if exc.stage is hashing.BatchStage.CHANGED:
+        return errors.SourceChanged(path=path, what=f"{exc.what} {exc.was} -> {exc.now}")
+    return exc
 
 
 def _same_inode(dir_a: int, name_a: str, dir_b: int, name_b: str) -> bool:

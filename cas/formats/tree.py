@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cas.core import fsio, userpath
-from cas.core.hashing import Progress
+from cas.core.hashing import BATCH_MAX_FILE, Progress
 from cas.core.image import (
     INLINE_MAX,
     MAX_RDEV,
@@ -46,6 +46,9 @@ from cas.errors import BadPath, NotARegularFile, SourceChanged, SourceMissing, S
 
 WORKERS = 2
 MAX_PENDING_DIRS = 16  # directories held open while their files are imported
+#: Small files of one directory go to the store together (``Store.add_files``), in runs
+#: of at most this many files and bytes.
+RUN_FILES, RUN_BYTES = 64, 16 << 20
 _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFCHR: EntryType.CHAR,
             stat.S_IFBLK: EntryType.BLOCK}
 
@@ -104,7 +107,17 @@ class _Pending:
     """A directory held open until the files found in it are imported."""
 
     fd: int
-    files: list[Future[Entry]] = field(default_factory=list)
+    files: list[Future[list[Entry]]] = field(default_factory=list)
+
+
+@dataclass
+class _Listed:
+    """A regular file found by the walk, to be imported."""
+
+    name: str    # in its directory
+    path: str    # in the tree
+    st: os.stat_result
+    xattrs: dict[str, bytes]
 
 
 class _Walk:
@@ -143,6 +156,8 @@ class _Walk:
         held = _Pending(fd)
         self.pending.append(held)
         subdirs = []
+        run: list[_Listed] = []
+        run_bytes = 0
         with os.scandir(fd) as it:
             names = sorted(e.name for e in it)
         prefix = f"{path}/" if path else ""
@@ -161,8 +176,15 @@ class _Walk:
                 continue
             elif kind == stat.S_IFREG:
                 _expect(self.progress, st)
-                held.files.append(self.pool.submit(
-                    _file, self.store, self.batch, fd, name, child, st, attrs, self.progress))
+                listed = _Listed(name, child, st, attrs)
+                if not INLINE_MAX < st.st_size <= BATCH_MAX_FILE:
+                    held.files.append(self.pool.submit(self._files, fd, [listed]))
+                    continue
+                run.append(listed)
+                run_bytes += st.st_size
+                if len(run) == RUN_FILES or run_bytes >= RUN_BYTES:
+                    held.files.append(self.pool.submit(self._files, fd, run))
+                    run, run_bytes = [], 0
             elif kind == stat.S_IFLNK:
                 target = from_bytes(os.readlink(os.fsencode(name), dir_fd=fd))
                 check_symlink_target(child, target)
@@ -172,6 +194,8 @@ class _Walk:
                 self._add(self._special(child, _SPECIAL[kind], st, attrs))
             else:
                 raise NotARegularFile(path=self.root / child, kind=fsio.file_kind(st.st_mode))
+        if run:
+            held.files.append(self.pool.submit(self._files, fd, run))
         if len(self.pending) > MAX_PENDING_DIRS:
             self._finish_oldest()
         return subdirs
@@ -203,9 +227,24 @@ class _Walk:
     def _finish_oldest(self) -> None:
         held = self.pending[0]
         for future in held.files:
-            self._add(future.result())
+            for entry in future.result():
+                self._add(entry)
         self.pending.popleft()
         os.close(held.fd)
+
+    def _files(self, dir_fd: int, files: list[_Listed]) -> list[Entry]:
+        """The entries of regular files of one directory: one file inline or alone, or a
+        run of small ones stored in one call."""
+        if len(files) == 1 and not INLINE_MAX < files[0].st.st_size <= BATCH_MAX_FILE:
+            f = files[0]
+            return [_file(self.store, self.batch, dir_fd, f.name, f.path, f.st, f.xattrs,
+                          self.progress)]
+        where = (self.root / files[0].path).parent
+        added = self.store.add_files(dir_fd, [(f.name, f.st) for f in files],
+                                     batch=self.batch, progress=self.progress, where=where)
+        return [file_entry(f.path, size=result.size, object_id=result.object_id,
+                           sha256=result.sha256, **_meta(f.st, f.xattrs))
+                for f, result in zip(files, added, strict=True)]
 
     def _add(self, entry: Entry) -> None:
         self.budget.add(entry)
@@ -282,14 +321,19 @@ def _expect(progress: Progress | None, st: os.stat_result) -> None:
 
 def _file(store: Store, batch: Batch, dir_fd: int, name: str, path: str,
           st: os.stat_result, attrs: dict[str, bytes], progress: Progress | None) -> Entry:
-    meta: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
-                               "gid": st.st_gid, "mtime_ns": st.st_mtime_ns, "xattrs": attrs}
+    meta = _meta(st, attrs)
     if st.st_size <= INLINE_MAX:
         data = _read_small_file(dir_fd, name, st)
         return file_entry(path, size=len(data), data=data, **meta)
     result = store.add_path(name, dir_fd=dir_fd, batch=batch, progress=progress)
     return file_entry(path, size=result.size, object_id=result.object_id, sha256=result.sha256,
                       **meta)
+
+
+def _meta(st: os.stat_result, attrs: dict[str, bytes]) -> dict[str, Any]:
+    """A file entry's metadata, from its stat at listing."""
+    return {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+            "mtime_ns": st.st_mtime_ns, "xattrs": attrs}
 
 
 def _read_small_file(dir_fd: int, name: str, st: os.stat_result) -> bytes:

@@ -16,7 +16,8 @@
  * Build (see Makefile): libFuzzer + ASan with `make fuzz`, or a plain driver
  * with `make standalone` that runs the files named on its command line, or,
  * without arguments, a fixed sweep of sizes plus an import of each through the
- * read/write and copy_file_range methods (for valgrind: `make valgrind`).
+ * read/write and copy_file_range methods and a batch import of several sizes
+ * (for valgrind: `make valgrind`).
  */
 #define _GNU_SOURCE
 #define CAS_NATIVE_INTERNAL
@@ -246,6 +247,68 @@ static void check_import(const uint8_t *data, size_t len, unsigned method)
     rmdir(dir);
 }
 
+/* cas_import_batch of files of the sweep's sizes (up to CAS_BATCH_MAX_FILE) in
+ * one call against cas_hash_buffer, then a call that fails at its last file (a
+ * directory): no temp file may be left. */
+static void check_batch(const uint8_t *data)
+{
+    static const size_t sizes[] = {0, 1, 4095, 4096, 4097, 524288, CAS_BATCH_MAX_FILE};
+    enum { N = sizeof(sizes) / sizeof(sizes[0]) };
+    struct cas_batch_file files[N + 1];
+    struct cas_progress progress = {0, 0};
+    char dir[] = "/tmp/cas_fuzz.XXXXXX", name[N + 1][16], path[64];
+    unsigned flags_out;
+    size_t i, failed, total = 0;
+    int dir_fd, rc;
+
+    check(mkdtemp(dir) != NULL, "mkdtemp");
+    dir_fd = open(dir, O_RDONLY | O_DIRECTORY);
+    check(dir_fd >= 0, "open dir");
+    memset(files, 0, sizeof(files));
+    for (i = 0; i <= N; i++) {
+        struct stat st;
+        int fd;
+
+        snprintf(name[i], sizeof(name[i]), "src%zu", i);
+        files[i].name = name[i];
+        if (i == N) {
+            check(mkdirat(dir_fd, name[i], 0700) == 0, "mkdir");
+            break;
+        }
+        fd = openat(dir_fd, name[i], O_WRONLY | O_CREAT | O_EXCL, 0600);
+        check(fd >= 0 && write(fd, data, sizes[i]) == (ssize_t)sizes[i], "write src");
+        check(fstat(fd, &st) == 0, "fstat src");
+        files[i].size = sizes[i];
+        files[i].mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+        files[i].ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+        total += sizes[i];
+        close(fd);
+    }
+    rc = cas_import_batch(dir_fd, dir_fd, "obj-0-fuzz", files, N,
+                          CAS_BATCH_REFLINK | CAS_BATCH_SEAL, 0, &flags_out, &failed,
+                          &progress);
+    check(rc == 0 && failed == N && progress.done == total, "batch");
+    for (i = 0; i < N; i++) {
+        struct cas_digests want;
+
+        check(cas_hash_buffer(data, sizes[i], &want) == 0, "hash buffer");
+        check(memcmp(&want, &files[i].digests, sizeof(want)) == 0, "batch digests");
+        snprintf(path, sizeof(path), "obj-0-fuzz.%zx", i);
+        check(unlinkat(dir_fd, path, 0) == 0, "batch temp file");
+    }
+    rc = cas_import_batch(dir_fd, dir_fd, "obj-0-fuzz", files, N + 1, 0, 0, &flags_out,
+                          &failed, NULL);
+    check(rc == -EINVAL && failed == N && files[N].stage == CAS_BATCH_TYPE, "batch refusal");
+    for (i = 0; i < N; i++) {
+        snprintf(path, sizeof(path), "obj-0-fuzz.%zx", i);
+        check(faccessat(dir_fd, path, F_OK, 0) != 0, "batch cleanup");
+        check(unlinkat(dir_fd, name[i], 0) == 0, "unlink src");
+    }
+    check(unlinkat(dir_fd, name[N], AT_REMOVEDIR) == 0, "rmdir src");
+    close(dir_fd);
+    check(rmdir(dir) == 0, "rmdir");
+}
+
 /* Three calls at once on one file: the budget shared by concurrent calls. */
 struct concurrent_arg {
     int fd;
@@ -409,6 +472,15 @@ int main(int argc, char **argv)
         check_import(buf, (size_t)sweep[i], CAS_COPY_RANGE);
         if (sweep[i] > 3 << 20)
             check_concurrent(buf, (size_t)sweep[i]);
+        free(buf);
+    }
+    {
+        uint8_t *buf = malloc(CAS_BATCH_MAX_FILE);
+
+        check(buf != NULL, "malloc");
+        for (i = 0; i < CAS_BATCH_MAX_FILE; i++)
+            buf[i] = (uint8_t)(i * 2654435761u >> 13);
+        check_batch(buf);
         free(buf);
     }
     check_cancel();
