@@ -85,10 +85,12 @@ def main() -> None:
                                  capture_output=True, text=True, check=True).stdout
             assert int(out) == args.objects
 
+        os.sync()  # the build's writeback must not land in whichever is timed next
         find_s = best(walk, 3)
         with Store.open(path) as store:
             dry_s = best(lambda: gc.collect(store, grace=0, dry_run=True), 3)
             floor_s = best(unlink_floor, 1)
+            os.sync()  # nor the floor's unlinks in the GC's time
             report = gc.collect(store, grace=0)
         assert report.objects_removed + report.index_removed == len(garbage)
         print(f"store: {args.objects} objects, {args.names} names, "
