@@ -422,7 +422,8 @@ class Store:
             sourcefile.check_unchanged(path, before, os.fstat(src_fd), digests.size)
             if expect is not None:
                 expect.check(digests)
-            self._index(sha, oid, self.fsync)
+            with _Shards(self) as shards:
+                self._index(sha, oid, self.fsync, shards)
         return AddResult(oid, sha, digests.size, "exists", False)
 
     def _remember(self, st: os.stat_result, oid: ObjectId) -> None:
@@ -483,7 +484,7 @@ class Store:
                     fsio.syncfs(self._tmp_fd)
                 with self.publishing(batch.pending), _Shards(self) as shards:
                     for temp, digests in batch.pending.values():
-                        self._link(temp, digests, sync=False, shards=shards)
+                        self._link(temp, digests, False, shards)
                 if self.fsync and batch.pending:
                     fsio.syncfs(self._tmp_fd)
         finally:
@@ -503,8 +504,8 @@ class Store:
             return self._hold(temp, digests, method, batch)
         if self.fsync:
             os.fsync(temp.fd)
-        with self.publishing([oid]):
-            new = self._link(temp, digests, self.fsync)
+        with self.publishing([oid]), _Shards(self) as shards:
+            new = self._link(temp, digests, self.fsync, shards)
         return AddResult(oid, sha, digests.size, method, new)
 
     def _hold(self, temp: fsio.TempFile, digests: Digests, method: str,
@@ -579,13 +580,10 @@ class Store:
                 root.close()
 
     def _link(self, temp: fsio.TempFile, digests: Digests, sync: bool,
-              shards: _Shards | None = None) -> bool:
+              shards: _Shards) -> bool:
         oid = ObjectId(digests.verity.hex())
-        with contextlib.ExitStack() as stack:
-            if shards is None:
-                shards = stack.enter_context(_Shards(self))
-            new = self._link_object(temp.name, oid, digests.size, sync, shards)
-            self._index(Sha256(digests.sha256.hex()), oid, sync, shards)
+        new = self._link_object(temp.name, oid, digests.size, sync, shards)
+        self._index(Sha256(digests.sha256.hex()), oid, sync, shards)
         return new
 
     def _link_object(self, tmp: str, oid: ObjectId, size: int, sync: bool,
@@ -605,15 +603,8 @@ class Store:
             os.fsync(shard_fd)
         return True
 
-    def _index(self, sha: Sha256, oid: ObjectId, sync: bool,
-               shards: _Shards | None = None) -> None:
+    def _index(self, sha: Sha256, oid: ObjectId, sync: bool, shards: _Shards) -> None:
         """Hard-link the object as ``index/sha256/XX/<rest>`` (see the module docstring)."""
-        with contextlib.ExitStack() as stack:
-            if shards is None:
-                shards = stack.enter_context(_Shards(self))
-            self._index_in(sha, oid, sync, shards)
-
-    def _index_in(self, sha: Sha256, oid: ObjectId, sync: bool, shards: _Shards) -> None:
         obj_shard, obj_rest = shard(oid)
         idx_shard, idx_rest = shard(sha)
         obj_fd = shards.open(self._objects_fd, obj_shard, create=False)
