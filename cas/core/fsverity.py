@@ -68,10 +68,6 @@ RETRY_SECONDS = 60.0
 def known_unsupported(dev: int) -> bool:
     """Did the filesystem of device ``dev`` refuse fs-verity lately (``enable_on_temp``
     would not ask it)?"""
-    return _known_unsupported(dev)
-
-
-def _known_unsupported(dev: int) -> bool:
     since = _unsupported_devices.get(dev)
     return since is not None and time.monotonic() - since < RETRY_SECONDS
 
@@ -125,7 +121,7 @@ def enable_on_temp(dir_fd: int, name: str, fd: int) -> int:
     enable before ``fchmod 0444``.
     """
     dev = os.fstat(fd).st_dev
-    if _known_unsupported(dev):
+    if known_unsupported(dev):
         return fd
     ro = os.open(name, fsio.READ_FLAGS, dir_fd=dir_fd)
     os.close(fd)
@@ -210,7 +206,7 @@ def prove(fd: int, digest: bytes, *, enable_verity: bool = False) -> Proof:
 
 def _try_enable(fd: int) -> bool:
     dev = os.fstat(fd).st_dev
-    if _known_unsupported(dev):
+    if known_unsupported(dev):
         return False
     try:
         if enable(fd):

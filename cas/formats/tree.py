@@ -178,12 +178,12 @@ class _Walk:
                 _expect(self.progress, st)
                 listed = _Listed(name, child, st, attrs)
                 if not INLINE_MAX < st.st_size <= BATCH_MAX_FILE:
-                    held.files.append(self.pool.submit(self._files, fd, [listed]))
+                    held.files.append(self.pool.submit(self._alone, fd, listed))
                     continue
                 run.append(listed)
                 run_bytes += st.st_size
                 if len(run) == RUN_FILES or run_bytes >= RUN_BYTES:
-                    held.files.append(self.pool.submit(self._files, fd, run))
+                    held.files.append(self.pool.submit(self._run, fd, run))
                     run, run_bytes = [], 0
             elif kind == stat.S_IFLNK:
                 target = from_bytes(os.readlink(os.fsencode(name), dir_fd=fd))
@@ -195,7 +195,7 @@ class _Walk:
             else:
                 raise NotARegularFile(path=self.root / child, kind=fsio.file_kind(st.st_mode))
         if run:
-            held.files.append(self.pool.submit(self._files, fd, run))
+            held.files.append(self.pool.submit(self._run, fd, run))
         if len(self.pending) > MAX_PENDING_DIRS:
             self._finish_oldest()
         return subdirs
@@ -232,13 +232,13 @@ class _Walk:
         self.pending.popleft()
         os.close(held.fd)
 
-    def _files(self, dir_fd: int, files: list[_Listed]) -> list[Entry]:
-        """The entries of regular files of one directory: one file inline or alone, or a
-        run of small ones stored in one call."""
-        if len(files) == 1 and not INLINE_MAX < files[0].st.st_size <= BATCH_MAX_FILE:
-            f = files[0]
-            return [_file(self.store, self.batch, dir_fd, f.name, f.path, f.st, f.xattrs,
-                          self.progress)]
+    def _alone(self, dir_fd: int, f: _Listed) -> list[Entry]:
+        """The entry of a file inlined, or too large to go in a run."""
+        return [_file(self.store, self.batch, dir_fd, f.name, f.path, f.st, f.xattrs,
+                      self.progress)]
+
+    def _run(self, dir_fd: int, files: list[_Listed]) -> list[Entry]:
+        """The entries of a run of small files of one directory, stored in one call."""
         where = (self.root / files[0].path).parent
         added = self.store.add_files(dir_fd, [(f.name, f.st) for f in files],
                                      batch=self.batch, progress=self.progress, where=where)
