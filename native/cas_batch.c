@@ -124,8 +124,8 @@ static int cas_batch_unchanged(struct cas_batch_file *f, int src,
 static int cas_batch_seal(struct cas_batch_call *c, struct cas_batch_file *f,
                           int dst)
 {
-    (void)fsetxattr(dst, "user.cas.object", f->digests.verity, CAS_HASH_LEN, 0);
-    (void)fsetxattr(dst, "user.cas.sha256", f->digests.sha256, CAS_HASH_LEN, 0);
+    (void)fsetxattr(dst, CAS_OBJECT_XATTR, f->digests.verity, CAS_HASH_LEN, 0);
+    (void)fsetxattr(dst, CAS_SHA256_XATTR, f->digests.sha256, CAS_HASH_LEN, 0);
     if ((c->flags & CAS_BATCH_SEAL) && fchmod(dst, 0444) != 0)
         return cas_batch_fail(f, CAS_BATCH_STORE, -errno);
     return 0;

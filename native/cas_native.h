@@ -283,6 +283,10 @@ void cas_sweep_free(struct cas_sweep_entry *entries);
 #ifdef CAS_NATIVE_INTERNAL
 #define CAS_BLOCK 4096u
 #define CAS_HASH_LEN 32u
+/* xattrs of a stored object (cas.core.store.OBJECT_XATTR / SHA256_XATTR): its
+ * fs-verity digest and its SHA-256, the name of its index entry */
+#define CAS_OBJECT_XATTR "user.cas.object"
+#define CAS_SHA256_XATTR "user.cas.sha256"
 /* 2^64 bytes = 2^52 blocks; 128 hashes per block: levels 0..8. */
 #define CAS_MAX_LEVELS 9
 

@@ -20,7 +20,6 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#define CAS_SHA256_XATTR "user.cas.sha256"
 #define CAS_REST_HEX (2 * CAS_HASH_LEN - 2)  /* an id without its shard byte */
 
 static int cas_id_cmp(const void *a, const void *b)
